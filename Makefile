@@ -1,0 +1,124 @@
+# pyrycode-relay: an io_uring WebSocket relay for pyrycode. See README.md.
+#
+#   make              build the relay and tools (gcc, -O2, -Werror)
+#   make CC=clang     the same with clang
+#   make run          install build deps if missing, build, start on 127.0.0.1 (plaintext)
+#   make test         install test deps if missing, run the whole suite (what CI runs)
+#   make unit         unit tests for the current CC/SAN
+#   make SAN=asan     build with ASan+UBSan (SAN=tsan: ThreadSanitizer)
+#   make fuzz         build the libFuzzer targets (clang)
+#
+# Builds go to build/<compiler>[-<sanitizer>]/ so variants never mix objects.
+
+.DEFAULT_GOAL := all
+.SUFFIXES:
+.DELETE_ON_ERROR:
+
+CC      ?= cc
+SAN     ?=
+COMPILER := $(notdir $(firstword $(CC)))
+BUILD   ?= build/$(COMPILER)$(if $(SAN),-$(SAN),)
+
+include third_party/liburing.mk
+include third_party/boringssl.mk
+
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+OPT     ?= -O2
+WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -Wmissing-prototypes \
+           -Wstrict-prototypes -Wno-unused-parameter
+CPPFLAGS_ALL := -D_GNU_SOURCE -Isrc -DPYRELAY_VERSION='"$(VERSION)"' $(URING_CFLAGS) $(BSSL_CFLAGS)
+CFLAGS_ALL   := -std=gnu17 -g $(OPT) -fno-omit-frame-pointer $(WARN) -MMD -MP
+
+ifeq ($(SAN),asan)
+  SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all
+else ifeq ($(SAN),tsan)
+  SANFLAGS := -fsanitize=thread
+else ifeq ($(SAN),fuzz)
+  SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+              -DPYRELAY_FUZZING=1
+else ifneq ($(SAN),)
+  $(error SAN must be empty, asan, tsan or fuzz)
+endif
+
+LIBS := $(URING_LIBS) $(BSSL_LIBS) -lpthread
+
+MAIN_SRC := src/main.c
+LIB_SRCS := $(filter-out $(MAIN_SRC),$(sort $(wildcard src/*.c src/*/*.c)))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+LIB      := $(BUILD)/libpyrelay.a
+RELAY    := $(BUILD)/pyrycode-relay
+
+# tools/<name>/*.c -> $(BUILD)/<name>, each linked with the relay's library
+TOOL_DIRS := $(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c))))
+TOOL_BINS := $(TOOL_DIRS:tools/%=$(BUILD)/%)
+
+UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+
+.PHONY: all deps deps-test run test unit fuzz fuzz-smoke clean tools
+
+all: $(RELAY) $(TOOL_BINS)
+tools: $(TOOL_BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(SANFLAGS) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(RELAY): $(BUILD)/obj/src/main.o $(LIB)
+	$(CC) $(SANFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+define TOOL_RULE
+$(BUILD)/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1)/*.c)) $(LIB)
+	$$(CC) $$(SANFLAGS) $$(LDFLAGS) -o $$@ $$^ $$(LIBS) -lm
+endef
+$(foreach t,$(TOOL_DIRS:tools/%=%),$(eval $(call TOOL_RULE,$(t))))
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka -lm
+
+unit: $(UNIT_BINS)
+	@tests/run_unit.sh $(UNIT_BINS)
+
+# libFuzzer targets: always clang, with their own copy of the library.
+FUZZ_CC ?= clang-14
+fuzz:
+	@$(MAKE) --no-print-directory CC=$(FUZZ_CC) SAN=fuzz BUILD=build/fuzz fuzz-bins
+
+fuzz-bins: $(FUZZ_BINS)
+
+build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o $(LIB)
+	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LIBS)
+
+FUZZ_SECONDS ?= 10
+fuzz-smoke: fuzz
+	@tests/run_fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+deps:
+	@tools/deps.sh
+
+deps-test:
+	@tools/deps.sh test
+
+RUN_LISTEN ?= 127.0.0.1:8080
+RUN_ARGS   ?=
+run: deps
+	@$(MAKE) --no-print-directory $(RELAY)
+	@echo "pyrycode-relay: listening on ws://$(RUN_LISTEN) (/v1/server, /v1/client, /healthz); Ctrl-C stops it" >&2
+	@tools/run-unprivileged.sh $(RELAY) --insecure-listen $(RUN_LISTEN) $(RUN_ARGS)
+
+test: deps-test
+	@tests/run_all.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,132 @@
+/*
+ * config.h - command line, environment and boot checks (reference §7.1, §7.3, §7.4,
+ * §1.5, §1.6), as pure functions: argv and envp in, a struct config or a refusal out.
+ *
+ * Contract:
+ * - config_parse follows Go's flag package: "-x" and "--x" both work, "-x=v" and
+ *   "-x v" for valued flags, booleans as "-x" or "-x=true|false|1|0|t|f|T|F|TRUE|FALSE|True|False",
+ *   "--" ends flags. Unknown flag, missing value, bad value, or a positional argument
+ *   -> CONFIG_EXIT_USAGE (2) with a one-line reason in err->msg; main prints usage.
+ *   "-h", "-help", "--help" -> CONFIG_HELP (print usage to stdout, exit 0).
+ *   "--version" -> cfg->show_version.
+ * - config_check runs the boot checks in the reference's exact order (§7.4 steps 3-10
+ *   and the metrics-listen / listener-port validation), stopping at the first refusal.
+ *   A refusal carries the reference's log message ("refusing to start: ...") and its
+ *   structured fields (err, fix, env_var, reason, value, ...) so main can log it with
+ *   the reference's keys, and an exit code (2, or 1 where the reference says 1).
+ * - Nothing here performs I/O except config_read_cap_eff, which reads
+ *   /proc/self/status; the check itself (config_check_caps) is pure.
+ * - Strings in struct config point into argv/envp (never copied, never freed).
+ */
+#ifndef PYRELAY_CONFIG_H
+#define PYRELAY_CONFIG_H
+
+#include "core/common.h"
+
+/* Reference defaults (§7.1) and ours where the reference's do not fit bare metal. */
+#define CONFIG_HTTPS_LISTEN_DEFAULT ":443"
+#define CONFIG_HTTP_LISTEN_DEFAULT ":80"
+#define CONFIG_METRICS_LISTEN_DEFAULT "127.0.0.1:9090"
+#define CONFIG_MAX_CONNECTIONS_DEFAULT 100000u
+#define CONFIG_RATE_LIMIT_BURST_DEFAULT 20u
+#define CONFIG_RATE_LIMIT_REFILL_MS_DEFAULT 6000u
+#define CONFIG_GRACE_PERIOD_MS_DEFAULT 30000u
+#define CONFIG_HEARTBEAT_INTERVAL_MS_DEFAULT 30000u
+#define CONFIG_HEARTBEAT_TIMEOUT_MS_DEFAULT 30000u
+#define CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT 10000u
+#define CONFIG_MAX_CONNECTIONS_LIMIT 16000000u
+
+enum config_exit {
+	CONFIG_OK = 0,
+	CONFIG_HELP = -1,      /* print usage on stdout, exit 0 */
+	CONFIG_EXIT_RUNTIME = 1,
+	CONFIG_EXIT_USAGE = 2, /* also: configuration refused at boot */
+};
+
+struct config {
+	/* flags (§7.1) */
+	const char *domain;          /* "" when unset */
+	const char *cert_cache;      /* default $HOME/.pyrycode-relay/certs, else .pyrycode-relay/certs */
+	const char *insecure_listen; /* "" when unset */
+	const char *https_listen;
+	const char *http_listen;
+	const char *metrics_listen;  /* "" disables */
+	bool trust_x_forwarded_for;
+	bool https_proxy_protocol;
+	bool show_version;
+	uint32_t max_connections;
+	/* which of these were given explicitly (§1.1: refused with --insecure-listen) */
+	bool https_listen_set;
+	bool http_listen_set;
+	bool https_proxy_protocol_set;
+
+	/* our flags (issue: settable limits and timers; Go duration syntax, e.g. 30s, 1m30s, 250ms) */
+	uint32_t rate_limit_burst; /* 0 turns the per-IP limiter off */
+	uint64_t rate_limit_refill_ms;
+	uint64_t grace_period_ms;
+	uint64_t heartbeat_interval_ms;
+	uint64_t heartbeat_timeout_ms;
+	uint64_t conflict_probe_timeout_ms;
+	uint32_t workers; /* 0 = one per online CPU */
+
+	/* environment (§7.3) */
+	bool production;      /* PYRYCODE_RELAY_PRODUCTION=1 */
+	bool single_instance; /* PYRYCODE_RELAY_SINGLE_INSTANCE=1 */
+	const char *fcm_credentials; /* NULL when unset */
+	const char *fly_app_name;    /* NULL or "" when unset */
+	const char *home;
+};
+
+/* Listener address split into host and port; host "" means all interfaces. */
+struct listen_addr {
+	char host[64]; /* IP literal without brackets, or "" */
+	uint16_t port;
+	bool is_ipv6;
+};
+
+#define BOOT_FIELDS_MAX 6
+
+struct boot_field {
+	const char *key;   /* a log key from the boot allowlist (docs/logging.md) */
+	char value[256];
+};
+
+struct boot_refusal {
+	int exit_code;     /* enum config_exit */
+	const char *msg;   /* e.g. "refusing to start: invalid env-var config" */
+	size_t nfields;
+	struct boot_field fields[BOOT_FIELDS_MAX];
+};
+
+/* Fill defaults, then apply argv (argv[0] is the program name) and envp. On
+ * CONFIG_EXIT_USAGE, refusal->msg / fields say why (key "err"). */
+int config_parse(struct config *cfg, int argc, char *const argv[], char *const envp[],
+		 struct boot_refusal *refusal);
+
+/* Boot checks of §7.4 steps 3-10 in order, then --metrics-listen (§1.5) and the
+ * listener port allowlist (§1.6). cap_eff is the CapEff bitmask read from
+ * /proc/self/status (cap_eff_ok false when it could not be read or parsed), euid the
+ * effective uid. Returns CONFIG_OK or the exit code, with *refusal filled. */
+int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
+		 struct boot_refusal *refusal);
+
+/* Parse "host:port" as Go's net.SplitHostPort + the relay's rules: port 1..65535
+ * numeric, IPv6 in brackets. allow_empty_host: ":8080" is fine (all interfaces).
+ * Returns false with a reason in *why (static string). */
+bool config_parse_listen(const char *s, bool allow_empty_host, struct listen_addr *out,
+			 const char **why);
+
+/* --metrics-listen rule (§1.5): IP literal in 127.0.0.0/8 or ::1, port 1..65535. */
+bool config_metrics_listen_valid(const char *s, const char **why);
+
+/* Go time.ParseDuration subset: [0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h), concatenated,
+ * non-negative. Rounds down to milliseconds. */
+bool config_parse_duration_ms(const char *s, uint64_t *ms);
+
+/* Read CapEff from /proc/self/status (the only I/O in this module). */
+bool config_read_cap_eff(uint64_t *cap_eff);
+
+/* Usage text listing every flag with its default, for --help and usage errors. */
+void config_print_usage(int fd);
+
+#endif

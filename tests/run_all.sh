@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole suite: what `make test` and CI run. Each stage is one suite; the last line
+# is "N passed, N failed" over the suites. Stops at nothing: every stage runs, so one
+# failure does not hide another.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export MAKEFLAGS="${MAKEFLAGS:-} -j$(nproc)"
+PY=/usr/bin/python3   # Debian's python: python3-websockets and python3-pytest live here
+CLANG=${CLANG:-clang-14}
+
+pass=0; fail=0; failed=()
+stage() {
+  local name=$1; shift
+  echo "=== $name"
+  local t0=$SECONDS
+  if "$@"; then
+    pass=$((pass + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
+  else
+    fail=$((fail + 1)); failed+=("$name"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"
+  fi
+}
+
+e2e() { # $1: relay binary
+  RELAY_BIN="$PWD/$1" "$PY" -m pytest -q -p no:cacheprovider tests/e2e
+}
+
+stage "build gcc"             make --no-print-directory CC=gcc all
+stage "build clang"           make --no-print-directory CC="$CLANG" all
+stage "unit gcc"              make --no-print-directory CC=gcc unit
+stage "unit asan+ubsan"       make --no-print-directory CC="$CLANG" SAN=asan unit
+stage "unit tsan"             setarch -R make --no-print-directory CC="$CLANG" SAN=tsan unit
+stage "build asan relay"      make --no-print-directory CC="$CLANG" SAN=asan all
+stage "e2e gcc"               e2e build/gcc/pyrycode-relay
+stage "e2e asan+ubsan"        e2e build/"$CLANG"-asan/pyrycode-relay
+stage "fuzz smoke"            make --no-print-directory fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+for check in tests/checks/*.sh; do
+  [[ -e $check ]] || continue
+  stage "check $(basename "$check" .sh)" "$check"
+done
+
+echo
+((fail)) && printf 'failed suite: %s\n' "${failed[@]}"
+echo "suites: $pass passed, $fail failed"
+((fail == 0))
