@@ -72,9 +72,16 @@ struct config {
 	/* environment (§7.3) */
 	bool production;      /* PYRYCODE_RELAY_PRODUCTION=1 */
 	bool single_instance; /* PYRYCODE_RELAY_SINGLE_INSTANCE=1 */
+	/* the raw values (NULL when unset): config_check refuses anything but "1" and
+	 * names the bad value in its reason, as the reference does */
+	const char *production_env;
+	const char *single_instance_env;
 	const char *fcm_credentials; /* NULL when unset */
 	const char *fly_app_name;    /* NULL or "" when unset */
 	const char *home;
+
+	/* backing store for the one composed string, the default cert_cache */
+	char cert_cache_buf[4096];
 };
 
 /* Listener address split into host and port; host "" means all interfaces. */
@@ -85,12 +92,16 @@ struct listen_addr {
 };
 
 #define BOOT_FIELDS_MAX 6
+/* = LOG_VALUE_BYTES_MAX: the logger truncates longer values anyway, and the
+ * capability refusal needs the room to name every offending bit */
+#define BOOT_FIELD_VALUE_BYTES 512
 
 struct boot_field {
 	const char *key;   /* a log key from the boot allowlist (docs/logging.md) */
-	char value[256];
+	char value[BOOT_FIELD_VALUE_BYTES];
 };
 
+/* fields[0] is always "err"; the others follow in the reference's key order. */
 struct boot_refusal {
 	int exit_code;     /* enum config_exit */
 	const char *msg;   /* e.g. "refusing to start: invalid env-var config" */
