@@ -59,9 +59,10 @@ struct ws_reader {
 	uint32_t max_message_bytes;
 	uint32_t utf8_state;
 
-	/* current frame */
-	uint64_t frame_payload_left;
-	uint64_t frame_payload_done;
+	/* current frame; 32 bits suffice: a data frame longer than max_message_bytes is
+	 * refused at its header, a control frame carries at most 125 bytes */
+	uint32_t frame_payload_left;
+	uint32_t frame_payload_done; /* also the masking offset */
 	uint8_t mask_key[4];
 	uint8_t frame_opcode;
 	bool frame_fin;
@@ -70,7 +71,6 @@ struct ws_reader {
 	/* current data message */
 	bool in_message;     /* a data message has started and not finished */
 	uint8_t msg_opcode;
-	bool deliver_in_place;
 	bool dead;           /* after WS_EV_CLOSE or WS_EV_ERROR */
 
 	uint8_t hdr_len;
@@ -84,6 +84,12 @@ void ws_reader_init(struct ws_reader *r, uint32_t max_message_bytes);
 /*
  * Consume bytes from in[0..n) until one event is ready or the input is exhausted.
  * *consumed is set to the number of bytes used; call again with in + *consumed.
+ * Only WS_EV_NEED_MORE means the input is used up: after any other event call again,
+ * even with nothing left (a 0-byte message completes without further input).
+ * WS_EV_NEED_SPACE's `need` is asm_len plus the part of the current frame present in
+ * this input (not what the header announces) and never exceeds max_message_bytes; grow
+ * geometrically, capped at max_message_bytes, to keep the copying linear.
+ * Event data is never a NULL pointer, even when empty.
  * After WS_EV_CLOSE or WS_EV_ERROR the reader is finished: later calls discard their
  * input (*consumed = n) and return WS_EV_NEED_MORE.
  */
