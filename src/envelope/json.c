@@ -1,0 +1,648 @@
+/*
+ * json.c - strict RFC 8259 scanner (see json.h for the contract).
+ *
+ * One iterative state machine (json_skip_value) with a bit stack for nesting: one bit
+ * per open container says whether it is an object or an array, which is all the
+ * grammar needs to know to accept the right closing bracket and, after a comma,
+ * whether a key or a value comes next.
+ */
+#include "envelope/json.h"
+
+#include <string.h>
+
+#define STACK_WORDS ((JSON_DEPTH_MAX + 63u) / 64u)
+
+static inline bool is_ws(uint8_t c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static inline bool is_digit(uint8_t c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static inline int hex_val(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Length of the valid, complete UTF-8 sequence at p (1..4), or 0 if the bytes there do
+ * not start one (RFC 3629 / Unicode Table 3-7: no overlongs, no surrogates, nothing
+ * above U+10FFFF, no truncation). Go's utf8.DecodeRune draws the same line, which is
+ * why the escaper can use this to decide which bytes become \ufffd.
+ */
+static size_t utf8_seq_len(const uint8_t *p, size_t avail)
+{
+	uint8_t c = p[0];
+	uint8_t lo = 0x80, hi = 0xBF;
+	size_t need;
+
+	if (c < 0x80)
+		return 1;
+	if (c < 0xC2)
+		return 0;
+	if (c < 0xE0) {
+		need = 2;
+	} else if (c < 0xF0) {
+		need = 3;
+		if (c == 0xE0)
+			lo = 0xA0; /* overlong below U+0800 */
+		else if (c == 0xED)
+			hi = 0x9F; /* U+D800..U+DFFF */
+	} else if (c < 0xF5) {
+		need = 4;
+		if (c == 0xF0)
+			lo = 0x90; /* overlong below U+10000 */
+		else if (c == 0xF4)
+			hi = 0x8F; /* above U+10FFFF */
+	} else {
+		return 0;
+	}
+	if (avail < need)
+		return 0;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t k = 2; k < need; k++) {
+		if (p[k] < 0x80 || p[k] > 0xBF)
+			return 0;
+	}
+	return need;
+}
+
+static inline size_t skip_ws(const uint8_t *p, size_t n, size_t i)
+{
+	while (i < n && is_ws(p[i]))
+		i++;
+	return i;
+}
+
+size_t json_skip_ws(struct span in, size_t pos)
+{
+	ASSERT(pos <= in.len);
+	return skip_ws(in.ptr, in.len, pos);
+}
+
+/*
+ * Eight bytes at once: a mask with the high bit set in every byte that needs a closer
+ * look inside a string: '"', '\\', a control byte (< 0x20) or non-ASCII (>= 0x80).
+ * (x - 0x01..) & ~x & 0x80.. flags the zero bytes of x (with 0x20.. it flags bytes
+ * below 0x20). A borrow can also flag bytes *above* a real hit, never below it, so the
+ * lowest flagged byte is always a real one, which is all we use. Payloads are mostly
+ * long base64 strings (the Noise ciphertext) and keys are short, so finding the first
+ * special byte in one step serves both.
+ */
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+static inline uint64_t special8(const uint8_t *p)
+{
+	uint64_t w, q, b;
+
+	memcpy(&w, p, sizeof(w));
+	q = w ^ (ONES * '"');
+	b = w ^ (ONES * '\\');
+	return (((q - ONES) & ~q) | ((b - ONES) & ~b) | ((w - ONES * 0x20u) & ~w) | w) & HIGHS;
+}
+
+/* Index (0..7) of the first byte in memory order flagged in a non-zero mask. */
+static inline size_t first_flagged(uint64_t m)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return (size_t)__builtin_ctzll(m) >> 3;
+#else
+	return (size_t)__builtin_clzll(m) >> 3;
+#endif
+}
+
+/* Validate one \X escape at p[i] == '\\'; returns its length or 0 if invalid. */
+static size_t escape_len(const uint8_t *p, size_t n, size_t i)
+{
+	if (i + 1 >= n)
+		return 0;
+	switch (p[i + 1]) {
+	case '"':
+	case '\\':
+	case '/':
+	case 'b':
+	case 'f':
+	case 'n':
+	case 'r':
+	case 't':
+		return 2;
+	case 'u':
+		if (i + 6 > n)
+			return 0;
+		for (size_t k = 2; k < 6; k++) {
+			if (hex_val(p[i + k]) < 0)
+				return 0;
+		}
+		return 6;
+	default:
+		return 0;
+	}
+}
+
+static inline __attribute__((always_inline)) bool scan_string(const uint8_t *p, size_t n, size_t *pos,
+							      struct json_str *out)
+{
+	size_t i = *pos;
+	size_t start;
+	bool esc = false;
+
+	ASSERT(i < n && p[i] == '"');
+	start = ++i;
+	for (;;) {
+		/* jump to the next byte that is not plain ASCII string content */
+		while (i + 8 <= n) {
+			uint64_t m = special8(p + i);
+			if (m) {
+				i += first_flagged(m);
+				break;
+			}
+			i += 8;
+		}
+		if (i >= n)
+			return false; /* unterminated */
+		uint8_t c = p[i];
+		if (c == '"')
+			break;
+		if (c == '\\') {
+			size_t k = escape_len(p, n, i);
+			if (k == 0)
+				return false;
+			esc = true;
+			i += k;
+		} else if (c < 0x20) {
+			return false;
+		} else if (c < 0x80) {
+			i++;
+		} else {
+			size_t k = utf8_seq_len(p + i, n - i);
+			if (k == 0)
+				return false;
+			i += k;
+		}
+	}
+	out->raw = span_make(p + start, i - start);
+	out->has_escapes = esc;
+	*pos = i + 1;
+	return true;
+}
+
+bool json_scan_string(struct span in, size_t *pos, struct json_str *out)
+{
+	ASSERT(*pos < in.len && in.ptr[*pos] == '"');
+	return scan_string(in.ptr, in.len, pos, out);
+}
+
+static bool scan_number(const uint8_t *p, size_t n, size_t *pos)
+{
+	size_t i = *pos;
+
+	if (p[i] == '-')
+		i++;
+	if (i >= n)
+		return false;
+	if (p[i] == '0') {
+		i++;
+	} else if (p[i] >= '1' && p[i] <= '9') {
+		while (i < n && is_digit(p[i]))
+			i++;
+	} else {
+		return false;
+	}
+	if (i < n && p[i] == '.') {
+		i++;
+		if (i >= n || !is_digit(p[i]))
+			return false;
+		while (i < n && is_digit(p[i]))
+			i++;
+	}
+	if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+		i++;
+		if (i < n && (p[i] == '+' || p[i] == '-'))
+			i++;
+		if (i >= n || !is_digit(p[i]))
+			return false;
+		while (i < n && is_digit(p[i]))
+			i++;
+	}
+	/* What may follow (",]}" or whitespace or the end) is the caller's check: "01"
+	 * fails there, as "0" followed by a stray "1". */
+	*pos = i;
+	return true;
+}
+
+static bool scan_literal(const uint8_t *p, size_t n, size_t *pos, const char *lit, size_t len)
+{
+	if (n - *pos < len || memcmp(p + *pos, lit, len) != 0)
+		return false;
+	*pos += len;
+	return true;
+}
+
+static inline void stack_set(uint64_t *stack, uint32_t level, bool is_object)
+{
+	uint64_t bit = 1ull << (level & 63u);
+
+	if (is_object)
+		stack[level >> 6] |= bit;
+	else
+		stack[level >> 6] &= ~bit;
+}
+
+static inline bool stack_is_object(const uint64_t *stack, uint32_t level)
+{
+	return (stack[level >> 6] >> (level & 63u)) & 1u;
+}
+
+bool json_skip_value(struct span in, size_t *pos, uint32_t depth, struct span *raw)
+{
+	const uint8_t *p = in.ptr;
+	const size_t n = in.len;
+	const size_t start = *pos;
+	size_t i = start;
+	uint64_t stack[STACK_WORDS]; /* bit `level` set: that container is an object */
+	uint32_t top = 0;            /* containers opened by this call and still open */
+	struct json_str key;
+
+	ASSERT(depth <= JSON_DEPTH_MAX);
+	ASSERT(start <= n);
+
+value:
+	if (i >= n)
+		return false;
+	switch (p[i]) {
+	case '{':
+	case '[':
+		if (depth + top >= JSON_DEPTH_MAX)
+			return false;
+		stack_set(stack, top, p[i] == '{');
+		top++;
+		i = skip_ws(p, n, i + 1);
+		if (i < n && p[i] == (stack_is_object(stack, top - 1) ? '}' : ']')) {
+			i++;
+			top--;
+			goto after;
+		}
+		if (stack_is_object(stack, top - 1))
+			goto member;
+		goto value;
+	case '"':
+		if (!scan_string(p, n, &i, &key))
+			return false;
+		goto after;
+	case 't':
+		if (!scan_literal(p, n, &i, "true", 4))
+			return false;
+		goto after;
+	case 'f':
+		if (!scan_literal(p, n, &i, "false", 5))
+			return false;
+		goto after;
+	case 'n':
+		if (!scan_literal(p, n, &i, "null", 4))
+			return false;
+		goto after;
+	default:
+		if (p[i] != '-' && !is_digit(p[i]))
+			return false;
+		if (!scan_number(p, n, &i))
+			return false;
+		goto after;
+	}
+
+member: /* inside an object, where a key must start */
+	if (i >= n || p[i] != '"')
+		return false;
+	if (!scan_string(p, n, &i, &key))
+		return false;
+	i = skip_ws(p, n, i);
+	if (i >= n || p[i] != ':')
+		return false;
+	i = skip_ws(p, n, i + 1);
+	goto value;
+
+after: /* a complete value ends just before p[i] */
+	if (top == 0) {
+		*pos = i;
+		if (raw)
+			*raw = span_make(p + start, i - start);
+		return true;
+	}
+	i = skip_ws(p, n, i);
+	if (i >= n)
+		return false;
+	if (p[i] == ',') {
+		i = skip_ws(p, n, i + 1);
+		if (stack_is_object(stack, top - 1))
+			goto member;
+		goto value;
+	}
+	if (p[i] == (stack_is_object(stack, top - 1) ? '}' : ']')) {
+		i++;
+		top--;
+		goto after;
+	}
+	return false;
+}
+
+bool json_valid(struct span in)
+{
+	size_t i = json_skip_ws(in, 0);
+
+	if (!json_skip_value(in, &i, 0, NULL))
+		return false;
+	return json_skip_ws(in, i) == in.len;
+}
+
+enum json_type json_type_of(struct span raw_value)
+{
+	ASSERT(raw_value.len > 0);
+	switch (raw_value.ptr[0]) {
+	case '{':
+		return JSON_TYPE_OBJECT;
+	case '[':
+		return JSON_TYPE_ARRAY;
+	case '"':
+		return JSON_TYPE_STRING;
+	case 't':
+		return JSON_TYPE_TRUE;
+	case 'f':
+		return JSON_TYPE_FALSE;
+	case 'n':
+		return JSON_TYPE_NULL;
+	default:
+		ASSERT(raw_value.ptr[0] == '-' || is_digit(raw_value.ptr[0]));
+		return JSON_TYPE_NUMBER;
+	}
+}
+
+/* ---- decoding ---- */
+
+static uint32_t hex4(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (size_t k = 0; k < 4; k++) {
+		int h = hex_val(p[k]);
+		ASSERT(h >= 0); /* the string was validated */
+		v = (v << 4) | (uint32_t)h;
+	}
+	return v;
+}
+
+static size_t utf8_put(uint8_t out[4], uint32_t cp)
+{
+	if (cp < 0x80) {
+		out[0] = (uint8_t)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		out[0] = (uint8_t)(0xC0 | (cp >> 6));
+		out[1] = (uint8_t)(0x80 | (cp & 0x3F));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		out[0] = (uint8_t)(0xE0 | (cp >> 12));
+		out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+		out[2] = (uint8_t)(0x80 | (cp & 0x3F));
+		return 3;
+	}
+	ASSERT(cp <= 0x10FFFF);
+	out[0] = (uint8_t)(0xF0 | (cp >> 18));
+	out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+	out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+	out[3] = (uint8_t)(0x80 | (cp & 0x3F));
+	return 4;
+}
+
+/*
+ * Decode the escape at r[*i] == '\\' of a validated string into out; returns the
+ * number of bytes (1..4) and advances *i past the escape (or the surrogate pair).
+ * Surrogates as Go's unquote: a high escape immediately followed by a low escape is
+ * one code point; any other surrogate escape becomes U+FFFD on its own, and the
+ * escape after it is decoded independently.
+ */
+static size_t unescape_one(const uint8_t *r, size_t n, size_t *i, uint8_t out[4])
+{
+	size_t k = *i;
+	uint32_t cp;
+
+	ASSERT(k + 1 < n && r[k] == '\\');
+	switch (r[k + 1]) {
+	case '"':
+	case '\\':
+	case '/':
+		out[0] = r[k + 1];
+		*i = k + 2;
+		return 1;
+	case 'b':
+		out[0] = '\b';
+		*i = k + 2;
+		return 1;
+	case 'f':
+		out[0] = '\f';
+		*i = k + 2;
+		return 1;
+	case 'n':
+		out[0] = '\n';
+		*i = k + 2;
+		return 1;
+	case 'r':
+		out[0] = '\r';
+		*i = k + 2;
+		return 1;
+	case 't':
+		out[0] = '\t';
+		*i = k + 2;
+		return 1;
+	default:
+		break;
+	}
+	ASSERT(r[k + 1] == 'u' && k + 6 <= n);
+	cp = hex4(r + k + 2);
+	k += 6;
+	if (cp >= 0xD800 && cp <= 0xDFFF) {
+		uint32_t lo;
+
+		if (cp <= 0xDBFF && k + 6 <= n && r[k] == '\\' && r[k + 1] == 'u' &&
+		    (lo = hex4(r + k + 2)) >= 0xDC00 && lo <= 0xDFFF) {
+			cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+			k += 6;
+		} else {
+			cp = 0xFFFD;
+		}
+	}
+	*i = k;
+	return utf8_put(out, cp);
+}
+
+bool json_str_eq(struct json_str s, struct span expected)
+{
+	const uint8_t *r = s.raw.ptr;
+	const size_t n = s.raw.len;
+	size_t i = 0, j = 0;
+
+	if (!s.has_escapes)
+		return n == expected.len && (n == 0 || memcmp(r, expected.ptr, n) == 0);
+	while (i < n) {
+		if (r[i] != '\\') {
+			if (j >= expected.len || r[i] != expected.ptr[j])
+				return false;
+			i++;
+			j++;
+			continue;
+		}
+		uint8_t buf[4];
+		size_t k = unescape_one(r, n, &i, buf);
+		if (expected.len - j < k || memcmp(buf, expected.ptr + j, k) != 0)
+			return false;
+		j += k;
+	}
+	return j == expected.len;
+}
+
+bool json_str_eq_cstr(struct json_str s, const char *lit)
+{
+	return json_str_eq(s, span_cstr(lit));
+}
+
+size_t json_str_unescape(struct json_str s, uint8_t *out, size_t cap)
+{
+	const uint8_t *r = s.raw.ptr;
+	const size_t n = s.raw.len;
+	size_t i = 0, j = 0;
+
+	while (i < n) {
+		if (r[i] != '\\') {
+			if (j >= cap)
+				return SIZE_MAX;
+			out[j++] = r[i++];
+			continue;
+		}
+		uint8_t buf[4];
+		size_t k = unescape_one(r, n, &i, buf);
+		if (cap - j < k)
+			return SIZE_MAX;
+		memcpy(out + j, buf, k);
+		j += k;
+	}
+	return j;
+}
+
+/* ---- encoding (Go's encoding/json, HTML-safe) ---- */
+
+static const char hex_lower[] = "0123456789abcdef";
+
+/*
+ * Escape form of an ASCII byte: 0 = copy as is, otherwise the escape's second
+ * character ('u' meaning \u00xx). Go's htmlSafeSet plus its short escapes.
+ */
+static uint8_t ascii_escape(uint8_t b)
+{
+	switch (b) {
+	case '"':
+	case '\\':
+		return b;
+	case '\b':
+		return 'b';
+	case '\f':
+		return 'f';
+	case '\n':
+		return 'n';
+	case '\r':
+		return 'r';
+	case '\t':
+		return 't';
+	case '<':
+	case '>':
+	case '&':
+		return 'u';
+	default:
+		return b < 0x20 ? 'u' : 0;
+	}
+}
+
+/* One implementation for counting (out == NULL) and writing, so they cannot drift. */
+static size_t escape_impl(uint8_t *out, size_t cap, struct span s)
+{
+	const uint8_t *p = s.ptr;
+	const size_t n = s.len;
+	size_t i = 0, j = 0;
+
+#define EMIT(b) \
+	do { \
+		if (out) { \
+			if (j >= cap) \
+				return SIZE_MAX; \
+			out[j] = (uint8_t)(b); \
+		} \
+		j++; \
+	} while (0)
+#define EMIT_U(cp) \
+	do { \
+		EMIT('\\'); \
+		EMIT('u'); \
+		EMIT(hex_lower[((cp) >> 12) & 0xF]); \
+		EMIT(hex_lower[((cp) >> 8) & 0xF]); \
+		EMIT(hex_lower[((cp) >> 4) & 0xF]); \
+		EMIT(hex_lower[(cp) & 0xF]); \
+	} while (0)
+
+	while (i < n) {
+		uint8_t b = p[i];
+		if (b < 0x80) {
+			uint8_t e = ascii_escape(b);
+			if (e == 0) {
+				EMIT(b);
+			} else if (e == 'u') {
+				EMIT_U(b);
+			} else {
+				EMIT('\\');
+				EMIT(e);
+			}
+			i++;
+			continue;
+		}
+		size_t k = utf8_seq_len(p + i, n - i);
+		if (k == 0) {
+			EMIT_U(0xFFFDu);
+			i++;
+		} else if (k == 3 && b == 0xE2 && p[i + 1] == 0x80 && (p[i + 2] & ~1u) == 0xA8) {
+			EMIT_U(p[i + 2] == 0xA8 ? 0x2028u : 0x2029u);
+			i += 3;
+		} else {
+			for (size_t m = 0; m < k; m++)
+				EMIT(p[i + m]);
+			i += k;
+		}
+	}
+#undef EMIT_U
+#undef EMIT
+	return j;
+}
+
+size_t json_escaped_len(struct span s)
+{
+	size_t n = escape_impl(NULL, 0, s);
+
+	ASSERT(n <= JSON_ESCAPED_LEN_MAX(s.len));
+	return n;
+}
+
+size_t json_escape(uint8_t *out, size_t cap, struct span s)
+{
+	ASSERT(out != NULL || cap == 0);
+	if (out == NULL)
+		return s.len == 0 ? 0 : SIZE_MAX;
+	return escape_impl(out, cap, s);
+}
