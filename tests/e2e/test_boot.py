@@ -19,9 +19,11 @@ def test_bad_command_line_exits_2(relay_factory, args):
     assert res.returncode == 2, res
 
 
-def test_sigterm_exits_0(relay):
+def test_sigterm_closes_idle_connections_and_exits_0(relay):
     c = relay.connect()
-    assert c.request("GET", "/healthz").status == 200  # an idle keep-alive connection
+    assert c.request("GET", "/healthz").status == 200  # now an idle keep-alive connection
     relay.signal(signal.SIGTERM)
-    assert relay.wait_exit(12) == 0
     c.wait_closed(2.0)
+    c.close()
+    assert relay.wait_exit(12) == 0
+    assert relay.find_logs("shutdown complete"), relay.log_tail()

@@ -153,3 +153,34 @@ def test_header_read_timeout_5s(relay):
     partial.wait_closed(max(0.5, 7.5 - (time.monotonic() - t0)), allow_data=True)
     # the relay itself is fine afterwards
     check_healthz(relay.http("GET", "/healthz"))
+
+
+@pytest.mark.parametrize("version,headers", [("HTTP/1.1", {"Connection": "close"}), ("HTTP/1.0", {})],
+                         ids=["http11-connection-close", "http10-default"])
+def test_connection_close_honoured(relay, version, headers):
+    c = relay.connect()
+    c.send(build_request("GET", "/healthz", headers, version=version))
+    check_healthz(c.read_http_response())
+    c.wait_closed(2.0)
+
+
+def test_hundred_pipelined_requests(relay):
+    c = relay.connect()
+    c.send(b"".join(build_request("GET", "/healthz" if i % 2 == 0 else f"/nope{i}") for i in range(100)))
+    for i in range(100):
+        r = c.read_http_response()
+        if i % 2 == 0:
+            check_healthz(r)
+        else:
+            check_404(r)
+
+
+def test_hundred_concurrent_connections(relay):
+    conns = [relay.connect() for _ in range(100)]
+    for c in conns:
+        c.send(build_request("GET", "/healthz"))
+    for c in conns:
+        check_healthz(c.read_http_response())
+    for c in conns:
+        c.close()
+    check_healthz(relay.http("GET", "/healthz"))

@@ -294,3 +294,32 @@ def test_violation_does_not_affect_other_connections(relay, server_id):
     a.send(build_frame(OP_TEXT, ENVELOPE, mask=False))
     expect_close_then_tcp_close(a, 1002)
     b.ping(b"b-unaffected")
+
+
+def test_payload_length_with_high_bit_set(relay, server_id):
+    """A 64-bit length must have its most significant bit clear (RFC 6455 §5.2)."""
+    c = relay.ws_server(server_id)
+    c.send(build_frame(OP_BINARY, b"", length=1 << 63, len_form=64))
+    got, reason = c.read_close()
+    assert got in (1002, 1009), (got, reason)
+    c.wait_closed(6.5)
+
+
+def test_fifty_concurrent_websockets(relay, server_id):
+    """Fifty binaries at once (each from its own loopback source address, so a per-IP
+    upgrade limiter never interferes): all upgraded, all answered, all closed cleanly."""
+    conns = []
+    for i in range(50):
+        c = relay.connect(source=f"127.0.0.{10 + i}")
+        c.upgrade("/v1/server", server_headers(f"{server_id}-{i}"))
+        conns.append(c)
+    for i, c in enumerate(conns):
+        c.send_frame(OP_PING, b"n%d" % i)
+    for i, c in enumerate(conns):
+        f = c.read_frame()
+        assert f.opcode == OP_PONG and f.payload == b"n%d" % i, f
+    for c in conns:
+        c.send_close(1000)
+    for c in conns:
+        assert c.read_close()[0] == 1000
+        c.wait_closed(3.0)
