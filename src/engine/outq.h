@@ -1,0 +1,59 @@
+/*
+ * outq.h - a connection's outbound byte queue, in segments from the worker's bufpool.
+ *
+ * Contract:
+ * - Frames queued during one loop iteration are appended here and leave in one send
+ *   (send or sendmsg over up to OUTQ_IOV_MAX segments): the number of sends, not of
+ *   copies, decides throughput (DESIGN.md).
+ * - Append is all-or-nothing: the space is reserved before a byte is copied, so a
+ *   refused append (budget exhausted) leaves the queue as it was.
+ * - Items: the caller marks the end of each counted item (a forwarded frame);
+ *   outq_consume reports how many marked items have been written completely, so
+ *   "frames actually written" counts exactly.
+ * - An empty queue holds no segment: an idle connection costs nothing here.
+ */
+#ifndef PYRELAY_OUTQ_H
+#define PYRELAY_OUTQ_H
+
+#include <sys/uio.h>
+
+#include "core/common.h"
+#include "engine/bufpool.h"
+
+#define OUTQ_SEGMENT_BYTES (16u * 1024u)
+#define OUTQ_IOV_MAX 16u
+
+struct outq_seg {
+	struct outq_seg *next;
+	uint32_t cap;        /* data bytes this segment can hold */
+	uint32_t alloc_bytes; /* bufpool class size */
+	uint32_t head;       /* first unsent byte */
+	uint32_t tail;       /* end of queued bytes */
+	uint32_t items;      /* marked items whose last byte is in this segment */
+	uint32_t pad;
+	uint8_t data[];
+};
+
+struct outq {
+	struct outq_seg *first;
+	struct outq_seg *last;
+	uint64_t bytes; /* queued, not yet written */
+};
+
+static inline bool outq_empty(const struct outq *q)
+{
+	return q->bytes == 0;
+}
+
+/* Append parts (concatenated) or nothing at all. False when the pool refused memory. */
+bool outq_append(struct outq *q, struct bufpool *pool, const struct iovec *parts, size_t nparts);
+/* Mark the last appended byte as the end of a counted item. */
+void outq_mark_item(struct outq *q);
+/* Fill up to max iovecs with the unsent bytes, oldest first. Returns the count. */
+size_t outq_iov(const struct outq *q, struct iovec *iov, size_t max);
+/* n bytes were written: advance, free finished segments, return completed items. */
+uint32_t outq_consume(struct outq *q, struct bufpool *pool, size_t n);
+/* Drop everything queued (connection teardown). */
+void outq_clear(struct outq *q, struct bufpool *pool);
+
+#endif

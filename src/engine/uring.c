@@ -1,0 +1,146 @@
+#include "engine/uring.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
+
+static void kernel_release(char *out, size_t cap)
+{
+	struct utsname u;
+	if (uname(&u) == 0)
+		snprintf(out, cap, "%s", u.release);
+	else
+		snprintf(out, cap, "unknown");
+}
+
+bool uring_probe(struct uring_features *f, char why[URING_WHY_BYTES])
+{
+	char rel[65];
+	kernel_release(rel, sizeof rel);
+	memset(f, 0, sizeof *f);
+
+	struct io_uring ring;
+	int rc = io_uring_queue_init(8, &ring, 0);
+	if (rc < 0) {
+		switch (-rc) {
+		case ENOSYS:
+			snprintf(why, URING_WHY_BYTES,
+				 "io_uring is not available in kernel %s (fix: run on Linux >= 6.1 built with CONFIG_IO_URING)", rel);
+			break;
+		case EPERM:
+			snprintf(why, URING_WHY_BYTES,
+				 "io_uring is disabled for this process (fix: sysctl kernel.io_uring_disabled=0, or allow io_uring_setup in the seccomp profile / container runtime)");
+			break;
+		case ENOMEM:
+			snprintf(why, URING_WHY_BYTES,
+				 "io_uring_setup: out of locked memory (fix: raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity in the systemd unit)");
+			break;
+		default:
+			snprintf(why, URING_WHY_BYTES, "io_uring_setup failed: %s (kernel %s)", strerror(-rc), rel);
+		}
+		return false;
+	}
+	f->ext_arg = (ring.features & IORING_FEAT_EXT_ARG) != 0;
+	struct io_uring_probe *probe = io_uring_get_probe_ring(&ring);
+	bool ops_ok = false;
+	if (probe != NULL) {
+		ops_ok = io_uring_opcode_supported(probe, IORING_OP_ACCEPT) &&
+			 io_uring_opcode_supported(probe, IORING_OP_RECV) &&
+			 io_uring_opcode_supported(probe, IORING_OP_SEND) &&
+			 io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
+			 io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL) &&
+			 io_uring_opcode_supported(probe, IORING_OP_READ);
+		f->send_zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC);
+		f->msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING);
+		io_uring_free_probe(probe);
+	}
+	/* Buffer rings (5.19) are the marker for multishot accept (5.19) and multishot
+	 * recv (6.0): probe the registration itself rather than trusting version numbers. */
+	char tmp[URING_WHY_BYTES];
+	struct io_uring_buf_ring *br = uring_setup_buf_ring(&ring, 2, 0, tmp);
+	if (br != NULL) {
+		f->buf_ring = true;
+		uring_free_buf_ring(&ring, br, 2, 0);
+	}
+	f->accept_multishot = f->buf_ring;
+	f->recv_multishot = f->buf_ring && f->send_zc; /* both arrived in 6.0 */
+	io_uring_queue_exit(&ring);
+
+	struct io_uring_params p = { .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN };
+	if (io_uring_queue_init_params(8, &ring, &p) == 0) {
+		f->defer_taskrun = true;
+		io_uring_queue_exit(&ring);
+	} else {
+		p = (struct io_uring_params){ .flags = IORING_SETUP_COOP_TASKRUN };
+		if (io_uring_queue_init_params(8, &ring, &p) == 0) {
+			f->coop_taskrun = true;
+			io_uring_queue_exit(&ring);
+		}
+	}
+
+	if (!ops_ok || !f->ext_arg || !f->recv_multishot || !f->accept_multishot) {
+		snprintf(why, URING_WHY_BYTES,
+			 "kernel %s lacks io_uring features the relay needs (multishot accept/recv with provided buffer rings, wait with timeout) (fix: run on Linux >= 6.1)",
+			 rel);
+		return false;
+	}
+	return true;
+}
+
+int uring_setup(struct io_uring *ring, unsigned entries, const struct uring_features *f,
+		char why[URING_WHY_BYTES])
+{
+	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE, .cq_entries = entries * 4 };
+	if (f->defer_taskrun)
+		p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	else if (f->coop_taskrun)
+		p.flags |= IORING_SETUP_COOP_TASKRUN;
+	int rc = io_uring_queue_init_params(entries, ring, &p);
+	if (rc < 0) {
+		snprintf(why, URING_WHY_BYTES, "io_uring_queue_init(%u entries): %s", entries, strerror(-rc));
+		return rc;
+	}
+	/* Saves an fget/fput per io_uring_enter; failure only costs that. */
+	(void)io_uring_register_ring_fd(ring);
+	return 0;
+}
+
+static size_t buf_ring_bytes(unsigned entries)
+{
+	return (size_t)entries * sizeof(struct io_uring_buf);
+}
+
+struct io_uring_buf_ring *uring_setup_buf_ring(struct io_uring *ring, unsigned entries,
+					       unsigned short bgid, char why[URING_WHY_BYTES])
+{
+	ASSERT(entries > 0 && (entries & (entries - 1)) == 0);
+	void *mem = mmap(NULL, buf_ring_bytes(entries), PROT_READ | PROT_WRITE,
+			 MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (mem == MAP_FAILED) {
+		snprintf(why, URING_WHY_BYTES, "mmap buffer ring: %s", strerror(errno));
+		return NULL;
+	}
+	struct io_uring_buf_ring *br = mem;
+	io_uring_buf_ring_init(br);
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)(uintptr_t)br,
+		.ring_entries = entries,
+		.bgid = bgid,
+	};
+	int rc = io_uring_register_buf_ring(ring, &reg, 0);
+	if (rc < 0) {
+		snprintf(why, URING_WHY_BYTES, "io_uring_register_buf_ring: %s", strerror(-rc));
+		munmap(mem, buf_ring_bytes(entries));
+		return NULL;
+	}
+	return br;
+}
+
+void uring_free_buf_ring(struct io_uring *ring, struct io_uring_buf_ring *br, unsigned entries,
+			 unsigned short bgid)
+{
+	(void)io_uring_unregister_buf_ring(ring, bgid);
+	munmap(br, buf_ring_bytes(entries));
+}

@@ -1,0 +1,46 @@
+/*
+ * uring.h - io_uring set-up: kernel feature probe, ring creation with the best flags
+ * the kernel accepts, and provided-buffer rings (liburing 2.3 lacks
+ * io_uring_setup_buf_ring, so we write it here against the kernel ABI).
+ *
+ * Contract: called at start-up only (control plane). Errors come back as a message
+ * naming the cause and the fix; the caller logs it and exits 1.
+ */
+#ifndef PYRELAY_URING_H
+#define PYRELAY_URING_H
+
+#include <liburing.h>
+
+#include "core/common.h"
+
+struct uring_features {
+	bool defer_taskrun;   /* IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (6.1) */
+	bool coop_taskrun;    /* fallback (5.19) */
+	bool ext_arg;         /* wait with timeout without an SQE (5.11) */
+	bool send_zc;         /* IORING_OP_SEND_ZC (6.0) */
+	bool msg_ring;        /* IORING_OP_MSG_RING (5.18) */
+	bool recv_multishot;  /* needs provided buffer rings (6.0) */
+	bool accept_multishot;
+	bool buf_ring;
+};
+
+#define URING_WHY_BYTES 256
+
+/* Probe what the running kernel offers. Returns false when io_uring cannot serve the
+ * relay at all (absent, disabled by sysctl or seccomp, kernel too old), with the cause
+ * and the fix in why. */
+bool uring_probe(struct uring_features *f, char why[URING_WHY_BYTES]);
+
+/* Create a ring with `entries` SQEs (CQ twice as big), single issuer and deferred task
+ * running when available, else cooperative task running. Registers the ring fd. */
+int uring_setup(struct io_uring *ring, unsigned entries, const struct uring_features *f,
+		char why[URING_WHY_BYTES]);
+
+/* mmap a provided-buffer ring of `entries` (power of two) and register it as buffer
+ * group `bgid`. Returns NULL with why filled on failure. */
+struct io_uring_buf_ring *uring_setup_buf_ring(struct io_uring *ring, unsigned entries,
+					       unsigned short bgid, char why[URING_WHY_BYTES]);
+void uring_free_buf_ring(struct io_uring *ring, struct io_uring_buf_ring *br, unsigned entries,
+			 unsigned short bgid);
+
+#endif

@@ -1,0 +1,1178 @@
+/*
+ * worker.c - the io_uring event loop of one worker.
+ *
+ * Reading order: set-up, the loop, completions (accept, recv, send, wake), the HTTP
+ * phase, the WebSocket phase, sending, timers, teardown. Every connection moves
+ * through enum conn_state in one direction only: HTTP -> WS_OPEN -> WS_CLOSING ->
+ * DRAINING -> DEAD -> FREE (any state may jump forward, never back).
+ */
+#include "engine/worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "ws/ws_frame.h"
+#include "ws/ws_handshake.h"
+
+#ifndef PYRELAY_VERSION
+#define PYRELAY_VERSION "dev"
+#endif
+
+enum op {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_WAKE,
+	OP_IGNORE, /* cancels: their completion needs no action */
+};
+
+#define UD(op, idx, gen) (((uint64_t)(op) << 56) | ((uint64_t)((gen) & 0xffffffu) << 32) | (uint64_t)(idx))
+#define UD_OP(ud) ((unsigned)((ud) >> 56))
+#define UD_GEN(ud) ((uint32_t)(((ud) >> 32) & 0xffffffu))
+#define UD_IDX(ud) ((uint32_t)(ud))
+
+struct send_ctx {
+	struct msghdr msg;
+	struct iovec iov[OUTQ_IOV_MAX];
+	uint32_t alloc_bytes;
+};
+
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ------------------------------------------------------------------ set-up */
+
+static int listen_socket(const char *addr, char why[URING_WHY_BYTES])
+{
+	/* Go's net.Listen semantics: "host:port", "[v6]:port", ":port" (all interfaces). */
+	char host[256];
+	const char *colon = strrchr(addr, ':');
+	if (colon == NULL) {
+		snprintf(why, URING_WHY_BYTES, "listen address %s has no port", addr);
+		return -1;
+	}
+	size_t hlen = (size_t)(colon - addr);
+	if (hlen >= sizeof host) {
+		snprintf(why, URING_WHY_BYTES, "listen address host too long");
+		return -1;
+	}
+	memcpy(host, addr, hlen);
+	host[hlen] = '\0';
+	if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+		memmove(host, host + 1, hlen - 2);
+		host[hlen - 2] = '\0';
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE, .ai_family = AF_UNSPEC };
+	struct addrinfo *res = NULL;
+	int gai = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
+	if (gai != 0) {
+		snprintf(why, URING_WHY_BYTES, "resolve listen address %s: %s", addr, gai_strerror(gai));
+		return -1;
+	}
+	/* With an empty host prefer the IPv6 wildcard (dual stack), like Go. */
+	struct addrinfo *pick = res;
+	if (!host[0]) {
+		for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+			if (ai->ai_family == AF_INET6) {
+				pick = ai;
+				break;
+			}
+		}
+	}
+	int fd = socket(pick->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(why, URING_WHY_BYTES, "socket: %s", strerror(errno));
+		freeaddrinfo(res);
+		return -1;
+	}
+	int one = 1, zero = 0;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (pick->ai_family == AF_INET6 && !host[0])
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+	if (bind(fd, pick->ai_addr, pick->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+		snprintf(why, URING_WHY_BYTES, "listen tcp %s: %s", addr, strerror(errno));
+		close(fd);
+		freeaddrinfo(res);
+		return -1;
+	}
+	freeaddrinfo(res);
+	return fd;
+}
+
+struct worker *worker_create(const struct config *cfg, uint32_t id, const char *listen_addr,
+			     uint64_t buffer_budget_bytes, char why[URING_WHY_BYTES])
+{
+	struct worker *w = calloc(1, sizeof *w);
+	if (w == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory");
+		return NULL;
+	}
+	w->cfg = cfg;
+	w->id = id;
+	w->listen_fd = -1;
+	w->wake_fd = -1;
+	if (!uring_probe(&w->feat, why))
+		goto fail;
+
+	w->bufs = aligned_alloc(4096, (size_t)RECV_BUFFER_COUNT * RECV_BUFFER_BYTES);
+	if (w->bufs == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for receive buffers");
+		goto fail;
+	}
+	/* The pool is sized once: upgraded connections (the cap) plus a bounded number
+	 * still in their HTTP phase. calloc leaves untouched slots unbacked by RAM. */
+	w->conn_cap = cfg->max_connections + HTTP_PHASE_CONNECTIONS_MAX;
+	w->conns = calloc(w->conn_cap, sizeof *w->conns);
+	w->free_idx = calloc(w->conn_cap, sizeof *w->free_idx);
+	if (w->conns == NULL || w->free_idx == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for %u connection slots", w->conn_cap);
+		goto fail;
+	}
+	for (uint32_t i = 0; i < w->conn_cap; i++)
+		w->free_idx[i] = w->conn_cap - 1 - i;
+	w->free_top = w->conn_cap;
+
+	w->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (w->wake_fd < 0) {
+		snprintf(why, URING_WHY_BYTES, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	w->listen_fd = listen_socket(listen_addr, why);
+	if (w->listen_fd < 0)
+		goto fail;
+
+	bufpool_init(&w->pool, buffer_budget_bytes);
+	w->now_ms = w->start_ms = monotonic_ms();
+	timer_wheel_init(&w->tw, w->now_ms);
+	w->relay = relay_shard_create(w);
+	if (w->relay == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for the registry");
+		goto fail;
+	}
+	return w;
+
+fail:
+	if (w->listen_fd >= 0)
+		close(w->listen_fd);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
+	free(w->bufs);
+	free(w->conns);
+	free(w->free_idx);
+	free(w);
+	return NULL;
+}
+
+/* The ring belongs to the thread that drives it: with SINGLE_ISSUER and a registered
+ * ring fd, only the creating task may submit, so this runs on the worker thread. */
+static bool worker_ring_init(struct worker *w, char why[URING_WHY_BYTES])
+{
+	if (uring_setup(&w->ring, RING_ENTRIES, &w->feat, why) < 0)
+		return false;
+	w->br = uring_setup_buf_ring(&w->ring, RECV_BUFFER_COUNT, RECV_BUFFER_GROUP, why);
+	if (w->br == NULL) {
+		io_uring_queue_exit(&w->ring);
+		return false;
+	}
+	int mask = io_uring_buf_ring_mask(RECV_BUFFER_COUNT);
+	for (uint32_t i = 0; i < RECV_BUFFER_COUNT; i++)
+		io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * RECV_BUFFER_BYTES, RECV_BUFFER_BYTES,
+				      (unsigned short)i, mask, (int)i);
+	io_uring_buf_ring_advance(w->br, RECV_BUFFER_COUNT);
+	w->ring_ready = true;
+	return true;
+}
+
+void worker_destroy(struct worker *w)
+{
+	relay_shard_destroy(w->relay);
+	if (w->listen_fd >= 0)
+		close(w->listen_fd);
+	close(w->wake_fd);
+	bufpool_destroy(&w->pool);
+	free(w->bufs);
+	free(w->conns);
+	free(w->free_idx);
+	free(w);
+}
+
+void worker_stop(struct worker *w)
+{
+	uint64_t one = 1;
+	/* eventfd writes of 8 bytes cannot be partial; EAGAIN only if the counter is
+	 * saturated, which already means "stop" is pending. */
+	(void)!write(w->wake_fd, &one, sizeof one);
+}
+
+/* ------------------------------------------------------------------ ring helpers */
+
+static struct io_uring_sqe *get_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	if (sqe == NULL) {
+		/* SQ full: push what we have to the kernel and try again (bounded: the
+		 * submit frees the whole queue). */
+		io_uring_submit(&w->ring);
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	ASSERT(sqe != NULL);
+	return sqe;
+}
+
+static void arm_accept(struct worker *w)
+{
+	if (w->accept_armed || w->stopping || w->listen_fd < 0)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, 0, 0));
+	w->accept_armed = true;
+}
+
+static void arm_wake(struct worker *w)
+{
+	if (w->wake_armed)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_value, sizeof w->wake_value, 0);
+	io_uring_sqe_set_data64(sqe, UD(OP_WAKE, 0, 0));
+	w->wake_armed = true;
+}
+
+static bool conn_reads(const struct conn *c)
+{
+	return c->state != CONN_FREE && c->state != CONN_DEAD && !c->recv_paused;
+}
+
+static void arm_recv(struct worker *w, struct conn *c)
+{
+	if (c->recv_armed || !conn_reads(c))
+		return;
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = RECV_BUFFER_GROUP;
+	io_uring_sqe_set_data64(sqe, UD(OP_RECV, c->idx, c->gen));
+	c->recv_armed = true;
+}
+
+static void return_buffer(struct worker *w, unsigned bid)
+{
+	ASSERT(bid < RECV_BUFFER_COUNT);
+	io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * RECV_BUFFER_BYTES, RECV_BUFFER_BYTES,
+			      (unsigned short)bid, io_uring_buf_ring_mask(RECV_BUFFER_COUNT),
+			      (int)w->br_unadvanced);
+	w->br_unadvanced++;
+}
+
+static void publish_buffers(struct worker *w)
+{
+	if (w->br_unadvanced) {
+		io_uring_buf_ring_advance(w->br, (int)w->br_unadvanced);
+		w->br_unadvanced = 0;
+	}
+}
+
+/* ------------------------------------------------------------------ timers */
+
+static void conn_timer_update(struct worker *w, struct conn *c)
+{
+	uint64_t d[] = { c->read_deadline_ms, c->write_deadline_ms, c->close_deadline_ms, c->ping_at_ms,
+			 c->pong_deadline_ms };
+	uint64_t next = 0;
+	for (size_t i = 0; i < ARRAY_LEN(d); i++) {
+		if (d[i] && (next == 0 || d[i] < next))
+			next = d[i];
+	}
+	if (next == 0)
+		timer_wheel_cancel(&w->tw, &c->timer);
+	else if (!tw_node_scheduled(&c->timer) || c->timer.deadline_ms != next)
+		timer_wheel_schedule(&w->tw, &c->timer, next);
+}
+
+void worker_schedule(struct worker *w, struct tw_node *n, uint64_t deadline_ms)
+{
+	timer_wheel_schedule(&w->tw, n, deadline_ms);
+}
+
+void worker_cancel_timer(struct worker *w, struct tw_node *n)
+{
+	timer_wheel_cancel(&w->tw, n);
+}
+
+/* ------------------------------------------------------------------ teardown */
+
+static void mark_dirty(struct worker *w, struct conn *c)
+{
+	if (c->in_dirty)
+		return;
+	c->in_dirty = true;
+	c->dirty_next = w->dirty_head;
+	w->dirty_head = c;
+}
+
+/* The relay hears of every upgraded connection's end exactly once, from the loop,
+ * never from inside one of its own calls. */
+static void report_end(struct worker *w, struct conn *c)
+{
+	if (c->route == HTTP_ROUTE_NOT_FOUND || c->ended_reported || c->in_ended)
+		return;
+	c->in_ended = true;
+	c->ended_next = w->ended_head;
+	w->ended_head = c;
+}
+
+static void release_buffers(struct worker *w, struct conn *c)
+{
+	if (c->http_buf) {
+		bufpool_put(&w->pool, c->http_buf, c->http_cap);
+		c->http_buf = NULL;
+		c->http_cap = c->http_len = 0;
+	}
+	if (c->ws.asm_buf) {
+		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
+		c->ws.asm_buf = NULL;
+		c->ws.asm_cap = c->ws.asm_len = 0;
+	}
+}
+
+static void conn_maybe_free(struct worker *w, struct conn *c)
+{
+	if (c->state != CONN_DEAD || c->recv_armed || c->send_inflight || c->in_ended || c->in_dirty)
+		return;
+	if (c->route != HTTP_ROUTE_NOT_FOUND && !c->ended_reported)
+		return;
+	timer_wheel_cancel(&w->tw, &c->timer);
+	outq_clear(&c->out, &w->pool);
+	release_buffers(w, c);
+	if (c->send) {
+		bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
+		c->send = NULL;
+	}
+	close(c->fd);
+	if (c->counted) {
+		ASSERT(w->ws_counted > 0);
+		w->ws_counted--;
+	}
+	c->state = CONN_FREE;
+	c->gen++;
+	ASSERT(w->live > 0);
+	w->live--;
+	w->free_idx[w->free_top++] = c->idx;
+}
+
+void conn_abort(struct worker *w, struct conn *c)
+{
+	if (c->state == CONN_DEAD || c->state == CONN_FREE)
+		return;
+	report_end(w, c);
+	c->state = CONN_DEAD;
+	c->read_deadline_ms = c->write_deadline_ms = c->close_deadline_ms = 0;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	timer_wheel_cancel(&w->tw, &c->timer);
+	/* Wakes the multishot recv (it completes with 0) and fails an in-flight send, so
+	 * the slot can be freed once both completions are in. */
+	shutdown(c->fd, SHUT_RDWR);
+	outq_clear(&c->out, &w->pool);
+	conn_maybe_free(w, c);
+}
+
+/* Flush what is queued, then FIN; discard input until the peer's EOF (bounded). */
+static void conn_drain(struct worker *w, struct conn *c)
+{
+	if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+		return;
+	if (c->state == CONN_WS_OPEN || c->state == CONN_WS_CLOSING)
+		report_end(w, c);
+	c->state = CONN_DRAINING;
+	c->read_deadline_ms = 0;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;
+	c->recv_paused = false;
+	release_buffers(w, c);
+	if (outq_empty(&c->out) && !c->send_inflight) {
+		shutdown(c->fd, SHUT_WR);
+		c->wr_shut = true;
+	}
+	arm_recv(w, c);
+	conn_timer_update(w, c);
+}
+
+/* ------------------------------------------------------------------ sending */
+
+static bool conn_queue(struct worker *w, struct conn *c, const struct iovec *parts, size_t n)
+{
+	if (!outq_append(&c->out, &w->pool, parts, n))
+		return false;
+	if (c->write_deadline_ms == 0) {
+		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
+		conn_timer_update(w, c);
+	}
+	mark_dirty(w, c);
+	return true;
+}
+
+static bool conn_queue_bytes(struct worker *w, struct conn *c, const void *p, size_t n)
+{
+	struct iovec iov = { .iov_base = (void *)p, .iov_len = n };
+	return conn_queue(w, c, &iov, 1);
+}
+
+static bool queue_ws_frame(struct worker *w, struct conn *c, uint8_t opcode, const struct iovec *parts,
+			   size_t nparts)
+{
+	struct iovec iov[8];
+	uint8_t hdr[WS_FRAME_HEADER_BYTES_MAX];
+	uint64_t len = 0;
+	ASSERT(nparts + 1 <= ARRAY_LEN(iov));
+	for (size_t i = 0; i < nparts; i++) {
+		len += parts[i].iov_len;
+		iov[i + 1] = parts[i];
+	}
+	iov[0].iov_base = hdr;
+	iov[0].iov_len = ws_frame_header_encode(hdr, true, opcode, len, NULL);
+	return conn_queue(w, c, iov, nparts + 1);
+}
+
+bool conn_ws_send_text(struct worker *w, struct conn *c, const struct iovec *parts, size_t nparts, bool counted)
+{
+	if (c->state != CONN_WS_OPEN)
+		return false;
+	if (!queue_ws_frame(w, c, WS_OP_TEXT, parts, nparts))
+		return false;
+	if (counted) {
+		outq_mark_item(&c->out);
+		c->items_pending++;
+	}
+	return true;
+}
+
+bool conn_ws_ping(struct worker *w, struct conn *c, const void *payload, size_t len)
+{
+	if (c->state != CONN_WS_OPEN || len > WS_CONTROL_PAYLOAD_BYTES_MAX)
+		return false;
+	struct iovec iov = { .iov_base = (void *)payload, .iov_len = len };
+	return queue_ws_frame(w, c, WS_OP_PING, &iov, 1);
+}
+
+static void queue_close_frame(struct worker *w, struct conn *c, uint16_t code, const char *reason)
+{
+	uint8_t payload[WS_CONTROL_PAYLOAD_BYTES_MAX];
+	size_t n = ws_close_payload_encode(payload, code, reason, reason ? strlen(reason) : 0);
+	struct iovec iov = { .iov_base = payload, .iov_len = n };
+	if (!queue_ws_frame(w, c, WS_OP_CLOSE, &iov, 1))
+		conn_abort(w, c);
+}
+
+void conn_ws_close(struct worker *w, struct conn *c, uint16_t code, const char *reason)
+{
+	if (c->state != CONN_WS_OPEN)
+		return; /* first close wins */
+	if (!ws_close_code_is_sendable(code))
+		code = WS_CLOSE_INTERNAL_ERROR;
+	report_end(w, c);
+	c->state = CONN_WS_CLOSING;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;
+	c->recv_paused = false;
+	queue_close_frame(w, c, code, reason);
+	if (c->state == CONN_WS_CLOSING) {
+		arm_recv(w, c);
+		conn_timer_update(w, c);
+	}
+}
+
+static void submit_send(struct worker *w, struct conn *c)
+{
+	struct iovec iov[OUTQ_IOV_MAX];
+	size_t n = outq_iov(&c->out, iov, OUTQ_IOV_MAX);
+	ASSERT(n > 0);
+	struct io_uring_sqe *sqe;
+	if (n == 1) {
+		sqe = get_sqe(w);
+		io_uring_prep_send(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+	} else {
+		if (c->send == NULL) {
+			uint32_t cap;
+			c->send = bufpool_get(&w->pool, sizeof *c->send, &cap);
+			if (c->send == NULL) {
+				conn_abort(w, c);
+				return;
+			}
+			c->send->alloc_bytes = cap;
+		}
+		memcpy(c->send->iov, iov, n * sizeof iov[0]);
+		c->send->msg = (struct msghdr){ .msg_iov = c->send->iov, .msg_iovlen = n };
+		sqe = get_sqe(w);
+		io_uring_prep_sendmsg(sqe, c->fd, &c->send->msg, MSG_NOSIGNAL);
+	}
+	io_uring_sqe_set_data64(sqe, UD(OP_SEND, c->idx, c->gen));
+	c->send_inflight = true;
+	w->stats.sends++;
+}
+
+static void flush_dirty(struct worker *w)
+{
+	/* Bounded: each connection is on the list at most once. */
+	while (w->dirty_head != NULL) {
+		struct conn *c = w->dirty_head;
+		w->dirty_head = c->dirty_next;
+		c->in_dirty = false;
+		if (c->state != CONN_DEAD && c->state != CONN_FREE && !c->send_inflight && !outq_empty(&c->out))
+			submit_send(w, c);
+		conn_maybe_free(w, c);
+	}
+}
+
+static void on_send(struct worker *w, struct conn *c, int res)
+{
+	c->send_inflight = false;
+	if (c->send != NULL && outq_empty(&c->out)) {
+		bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
+		c->send = NULL;
+	}
+	if (c->state == CONN_DEAD) {
+		conn_maybe_free(w, c);
+		return;
+	}
+	if (res <= 0) {
+		conn_abort(w, c);
+		return;
+	}
+	w->stats.bytes_out += (uint64_t)res;
+	uint32_t items = outq_consume(&c->out, &w->pool, (size_t)res);
+	if (items) {
+		ASSERT(c->items_pending >= items);
+		c->items_pending -= items;
+		if (c->route != HTTP_ROUTE_NOT_FOUND)
+			relay_items_written(w, c, items);
+	}
+	if (outq_empty(&c->out)) {
+		c->write_deadline_ms = 0;
+		if (c->send != NULL) {
+			bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
+			c->send = NULL;
+		}
+		if (c->state == CONN_DRAINING && !c->wr_shut) {
+			shutdown(c->fd, SHUT_WR);
+			c->wr_shut = true;
+		}
+	} else {
+		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
+		mark_dirty(w, c);
+	}
+	conn_timer_update(w, c);
+}
+
+/* ------------------------------------------------------------------ HTTP phase */
+
+static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, bool close)
+{
+	char buf[HTTP_RESPONSE_BYTES_MAX];
+	size_t n = http_write_canned(buf, sizeof buf, which, close);
+	if (!conn_queue_bytes(w, c, buf, n)) {
+		conn_abort(w, c);
+		return;
+	}
+	if (close)
+		conn_drain(w, c);
+}
+
+static void respond_healthz(struct worker *w, struct conn *c, bool close)
+{
+	uint64_t binaries = 0, phones = 0;
+	relay_counts(w, &binaries, &phones);
+	struct healthz h = {
+		.version = PYRELAY_VERSION,
+		.connected_binaries = binaries,
+		.connected_phones = phones,
+		.uptime_seconds = (w->now_ms - w->start_ms) / 1000u,
+	};
+	char buf[HTTP_RESPONSE_BYTES_MAX];
+	size_t n = http_write_healthz(buf, sizeof buf, &h, close);
+	if (!conn_queue_bytes(w, c, buf, n)) {
+		conn_abort(w, c);
+		return;
+	}
+	if (close)
+		conn_drain(w, c);
+}
+
+static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
+
+/* One complete request head. Returns true when the connection switched to WebSocket. */
+static bool http_request(struct worker *w, struct conn *c, const struct http_request *req)
+{
+	bool close = http_request_wants_close(req) || http_request_has_body(req) || w->stopping ||
+		     ++c->requests >= HTTP_KEEPALIVE_REQUESTS_MAX;
+	enum http_route route = http_route_of(req->path);
+	switch (route) {
+	case HTTP_ROUTE_HEALTHZ:
+		respond_healthz(w, c, close);
+		return false;
+	case HTTP_ROUTE_NOT_FOUND:
+		respond_canned(w, c, HTTP_CANNED_NOT_FOUND, close);
+		return false;
+	case HTTP_ROUTE_SERVER:
+	case HTTP_ROUTE_CLIENT:
+		break;
+	}
+	int verdict = relay_admit(w, c, route, req);
+	if (verdict >= 0) {
+		respond_canned(w, c, (enum http_canned)verdict, close);
+		return false;
+	}
+	if (!http_required_headers_ok(req, route)) {
+		relay_rejected_headers(w, c, route);
+		respond_canned(w, c, HTTP_CANNED_EMPTY_400, close);
+		return false;
+	}
+	struct span key;
+	switch (ws_upgrade_check(req, &key)) {
+	case WS_UPGRADE_OK:
+		break;
+	case WS_UPGRADE_BAD_METHOD:
+		respond_canned(w, c, HTTP_CANNED_METHOD, true);
+		return false;
+	case WS_UPGRADE_NOT_UPGRADE:
+		respond_canned(w, c, HTTP_CANNED_UPGRADE_REQUIRED, true);
+		return false;
+	case WS_UPGRADE_BAD_VERSION:
+		respond_canned(w, c, HTTP_CANNED_WS_VERSION, true);
+		return false;
+	case WS_UPGRADE_BAD_KEY:
+		respond_canned(w, c, HTTP_CANNED_WS_BAD_KEY, true);
+		return false;
+	}
+	char accept[WS_ACCEPT_KEY_LEN + 1];
+	bool ok = ws_handshake_accept(key, accept);
+	ASSERT(ok);
+	char buf[HTTP_RESPONSE_BYTES_MAX];
+	size_t n = http_write_switching(buf, sizeof buf, accept);
+	if (!conn_queue_bytes(w, c, buf, n)) {
+		conn_abort(w, c);
+		return false;
+	}
+	c->state = CONN_WS_OPEN;
+	c->route = (uint8_t)route;
+	c->read_deadline_ms = 0;
+	ws_reader_init(&c->ws, WS_MESSAGE_BYTES_MAX);
+	conn_timer_update(w, c);
+	relay_open(w, c, route, req);
+	return true;
+}
+
+static void http_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+{
+	if (c->http_buf == NULL) {
+		c->http_buf = bufpool_get(&w->pool, HTTP_HEAD_BYTES_MAX, &c->http_cap);
+		if (c->http_buf == NULL) {
+			conn_abort(w, c);
+			return;
+		}
+		c->http_len = 0;
+	}
+	/* Bounded: each pass either consumes input, answers a request, or stops. */
+	while (c->state == CONN_HTTP) {
+		if (c->http_len == 0 && n > 0)
+			c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
+		size_t room = HTTP_HEAD_BYTES_MAX - c->http_len;
+		size_t take = MIN(n, room);
+		memcpy(c->http_buf + c->http_len, p, take);
+		c->http_len += (uint32_t)take;
+		p += take;
+		n -= take;
+		if (c->http_len == 0)
+			break;
+
+		struct http_request req;
+		enum http_parse_status st = http_parse_request(c->http_buf, c->http_len, &req);
+		if (st == HTTP_PARSE_INCOMPLETE) {
+			if (c->http_len < HTTP_HEAD_BYTES_MAX)
+				break; /* wait for more */
+			st = HTTP_PARSE_TOO_LARGE;
+		}
+		if (st != HTTP_PARSE_OK) {
+			respond_canned(w, c,
+				       st == HTTP_PARSE_TOO_LARGE   ? HTTP_CANNED_TOO_LARGE
+				       : st == HTTP_PARSE_BAD_VERSION ? HTTP_CANNED_BAD_VERSION
+								      : HTTP_CANNED_BAD_REQUEST,
+				       true);
+			return;
+		}
+		uint32_t head = req.head_bytes;
+		bool upgraded = http_request(w, c, &req);
+		if (upgraded) {
+			/* Bytes after the upgrade request are the first WebSocket frames. The
+			 * reader unmasks in place; http_buf is ours, so that is fine. */
+			uint8_t *buf = c->http_buf;
+			uint32_t cap = c->http_cap, len = c->http_len;
+			c->http_buf = NULL;
+			c->http_cap = c->http_len = 0;
+			if (len > head && c->state == CONN_WS_OPEN)
+				ws_input(w, c, buf + head, len - head);
+			bufpool_put(&w->pool, buf, cap);
+			if (n > 0 && (c->state == CONN_WS_OPEN || c->state == CONN_WS_CLOSING))
+				ws_input(w, c, p, n);
+			return;
+		}
+		if (c->state != CONN_HTTP)
+			return;
+		/* Keep-alive: the next pipelined request starts right after this head. */
+		memmove(c->http_buf, c->http_buf + head, c->http_len - head);
+		c->http_len -= head;
+		c->read_deadline_ms = c->http_len ? w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS
+						  : w->now_ms + HTTP_IDLE_TIMEOUT_MS;
+		conn_timer_update(w, c);
+	}
+	if (c->state == CONN_HTTP && c->http_len == 0 && c->http_buf != NULL) {
+		bufpool_put(&w->pool, c->http_buf, c->http_cap);
+		c->http_buf = NULL;
+		c->http_cap = 0;
+	}
+	if (c->state == CONN_HTTP)
+		conn_timer_update(w, c);
+}
+
+/* ------------------------------------------------------------------ WebSocket phase */
+
+static bool grow_asm(struct worker *w, struct conn *c, size_t need)
+{
+	/* Geometric growth keeps assembling a message linear in its size. */
+	size_t want = MAX(need, (size_t)c->ws.asm_cap * 2);
+	want = MIN(want, (size_t)WS_MESSAGE_BYTES_MAX);
+	want = MAX(want, need);
+	if (want > BUFPOOL_CLASS_MAX_BYTES)
+		return false;
+	uint32_t cap;
+	uint8_t *nb = bufpool_get(&w->pool, want, &cap);
+	if (nb == NULL)
+		return false;
+	if (c->ws.asm_buf) {
+		memcpy(nb, c->ws.asm_buf, c->ws.asm_len);
+		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
+	}
+	c->ws.asm_buf = nb;
+	c->ws.asm_cap = cap;
+	return true;
+}
+
+static void release_asm_if_idle(struct worker *w, struct conn *c)
+{
+	if (c->ws.asm_buf && !ws_reader_buffer_in_use(&c->ws)) {
+		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
+		c->ws.asm_buf = NULL;
+		c->ws.asm_cap = c->ws.asm_len = 0;
+	}
+}
+
+static void heartbeat_pong(struct worker *w, struct conn *c, struct span payload)
+{
+	if (c->pong_deadline_ms == 0)
+		return;
+	char expect[16];
+	int n = snprintf(expect, sizeof expect, "%u", c->hb_seq);
+	if (payload.len != (size_t)n || memcmp(payload.ptr, expect, (size_t)n) != 0)
+		return;
+	c->pong_deadline_ms = 0;
+	uint64_t next = c->ping_sent_ms + w->cfg->heartbeat_interval_ms;
+	c->ping_at_ms = next > w->now_ms ? next : w->now_ms + 1;
+	conn_timer_update(w, c);
+}
+
+static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+{
+	/* Bounded: every iteration consumes input or yields one event; events that
+	 * consume nothing (NEED_SPACE) are followed by progress or a teardown. */
+	for (;;) {
+		if (c->state != CONN_WS_OPEN && c->state != CONN_WS_CLOSING)
+			return;
+		size_t used = 0;
+		struct ws_event ev = ws_reader_next(&c->ws, p, n, &used);
+		ASSERT(used <= n);
+		p += used;
+		n -= used;
+		switch (ev.kind) {
+		case WS_EV_NEED_MORE:
+			release_asm_if_idle(w, c);
+			return;
+		case WS_EV_MESSAGE_BEGIN:
+			c->read_deadline_ms = w->now_ms + WS_MESSAGE_READ_TIMEOUT_MS;
+			conn_timer_update(w, c);
+			break;
+		case WS_EV_MESSAGE:
+			c->read_deadline_ms = 0;
+			conn_timer_update(w, c);
+			if (c->state == CONN_WS_OPEN)
+				relay_message(w, c, ev.opcode, ev.data);
+			break;
+		case WS_EV_NEED_SPACE:
+			if (!grow_asm(w, c, ev.need)) {
+				conn_ws_close(w, c, WS_CLOSE_INTERNAL_ERROR, "");
+				conn_drain(w, c);
+				return;
+			}
+			break;
+		case WS_EV_PING:
+			if (c->state == CONN_WS_OPEN) {
+				struct iovec iov = { .iov_base = (void *)ev.data.ptr, .iov_len = ev.data.len };
+				if (!queue_ws_frame(w, c, WS_OP_PONG, &iov, 1))
+					conn_abort(w, c);
+			}
+			break;
+		case WS_EV_PONG:
+			heartbeat_pong(w, c, ev.data);
+			if (c->state == CONN_WS_OPEN)
+				relay_pong(w, c, ev.data);
+			break;
+		case WS_EV_CLOSE:
+			if (c->state == CONN_WS_OPEN) {
+				/* Peer-initiated: echo its status, then the server closes TCP. */
+				c->peer_close_code = ev.close_code;
+				report_end(w, c);
+				queue_close_frame(w, c, ev.close_code, "");
+			}
+			conn_drain(w, c);
+			return;
+		case WS_EV_ERROR:
+			if (c->state == CONN_WS_OPEN) {
+				report_end(w, c);
+				queue_close_frame(w, c, ev.close_code, "");
+			}
+			conn_drain(w, c);
+			return;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ completions */
+
+static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		w->accept_armed = false;
+	int fd = cqe->res;
+	if (fd < 0) {
+		if (fd != -ECANCELED && fd != -EAGAIN && fd != -ECONNABORTED && fd != -EINTR)
+			LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
+		return;
+	}
+	w->stats.accepts++;
+	if (w->free_top == 0 || w->stopping) {
+		/* Pool exhausted: refuse at once rather than queue unbounded state. */
+		w->stats.accept_pool_full++;
+		close(fd);
+		return;
+	}
+	uint32_t idx = w->free_idx[--w->free_top];
+	struct conn *c = &w->conns[idx];
+	uint32_t gen = c->gen;
+	*c = (struct conn){ .fd = fd, .idx = idx, .gen = gen, .state = CONN_HTTP };
+	c->timer.kind = TW_KIND_CONN;
+	w->live++;
+
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+			c->remote.family = AF_INET;
+			memcpy(c->remote.bytes, &sin->sin_addr, 4);
+			c->remote.port = ntohs(sin->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+			c->remote.family = AF_INET6;
+			memcpy(c->remote.bytes, &sin6->sin6_addr, 16);
+			c->remote.port = ntohs(sin6->sin6_port);
+		}
+	}
+	c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
+	conn_timer_update(w, c);
+	arm_recv(w, c);
+}
+
+static void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+{
+	w->stats.bytes_in += n;
+	switch (c->state) {
+	case CONN_HTTP:
+		http_input(w, c, p, n);
+		break;
+	case CONN_WS_OPEN:
+	case CONN_WS_CLOSING:
+		ws_input(w, c, p, n);
+		break;
+	default:
+		break; /* draining: input is discarded */
+	}
+}
+
+static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		c->recv_armed = false;
+	int res = cqe->res;
+	if (res > 0) {
+		ASSERT(cqe->flags & IORING_CQE_F_BUFFER);
+		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		conn_input(w, c, w->bufs + (size_t)bid * RECV_BUFFER_BYTES, (size_t)res);
+		return_buffer(w, bid);
+	} else if (res == 0) {
+		/* EOF. A draining connection was waiting for exactly this. */
+		conn_abort(w, c);
+	} else if (res == -ENOBUFS) {
+		w->stats.recv_enobufs++; /* re-armed below once buffers are back */
+	} else if (res != -ECANCELED) {
+		conn_abort(w, c);
+	}
+	if (!c->recv_armed && conn_reads(c))
+		arm_recv(w, c);
+	conn_maybe_free(w, c);
+}
+
+static void begin_shutdown(struct worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	w->drain_deadline_ms = w->now_ms + SHUTDOWN_DRAIN_TIMEOUT_MS;
+	/* Stop accepting: closing the socket ends the multishot accept; new dials are
+	 * refused by the kernel from here on. */
+	if (w->listen_fd >= 0) {
+		struct io_uring_sqe *sqe = get_sqe(w);
+		io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
+		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+		close(w->listen_fd);
+		w->listen_fd = -1;
+	}
+	relay_shutdown(w);
+	/* Connections that never upgraded have no request in progress worth waiting for
+	 * once their response is queued: close the idle ones now. */
+	for (uint32_t i = 0; i < w->conn_cap; i++) {
+		struct conn *c = &w->conns[i];
+		if (c->state == CONN_HTTP)
+			conn_drain(w, c);
+	}
+}
+
+static struct conn *conn_of(struct worker *w, uint64_t ud)
+{
+	uint32_t idx = UD_IDX(ud);
+	ASSERT(idx < w->conn_cap);
+	struct conn *c = &w->conns[idx];
+	ASSERT(c->state != CONN_FREE && (c->gen & 0xffffffu) == UD_GEN(ud));
+	return c;
+}
+
+static void run_ended(struct worker *w)
+{
+	/* Bounded by the number of connections: each is reported once. */
+	while (w->ended_head != NULL) {
+		struct conn *c = w->ended_head;
+		w->ended_head = c->ended_next;
+		c->in_ended = false;
+		c->ended_reported = true;
+		relay_end(w, c);
+		conn_maybe_free(w, c);
+	}
+}
+
+static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	switch (UD_OP(ud)) {
+	case OP_ACCEPT:
+		on_accept(w, cqe);
+		break;
+	case OP_RECV: {
+		struct conn *c = conn_of(w, ud);
+		on_recv(w, c, cqe);
+		break;
+	}
+	case OP_SEND:
+		on_send(w, conn_of(w, ud), cqe->res);
+		break;
+	case OP_WAKE:
+		w->wake_armed = false;
+		begin_shutdown(w);
+		break;
+	case OP_IGNORE:
+		break;
+	default:
+		ASSERT(!"unknown completion");
+	}
+	run_ended(w);
+}
+
+static void conn_timer_fire(struct worker *w, struct conn *c)
+{
+	uint64_t now = w->now_ms;
+	if (c->close_deadline_ms && now >= c->close_deadline_ms) {
+		conn_abort(w, c); /* close handshake or drain took too long */
+		return;
+	}
+	if (c->write_deadline_ms && now >= c->write_deadline_ms) {
+		conn_abort(w, c); /* reference §5.4: no write progress for 10 s */
+		return;
+	}
+	if (c->read_deadline_ms && now >= c->read_deadline_ms) {
+		/* HTTP header/idle timeout, or a WebSocket message that did not finish within
+		 * 30 s of its first header (§5.3): torn down without a close frame. */
+		conn_abort(w, c);
+		return;
+	}
+	if (c->pong_deadline_ms && now >= c->pong_deadline_ms) {
+		c->pong_deadline_ms = 0;
+		conn_ws_close(w, c, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
+		return;
+	}
+	if (c->ping_at_ms && now >= c->ping_at_ms) {
+		char payload[16];
+		c->hb_seq++;
+		int n = snprintf(payload, sizeof payload, "%u", c->hb_seq);
+		c->ping_at_ms = 0;
+		if (conn_ws_ping(w, c, payload, (size_t)n)) {
+			c->ping_sent_ms = now;
+			c->pong_deadline_ms = now + w->cfg->heartbeat_timeout_ms;
+		} else {
+			conn_ws_close(w, c, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
+			return;
+		}
+	}
+	conn_timer_update(w, c);
+}
+
+static void on_timer(struct tw_node *n, void *ctx)
+{
+	struct worker *w = ctx;
+	if (n->kind == TW_KIND_CONN)
+		conn_timer_fire(w, CONTAINER_OF(n, struct conn, timer));
+	else
+		relay_timer(w, n);
+	run_ended(w);
+}
+
+void conn_heartbeat_start(struct worker *w, struct conn *c)
+{
+	if (c->state != CONN_WS_OPEN)
+		return;
+	c->ping_at_ms = w->now_ms + w->cfg->heartbeat_interval_ms;
+	conn_timer_update(w, c);
+}
+
+void conn_pause_recv(struct worker *w, struct conn *c)
+{
+	if (c->recv_paused || c->state != CONN_WS_OPEN)
+		return;
+	c->recv_paused = true;
+	if (c->recv_armed) {
+		struct io_uring_sqe *sqe = get_sqe(w);
+		io_uring_prep_cancel64(sqe, UD(OP_RECV, c->idx, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+	}
+}
+
+void conn_resume_recv(struct worker *w, struct conn *c)
+{
+	if (!c->recv_paused)
+		return;
+	c->recv_paused = false;
+	arm_recv(w, c);
+}
+
+size_t conn_remote_ip(const struct conn *c, char *out, size_t cap)
+{
+	ASSERT(cap >= INET6_ADDRSTRLEN);
+	if (c->remote.family == 0 || inet_ntop(c->remote.family, c->remote.bytes, out, (socklen_t)cap) == NULL) {
+		out[0] = '\0';
+		return 0;
+	}
+	return strlen(out);
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static int worker_loop(struct worker *w, char why[URING_WHY_BYTES]);
+
+int worker_run(struct worker *w, char why[URING_WHY_BYTES])
+{
+	if (!worker_ring_init(w, why))
+		return WORKER_EXIT_FATAL;
+	int result = worker_loop(w, why);
+	uring_free_buf_ring(&w->ring, w->br, RECV_BUFFER_COUNT, RECV_BUFFER_GROUP);
+	io_uring_queue_exit(&w->ring);
+	w->ring_ready = false;
+	return result;
+}
+
+static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
+{
+	arm_wake(w);
+	arm_accept(w);
+	for (;;) {
+		flush_dirty(w);
+		publish_buffers(w);
+		if (!w->stopping)
+			arm_accept(w);
+		if (w->stopping) {
+			if (w->live == 0)
+				break;
+			if (w->now_ms >= w->drain_deadline_ms) {
+				w->drain_incomplete = true;
+				for (uint32_t i = 0; i < w->conn_cap; i++)
+					conn_abort(w, &w->conns[i]);
+				run_ended(w);
+				flush_dirty(w);
+				if (w->live == 0)
+					break;
+			}
+		}
+		int64_t wait_ms = timer_wheel_wait_ms(&w->tw, w->now_ms);
+		if (w->stopping && (wait_ms < 0 || (uint64_t)wait_ms > w->drain_deadline_ms - w->now_ms))
+			wait_ms = w->now_ms < w->drain_deadline_ms ? (int64_t)(w->drain_deadline_ms - w->now_ms) : 0;
+		struct __kernel_timespec ts, *tsp = NULL;
+		if (wait_ms >= 0) {
+			ts.tv_sec = wait_ms / 1000;
+			ts.tv_nsec = (wait_ms % 1000) * 1000000;
+			tsp = &ts;
+		}
+		struct io_uring_cqe *cqe = NULL;
+		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
+		w->stats.enters++;
+		w->stats.loop_iterations++;
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+			/* Not transient: spinning on it would burn a core and flood the log. */
+			snprintf(why, URING_WHY_BYTES, "io_uring_enter: %s", strerror(-rc));
+			return WORKER_EXIT_FATAL;
+		}
+		w->now_ms = monotonic_ms();
+
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			handle_cqe(w, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&w->ring, seen);
+		w->stats.cqes += seen;
+		timer_wheel_advance(&w->tw, w->now_ms, on_timer, w);
+	}
+	return w->drain_incomplete ? WORKER_EXIT_DRAIN_INCOMPLETE : WORKER_EXIT_DRAINED;
+}

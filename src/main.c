@@ -1,0 +1,169 @@
+/*
+ * main.c - boot: flags, environment and boot checks (reference §7.4), then the
+ * workers, then wait for SIGTERM/SIGINT and drain (§7.6).
+ *
+ * Exit codes (reference §7.4): 0 --version, --help, or a signal-triggered drain (even
+ * one cut short by the deadline); 1 runtime failure (bind, io_uring unavailable);
+ * 2 configuration refused at boot.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "engine/worker.h"
+
+#ifndef PYRELAY_VERSION
+#define PYRELAY_VERSION "dev"
+#endif
+
+extern char **environ;
+
+/* Message and queue bytes may use at most this share of physical memory; the pool
+ * takes it on demand and it is a ceiling, never a reservation. */
+#define BUFFER_BUDGET_RAM_DIVISOR 4u
+#define BUFFER_BUDGET_BYTES_MIN (64u * 1024u * 1024u)
+/* File descriptors besides connections: listeners, eventfds, io_uring, stdio. */
+#define FD_RESERVE 64u
+
+static void log_refusal(const struct boot_refusal *r)
+{
+	struct log_kv kvs[BOOT_FIELDS_MAX];
+	for (size_t i = 0; i < r->nfields && i < BOOT_FIELDS_MAX; i++)
+		kvs[i] = KV_STR(r->fields[i].key, r->fields[i].value);
+	log_event(LOG_LEVEL_ERROR, r->msg, kvs, r->nfields);
+}
+
+static uint64_t buffer_budget_bytes(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || page <= 0)
+		return BUFFER_BUDGET_BYTES_MIN;
+	uint64_t budget = (uint64_t)pages * (uint64_t)page / BUFFER_BUDGET_RAM_DIVISOR;
+	return budget < BUFFER_BUDGET_BYTES_MIN ? BUFFER_BUDGET_BYTES_MIN : budget;
+}
+
+/* Each connection is a descriptor: lift the soft limit to the hard one. */
+static void raise_fd_limit(uint32_t max_connections)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	(void)setrlimit(RLIMIT_NOFILE, &rl);
+	uint64_t want = (uint64_t)max_connections + HTTP_PHASE_CONNECTIONS_MAX + FD_RESERVE;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+		char have[32];
+		snprintf(have, sizeof have, "%llu", (unsigned long long)rl.rlim_cur);
+		LOG_WARN("file descriptor limit below --max-connections", KV_STR("value", have),
+			 KV_STR("fix", "raise LimitNOFILE in the systemd unit (deploy/pyrycode-relay.service) or ulimit -n"));
+	}
+}
+
+struct worker_thread {
+	struct worker *w;
+	pthread_t tid;
+	int result;
+	char why[URING_WHY_BYTES];
+};
+
+static void *worker_thread(void *arg)
+{
+	struct worker_thread *t = arg;
+	int result = worker_run(t->w, t->why);
+	__atomic_store_n(&t->result, result, __ATOMIC_RELEASE);
+	if (result == WORKER_EXIT_FATAL) {
+		/* Wake main out of sigwait: a dead worker means a dead relay (exit 1). */
+		kill(getpid(), SIGTERM);
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg;
+	struct boot_refusal refusal;
+	int rc = config_parse(&cfg, argc, argv, environ, &refusal);
+	if (rc == CONFIG_HELP) {
+		config_print_usage(STDOUT_FILENO);
+		return 0;
+	}
+	if (rc != CONFIG_OK) {
+		fprintf(stderr, "%s\n", refusal.nfields ? refusal.fields[0].value : refusal.msg);
+		config_print_usage(STDERR_FILENO);
+		return CONFIG_EXIT_USAGE;
+	}
+	if (cfg.show_version) {
+		printf("%s\n", PYRELAY_VERSION);
+		return 0;
+	}
+
+	uint64_t cap_eff = 0;
+	bool cap_ok = config_read_cap_eff(&cap_eff);
+	rc = config_check(&cfg, cap_eff, cap_ok, (uint32_t)geteuid(), &refusal);
+	if (rc != CONFIG_OK) {
+		log_refusal(&refusal);
+		return rc;
+	}
+	if (cfg.insecure_listen[0] == '\0') {
+		/* Autocert mode passed every check, but this build terminates no TLS yet. */
+		LOG_ERROR("autocert setup failed", KV_STR("err", "TLS termination (--domain) is not available in this build"),
+			  KV_STR("fix", "terminate TLS in front of the relay (deploy/haproxy) and use --insecure-listen"));
+		return CONFIG_EXIT_RUNTIME;
+	}
+
+	/* Signals are taken by this thread alone with sigwait; workers never see them. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	raise_fd_limit(cfg.max_connections);
+	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
+		 KV_STR("listen", cfg.insecure_listen));
+
+	char why[URING_WHY_BYTES];
+	struct worker *w = worker_create(&cfg, 0, cfg.insecure_listen, buffer_budget_bytes(), why);
+	if (w == NULL) {
+		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", why));
+		return CONFIG_EXIT_RUNTIME;
+	}
+
+	static struct worker_thread t;
+	t.w = w;
+	if (pthread_create(&t.tid, NULL, worker_thread, &t) != 0) {
+		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "cannot start worker thread"));
+		return CONFIG_EXIT_RUNTIME;
+	}
+
+	int sig = 0;
+	while (sigwait(&sigs, &sig) != 0) {
+	}
+	bool listener_failed = __atomic_load_n(&t.result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
+	if (!listener_failed)
+		LOG_INFO("shutdown signal received; draining");
+	/* A second signal is ignored (reference §7.6): it stays blocked and pending. */
+	worker_stop(w);
+	pthread_join(t.tid, NULL);
+	int exit_code = 0;
+	if (t.result == WORKER_EXIT_FATAL) {
+		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", t.why));
+		LOG_ERROR("listener error; draining");
+		exit_code = CONFIG_EXIT_RUNTIME;
+	} else if (t.result == WORKER_EXIT_DRAIN_INCOMPLETE) {
+		LOG_WARN("shutdown deadline exceeded; force-closed listeners");
+		LOG_WARN("drain incomplete");
+	} else {
+		LOG_INFO("shutdown complete");
+	}
+	worker_destroy(w);
+	return exit_code;
+}
