@@ -19,13 +19,16 @@ struct out {
 	char *p;
 	size_t len;
 	size_t cap;
+	bool overflow; /* something did not fit: the caller rolls the field back */
 };
 
 static void put(struct out *o, const char *s, size_t n)
 {
 	size_t room = o->cap - o->len;
-	if (n > room)
+	if (n > room) {
 		n = room;
+		o->overflow = true;
+	}
 	memcpy(o->p + o->len, s, n);
 	o->len += n;
 }
@@ -109,6 +112,9 @@ size_t log_format(char *buf, size_t cap, int64_t now_ms, enum log_level level, c
 	put_value(&o, (const uint8_t *)msg, strlen(msg));
 	for (size_t i = 0; i < n; i++) {
 		char num[32];
+		/* A field that does not fit whole is dropped with every later one, so a line
+		 * never ends inside a quoted value or half an escape. */
+		size_t mark = o.len;
 		put(&o, " ", 1);
 		puts_(&o, kvs[i].key);
 		put(&o, "=", 1);
@@ -128,6 +134,10 @@ size_t log_format(char *buf, size_t cap, int64_t now_ms, enum log_level level, c
 		case LOG_KV_UINT:
 			snprintf(num, sizeof num, "%" PRIu64, kvs[i].v.u);
 			puts_(&o, num);
+			break;
+		}
+		if (o.overflow) {
+			o.len = mark;
 			break;
 		}
 	}

@@ -295,7 +295,9 @@ static void test_line_bound(void **state)
 		kvs[i] = KV_STR("err", v);
 	memset(buf, 0x55, sizeof buf);
 	len = fmt(buf, LOG_LINE_BYTES_MAX, LOG_LEVEL_INFO, "m", kvs, 8);
-	assert_int_equal(len, LOG_LINE_BYTES_MAX);
+	/* fields that do not fit whole are dropped, so the line may end short of the cap */
+	assert_true(len <= LOG_LINE_BYTES_MAX);
+	assert_int_equal(buf[len - 1], '\n');
 	for (size_t i = LOG_LINE_BYTES_MAX; i < sizeof buf; i++)
 		assert_int_equal((uint8_t)buf[i], 0x55);
 	/* fields 1..3 are whole: "time level msg" + 3 x (" err=" + 511) < 2047 */
@@ -307,12 +309,12 @@ static void test_line_bound(void **state)
 	}
 
 	len = fmt(small, sizeof small, LOG_LEVEL_ERROR, "refusing to start: something long", kvs, 8);
-	assert_int_equal(len, sizeof small);
+	assert_true(len <= sizeof small);
+	assert_int_equal(small[len - 1], '\n');
 }
 
-/* Known issue in log.c (reported, not ours to edit): the line-level cut happens
- * mid-field, so a quoted value near the end loses its closing quote and can end in half
- * an escape ("\x0"), and later fields vanish without a marker. A single 512-byte value
+/* Regression: the line-level cut used to happen mid-field, so a quoted value near the
+ * end lost its closing quote and could end in half an escape ("\x0"). A single 512-byte value
  * of control bytes is enough, because each byte escapes to 4. Skipped until fixed, so it
  * shows in every run and turns into a passing test by itself. */
 static void test_line_cut_keeps_fields_whole(void **state)
@@ -327,9 +329,7 @@ static void test_line_cut_keeps_fields_whole(void **state)
 	len = fmt(buf, sizeof buf, LOG_LEVEL_INFO, "m",
 		  (struct log_kv[]){ KV_STR("err", v), KV_STR("path", "after") }, 2);
 	if (!parse_line(buf, len, &l)) {
-		print_message("log_format cut a field in half (len %zu, ends \"%.12s\")\n", len,
-			      buf + len - 13);
-		skip();
+		fail_msg("log_format cut a field in half (len %zu, ends \"%.12s\")", len, buf + len - 13);
 	}
 }
 
