@@ -21,6 +21,7 @@
 /* What a node belongs to, so one fire callback can dispatch. */
 enum tw_kind {
 	TW_KIND_CONN = 0,
+	TW_KIND_ACCEPT_BACKOFF = 1,
 	TW_KIND_RELAY = 16, /* relay-owned kinds are >= this */
 };
 

@@ -159,6 +159,7 @@ struct worker *worker_create(const struct config *cfg, uint32_t id, const char *
 	bufpool_init(&w->pool, buffer_budget_bytes);
 	w->now_ms = w->start_ms = monotonic_ms();
 	timer_wheel_init(&w->tw, w->now_ms);
+	w->accept_backoff.kind = TW_KIND_ACCEPT_BACKOFF;
 	w->relay = relay_shard_create(w);
 	if (w->relay == NULL) {
 		snprintf(why, URING_WHY_BYTES, "out of memory for the registry");
@@ -236,7 +237,7 @@ static struct io_uring_sqe *get_sqe(struct worker *w)
 
 static void arm_accept(struct worker *w)
 {
-	if (w->accept_armed || w->stopping || w->listen_fd < 0)
+	if (w->accept_armed || w->stopping || w->listen_fd < 0 || tw_node_scheduled(&w->accept_backoff))
 		return;
 	struct io_uring_sqe *sqe = get_sqe(w);
 	io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -868,8 +869,20 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 		w->accept_armed = false;
 	int fd = cqe->res;
 	if (fd < 0) {
-		if (fd != -ECANCELED && fd != -EAGAIN && fd != -ECONNABORTED && fd != -EINTR)
+		if (fd == -ECANCELED || fd == -EAGAIN || fd == -ECONNABORTED || fd == -EINTR)
+			return;
+		/* EMFILE/ENFILE/ENOMEM repeat at once if re-armed at once: back off, and log
+		 * at most once per back-off so a descriptor storm cannot flood stderr. */
+		w->stats.accept_errors++;
+		if (!tw_node_scheduled(&w->accept_backoff)) {
 			LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
+			if (w->accept_armed) {
+				struct io_uring_sqe *sqe = get_sqe(w);
+				io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
+				io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+			}
+			timer_wheel_schedule(&w->tw, &w->accept_backoff, w->now_ms + ACCEPT_BACKOFF_MS);
+		}
 		return;
 	}
 	w->stats.accepts++;
@@ -1064,6 +1077,8 @@ static void on_timer(struct tw_node *n, void *ctx)
 	struct worker *w = ctx;
 	if (n->kind == TW_KIND_CONN)
 		conn_timer_fire(w, CONTAINER_OF(n, struct conn, timer));
+	else if (n->kind == TW_KIND_ACCEPT_BACKOFF)
+		arm_accept(w);
 	else
 		relay_timer(w, n);
 	run_ended(w);

@@ -47,6 +47,7 @@
  * --max-connections (reference §4.7); they get their own pool slots, bounded too. */
 #define HTTP_PHASE_CONNECTIONS_MAX 16384u
 #define HTTP_KEEPALIVE_REQUESTS_MAX 1000u
+#define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
 
 enum conn_state {
 	CONN_FREE = 0,
@@ -110,6 +111,7 @@ struct worker_stats {
 	uint64_t cqes;
 	uint64_t accepts;
 	uint64_t accept_pool_full;
+	uint64_t accept_errors;
 	uint64_t recv_enobufs;
 	uint64_t bytes_in;
 	uint64_t bytes_out;
@@ -123,6 +125,7 @@ struct worker {
 	uint32_t id;
 	int listen_fd;
 	bool accept_armed;
+	struct tw_node accept_backoff;
 	int wake_fd;
 	uint64_t wake_value;
 	bool wake_armed;
