@@ -1,7 +1,9 @@
 /*
  * relay_conn.h - the relay's per-connection state, embedded in struct conn.
  *
- * Kept small on purpose: it lives in every connection slot, idle or not.
+ * Kept small on purpose: it lives in every connection slot, idle or not. A phone's
+ * conn_id and wrap prefix live in one buffer from the worker's pool, taken at
+ * registration and returned when it leaves.
  */
 #ifndef PYRELAY_RELAY_CONN_H
 #define PYRELAY_RELAY_CONN_H
@@ -9,25 +11,31 @@
 #include <stdint.h>
 
 struct relay_slot;
-struct conn;
 
 enum relay_role {
 	RELAY_ROLE_NONE = 0,
-	RELAY_ROLE_BINARY,
+	RELAY_ROLE_BINARY,   /* holds its slot */
+	RELAY_ROLE_CLAIMANT, /* binary waiting for the conflict probe of the incumbent */
 	RELAY_ROLE_PHONE,
+};
+
+enum relay_flags {
+	RELAY_F_CLOSED_BY_BINARY = 1u << 0, /* a close directive was handed to this phone */
+	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
 };
 
 #define RELAY_CONN_HEX_LEN 8 /* conn_id suffix: 4 CSPRNG bytes as lowercase hex */
 
 struct relay_conn {
-	struct relay_slot *slot;    /* server-id this connection belongs to, NULL if none */
-	struct conn *binary_at_register; /* phone: the binary that held the slot when it registered */
-	uint64_t probe_deadline_ms; /* binary under a conflict probe */
-	uint8_t role;               /* enum relay_role */
-	uint8_t phone_index;        /* phone: position in slot->phones */
-	uint8_t flags;              /* RELAY_F_* */
-	uint8_t pad;
-	uint16_t directive_code;    /* phone: close code of a pending close directive */
+	struct relay_slot *slot; /* server-id this connection belongs to, NULL if none */
+	uint8_t *ids;            /* phone: conn_id bytes then the wrap prefix (bufpool) */
+	uint32_t ids_cap;
+	uint32_t epoch;          /* phone: slot->epoch when it registered (identity of its binary) */
+	uint32_t conn_id_len;    /* lengths inside ids */
+	uint32_t prefix_len;
+	uint8_t role;            /* enum relay_role */
+	uint8_t phone_index;     /* phone: position in slot->phones */
+	uint8_t flags;           /* enum relay_flags */
 	char hex[RELAY_CONN_HEX_LEN];
 };
 

@@ -1,0 +1,65 @@
+/*
+ * relay.h - the registry shard and routing of one worker (reference §2-§6).
+ *
+ * Contract:
+ * - A shard owns every server-id whose binary and phones live on its worker: claims,
+ *   phone registration, grace timers, conflict probes and routing are plain function
+ *   calls on worker-local memory (no locks, no atomics).
+ * - The engine drives it through the hooks declared in engine/worker.h; the shard acts
+ *   on connections only through the conn_* functions there.
+ * - Counters are plain per-worker integers; the metrics responder sums them.
+ * - Slots (one per server-id) are allocated on claim (control plane) and freed when
+ *   the last binary, phone, grace timer and probe are gone.
+ */
+#ifndef PYRELAY_RELAY_H
+#define PYRELAY_RELAY_H
+
+#include "core/common.h"
+
+/* Reference limits (§4.3, §5.7) and our binary-side back-pressure marks (DESIGN.md:
+ * pause a server-id's phones instead of dropping them after a write timeout). */
+#define RELAY_PHONES_PER_SERVER_MAX 16u
+#define RELAY_PHONE_OUTBOX_BUDGET_BYTES (4u * 1024u * 1024u)
+#define RELAY_OUTBOX_ITEM_OVERHEAD_BYTES 64u
+#define RELAY_BINARY_OUTBOX_HIGH_WATER_BYTES (4u * 1024u * 1024u)
+#define RELAY_BINARY_OUTBOX_LOW_WATER_BYTES (1u * 1024u * 1024u)
+#define RELAY_PROBE_PAYLOAD "relay-probe"
+#define RELAY_RATELIMIT_BUCKETS_MAX 65536u
+
+enum relay_endpoint { RELAY_EP_SERVER = 0, RELAY_EP_CLIENT, RELAY_EP_COUNT };
+
+enum relay_outcome {
+	RELAY_OUT_ACCEPT = 0,
+	RELAY_OUT_REJECT_HEADERS,
+	RELAY_OUT_REJECT_409,
+	RELAY_OUT_REJECT_404,
+	RELAY_OUT_REJECT_429,
+	RELAY_OUT_REJECT_RATE_LIMIT,
+	RELAY_OUT_COUNT,
+};
+
+enum relay_fail_kind {
+	RELAY_FAIL_NO_SERVER = 0,
+	RELAY_FAIL_SERVER_IN_USE,
+	RELAY_FAIL_PHONES_AT_CAP,
+	RELAY_FAIL_RATELIMIT,
+	RELAY_FAIL_COUNT,
+};
+
+struct relay_stats {
+	uint64_t upgrade_attempts[RELAY_EP_COUNT][RELAY_OUT_COUNT];
+	uint64_t register_failures[RELAY_FAIL_COUNT];
+	uint64_t frames_phone_to_binary;
+	uint64_t frames_binary_to_phone;
+	uint64_t grace_expiries;
+	uint64_t binaries;      /* holding a slot, not gracing */
+	uint64_t phones;        /* registered */
+	uint64_t phone_pauses;  /* times a server-id's phones were paused for its binary */
+	uint64_t dropped_envelopes;
+	uint64_t dropped_backlog;
+};
+
+struct relay_shard;
+const struct relay_stats *relay_stats_of(const struct relay_shard *s);
+
+#endif
