@@ -111,6 +111,13 @@ int main(int argc, char **argv)
 		log_refusal(&refusal);
 		return rc;
 	}
+	if (cfg.workers > 1) {
+		/* More workers need the cross-worker hand-off of upgraded connections to the
+		 * server-id's owner (MSG_RING); until then one worker owns the registry. */
+		LOG_ERROR("refusing to start: invalid --workers", KV_STR("err", "this build runs one worker"),
+			  KV_STR("fix", "omit --workers (or use --workers 1)"));
+		return CONFIG_EXIT_USAGE;
+	}
 	if (cfg.insecure_listen[0] == '\0') {
 		/* Autocert mode passed every check, but this build terminates no TLS yet. */
 		LOG_ERROR("autocert setup failed", KV_STR("err", "TLS termination (--domain) is not available in this build"),

@@ -41,6 +41,10 @@ enum op {
 #define UD_GEN(ud) ((uint32_t)(((ud) >> 32) & 0xffffffu))
 #define UD_IDX(ud) ((uint32_t)(ud))
 
+/* An idle connection must stay cheap (issue goal: <= 512 B of user-space memory). */
+#define CONN_SLOT_BYTES_MAX 512u
+_Static_assert(sizeof(struct conn) <= CONN_SLOT_BYTES_MAX, "struct conn grew past its budget");
+
 struct send_ctx {
 	struct msghdr msg;
 	struct iovec iov[OUTQ_IOV_MAX];
