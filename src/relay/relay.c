@@ -222,6 +222,8 @@ int relay_admit(struct worker *w, struct conn *c, enum http_route route, const s
 		count_reject(s, route, RELAY_OUT_REJECT_RATE_LIMIT, RELAY_FAIL_RATELIMIT);
 		return HTTP_CANNED_EMPTY_429;
 	}
+	if (c->counted)
+		return -1; /* keep-alive: this connection already holds its slot */
 	if (w->ws_counted >= w->cfg->max_connections) {
 		LOG_WARN("conn_cap_reached", KV_STR("path", route == HTTP_ROUTE_SERVER ? "/v1/server" : "/v1/client"),
 			 KV_STR("remote", ip));
