@@ -26,8 +26,10 @@
  *   buckets are swept first; if none is idle the request is denied (full_denies).
  *   Evicting a live bucket instead would let an attacker who controls many source
  *   addresses (or XFF values) push real users' half-empty buckets out and so hand
- *   them, or itself, fresh bursts; refusing unseen keys while full costs only newcomers
- *   for at most burst * refill, while the sweep frees the idle ones.
+ *   them, or itself, fresh bursts. Refusing unseen keys costs only newcomers, and only
+ *   while every bucket has been polled within burst * refill. The sweep on a full table
+ *   runs only once some bucket can have gone idle, so a flood of new keys against a
+ *   full table costs a probe each, not a scan each.
  * - Keys longer than RATELIMIT_KEY_BYTES_MAX are denied (key_denies). The longest IP
  *   literal with a zone id ("ffff:...:255.255.255.255%" + IFNAMSIZ - 1) is 61 bytes, so
  *   only a forged X-Forwarded-For entry can be that long.
@@ -48,7 +50,6 @@
 #define RATELIMIT_REFILL_MS_DEFAULT 6000u   /* one token per 6 s: 10 attempts/IP/min */
 #define RATELIMIT_SWEEP_INTERVAL_MS 300000u /* the caller sweeps every 5 min */
 #define RATELIMIT_KEY_BYTES_MAX 64u
-#define RATELIMIT_SEED_BYTES 16u
 /* Upper bound on capacity_buckets: keeps slot indexes and stored hashes in 32 bits. */
 #define RATELIMIT_CAPACITY_MAX (1u << 24)
 
@@ -66,13 +67,13 @@ struct ratelimit_bucket {
 struct ratelimit {
 	struct ratelimit_bucket *slots; /* NULL when the limiter is off */
 	uint32_t mask;                  /* slot count - 1 (a power of two) */
-	uint32_t capacity;              /* live buckets allowed: at most half the slots */
+	uint32_t capacity;              /* live buckets allowed: at most 3/4 of the slots */
 	uint32_t count;                 /* live buckets */
 	uint32_t burst;                 /* 0: limiter off */
-	uint32_t refill_ms;
+	uint64_t refill_ms;
 	uint64_t idle_ms;               /* burst * refill_ms: evictable after this long */
 	uint64_t next_evictable_ms;     /* no bucket is evictable before this (lower bound) */
-	uint64_t seed[2];
+	uint64_t seed[2];               /* SipHash key */
 
 	uint64_t full_denies; /* unseen key refused because the table was full */
 	uint64_t key_denies;  /* empty or over-long key refused */
@@ -80,12 +81,13 @@ struct ratelimit {
 
 /*
  * Set up a limiter for up to capacity_buckets live keys (1..RATELIMIT_CAPACITY_MAX),
- * allocating its table once. burst 0 turns the limiter off: nothing is allocated and
- * every request is allowed. refill_ms must be > 0 when burst > 0. seed: per-process
- * random bytes (getrandom). Returns 0, -EINVAL or -ENOMEM.
+ * allocating its table once (about 96 bytes per slot, 4/3..8/3 slots per bucket).
+ * burst 0 turns the limiter off: nothing is allocated and every request is allowed.
+ * refill_ms must be > 0 when burst > 0. seed: per-process random bits (getrandom),
+ * stretched into the 128-bit SipHash key. False on bad arguments or out of memory.
  */
-int ratelimit_init(struct ratelimit *rl, uint32_t capacity_buckets, uint32_t burst,
-		   uint32_t refill_ms, const uint8_t seed[RATELIMIT_SEED_BYTES]);
+bool ratelimit_init(struct ratelimit *rl, uint32_t capacity_buckets, uint32_t burst,
+		    uint64_t refill_ms, uint64_t seed);
 void ratelimit_destroy(struct ratelimit *rl);
 
 /* One upgrade attempt from key at now_ms: true to let it through, false for 429. An
