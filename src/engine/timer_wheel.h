@@ -4,8 +4,9 @@
  * Contract:
  * - Nodes are intrusive (embedded in the connection or registry slot) so scheduling
  *   never allocates. A node is in at most one slot; rescheduling moves it.
- * - Resolution is TIMER_WHEEL_TICK_MS; a node fires on the first advance at or after
- *   its deadline, never before. Deadlines beyond one rotation stay in their slot and
+ * - Resolution is TIMER_WHEEL_TICK_MS: a node fires on the first advance that reaches
+ *   the tick boundary at or after its deadline (at most one tick late), never before
+ *   its deadline. Deadlines beyond one rotation stay in their slot and
  *   are skipped until due (each advance looks only at the slots of elapsed ticks).
  * - The worker waits in io_uring with a timeout of timer_wheel_wait_ms(): one kernel
  *   timeout for all connections, not one timer per connection.
@@ -46,7 +47,7 @@ static inline bool tw_node_scheduled(const struct tw_node *n)
 	return n->prev != NULL;
 }
 /* Schedule (or move) n to fire at deadline_ms (a deadline in the past fires on the
- * next advance). */
+ * first advance that reaches the next tick boundary). */
 void timer_wheel_schedule(struct timer_wheel *tw, struct tw_node *n, uint64_t deadline_ms);
 void timer_wheel_cancel(struct timer_wheel *tw, struct tw_node *n);
 /* Fire every node whose deadline is <= now_ms. The callback may schedule or cancel
