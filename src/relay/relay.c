@@ -611,7 +611,10 @@ void relay_pong(struct worker *w, struct conn *c, struct span payload)
 
 void relay_items_written(struct worker *w, struct conn *c, uint32_t n)
 {
-	if (c->relay.role == RELAY_ROLE_PHONE) {
+	/* By endpoint, not role: a directive's frame is written after the phone's end
+	 * cleared its role, and still counts (§8.2: "incl. a frame carried by a close
+	 * directive"). Only frames routed to phones are counted items on /v1/client. */
+	if (c->route == HTTP_ROUTE_CLIENT) {
 		w->relay->stats.frames_binary_to_phone += n;
 	} else if (c->relay.role == RELAY_ROLE_BINARY && c->relay.slot && c->relay.slot->phones_paused &&
 		   c->out.bytes < RELAY_BINARY_OUTBOX_LOW_WATER_BYTES) {
