@@ -1007,6 +1007,13 @@ static void run_ended(struct worker *w)
 		c->in_ended = false;
 		c->ended_reported = true;
 		relay_end(w, c);
+		/* §4.7: the cap slot is held until the handler returns, i.e. until the
+		 * WebSocket ended, not until the TCP drain that follows finishes. */
+		if (c->counted) {
+			c->counted = false;
+			ASSERT(w->ws_counted > 0);
+			w->ws_counted--;
+		}
 		conn_maybe_free(w, c);
 	}
 }
