@@ -1,0 +1,218 @@
+"""Lifecycle end to end: heartbeat (reference §5.2), graceful shutdown (§7.6), boot
+refusals and informational flags (§7.1, §7.3, §7.4)."""
+
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from e2eproto import (HEARTBEAT, SHUTDOWN, answer_pings_for, claim, close_and_wait, read_text, read_wrapped,
+                      register, route)
+from relayctl import (OP_CLOSE, OP_PING, ConnClosed, build_frame, client_headers, close_payload, free_port,
+                      run_wsclient, server_headers)
+
+FAST_HEARTBEAT = ["--heartbeat-interval", "1s", "--heartbeat-timeout", "1s"]
+
+# --------------------------------------------------------------------------------------
+# heartbeat
+
+
+def test_heartbeat_clients_answering_pings_stay_connected(relay_factory, server_id):
+    relay = relay_factory.start(args=FAST_HEARTBEAT)
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    results = {}
+
+    def keep(name, conn):
+        results[name] = answer_pings_for(conn, 4.5)
+
+    threads = [threading.Thread(target=keep, args=(n, c), daemon=True) for n, c in (("binary", b), ("phone", p))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(8)
+    assert results.get("binary", 0) >= 3 and results.get("phone", 0) >= 3, \
+        f"expected a ping about every second on both ends, got {results}"
+    # both still fully working
+    p.send_json({"alive": 1})
+    assert read_wrapped(b) == (cid, b'{"alive":1}')
+    route(b, cid, b'"yes"')
+    assert read_text(p) == b'"yes"'
+    assert relay.healthz()["connected_phones"] == 1
+
+
+def test_heartbeat_node_ws_client_stays_connected(relay_factory, server_id):
+    """npm ws answers pings by itself."""
+    relay = relay_factory.start(args=FAST_HEARTBEAT)
+    res = run_wsclient(relay.ws_url("/v1/server"), server_headers(server_id), [
+        {"op": "expect_open", "ms": 4000},
+        {"op": "ping", "data": "still-here"},
+        {"op": "close", "code": 1000},
+        {"op": "expect_close", "code": 1000},
+    ], timeout=12)
+    assert res["ok"], res
+
+
+@pytest.mark.parametrize("endpoint", ["binary", "phone"])
+def test_heartbeat_silent_peer_closed_1011(relay_factory, server_id, endpoint):
+    relay = relay_factory.start(args=FAST_HEARTBEAT)
+    b = claim(relay, server_id)
+    t0 = time.monotonic()
+    if endpoint == "binary":
+        conn = b
+    else:
+        conn, cid = register(relay, server_id)
+    # read (so we see what arrives) but never answer a ping
+    pings = 0
+    while True:
+        f = conn.read_frame(timeout=5)
+        if f.opcode == OP_PING:
+            pings += 1
+            continue
+        break
+    took = time.monotonic() - t0
+    assert f.opcode == OP_CLOSE, f"expected a close after unanswered pings, got {f!r}"
+    assert (f.close_code, f.close_reason) == HEARTBEAT
+    assert pings >= 1
+    assert 1.5 <= took <= 3.5, f"heartbeat close after {took:.2f}s with interval 1s + timeout 1s"
+    conn.send_quietly(build_frame(OP_CLOSE, close_payload(1011)))
+    conn.wait_closed(6, allow_data=True)
+    conn.close()
+    if endpoint == "phone":
+        relay.wait_log("phone_unregistered", conn_id=cid)
+    else:
+        relay.wait_log("server_released", server_id=server_id)
+
+
+def test_heartbeat_dead_peer_that_never_reads_is_dropped(relay_factory, server_id):
+    relay = relay_factory.start(args=FAST_HEARTBEAT + ["--grace-period", "0s"])
+    b = claim(relay, server_id)  # never read from again
+    t0 = time.monotonic()
+    relay.wait_log("server_released", timeout=10, server_id=server_id)
+    assert time.monotonic() - t0 <= 9, "a dead binary must be released (heartbeat + bounded close handshake)"
+    assert relay.healthz()["connected_binaries"] == 0
+    try:
+        code = b.read_close(timeout=2)
+        assert code == HEARTBEAT, code
+    except ConnClosed:
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# shutdown
+
+
+def test_sigterm_closes_every_websocket_1001_and_exits_0(relay_factory, server_id):
+    relay = relay_factory.start(args=["--grace-period", "10s"])
+    b = claim(relay, server_id)
+    phones = [register(relay, server_id)[0] for _ in range(2)]
+    # a server-id whose binary is in its grace window: its phone is closed too
+    gone = server_id + "-g"
+    bg = claim(relay, gone)
+    pg, _ = register(relay, gone)
+    close_and_wait(bg)
+    relay.wait_log("server_released", server_id=gone)
+    relay.signal(signal.SIGTERM)
+    for conn in [b, *phones, pg]:
+        got = conn.read_close(timeout=5)
+        assert got == SHUTDOWN, f"shutdown close {got!r}, expected {SHUTDOWN!r}"
+        conn.send_quietly(build_frame(OP_CLOSE, close_payload(1001)))
+    for conn in [b, *phones, pg]:
+        conn.wait_closed(6, allow_data=True)
+        conn.close()
+    assert relay.wait_exit(12) == 0
+    relay.wait_log("shutdown complete", timeout=2)
+
+
+def test_sigterm_with_real_client_libraries(relay_factory, server_id):
+    relay = relay_factory.start()
+    res = {}
+
+    def node_phone():
+        res["phone"] = run_wsclient(relay.ws_url("/v1/client"), client_headers(server_id), [
+            {"op": "send", "text": '{"ready":1}'},
+            {"op": "expect_close", "code": 1001, "timeout_ms": 8000},
+        ], timeout=12)
+
+    b = claim(relay, server_id)
+    t = threading.Thread(target=node_phone, daemon=True)
+    t.start()
+    read_wrapped(b, timeout=8)
+    relay.signal(signal.SIGTERM)
+    assert b.read_close() == SHUTDOWN
+    b.send_quietly(build_frame(OP_CLOSE, close_payload(1001)))
+    b.wait_closed(6, allow_data=True)
+    b.close()
+    t.join(12)
+    assert res["phone"]["ok"], res["phone"]
+    assert res["phone"]["close"]["reason"] == "shutting down"
+    assert relay.wait_exit(12) == 0
+
+
+# --------------------------------------------------------------------------------------
+# boot
+
+
+def _listen():
+    return ["--insecure-listen", f"127.0.0.1:{free_port()}", "--metrics-listen="]
+
+
+BOOT_REFUSALS = [
+    pytest.param(lambda: _listen() + ["--max-connections", "0"], {}, id="max-connections-0"),
+    pytest.param(_listen, {"PYRYCODE_RELAY_PRODUCTION": "true"}, id="production-true"),
+    pytest.param(_listen, {"PYRYCODE_RELAY_PRODUCTION": ""}, id="production-empty"),
+    pytest.param(_listen, {"PYRYCODE_RELAY_PRODUCTION": "1"}, id="production-insecure"),
+    pytest.param(_listen, {"PYRYCODE_RELAY_SINGLE_INSTANCE": "yes"}, id="single-instance-malformed"),
+    pytest.param(_listen, {"FLY_APP_NAME": "x"}, id="fly-without-single-instance"),
+    pytest.param(lambda: ["--insecure-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "localhost:9090"],
+                 {}, id="metrics-hostname"),
+    pytest.param(lambda: ["--insecure-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "0.0.0.0:9090"],
+                 {}, id="metrics-not-loopback"),
+    pytest.param(lambda: _listen() + ["--http-listen", ":80"], {}, id="insecure-with-http-listen"),
+    pytest.param(lambda: _listen() + ["--https-listen", ":443"], {}, id="insecure-with-https-listen"),
+    pytest.param(lambda: _listen() + ["--https-proxy-protocol"], {}, id="insecure-with-proxy-protocol"),
+]
+
+
+@pytest.mark.parametrize("args,env", BOOT_REFUSALS)
+def test_boot_refusal_exits_2_with_fix(relay_factory, args, env):
+    res = relay_factory.boot(args(), env=env)
+    assert res.returncode == 2, res
+    refusals = [r for r in res.log_records if r.get("msg", "").startswith("refusing to start: ")]
+    assert refusals, f"no 'refusing to start: ...' line:\n{res.stderr}"
+    assert "fix" in refusals[0] and refusals[0]["fix"], f"refusal without a fix key: {refusals[0]['_raw']}"
+
+
+def test_negative_max_connections_exits_2(relay_factory):
+    # Go's flag package parses -1 as an int and the <= 0 check refuses it (with a
+    # "refusing to start" line); a parse-time usage error is also exit 2.
+    res = relay_factory.boot(_listen() + ["--max-connections", "-1"])
+    assert res.returncode == 2, res
+
+
+def test_fly_with_single_instance_boots(relay_factory):
+    relay = relay_factory.start(env={"FLY_APP_NAME": "x", "PYRYCODE_RELAY_SINGLE_INSTANCE": "1"})
+    assert relay.healthz()["status"] == "ok"
+
+
+def test_version_prints_and_exits_0(relay_factory):
+    res = relay_factory.boot(["--version"])
+    assert res.returncode == 0, res
+    assert res.stdout.strip() or res.stderr.strip(), "--version printed nothing"
+
+
+ALL_FLAGS = ["domain", "cert-cache", "insecure-listen", "https-listen", "http-listen", "metrics-listen",
+             "trust-x-forwarded-for", "https-proxy-protocol", "max-connections", "version",
+             "rate-limit-burst", "rate-limit-refill", "grace-period", "heartbeat-interval",
+             "heartbeat-timeout", "conflict-probe-timeout"]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_exits_0_and_lists_every_flag(relay_factory, flag):
+    res = relay_factory.boot([flag])
+    assert res.returncode == 0, res
+    text = res.stdout + res.stderr
+    missing = [f for f in ALL_FLAGS if not re.search(r"(^|\s)--?" + re.escape(f) + r"\b", text)]
+    assert not missing, f"--help does not list {missing}:\n{text}"

@@ -1,0 +1,504 @@
+"""Routing envelope end to end (reference §2.2/§2.3 logs, §3 envelope, §4.6 close notice).
+
+Phone -> binary: the binary gets exactly {"conn_id":"client-<sid>-<hex8>","frame":<phone
+bytes verbatim>}. Binary -> phone: the phone gets exactly the bytes of the frame value.
+Close directives, malformed envelopes, unknown conn_ids, close notices."""
+
+import json
+
+import pytest
+
+from e2eproto import (LOCAL_IP, abort, barrier, claim, close_and_wait, conn_id_re, directive, expect_close,
+                      expect_nothing, read_notice, read_text, read_wrapped, register, route, wrapped)
+from relayctl import OP_BINARY, OP_TEXT, build_frame, client_headers, text_frames, unique_id
+
+# --------------------------------------------------------------------------------------
+# claims, registrations and their logs
+
+
+def test_claim_and_register_logged_without_token_or_user_agent(relay, server_id):
+    token = unique_id("SECRET-TOKEN")
+    ua_bin = unique_id("UA-binary")
+    ua_phone = unique_id("UA-phone")
+    b = claim(relay, server_id, **{"User-Agent": ua_bin, "X-Pyrycode-Version": "v9.8.7 (test)"})
+    rec = relay.find_logs("server_claimed", server_id=server_id)[0]
+    assert rec["level"] == "INFO"
+    assert rec["binary_version"] == "v9.8.7 (test)"
+    assert rec["remote"] == LOCAL_IP
+
+    p1, cid1 = register(relay, server_id, **{"X-Pyrycode-Token": token, "User-Agent": ua_phone,
+                                              "X-Pyrycode-Device-Name": "Pixel 8 \"Pro\""})
+    rec = relay.find_logs("phone_registered", conn_id=cid1)[0]
+    assert rec["level"] == "INFO"
+    assert rec["server_id"] == server_id
+    assert conn_id_re(server_id).fullmatch(cid1), cid1
+    assert rec["device_name"] == 'Pixel 8 "Pro"'
+    assert rec["remote"] == LOCAL_IP
+
+    p2, cid2 = register(relay, server_id, **{"X-Pyrycode-Token": token})  # no device name
+    assert relay.find_logs("phone_registered", conn_id=cid2)[0]["device_name"] == ""
+    assert 'device_name=""' in relay.find_logs("phone_registered", conn_id=cid2)[0]["_raw"]
+    assert cid1 != cid2 and conn_id_re(server_id).fullmatch(cid2)
+
+    # some traffic and a phone leaving, so every code path that might log has run
+    p1.send_json({"x": 1})
+    assert read_wrapped(b)[0] == cid1
+    close_and_wait(p1, 1000)
+    assert read_notice(b) == (cid1, 1000)
+    text = relay.stderr_text()
+    for secret in (token, ua_bin, ua_phone):
+        assert secret not in text, f"{secret!r} was logged:\n{text}"
+    barrier(p2)
+
+
+def test_conn_id_in_envelope_matches_log_and_is_stable(relay, server_id):
+    b = claim(relay, server_id)
+    p1, cid1 = register(relay, server_id)
+    p2, cid2 = register(relay, server_id)
+    for i in range(3):
+        p1.send_json({"i": i})
+        assert read_wrapped(b) == (cid1, b'{"i":%d}' % i)
+        p2.send_json({"j": i})
+        assert read_wrapped(b) == (cid2, b'{"j":%d}' % i)
+
+
+# --------------------------------------------------------------------------------------
+# phone -> binary
+
+VALID_PHONE_PAYLOADS = [
+    b'{"a":1}',
+    b'  {"a" : [1, 2,\n 3],\t"b":{ }}\r\n ',  # whitespace inside and around kept verbatim
+    b"[]",
+    b'"just a string"',
+    b"-1.5e+3",
+    b"0",
+    b"true",
+    b"false",
+    b"null",
+    b'{"html":"<a href=\\"x\\">&amp;</a>","sep":"\xe2\x80\xa8\xe2\x80\xa9","esc":"\\u003c\\n\\/"}',
+    b'{"utf8":"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80"}',
+    b'{"dup":1,"dup":2}',
+    b'{"type":"handshake","payload":"QUJDREVGRw=="}',
+]
+
+
+def test_phone_frames_wrapped_verbatim(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    for payload in VALID_PHONE_PAYLOADS:
+        p.send_frame(OP_TEXT, payload)
+        got = read_text(b)
+        assert got == wrapped(cid, payload), f"sent {payload!r}, binary got {got!r}"
+        json.loads(got)  # and it is one valid JSON document
+
+
+def test_phone_binary_opcode_and_fragmented_message(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    p.send_frame(OP_BINARY, b'{"bin" : true}')
+    assert read_text(b) == wrapped(cid, b'{"bin" : true}')  # read_text: it arrives as TEXT
+    msg = b'{"frag":"' + b"x" * 300 + b'"}'
+    p.send(text_frames(msg, [1, 10, 100]))
+    assert read_text(b) == wrapped(cid, msg)
+    p.send(text_frames(msg, [5, 5], opcode=OP_BINARY))
+    assert read_text(b) == wrapped(cid, msg)
+
+
+def test_phone_max_size_frame_wrapped_whole(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    payload = b'"' + b"a" * (256 * 1024 - 2) + b'"'  # exactly 256 KiB, the inbound limit
+    p.send_frame(OP_TEXT, payload)
+    got = read_text(b, timeout=10)
+    assert len(got) > 256 * 1024 and got == wrapped(cid, payload)
+
+
+def test_phone_deeply_nested_json_forwarded(relay, server_id):
+    # Valid JSON is forwarded whatever its shape; Go's decoder accepts nesting to 10000.
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    payload = b"[" * 1000 + b"]" * 1000
+    p.send_frame(OP_TEXT, payload)
+    assert read_text(b) == wrapped(cid, payload)
+
+
+INVALID_PHONE_PAYLOADS = [
+    pytest.param(OP_TEXT, b"", id="empty"),
+    pytest.param(OP_TEXT, b"{", id="truncated"),
+    pytest.param(OP_TEXT, b"nope", id="bare-word"),
+    pytest.param(OP_TEXT, b'{"a":1} x', id="trailing-garbage"),
+    pytest.param(OP_TEXT, b'{"a":1}{"b":2}', id="two-values"),
+    pytest.param(OP_TEXT, b"[1,]", id="trailing-comma"),
+    pytest.param(OP_TEXT, b"{'a':1}", id="single-quotes"),
+    pytest.param(OP_TEXT, b"NaN", id="nan"),
+    pytest.param(OP_BINARY, b'"\xff\xfe"', id="binary-invalid-utf8"),
+    pytest.param(OP_BINARY, b"", id="binary-empty"),
+]
+
+
+@pytest.mark.parametrize("opcode,payload", INVALID_PHONE_PAYLOADS)
+def test_phone_invalid_json_disconnects_phone_and_notifies_binary(relay, server_id, opcode, payload):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    sibling, scid = register(relay, server_id)
+    p.send_json({"before": 1})
+    assert read_wrapped(b) == (cid, b'{"before":1}')
+    mark = relay.log_mark()
+    p.send_frame(opcode, payload)
+    expect_close(p, (1000, b""))
+    rec = relay.wait_log("phone_forwarder_marshal_err", since=mark, conn_id=cid)
+    assert rec["level"] == "WARN" and rec["server_id"] == server_id
+    assert read_notice(b) == (cid, 1001)
+    # nothing of the invalid payload ever reached the binary; the sibling is unaffected
+    sibling.send_json({"still": "here"})
+    assert read_wrapped(b) == (scid, b'{"still":"here"}')
+    route(b, scid, b"1")
+    assert read_text(sibling) == b"1"
+
+
+# --------------------------------------------------------------------------------------
+# binary -> phone: routed frames
+
+
+def test_routed_frames_delivered_as_exact_bytes(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    q = json.dumps(cid).encode()
+    cases = [
+        # (envelope bytes, what the phone must get)
+        (b'{"conn_id":' + q + b',"frame":{"x" : [1, 2]}}', b'{"x" : [1, 2]}'),
+        (b' {\n "conn_id" : ' + q + b' ,\t"frame" :  {"a":1}  }\n', b'{"a":1}'),
+        (b'{"frame":[true,null],"conn_id":' + q + b"}", b"[true,null]"),
+        (b'{"conn_id":' + q + b',"frame":"s\\"q\\\\ \\u00e9 \xc3\xa9"}', b'"s\\"q\\\\ \\u00e9 \xc3\xa9"'),
+        (b'{"conn_id":' + q + b',"frame":-0.5E-7}', b"-0.5E-7"),
+        (b'{"conn_id":' + q + b',"frame":false}', b"false"),
+        (b'{"conn_id":' + q + b',"frame":{}}', b"{}"),
+        # unknown fields ignored, the legacy token ignored
+        (b'{"token":"legacy","conn_id":' + q + b',"extra":[1,{"z":null}],"frame":5}', b"5"),
+        # close_code 0 is not a directive
+        (b'{"conn_id":' + q + b',"close_code":0,"frame":{"zero":0}}', b'{"zero":0}'),
+        # a push_wake field on a routed frame is ignored
+        (b'{"conn_id":' + q + b',"frame":7,"push_wake":{"platform":"fcm","token":"t"}}', b"7"),
+    ]
+    for env, want in cases:
+        b.send_frame(OP_TEXT, env)
+        assert read_text(p) == want, f"envelope {env!r}"
+    # binary opcode and fragmented envelopes are fine too
+    b.send_frame(OP_BINARY, b'{"conn_id":' + q + b',"frame":{"bin":1}}')
+    assert read_text(p) == b'{"bin":1}'
+    b.send(text_frames(b'{"conn_id":' + q + b',"frame":{"frag":2}}', [3, 7, 11]))
+    assert read_text(p) == b'{"frag":2}'
+    barrier(b)
+
+
+def test_routed_large_frame(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    head = b'{"conn_id":' + json.dumps(cid).encode() + b',"frame":'
+    frame = b'"' + b"z" * (256 * 1024 - len(head) - 1 - 2) + b'"'
+    env = head + frame + b"}"
+    assert len(env) == 256 * 1024
+    b.send_frame(OP_TEXT, env)
+    assert read_text(p, timeout=10) == frame
+
+
+def test_routing_reaches_only_the_addressed_phone(relay, server_id):
+    b = claim(relay, server_id)
+    p1, cid1 = register(relay, server_id)
+    p2, cid2 = register(relay, server_id)
+    route(b, cid2, b'{"to":2}')
+    route(b, cid1, b'{"to":1}')
+    assert read_text(p1) == b'{"to":1}'
+    assert read_text(p2) == b'{"to":2}'
+    expect_nothing(p1, 0.2)
+    expect_nothing(p2, 0.1)
+
+
+# --------------------------------------------------------------------------------------
+# binary -> phone: close directives
+
+
+def test_close_directive_with_frame_then_close_and_no_notice(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    directive(b, cid, 4401, b'{"type":"error","code":"bad token"}')
+    assert read_text(p) == b'{"type":"error","code":"bad token"}'
+    expect_close(p, (4401, b""))
+    relay.wait_log("phone_unregistered", since=mark, conn_id=cid)
+    # no close notice for a phone the binary closed itself
+    expect_nothing(b, 0.3)
+
+
+@pytest.mark.parametrize("frame_part", [b',"frame":null', b""], ids=["frame-null", "no-frame"])
+def test_close_directive_without_frame_only_closes(relay, server_id, frame_part):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    b.send_frame(OP_TEXT, b'{"conn_id":' + json.dumps(cid).encode() + b',"close_code":4421' + frame_part + b"}")
+    expect_close(p, (4421, b""))  # read_close fails on any data frame before the close
+    expect_nothing(b, 0.3)
+
+
+def test_close_directive_after_frames_keeps_order(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    for i in range(20):
+        route(b, cid, b'{"n":%d}' % i)
+    directive(b, cid, 4408, b'{"last":true}')
+    route(b, cid, b'{"after":"dropped"}')
+    for i in range(20):
+        assert read_text(p) == b'{"n":%d}' % i
+    assert read_text(p) == b'{"last":true}'
+    expect_close(p, (4408, b""))
+    expect_nothing(b, 0.3)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1008, 3000, 4000, 4999])
+def test_close_directive_legal_codes_pass_through(relay, server_id, code):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    directive(b, cid, code)
+    expect_close(p, (code, b""))
+    expect_nothing(b, 0.2)
+
+
+@pytest.mark.parametrize("code", [1, 999, 1005, 1006, 1015, 2000, 2999, 5000, 65535])
+def test_close_directive_illegal_wire_code_becomes_1011(relay, server_id, code):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    directive(b, cid, code, b'{"bye":1}')
+    assert read_text(p) == b'{"bye":1}'
+    got = p.read_close()
+    assert got[0] == 1011, f"directive close_code {code}: phone got close {got!r}, expected 1011"
+    p.send_quietly(build_frame(0x8, b"\x03\xf3"))
+    p.wait_closed(6, allow_data=True)
+    expect_nothing(b, 0.2)
+
+
+# --------------------------------------------------------------------------------------
+# binary -> phone: envelopes that are dropped
+
+
+def test_unknown_conn_id_dropped_binary_stays(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    ghost = f"client-{server_id}-00000000" if not cid.endswith("00000000") else f"client-{server_id}-ffffffff"
+    mark = relay.log_mark()
+    route(b, ghost, b'{"lost":1}')
+    rec = relay.wait_log("binary_forwarder_unknown_conn_id", since=mark, conn_id=ghost)
+    assert rec["level"] == "WARN" and rec["server_id"] == server_id
+    directive(b, ghost, 4401, b"1")
+    route(b, "not-even-a-conn-id", b"2")
+    relay.wait_log("binary_forwarder_unknown_conn_id", since=mark, conn_id="not-even-a-conn-id")
+    barrier(b)  # the binary is not told and not disconnected
+    route(b, cid, b'{"ok":true}')
+    assert read_text(p) == b'{"ok":true}'
+
+
+def test_conn_id_of_another_server_is_unknown(relay, server_id):
+    other = unique_id("other")
+    ba = claim(relay, server_id)
+    bb = claim(relay, other)
+    pa, cida = register(relay, server_id)
+    mark = relay.log_mark()
+    route(bb, cida, b'{"cross":1}')
+    rec = relay.wait_log("binary_forwarder_unknown_conn_id", since=mark, conn_id=cida)
+    assert rec["server_id"] == other
+    mark = relay.log_mark()
+    directive(bb, cida, 4401)
+    relay.wait_log("binary_forwarder_unknown_conn_id", since=mark, conn_id=cida)
+    expect_nothing(pa, 0.3)  # neither the frame nor the close reached the phone
+    barrier(bb)
+    route(ba, cida, b'{"own":1}')
+    assert read_text(pa) == b'{"own":1}'
+
+
+def _malformed(cid: str) -> list:
+    q = json.dumps(cid).encode()
+    return [
+        b"",
+        b"not json",
+        b"[]",
+        b'"str"',
+        b"123",
+        b"null",
+        b'{"conn_id":' + q + b',"frame":{',
+        b'{"conn_id":' + q + b',"frame":1}x',
+        b'{"conn_id":' + q + b',"frame":1}{"conn_id":' + q + b',"frame":2}',
+        b'{"conn_id":5,"frame":1}',
+        b'{"conn_id":["x"],"frame":1}',
+        b'{"frame":1}',
+        b'{"conn_id":"","frame":1}',
+        b'{"conn_id":null,"frame":1}',
+        b'{"conn_id":' + q + b"}",
+        b'{"conn_id":' + q + b',"frame":null}',
+        b'{"conn_id":' + q + b',"close_code":0}',
+        b'{"conn_id":' + q + b',"close_code":0,"frame":null}',
+        b'{"conn_id":' + q + b',"close_code":-1,"frame":1}',
+        b'{"conn_id":' + q + b',"close_code":1.5,"frame":1}',
+        b'{"conn_id":' + q + b',"close_code":4401.0}',
+        b'{"conn_id":' + q + b',"close_code":"4401"}',
+        b'{"conn_id":' + q + b',"close_code":70000}',
+        b'{"conn_id":' + q + b',"close_code":65536,"frame":1}',
+        b'{"conn_id":' + q + b',"close_code":null}',
+        b'{"conn_id":' + q + b',"close_code":true}',
+    ]
+
+
+def test_malformed_envelopes_dropped_binary_stays(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    bad = _malformed(cid)
+    for i, env in enumerate(bad):
+        mark = relay.log_mark()
+        b.send_frame(OP_TEXT, env)
+        try:
+            rec = relay.wait_log("binary_forwarder_unmarshal_err", since=mark, timeout=2)
+        except AssertionError:
+            raise AssertionError(f"no binary_forwarder_unmarshal_err for envelope {env!r}; log:\n"
+                                 + relay.log_tail(10)) from None
+        assert rec["level"] == "WARN" and rec["server_id"] == server_id
+        barrier(b, tag=b"b%d" % i)  # not disconnected, and nothing came back
+    # nothing reached the phone, which is still registered: the next valid frame is the first it sees
+    route(b, cid, b'{"valid":"after"}')
+    assert read_text(p) == b'{"valid":"after"}'
+    barrier(p)
+    text = relay.stderr_text()
+    assert "not json" not in text  # envelope bytes are never logged
+
+
+# --------------------------------------------------------------------------------------
+# close notices
+
+
+def test_close_notice_after_every_forwarded_frame(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    for i in range(5):
+        p.send_json({"seq": i})
+    p.send_close(4000, "bye")
+    for i in range(5):
+        assert read_wrapped(b) == (cid, b'{"seq":%d}' % i)
+    assert read_notice(b) == (cid, 4000)
+    code, _ = p.read_close()
+    assert code == 4000  # the relay echoes the phone's code
+    p.wait_closed(5, allow_data=True)
+    expect_nothing(b, 0.2)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 4001, 4999])
+def test_close_notice_carries_phone_close_code(relay, server_id, code):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    close_and_wait(p, code)
+    assert read_notice(b) == (cid, code)
+
+
+def test_close_notice_for_close_without_status_is_1001(relay, server_id):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    close_and_wait(p, None)
+    assert read_notice(b) == (cid, 1001)
+
+
+@pytest.mark.parametrize("how", ["rst", "fin"])
+def test_close_notice_for_abrupt_drop_is_1001(relay, server_id, how):
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    p.send_json({"last": 1})
+    if how == "rst":
+        abort(p)
+    else:
+        p.sock.shutdown(1)
+    assert read_wrapped(b) == (cid, b'{"last":1}')
+    assert read_notice(b) == (cid, 1001)
+
+
+def test_close_notice_one_per_phone_with_its_own_conn_id(relay, server_id):
+    b = claim(relay, server_id)
+    phones = [register(relay, server_id) for _ in range(4)]
+    for i, (p, cid) in enumerate(phones):
+        close_and_wait(p, 4100 + i)
+    got = {read_notice(b) for _ in phones}
+    assert got == {(cid, 4100 + i) for i, (_, cid) in enumerate(phones)}
+    expect_nothing(b, 0.2)
+
+
+def test_node_ws_phone_roundtrip_and_notice(relay, server_id):
+    """The envelope contract seen through a real client library (npm ws)."""
+    from relayctl import run_wsclient
+
+    b = claim(relay, server_id)
+    import threading
+    res = {}
+
+    def node_phone():
+        res["r"] = run_wsclient(relay.ws_url("/v1/client"), client_headers(server_id, device_name="node"), [
+            {"op": "send", "text": '{"from" : "node"}'},
+            {"op": "expect_message", "text": '{"to" : "node"}', "timeout_ms": 5000},
+            {"op": "close", "code": 4002},
+            {"op": "expect_close", "code": 4002},
+        ], timeout=10)
+
+    t = threading.Thread(target=node_phone, daemon=True)
+    t.start()
+    cid, frame = read_wrapped(b, timeout=8)
+    assert frame == b'{"from" : "node"}'
+    route(b, cid, b'{"to" : "node"}')
+    assert read_notice(b, timeout=8) == (cid, 4002)
+    t.join(10)
+    assert res["r"]["ok"], res["r"]
+
+
+# --------------------------------------------------------------------------------------
+# server-ids that need escaping, concurrent phones
+
+
+@pytest.mark.parametrize("sid_part", ['quote"back\\slash', "sp ace\tand-tab", "utf8-\xe9\u4e2d", "x" * 1000],
+                         ids=["quote-backslash", "space-tab", "utf8", "long"])
+def test_conn_id_json_escaped_for_any_server_id(relay, sid_part):
+    """conn_id embeds the server-id verbatim and is JSON-string-escaped in envelopes (§2.1,
+    §3.5); the binary routes back with the decoded conn_id."""
+    sid = unique_id("e") + "-" + sid_part
+    hb = [("X-Pyrycode-Server", sid), ("X-Pyrycode-Version", "1"), ("User-Agent", "ua")]
+    hp = [("X-Pyrycode-Server", sid), ("X-Pyrycode-Token", "t"), ("User-Agent", "ua")]
+    enc = lambda h: [(k, v.encode("utf-8").decode("latin-1")) for k, v in h]  # noqa: E731 - raw UTF-8 bytes
+    b = relay.ws("/v1/server", enc(hb))
+    barrier(b)  # the claim is done before the binary's first frame is read
+    p = relay.ws("/v1/client", enc(hp))
+    p.send_json({"hi": 1})
+    raw = read_text(b)
+    env = json.loads(raw)
+    assert list(env) == ["conn_id", "frame"] and env["frame"] == {"hi": 1}, raw
+    assert conn_id_re(sid).fullmatch(env["conn_id"]), env["conn_id"]
+    if len(sid) < 200:  # (the relay shortens very long log values)
+        assert relay.wait_log("phone_registered", server_id=sid)["conn_id"] == env["conn_id"]
+    route(b, env["conn_id"], b'{"back":1}')
+    assert read_text(p) == b'{"back":1}'
+    close_and_wait(p, 4001)
+    assert read_notice(b) == (env["conn_id"], 4001)
+
+
+def test_concurrent_phones_frames_never_interleave(relay, server_id):
+    """Frames of many phones reach the binary whole (one writer at a time, §3.2)."""
+    import threading
+
+    b = claim(relay, server_id)
+    phones = [register(relay, server_id) for _ in range(4)]
+    payloads = {cid: [b'{"p":"%s","i":%d,"pad":"%s"}' % (cid[-8:].encode(), i, b"y" * (150 * 1024))
+                      for i in range(5)] for _, cid in phones}
+
+    def blast(conn, cid):
+        conn.send(b"".join(build_frame(OP_TEXT, pl) for pl in payloads[cid]), timeout=15)
+
+    threads = [threading.Thread(target=blast, args=pc, daemon=True) for pc in phones]
+    for t in threads:
+        t.start()
+    seen = {cid: 0 for _, cid in phones}
+    for _ in range(20):
+        cid, frame = read_wrapped(b, timeout=10)
+        assert frame == payloads[cid][seen[cid]], f"frame {seen[cid]} of {cid} damaged or out of order"
+        seen[cid] += 1
+    for t in threads:
+        t.join(5)
+    assert all(v == 5 for v in seen.values()), seen
