@@ -133,6 +133,14 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* §7.2: push wake needs an outbound FCM sender, which this build does not have;
+	 * say so once, as the reference does when the credentials are unset. */
+	if (cfg.fcm_credentials == NULL)
+		LOG_INFO("push off: PYRYCODE_RELAY_FCM_CREDENTIALS unset");
+	else
+		LOG_WARN("push off: this build has no FCM sender; push_wake requests are refused",
+			 KV_STR("env_var", "PYRYCODE_RELAY_FCM_CREDENTIALS"));
+
 	raise_fd_limit(cfg.max_connections);
 	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
 		 KV_STR("listen", cfg.insecure_listen));
