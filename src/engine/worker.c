@@ -342,18 +342,36 @@ static void report_end(struct worker *w, struct conn *c)
 	w->ended_head = c;
 }
 
-static void release_buffers(struct worker *w, struct conn *c)
+static void put_http_buf(struct worker *w, struct conn *c)
 {
 	if (c->http_buf) {
 		bufpool_put(&w->pool, c->http_buf, c->http_cap);
 		c->http_buf = NULL;
 		c->http_cap = c->http_len = 0;
 	}
+}
+
+static void put_asm_buf(struct worker *w, struct conn *c)
+{
 	if (c->ws.asm_buf) {
 		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
 		c->ws.asm_buf = NULL;
 		c->ws.asm_cap = c->ws.asm_len = 0;
 	}
+}
+
+static void put_send_ctx(struct worker *w, struct conn *c)
+{
+	if (c->send) {
+		bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
+		c->send = NULL;
+	}
+}
+
+static void release_buffers(struct worker *w, struct conn *c)
+{
+	put_http_buf(w, c);
+	put_asm_buf(w, c);
 }
 
 static void conn_maybe_free(struct worker *w, struct conn *c)
@@ -365,10 +383,7 @@ static void conn_maybe_free(struct worker *w, struct conn *c)
 	timer_wheel_cancel(&w->tw, &c->timer);
 	outq_clear(&c->out, &w->pool);
 	release_buffers(w, c);
-	if (c->send) {
-		bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
-		c->send = NULL;
-	}
+	put_send_ctx(w, c);
 	close(c->fd);
 	if (c->counted) {
 		ASSERT(w->ws_counted > 0);
@@ -547,10 +562,6 @@ static void flush_dirty(struct worker *w)
 static void on_send(struct worker *w, struct conn *c, int res)
 {
 	c->send_inflight = false;
-	if (c->send != NULL && outq_empty(&c->out)) {
-		bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
-		c->send = NULL;
-	}
 	if (c->state == CONN_DEAD) {
 		conn_maybe_free(w, c);
 		return;
@@ -569,10 +580,7 @@ static void on_send(struct worker *w, struct conn *c, int res)
 	}
 	if (outq_empty(&c->out)) {
 		c->write_deadline_ms = 0;
-		if (c->send != NULL) {
-			bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
-			c->send = NULL;
-		}
+		put_send_ctx(w, c);
 		if (c->state == CONN_DRAINING && !c->wr_shut) {
 			shutdown(c->fd, SHUT_WR);
 			c->wr_shut = true;
@@ -586,16 +594,20 @@ static void on_send(struct worker *w, struct conn *c, int res)
 
 /* ------------------------------------------------------------------ HTTP phase */
 
-static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, bool close)
+static void respond(struct worker *w, struct conn *c, const char *buf, size_t n, bool close)
 {
-	char buf[HTTP_RESPONSE_BYTES_MAX];
-	size_t n = http_write_canned(buf, sizeof buf, which, close);
 	if (!conn_queue_bytes(w, c, buf, n)) {
 		conn_abort(w, c);
 		return;
 	}
 	if (close)
 		conn_drain(w, c);
+}
+
+static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, bool close)
+{
+	char buf[HTTP_RESPONSE_BYTES_MAX];
+	respond(w, c, buf, http_write_canned(buf, sizeof buf, which, close), close);
 }
 
 static void respond_healthz(struct worker *w, struct conn *c, bool close)
@@ -609,13 +621,7 @@ static void respond_healthz(struct worker *w, struct conn *c, bool close)
 		.uptime_seconds = (w->now_ms - w->start_ms) / 1000u,
 	};
 	char buf[HTTP_RESPONSE_BYTES_MAX];
-	size_t n = http_write_healthz(buf, sizeof buf, &h, close);
-	if (!conn_queue_bytes(w, c, buf, n)) {
-		conn_abort(w, c);
-		return;
-	}
-	if (close)
-		conn_drain(w, c);
+	respond(w, c, buf, http_write_healthz(buf, sizeof buf, &h, close), close);
 }
 
 static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
@@ -745,11 +751,8 @@ static void http_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 						  : w->now_ms + HTTP_IDLE_TIMEOUT_MS;
 		conn_timer_update(w, c);
 	}
-	if (c->state == CONN_HTTP && c->http_len == 0 && c->http_buf != NULL) {
-		bufpool_put(&w->pool, c->http_buf, c->http_cap);
-		c->http_buf = NULL;
-		c->http_cap = 0;
-	}
+	if (c->state == CONN_HTTP && c->http_len == 0)
+		put_http_buf(w, c); /* between keep-alive requests an idle connection holds nothing */
 	if (c->state == CONN_HTTP)
 		conn_timer_update(w, c);
 }
@@ -779,11 +782,8 @@ static bool grow_asm(struct worker *w, struct conn *c, size_t need)
 
 static void release_asm_if_idle(struct worker *w, struct conn *c)
 {
-	if (c->ws.asm_buf && !ws_reader_buffer_in_use(&c->ws)) {
-		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
-		c->ws.asm_buf = NULL;
-		c->ws.asm_cap = c->ws.asm_len = 0;
-	}
+	if (!ws_reader_buffer_in_use(&c->ws))
+		put_asm_buf(w, c);
 }
 
 static void heartbeat_pong(struct worker *w, struct conn *c, struct span payload)

@@ -557,15 +557,13 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 	if (env.has_frame) {
 		/* §5.7: budget len + 64 per item, 4 MiB per phone; the item being written
 		 * stays charged until its write completes. */
-		if (phone_charge(p) + env.frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES > RELAY_PHONE_OUTBOX_BUDGET_BYTES) {
-			s->stats.dropped_backlog++;
-			LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
-				 KV_SPAN("conn_id", phone_conn_id(p)), KV_STR("err", "phone delivery backlog full"));
-			conn_ws_close(w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
-			return;
-		}
+		/* The buffer pool refusing the bytes is the same overflow, one level up. */
+		bool over = phone_charge(p) + env.frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES >
+			    RELAY_PHONE_OUTBOX_BUDGET_BYTES;
 		struct iovec part = { .iov_base = (void *)env.frame.ptr, .iov_len = env.frame.len };
-		if (!conn_ws_send_text(w, p, &part, 1, true)) {
+		if (over || !conn_ws_send_text(w, p, &part, 1, true)) {
+			if (over)
+				s->stats.dropped_backlog++;
 			LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
 				 KV_SPAN("conn_id", phone_conn_id(p)), KV_STR("err", "phone delivery backlog full"));
 			conn_ws_close(w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
