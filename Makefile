@@ -42,7 +42,7 @@ else ifneq ($(SAN),)
   $(error SAN must be empty, asan, tsan or fuzz)
 endif
 
-LIBS := $(URING_LIBS) $(BSSL_LIBS) -lpthread
+LIBS := $(URING_LIBS) $(BSSL_LIBS) -lpthread -lm
 
 MAIN_SRC := src/main.c
 LIB_SRCS := $(filter-out $(MAIN_SRC),$(sort $(wildcard src/*.c src/*/*.c)))
@@ -123,3 +123,19 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Benchmarks (docs/benchmarks.md): relay on CPU 0, load generator on CPU 1, results in
+# bench/results/<date>.json + PNGs. `make bench` takes about 10 minutes on 2 cores;
+# `make bench-quick` is a < 1 minute smoke run. BENCH_ARGS="--only REGEX" picks scenarios.
+BENCH_ARGS ?=
+.PHONY: bench bench-quick deps-bench
+bench: deps-bench
+	@$(MAKE) --no-print-directory CC=gcc BUILD=build/gcc SAN= all
+	@/usr/bin/python3 bench/run.py --build build/gcc $(BENCH_ARGS)
+
+bench-quick: deps-bench
+	@$(MAKE) --no-print-directory CC=gcc BUILD=build/gcc SAN= all
+	@/usr/bin/python3 bench/run.py --build build/gcc --quick $(BENCH_ARGS)
+
+deps-bench:
+	@tools/deps.sh bench

@@ -1,4 +1,5 @@
 #include "engine/bufpool.h"
+#include "core/stat.h"
 
 #include <stdlib.h>
 
@@ -21,7 +22,7 @@ static void release_one(struct bufpool *p, unsigned cls)
 	ASSERT(f != NULL);
 	p->free[cls] = f->next;
 	p->free_count[cls]--;
-	p->bytes_held -= (uint64_t)BUFPOOL_CLASS_MIN_BYTES << cls;
+	STAT_SUB(p->bytes_held, (uint64_t)BUFPOOL_CLASS_MIN_BYTES << cls);
 	free(f);
 }
 
@@ -49,19 +50,19 @@ void *bufpool_get(struct bufpool *p, size_t bytes, uint32_t *cap_bytes)
 		buf = f;
 	} else {
 		if (p->bytes_held + size > p->budget_bytes_max && !make_room(p, size)) {
-			p->alloc_failures++;
+			STAT_INC(p->alloc_failures);
 			return NULL;
 		}
 		buf = malloc(size);
 		if (buf == NULL) {
-			p->alloc_failures++;
+			STAT_INC(p->alloc_failures);
 			return NULL;
 		}
-		p->bytes_held += size;
+		STAT_ADD(p->bytes_held, size);
 		if (p->bytes_held > p->bytes_held_peak)
 			p->bytes_held_peak = p->bytes_held;
 	}
-	p->bytes_in_use += size;
+	STAT_ADD(p->bytes_in_use, size);
 	*cap_bytes = size;
 	return buf;
 }
@@ -72,7 +73,7 @@ void bufpool_put(struct bufpool *p, void *buf, uint32_t cap_bytes)
 	unsigned cls = class_of(cap_bytes);
 	ASSERT((BUFPOOL_CLASS_MIN_BYTES << cls) == cap_bytes);
 	ASSERT(p->bytes_in_use >= cap_bytes);
-	p->bytes_in_use -= cap_bytes;
+	STAT_SUB(p->bytes_in_use, cap_bytes);
 	struct bufpool_free *f = buf;
 	f->next = p->free[cls];
 	p->free[cls] = f;

@@ -9,7 +9,8 @@
  *   a reservation: an idle relay holds nothing. When a request would cross it, cached
  *   buffers of other classes are released first; if that is not enough, the request
  *   fails (NULL) and the caller sheds the connection that asked.
- * - One pool per worker: single-threaded, no locks.
+ * - One pool per worker: single-threaded, no locks. bytes_held, bytes_in_use and
+ *   alloc_failures are single-writer stats (core/stat.h) the metrics responder reads.
  */
 #ifndef PYRELAY_BUFPOOL_H
 #define PYRELAY_BUFPOOL_H

@@ -7,6 +7,7 @@
  * DRAINING -> DEAD -> FREE (any state may jump forward, never back).
  */
 #include "engine/worker.h"
+#include "engine/net.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -51,77 +52,20 @@ struct send_ctx {
 	uint32_t alloc_bytes;
 };
 
-static uint64_t monotonic_ms(void)
+static uint64_t monotonic_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
 
 /* ------------------------------------------------------------------ set-up */
-
-static int listen_socket(const char *addr, char why[URING_WHY_BYTES])
-{
-	/* Go's net.Listen semantics: "host:port", "[v6]:port", ":port" (all interfaces). */
-	char host[256];
-	const char *colon = strrchr(addr, ':');
-	if (colon == NULL) {
-		snprintf(why, URING_WHY_BYTES, "listen address %s has no port", addr);
-		return -1;
-	}
-	size_t hlen = (size_t)(colon - addr);
-	if (hlen >= sizeof host) {
-		snprintf(why, URING_WHY_BYTES, "listen address host too long");
-		return -1;
-	}
-	memcpy(host, addr, hlen);
-	host[hlen] = '\0';
-	if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
-		memmove(host, host + 1, hlen - 2);
-		host[hlen - 2] = '\0';
-	}
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE, .ai_family = AF_UNSPEC };
-	struct addrinfo *res = NULL;
-	int gai = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
-	if (gai != 0) {
-		snprintf(why, URING_WHY_BYTES, "resolve listen address %s: %s", addr, gai_strerror(gai));
-		return -1;
-	}
-	/* With an empty host prefer the IPv6 wildcard (dual stack), like Go. */
-	struct addrinfo *pick = res;
-	if (!host[0]) {
-		for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-			if (ai->ai_family == AF_INET6) {
-				pick = ai;
-				break;
-			}
-		}
-	}
-	int fd = socket(pick->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		snprintf(why, URING_WHY_BYTES, "socket: %s", strerror(errno));
-		freeaddrinfo(res);
-		return -1;
-	}
-	int one = 1, zero = 0;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-	if (pick->ai_family == AF_INET6 && !host[0])
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-	if (bind(fd, pick->ai_addr, pick->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
-		snprintf(why, URING_WHY_BYTES, "listen tcp %s: %s", addr, strerror(errno));
-		close(fd);
-		freeaddrinfo(res);
-		return -1;
-	}
-	freeaddrinfo(res);
-	return fd;
-}
 
 struct worker *worker_create(const struct config *cfg, uint32_t id, const char *listen_addr,
 			     uint64_t buffer_budget_bytes, char why[URING_WHY_BYTES])
 {
-	struct worker *w = calloc(1, sizeof *w);
+	struct worker *w = calloc_aligned(sizeof *w); /* stats: own cache lines */
 	if (w == NULL) {
 		snprintf(why, URING_WHY_BYTES, "out of memory");
 		return NULL;
@@ -156,12 +100,13 @@ struct worker *worker_create(const struct config *cfg, uint32_t id, const char *
 		snprintf(why, URING_WHY_BYTES, "eventfd: %s", strerror(errno));
 		goto fail;
 	}
-	w->listen_fd = listen_socket(listen_addr, why);
+	w->listen_fd = net_listen(listen_addr, LISTEN_BACKLOG, true, why);
 	if (w->listen_fd < 0)
 		goto fail;
 
 	bufpool_init(&w->pool, buffer_budget_bytes);
-	w->now_ms = w->start_ms = monotonic_ms();
+	w->iter_ns = monotonic_ns();
+	w->now_ms = w->start_ms = w->iter_ns / 1000000u;
 	timer_wheel_init(&w->tw, w->now_ms);
 	w->accept_backoff.kind = TW_KIND_ACCEPT_BACKOFF;
 	w->relay = relay_shard_create(w);
@@ -374,6 +319,36 @@ static void release_buffers(struct worker *w, struct conn *c)
 	put_asm_buf(w, c);
 }
 
+static void conn_outq_clear(struct worker *w, struct conn *c)
+{
+	STAT_SUB(w->stats.outbox_bytes, c->out.bytes);
+	outq_clear(&c->out, &w->pool);
+}
+
+enum close_class close_class_of(uint16_t code)
+{
+	if (code == 0 || code == WS_CLOSE_NO_STATUS)
+		return CLOSE_CLASS_NO_STATUS;
+	if (code == WS_CLOSE_NORMAL)
+		return CLOSE_CLASS_NORMAL;
+	if (code == WS_CLOSE_GOING_AWAY)
+		return CLOSE_CLASS_GOING_AWAY;
+	if ((code >= 1002 && code <= 1003) || (code >= 1007 && code <= 1010))
+		return CLOSE_CLASS_PROTOCOL;
+	if (code >= 3000 && code <= 4999)
+		return CLOSE_CLASS_APPLICATION;
+	return CLOSE_CLASS_INTERNAL;
+}
+
+/* Once per upgraded connection, when its slot is freed. */
+static void count_close(struct worker *w, const struct conn *c)
+{
+	if (c->route == HTTP_ROUTE_NOT_FOUND)
+		return;
+	enum close_class k = c->close_sent ? close_class_of(c->close_code) : CLOSE_CLASS_ABNORMAL;
+	STAT_INC(w->stats.closes[k]);
+}
+
 static void conn_maybe_free(struct worker *w, struct conn *c)
 {
 	if (c->state != CONN_DEAD || c->recv_armed || c->send_inflight || c->in_ended || c->in_dirty)
@@ -381,9 +356,10 @@ static void conn_maybe_free(struct worker *w, struct conn *c)
 	if (c->route != HTTP_ROUTE_NOT_FOUND && !c->ended_reported)
 		return;
 	timer_wheel_cancel(&w->tw, &c->timer);
-	outq_clear(&c->out, &w->pool);
+	conn_outq_clear(w, c);
 	release_buffers(w, c);
 	put_send_ctx(w, c);
+	count_close(w, c);
 	close(c->fd);
 	if (c->counted) {
 		ASSERT(w->ws_counted > 0);
@@ -393,6 +369,7 @@ static void conn_maybe_free(struct worker *w, struct conn *c)
 	c->gen++;
 	ASSERT(w->live > 0);
 	w->live--;
+	STAT_SET(w->stats.connections_open, w->live);
 	w->free_idx[w->free_top++] = c->idx;
 }
 
@@ -408,7 +385,7 @@ void conn_abort(struct worker *w, struct conn *c)
 	/* Wakes the multishot recv (it completes with 0) and fails an in-flight send, so
 	 * the slot can be freed once both completions are in. */
 	shutdown(c->fd, SHUT_RDWR);
-	outq_clear(&c->out, &w->pool);
+	conn_outq_clear(w, c);
 	conn_maybe_free(w, c);
 }
 
@@ -437,8 +414,10 @@ static void conn_drain(struct worker *w, struct conn *c)
 
 static bool conn_queue(struct worker *w, struct conn *c, const struct iovec *parts, size_t n)
 {
+	uint64_t before = c->out.bytes;
 	if (!outq_append(&c->out, &w->pool, parts, n))
 		return false;
+	STAT_ADD(w->stats.outbox_bytes, c->out.bytes - before);
 	if (c->write_deadline_ms == 0) {
 		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
 		conn_timer_update(w, c);
@@ -478,6 +457,13 @@ bool conn_ws_send_text(struct worker *w, struct conn *c, const struct iovec *par
 	if (counted) {
 		outq_mark_item(&c->out);
 		c->items_pending++;
+		if (c->route == HTTP_ROUTE_SERVER) {
+			/* a phone frame for this binary, received in this iteration */
+			if (c->lat_frames == 0)
+				c->lat_first_ns = w->iter_ns;
+			c->lat_last_ns = w->iter_ns;
+			c->lat_frames++;
+		}
 	}
 	return true;
 }
@@ -495,8 +481,14 @@ static void queue_close_frame(struct worker *w, struct conn *c, uint16_t code, c
 	uint8_t payload[WS_CONTROL_PAYLOAD_BYTES_MAX];
 	size_t n = ws_close_payload_encode(payload, code, reason, reason ? strlen(reason) : 0);
 	struct iovec iov = { .iov_base = payload, .iov_len = n };
-	if (!queue_ws_frame(w, c, WS_OP_CLOSE, &iov, 1))
+	if (!queue_ws_frame(w, c, WS_OP_CLOSE, &iov, 1)) {
 		conn_abort(w, c);
+		return;
+	}
+	if (!c->close_sent) {
+		c->close_sent = true;
+		c->close_code = code;
+	}
 }
 
 void conn_ws_close(struct worker *w, struct conn *c, uint16_t code, const char *reason)
@@ -515,6 +507,30 @@ void conn_ws_close(struct worker *w, struct conn *c, uint16_t code, const char *
 		arm_recv(w, c);
 		conn_timer_update(w, c);
 	}
+}
+
+/*
+ * Phone frame -> binary latency, observed when the send carrying the frames is
+ * submitted. Frames received in one iteration share its timestamp, so a send that
+ * carries frames of one iteration (the common case) is recorded exactly; when it
+ * carries frames of several (a send was in flight), the oldest and newest are exact
+ * and those between are recorded at the midpoint. A send capped at OUTQ_IOV_MAX
+ * segments records the frames left for the next send one send early.
+ */
+static void record_p2b_latency(struct worker *w, struct conn *c)
+{
+	if (w->flush_ns == 0)
+		w->flush_ns = monotonic_ns();
+	uint64_t now = w->flush_ns;
+	uint64_t oldest = now > c->lat_first_ns ? now - c->lat_first_ns : 0;
+	uint64_t newest = now > c->lat_last_ns ? now - c->lat_last_ns : 0;
+	struct latency_hist *h = &w->stats.p2b_latency;
+	latency_observe(h, oldest, 1);
+	if (c->lat_frames > 1)
+		latency_observe(h, newest, 1);
+	if (c->lat_frames > 2)
+		latency_observe(h, (oldest + newest) / 2, c->lat_frames - 2);
+	c->lat_frames = 0;
 }
 
 static void submit_send(struct worker *w, struct conn *c)
@@ -543,11 +559,14 @@ static void submit_send(struct worker *w, struct conn *c)
 	}
 	io_uring_sqe_set_data64(sqe, UD(OP_SEND, c->idx, c->gen));
 	c->send_inflight = true;
-	w->stats.sends++;
+	STAT_INC(w->stats.sends);
+	if (c->lat_frames)
+		record_p2b_latency(w, c);
 }
 
 static void flush_dirty(struct worker *w)
 {
+	w->flush_ns = 0;
 	/* Bounded: each connection is on the list at most once. */
 	while (w->dirty_head != NULL) {
 		struct conn *c = w->dirty_head;
@@ -570,8 +589,10 @@ static void on_send(struct worker *w, struct conn *c, int res)
 		conn_abort(w, c);
 		return;
 	}
-	w->stats.bytes_out += (uint64_t)res;
+	STAT_ADD(w->stats.bytes_out, (uint64_t)res);
+	uint64_t before = c->out.bytes;
 	uint32_t items = outq_consume(&c->out, &w->pool, (size_t)res);
+	STAT_SUB(w->stats.outbox_bytes, before - c->out.bytes);
 	if (items) {
 		ASSERT(c->items_pending >= items);
 		c->items_pending -= items;
@@ -877,7 +898,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 			return;
 		/* EMFILE/ENFILE/ENOMEM repeat at once if re-armed at once: back off, and log
 		 * at most once per back-off so a descriptor storm cannot flood stderr. */
-		w->stats.accept_errors++;
+		STAT_INC(w->stats.accept_errors);
 		if (!tw_node_scheduled(&w->accept_backoff)) {
 			LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
 			if (w->accept_armed) {
@@ -889,10 +910,10 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 		}
 		return;
 	}
-	w->stats.accepts++;
+	STAT_INC(w->stats.accepts);
 	if (w->free_top == 0 || w->stopping) {
 		/* Pool exhausted: refuse at once rather than queue unbounded state. */
-		w->stats.accept_pool_full++;
+		STAT_INC(w->stats.accept_pool_full);
 		close(fd);
 		return;
 	}
@@ -902,6 +923,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 	*c = (struct conn){ .fd = fd, .idx = idx, .gen = gen, .state = CONN_HTTP };
 	c->timer.kind = TW_KIND_CONN;
 	w->live++;
+	STAT_SET(w->stats.connections_open, w->live);
 
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -927,7 +949,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 
 static void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 {
-	w->stats.bytes_in += n;
+	STAT_ADD(w->stats.bytes_in, n);
 	switch (c->state) {
 	case CONN_HTTP:
 		http_input(w, c, p, n);
@@ -955,7 +977,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 		/* EOF. A draining connection was waiting for exactly this. */
 		conn_abort(w, c);
 	} else if (res == -ENOBUFS) {
-		w->stats.recv_enobufs++; /* re-armed below once buffers are back */
+		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
 	} else if (res != -ECANCELED) {
 		conn_abort(w, c);
 	}
@@ -1181,14 +1203,15 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 		}
 		struct io_uring_cqe *cqe = NULL;
 		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
-		w->stats.enters++;
-		w->stats.loop_iterations++;
+		STAT_INC(w->stats.enters);
+		STAT_INC(w->stats.loop_iterations);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
 			/* Not transient: spinning on it would burn a core and flood the log. */
 			snprintf(why, URING_WHY_BYTES, "io_uring_enter: %s", strerror(-rc));
 			return WORKER_EXIT_FATAL;
 		}
-		w->now_ms = monotonic_ms();
+		w->iter_ns = monotonic_ns();
+		w->now_ms = w->iter_ns / 1000000u;
 
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&w->ring, head, cqe)
@@ -1197,7 +1220,7 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 			seen++;
 		}
 		io_uring_cq_advance(&w->ring, seen);
-		w->stats.cqes += seen;
+		STAT_ADD(w->stats.cqes, seen);
 		timer_wheel_advance(&w->tw, w->now_ms, on_timer, w);
 	}
 	return w->drain_incomplete ? WORKER_EXIT_DRAIN_INCOMPLETE : WORKER_EXIT_DRAINED;

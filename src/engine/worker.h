@@ -21,6 +21,7 @@
 
 #include "core/common.h"
 #include "core/config.h"
+#include "core/stat.h"
 #include "engine/bufpool.h"
 #include "engine/outq.h"
 #include "engine/timer_wheel.h"
@@ -83,6 +84,11 @@ struct conn {
 	uint64_t ping_at_ms;        /* next heartbeat ping */
 	uint64_t pong_deadline_ms;  /* heartbeat pong due */
 	uint64_t ping_sent_ms;
+	/* Phone frames queued for this binary and not yet submitted: the loop-iteration
+	 * times at which the oldest and newest were received (p2b_latency). */
+	uint64_t lat_first_ns;
+	uint64_t lat_last_ns;
+	uint32_t lat_frames;
 
 	int fd;
 	uint32_t idx;
@@ -91,6 +97,7 @@ struct conn {
 	uint32_t items_pending;   /* counted items queued, not yet written */
 	uint16_t requests;        /* keep-alive requests served */
 	uint16_t peer_close_code; /* status of the peer's close frame, 0 if none */
+	uint16_t close_code;      /* first close frame we queued (ours or the echo) */
 	uint8_t state;            /* enum conn_state */
 	uint8_t route;            /* enum http_route of the upgrade */
 	bool recv_armed;
@@ -101,22 +108,43 @@ struct conn {
 	bool recv_paused;
 	bool counted;             /* holds a --max-connections slot */
 	bool wr_shut;
+	bool close_sent;          /* close_code is set */
 	struct peer_addr remote;
 	struct relay_conn relay;
 };
 
+/* How a WebSocket connection ended, by the first close frame exchanged (ours, or the
+ * peer's that we echoed). Labels of pyrycode_relay_connections_closed_total. */
+enum close_class {
+	CLOSE_CLASS_NORMAL = 0,  /* 1000 */
+	CLOSE_CLASS_GOING_AWAY,  /* 1001: shutdown, peer going away */
+	CLOSE_CLASS_PROTOCOL,    /* 1002, 1003, 1007, 1008, 1009, 1010: a peer broke the rules */
+	CLOSE_CLASS_INTERNAL,    /* 1011 and the other 1xxx codes a server sends */
+	CLOSE_CLASS_APPLICATION, /* 3000-4999: 4404, 4409, 4429, binary directives */
+	CLOSE_CLASS_NO_STATUS,   /* a close frame without a status code */
+	CLOSE_CLASS_ABNORMAL,    /* no close frame at all: reset, EOF, timeout, shed */
+	CLOSE_CLASS_COUNT,
+};
+enum close_class close_class_of(uint16_t code);
+
+/* One worker's engine counters (single writer: the worker; see core/stat.h). */
 struct worker_stats {
 	uint64_t loop_iterations;
-	uint64_t enters;
+	uint64_t enters; /* io_uring_enter calls that waited for completions */
 	uint64_t cqes;
 	uint64_t accepts;
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
-	uint64_t recv_enobufs;
+	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
 	uint64_t bytes_in;
 	uint64_t bytes_out;
 	uint64_t sends;
-};
+	uint64_t connections_open; /* gauge: pool slots in use (HTTP and WebSocket) */
+	uint64_t outbox_bytes;     /* gauge: bytes queued in outqs, not yet written */
+	uint64_t closes[CLOSE_CLASS_COUNT];
+	/* recv of a phone frame -> submission of the send that carries it to the binary */
+	struct latency_hist p2b_latency;
+} STAT_ALIGNED;
 
 struct worker {
 	struct io_uring ring;
@@ -146,6 +174,8 @@ struct worker {
 	struct conn *ended_head;
 
 	uint64_t now_ms;
+	uint64_t iter_ns;  /* CLOCK_MONOTONIC when this iteration's completions were reaped */
+	uint64_t flush_ns; /* when the current flush began, 0 until needed */
 	uint64_t start_ms;
 	bool stopping;
 	uint64_t drain_deadline_ms;

@@ -151,7 +151,7 @@ static struct span binary_conn_id(const struct conn *c, char *buf, size_t cap)
 
 struct relay_shard *relay_shard_create(struct worker *w)
 {
-	struct relay_shard *s = calloc(1, sizeof *s);
+	struct relay_shard *s = calloc_aligned(sizeof *s); /* stats: own cache lines */
 	if (s == NULL)
 		return NULL;
 	s->w = w;
@@ -197,8 +197,8 @@ static enum relay_endpoint endpoint_of(enum http_route route)
 static void count_reject(struct relay_shard *s, enum http_route route, enum relay_outcome o,
 			 enum relay_fail_kind k)
 {
-	s->stats.upgrade_attempts[endpoint_of(route)][o]++;
-	s->stats.register_failures[k]++;
+	STAT_INC(s->stats.upgrade_attempts[endpoint_of(route)][o]);
+	STAT_INC(s->stats.register_failures[k]);
 }
 
 /* §1.7 steps 7-8: per-IP rate limit (429), then the global connection cap (503). */
@@ -236,7 +236,7 @@ int relay_admit(struct worker *w, struct conn *c, enum http_route route, const s
 
 void relay_rejected_headers(struct worker *w, struct conn *c, enum http_route route)
 {
-	w->relay->stats.upgrade_attempts[endpoint_of(route)][RELAY_OUT_REJECT_HEADERS]++;
+	STAT_INC(w->relay->stats.upgrade_attempts[endpoint_of(route)][RELAY_OUT_REJECT_HEADERS]);
 }
 
 /* ------------------------------------------------------------------ claim / register */
@@ -263,7 +263,7 @@ static void evict_phones(struct worker *w, struct relay_slot *sl, uint16_t code,
 		struct conn *p = sl->phones[i];
 		p->relay.slot = NULL;
 		p->relay.role = RELAY_ROLE_NONE;
-		w->relay->stats.phones--;
+		STAT_DEC(w->relay->stats.phones);
 		if (p->relay.flags & RELAY_F_PAUSED) {
 			p->relay.flags &= (uint8_t)~RELAY_F_PAUSED;
 			conn_resume_recv(w, p);
@@ -301,8 +301,8 @@ static void install_binary(struct worker *w, struct relay_slot *sl, struct conn 
 	sl->epoch++;
 	c->relay.slot = sl;
 	c->relay.role = RELAY_ROLE_BINARY;
-	s->stats.binaries++;
-	s->stats.upgrade_attempts[RELAY_EP_SERVER][RELAY_OUT_ACCEPT]++;
+	STAT_INC(s->stats.binaries);
+	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_SERVER][RELAY_OUT_ACCEPT]);
 	conn_heartbeat_start(w, c);
 }
 
@@ -357,7 +357,7 @@ static void takeover(struct worker *w, struct relay_slot *sl)
 		old->relay.role = RELAY_ROLE_NONE;
 		old->relay.slot = NULL;
 		sl->binary = NULL;
-		w->relay->stats.binaries--;
+		STAT_DEC(w->relay->stats.binaries);
 		conn_ws_close(w, old, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 	}
 	install_binary(w, sl, c);
@@ -418,8 +418,8 @@ static void open_phone(struct worker *w, struct conn *c, const struct http_reque
 	c->relay.epoch = sl->epoch;
 	c->relay.phone_index = sl->nphones;
 	sl->phones[sl->nphones++] = c;
-	s->stats.phones++;
-	s->stats.upgrade_attempts[RELAY_EP_CLIENT][RELAY_OUT_ACCEPT]++;
+	STAT_INC(s->stats.phones);
+	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_CLIENT][RELAY_OUT_ACCEPT]);
 	if (sl->phones_paused) {
 		c->relay.flags |= RELAY_F_PAUSED;
 		conn_pause_recv(w, c);
@@ -445,7 +445,7 @@ static void pause_phones(struct worker *w, struct relay_slot *sl, bool pause)
 		return;
 	sl->phones_paused = pause;
 	if (pause)
-		w->relay->stats.phone_pauses++;
+		STAT_INC(w->relay->stats.phone_pauses);
 	for (uint8_t i = 0; i < sl->nphones; i++) {
 		struct conn *p = sl->phones[i];
 		if (pause) {
@@ -465,6 +465,7 @@ static void phone_message(struct worker *w, struct conn *c, struct span data)
 	struct relay_shard *s = w->relay;
 	struct relay_slot *sl = c->relay.slot;
 	if (!json_valid(data)) {
+		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
 		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "phone frame is not valid JSON"));
 		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
@@ -472,6 +473,7 @@ static void phone_message(struct worker *w, struct conn *c, struct span data)
 	}
 	struct conn *b = sl->binary;
 	if (b == NULL) {
+		STAT_INC(s->stats.dropped[RELAY_DROP_NO_BINARY]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "binary connection closed"));
 		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
@@ -483,12 +485,13 @@ static void phone_message(struct worker *w, struct conn *c, struct span data)
 		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
 	};
 	if (!conn_ws_send_text(w, b, parts, 3, true)) {
+		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "binary outbox refused the frame"));
 		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
-	s->stats.frames_phone_to_binary++;
+	STAT_INC(s->stats.frames_phone_to_binary);
 	if (b->out.bytes > RELAY_BINARY_OUTBOX_HIGH_WATER_BYTES)
 		pause_phones(w, sl, true);
 }
@@ -519,14 +522,14 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 	case ENVELOPE_MALFORMED:
 	case ENVELOPE_MISSING_CONN_ID:
 	case ENVELOPE_MISSING_FRAME:
-		s->stats.dropped_envelopes++;
+		STAT_INC(s->stats.dropped[RELAY_DROP_MALFORMED_ENVELOPE]);
 		LOG_WARN("binary_forwarder_unmarshal_err", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("binary_conn_id", binary_conn_id(c, bid, sizeof bid)), KV_STR("err", env.err));
 		return;
 	case ENVELOPE_PUSH_WAKE:
 		/* Push wake needs FCM credentials; this build has no outbound sender, which is
 		 * the reference's "push off" state: every wake is refused (§7.2 step 1). */
-		s->stats.dropped_envelopes++;
+		STAT_INC(s->stats.dropped[RELAY_DROP_PUSH_WAKE]);
 		LOG_WARN("binary_forwarder_push_wake_dropped", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("binary_conn_id", binary_conn_id(c, bid, sizeof bid)), KV_STR("err", "push is off"));
 		return;
@@ -536,13 +539,14 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 	}
 	struct conn *p = find_phone(sl, &env.conn_id);
 	if (p == NULL) {
-		s->stats.dropped_envelopes++;
+		STAT_INC(s->stats.dropped[RELAY_DROP_UNKNOWN_CONN_ID]);
 		LOG_WARN("binary_forwarder_unknown_conn_id", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", env.conn_id.raw));
 		return;
 	}
 	bool directive = env.kind == ENVELOPE_DIRECTIVE;
 	if (p->state != CONN_WS_OPEN) {
+		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_CLOSED]);
 		LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(p)), KV_STR("err", "phone outbox closed"));
 		return;
@@ -562,8 +566,7 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 			    RELAY_PHONE_OUTBOX_BUDGET_BYTES;
 		struct iovec part = { .iov_base = (void *)env.frame.ptr, .iov_len = env.frame.len };
 		if (over || !conn_ws_send_text(w, p, &part, 1, true)) {
-			if (over)
-				s->stats.dropped_backlog++;
+			STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_BACKLOG]);
 			LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
 				 KV_SPAN("conn_id", phone_conn_id(p)), KV_STR("err", "phone delivery backlog full"));
 			conn_ws_close(w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
@@ -613,7 +616,7 @@ void relay_items_written(struct worker *w, struct conn *c, uint32_t n)
 	 * cleared its role, and still counts (§8.2: "incl. a frame carried by a close
 	 * directive"). Only frames routed to phones are counted items on /v1/client. */
 	if (c->route == HTTP_ROUTE_CLIENT) {
-		w->relay->stats.frames_binary_to_phone += n;
+		STAT_ADD(w->relay->stats.frames_binary_to_phone, n);
 	} else if (c->relay.role == RELAY_ROLE_BINARY && c->relay.slot && c->relay.slot->phones_paused &&
 		   c->out.bytes < RELAY_BINARY_OUTBOX_LOW_WATER_BYTES) {
 		pause_phones(w, c->relay.slot, false);
@@ -652,7 +655,7 @@ static void phone_end(struct worker *w, struct conn *c)
 	sl->phones[i] = sl->phones[--sl->nphones];
 	sl->phones[i]->relay.phone_index = i;
 	sl->phones[sl->nphones] = NULL;
-	s->stats.phones--;
+	STAT_DEC(s->stats.phones);
 	LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(c)));
 	bufpool_put(&w->pool, c->relay.ids, c->relay.ids_cap);
 	c->relay.ids = NULL;
@@ -672,7 +675,7 @@ static void binary_end(struct worker *w, struct conn *c)
 		return;
 	}
 	sl->binary = NULL;
-	s->stats.binaries--;
+	STAT_DEC(s->stats.binaries);
 	if (sl->claimant != NULL) {
 		/* The probed incumbent died: that is the probe's answer (§2.2). */
 		takeover(w, sl);
@@ -717,7 +720,7 @@ static void grace_expired(struct worker *w, struct relay_slot *sl)
 		return; /* stale: a reclaim cancelled it (a cancelled node never fires) */
 	sl->gracing = false;
 	evict_phones(w, sl, WS_CLOSE_NORMAL, "");
-	w->relay->stats.grace_expiries++;
+	STAT_INC(w->relay->stats.grace_expiries);
 	slot_maybe_free(w->relay, sl);
 }
 
@@ -764,6 +767,6 @@ void relay_shutdown(struct worker *w)
 
 void relay_counts(struct worker *w, uint64_t *binaries, uint64_t *phones)
 {
-	*binaries = w->relay->stats.binaries;
-	*phones = w->relay->stats.phones;
+	*binaries = STAT_GET(w->relay->stats.binaries);
+	*phones = STAT_GET(w->relay->stats.phones);
 }

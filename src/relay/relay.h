@@ -15,6 +15,7 @@
 #define PYRELAY_RELAY_H
 
 #include "core/common.h"
+#include "core/stat.h"
 
 /* Reference limits (§4.3, §5.7) and our binary-side back-pressure marks (DESIGN.md:
  * pause a server-id's phones instead of dropping them after a write timeout). */
@@ -46,6 +47,20 @@ enum relay_fail_kind {
 	RELAY_FAIL_COUNT,
 };
 
+/* Why a frame was not delivered. Labels of pyrycode_relay_frames_dropped_total. */
+enum relay_drop {
+	RELAY_DROP_PHONE_INVALID_JSON = 0, /* phone frame is not JSON: phone closed 1000 */
+	RELAY_DROP_NO_BINARY,              /* phone frame while its binary is gone (grace) */
+	RELAY_DROP_BINARY_OUTBOX,          /* the binary's outbox refused it (buffer budget) */
+	RELAY_DROP_MALFORMED_ENVELOPE,     /* binary envelope unparseable or incomplete */
+	RELAY_DROP_UNKNOWN_CONN_ID,        /* envelope for a phone this server-id lacks */
+	RELAY_DROP_PUSH_WAKE,              /* push wake refused (push is off) */
+	RELAY_DROP_PHONE_CLOSED,           /* phone already closing */
+	RELAY_DROP_PHONE_BACKLOG,          /* phone over its 4 MiB budget: closed 1011 */
+	RELAY_DROP_COUNT,
+};
+
+/* One worker's registry counters (single writer: the worker; see core/stat.h). */
 struct relay_stats {
 	uint64_t upgrade_attempts[RELAY_EP_COUNT][RELAY_OUT_COUNT];
 	uint64_t register_failures[RELAY_FAIL_COUNT];
@@ -55,9 +70,8 @@ struct relay_stats {
 	uint64_t binaries;      /* holding a slot, not gracing */
 	uint64_t phones;        /* registered */
 	uint64_t phone_pauses;  /* times a server-id's phones were paused for its binary */
-	uint64_t dropped_envelopes;
-	uint64_t dropped_backlog;
-};
+	uint64_t dropped[RELAY_DROP_COUNT];
+} STAT_ALIGNED;
 
 struct relay_shard;
 const struct relay_stats *relay_stats_of(const struct relay_shard *s);

@@ -299,7 +299,7 @@ static void fx_open(const struct config *cfg)
 	F = calloc(1, sizeof *F);
 	ASSERT(F != NULL);
 	F->cfg = *cfg;
-	struct worker *w = calloc(1, sizeof *w);
+	struct worker *w = calloc_aligned(sizeof *w);
 	ASSERT(w != NULL);
 	w->cfg = &F->cfg;
 	w->conns = calloc(NCONNS, sizeof *w->conns);
@@ -546,7 +546,7 @@ static void test_claim_then_conflict_pong_rejects_claimant(void **state)
 	snprintf(env, sizeof env, "{\"conn_id\":\"%s\",\"frame\":1}", conn_id_of(early, SID));
 	send_msg(b2, env);
 	assert_int_equal(rec(early)->nframes, 0);
-	assert_int_equal(stats()->dropped_envelopes, 0);
+	assert_int_equal(stats()->dropped[RELAY_DROP_MALFORMED_ENVELOPE], 0);
 
 	/* a heartbeat pong (other payload) does not answer the probe; neither does the claimant */
 	pong(b1, "hb-1");
@@ -1088,14 +1088,16 @@ static void test_binary_unknown_conn_id_dropped(void **state)
 	assert_int_equal(rec(p)->nframes, 0);
 	assert_open(p);
 	assert_open(b);
-	assert_int_equal(stats()->dropped_envelopes, 2);
+	assert_int_equal(stats()->dropped[RELAY_DROP_UNKNOWN_CONN_ID], 2);
 
 	/* malformed / frameless envelopes are dropped, the binary stays */
 	send_msg(b, "not json");
 	snprintf(env, sizeof env, "{\"conn_id\":\"%s\"}", cid);
 	send_msg(b, env);
 	send_msg(b, "{\"push_wake\":{\"platform\":\"fcm\",\"token\":\"t\"}}");
-	assert_int_equal(stats()->dropped_envelopes, 5);
+	assert_int_equal(stats()->dropped[RELAY_DROP_UNKNOWN_CONN_ID], 2);
+	assert_int_equal(stats()->dropped[RELAY_DROP_MALFORMED_ENVELOPE], 2);
+	assert_int_equal(stats()->dropped[RELAY_DROP_PUSH_WAKE], 1);
 	assert_int_equal(rec(p)->nframes, 0);
 	assert_open(b);
 	assert_open(p);
@@ -1120,7 +1122,7 @@ static void test_other_server_phone_unreachable(void **state)
 	assert_int_equal(rec(pb)->nframes, 0);
 	assert_open(pb);
 	assert_int_equal(rec(pa)->nframes, 0);
-	assert_int_equal(stats()->dropped_envelopes, 2);
+	assert_int_equal(stats()->dropped[RELAY_DROP_UNKNOWN_CONN_ID], 2);
 	/* its own binary reaches it */
 	snprintf(env, sizeof env, "{\"conn_id\":\"%s\",\"frame\":\"x\"}", conn_id_of(pb, "beta"));
 	send_msg(bb, env);
@@ -1248,12 +1250,12 @@ static void test_phone_budget_overflow_1011(void **state)
 	assert_open(p);
 	assert_int_equal(rec(p)->nframes, fit);
 	assert_int_equal(p->items_pending, fit);
-	assert_int_equal(stats()->dropped_backlog, 0);
+	assert_int_equal(stats()->dropped[RELAY_DROP_PHONE_BACKLOG], 0);
 
 	fill_phone(b, p, cid, 1);
 	assert_closed(p, WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
 	assert_int_equal(rec(p)->nframes, fit);
-	assert_int_equal(stats()->dropped_backlog, 1);
+	assert_int_equal(stats()->dropped[RELAY_DROP_PHONE_BACKLOG], 1);
 	assert_open(b);
 
 	/* later frames for it go nowhere */
@@ -1309,7 +1311,7 @@ static void test_phone_budget_overflow_directive_code(void **state)
 	free(frame);
 	assert_closed(p, 4408, "phone backlog full");
 	assert_int_equal(rec(p)->nframes, 41);
-	assert_int_equal(stats()->dropped_backlog, 1);
+	assert_int_equal(stats()->dropped[RELAY_DROP_PHONE_BACKLOG], 1);
 	/* the directive marked it closed-by-binary even though it overflowed */
 	assert_int_equal(rec(b)->nframes, 0);
 }
