@@ -13,11 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/config.h"
 #include "core/log.h"
 #include "engine/worker.h"
+#include "metrics/metrics_server.h"
+#include "relay/relay.h"
 
 #ifndef PYRELAY_VERSION
 #define PYRELAY_VERSION "dev"
@@ -73,6 +76,32 @@ struct worker_thread {
 	char why[URING_WHY_BYTES];
 };
 
+struct metrics_thread {
+	struct metrics_server *m;
+	const char *addr;
+	pthread_t tid;
+	bool started;
+	char why[URING_WHY_BYTES];
+};
+
+static void *metrics_thread(void *arg)
+{
+	struct metrics_thread *t = arg;
+	if (!metrics_server_run(t->m, t->why)) {
+		/* A listener that stops serving is a listener failure (reference §7.6). */
+		LOG_ERROR("listener failed", KV_STR("addr", t->addr), KV_STR("err", t->why));
+		kill(getpid(), SIGTERM);
+	}
+	return NULL;
+}
+
+static double wall_clock_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void *worker_thread(void *arg)
 {
 	struct worker_thread *t = arg;
@@ -87,6 +116,7 @@ static void *worker_thread(void *arg)
 
 int main(int argc, char **argv)
 {
+	double start_time_seconds = wall_clock_seconds();
 	struct config cfg;
 	struct boot_refusal refusal;
 	int rc = config_parse(&cfg, argc, argv, environ, &refusal);
@@ -152,6 +182,25 @@ int main(int argc, char **argv)
 		return CONFIG_EXIT_RUNTIME;
 	}
 
+	static struct metrics_thread mt;
+	if (cfg.metrics_listen[0] != '\0') {
+		struct metrics_source src = { .engine = &w->stats, .relay = relay_stats_of(w->relay), .pool = &w->pool };
+		mt.m = metrics_server_create(cfg.metrics_listen, &src, 1, PYRELAY_VERSION, start_time_seconds, why);
+		if (mt.m == NULL) {
+			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen), KV_STR("err", why));
+			worker_destroy(w);
+			return CONFIG_EXIT_RUNTIME;
+		}
+		mt.addr = cfg.metrics_listen;
+		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0) {
+			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen),
+				  KV_STR("err", "cannot start metrics thread"));
+			return CONFIG_EXIT_RUNTIME;
+		}
+		mt.started = true;
+		LOG_INFO("starting metrics listener", KV_STR("listen", cfg.metrics_listen));
+	}
+
 	static struct worker_thread t;
 	t.w = w;
 	if (pthread_create(&t.tid, NULL, worker_thread, &t) != 0) {
@@ -167,7 +216,13 @@ int main(int argc, char **argv)
 		LOG_INFO("shutdown signal received; draining");
 	/* A second signal is ignored (reference §7.6): it stays blocked and pending. */
 	worker_stop(w);
+	if (mt.started)
+		metrics_server_stop(mt.m);
 	pthread_join(t.tid, NULL);
+	if (mt.started) {
+		pthread_join(mt.tid, NULL);
+		metrics_server_destroy(mt.m);
+	}
 	int exit_code = 0;
 	if (t.result == WORKER_EXIT_FATAL) {
 		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", t.why));

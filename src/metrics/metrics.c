@@ -1,0 +1,263 @@
+#include "metrics/metrics.h"
+
+#include <stdio.h>
+
+#define NS_PER_SECOND 1e9
+
+/* Label values: constants, indexed by the enums that count them. */
+static const char *const endpoint_names[RELAY_EP_COUNT] = { "server", "client" };
+static const char *const outcome_names[RELAY_OUT_COUNT] = {
+	"accept", "reject_headers", "reject_409", "reject_404", "reject_429", "reject_rate_limit",
+};
+static const char *const fail_kind_names[RELAY_FAIL_COUNT] = {
+	"no_server", "server_in_use", "phones_at_cap", "ratelimit",
+};
+static const char *const drop_names[RELAY_DROP_COUNT] = {
+	"phone_invalid_json", "no_binary",        "binary_outbox", "malformed_envelope",
+	"unknown_conn_id",    "push_wake_refused", "phone_closed",  "phone_backlog",
+};
+static const char *const close_class_names[CLOSE_CLASS_COUNT] = {
+	"normal", "going_away", "protocol_error", "internal_error", "application", "no_status", "abnormal",
+};
+static const char *const handler_error_names[METRICS_ERR_COUNT] = { "encoding", "gathering" };
+
+/* ------------------------------------------------------------------ sums */
+
+struct totals {
+	struct relay_stats relay;
+	struct worker_stats engine;
+	uint64_t pool_in_use;
+	uint64_t pool_held;
+	uint64_t pool_budget;
+	uint64_t pool_refusals;
+};
+
+#define SUM(dst, src) ((dst) += STAT_GET(src))
+
+static void sum_relay(struct relay_stats *t, const struct relay_stats *r)
+{
+	for (int e = 0; e < RELAY_EP_COUNT; e++)
+		for (int o = 0; o < RELAY_OUT_COUNT; o++)
+			SUM(t->upgrade_attempts[e][o], r->upgrade_attempts[e][o]);
+	for (int k = 0; k < RELAY_FAIL_COUNT; k++)
+		SUM(t->register_failures[k], r->register_failures[k]);
+	for (int d = 0; d < RELAY_DROP_COUNT; d++)
+		SUM(t->dropped[d], r->dropped[d]);
+	SUM(t->frames_phone_to_binary, r->frames_phone_to_binary);
+	SUM(t->frames_binary_to_phone, r->frames_binary_to_phone);
+	SUM(t->grace_expiries, r->grace_expiries);
+	SUM(t->binaries, r->binaries);
+	SUM(t->phones, r->phones);
+	SUM(t->phone_pauses, r->phone_pauses);
+}
+
+static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
+{
+	SUM(t->accepts, e->accepts);
+	SUM(t->accept_pool_full, e->accept_pool_full);
+	SUM(t->accept_errors, e->accept_errors);
+	SUM(t->bytes_in, e->bytes_in);
+	SUM(t->bytes_out, e->bytes_out);
+	SUM(t->sends, e->sends);
+	SUM(t->connections_open, e->connections_open);
+	SUM(t->outbox_bytes, e->outbox_bytes);
+	for (int k = 0; k < CLOSE_CLASS_COUNT; k++)
+		SUM(t->closes[k], e->closes[k]);
+	/* The exposition's _count is the +Inf bucket (the sum of the buckets read), so a
+	 * scrape racing an observation still shows a consistent histogram. */
+	for (uint32_t b = 0; b <= LATENCY_BOUNDS_COUNT; b++)
+		SUM(t->p2b_latency.bucket[b], e->p2b_latency.bucket[b]);
+	SUM(t->p2b_latency.sum_ns, e->p2b_latency.sum_ns);
+}
+
+static void gather(struct totals *t, const struct metrics_input *in)
+{
+	*t = (struct totals){ 0 };
+	for (uint32_t i = 0; i < in->nworkers; i++) {
+		const struct metrics_source *s = &in->workers[i];
+		sum_relay(&t->relay, s->relay);
+		sum_engine(&t->engine, s->engine);
+		SUM(t->pool_in_use, s->pool->bytes_in_use);
+		SUM(t->pool_held, s->pool->bytes_held);
+		SUM(t->pool_refusals, s->pool->alloc_failures);
+		t->pool_budget += s->pool->budget_bytes_max; /* set once at start-up */
+	}
+}
+
+/* ------------------------------------------------------------------ families */
+
+static void scalar(struct prom_out *o, const char *name, const char *help, enum prom_type type, double v)
+{
+	prom_family(o, name, help, type);
+	prom_sample(o, name, NULL, 0, v);
+}
+
+/* One label, values[i] -> counts[i]. */
+static void labelled(struct prom_out *o, const char *name, const char *help, enum prom_type type,
+		     const char *label, const char *const *values, const uint64_t *counts, size_t n)
+{
+	prom_family(o, name, help, type);
+	for (size_t i = 0; i < n; i++) {
+		struct prom_label l = { label, values[i] };
+		prom_sample(o, name, &l, 1, (double)counts[i]);
+	}
+}
+
+/* A per-worker counter: one sample per worker, labelled by its index. */
+static void per_worker(struct prom_out *o, const char *name, const char *help, const struct metrics_input *in,
+		       size_t offset)
+{
+	prom_family(o, name, help, PROM_COUNTER);
+	for (uint32_t i = 0; i < in->nworkers; i++) {
+		char id[12];
+		snprintf(id, sizeof id, "%u", i);
+		const uint64_t *field = (const uint64_t *)((const char *)in->workers[i].engine + offset);
+		struct prom_label l = { "worker", id };
+		prom_sample(o, name, &l, 1, (double)STAT_GET(*field));
+	}
+}
+
+static void process_families(struct prom_out *o, const struct metrics_process *p)
+{
+	prom_family(o, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+		    PROM_COUNTER);
+	if (p->rss_ok)
+		prom_sample(o, "process_cpu_seconds_total", NULL, 0, p->cpu_seconds);
+	prom_family(o, "process_max_fds", "Maximum number of open file descriptors.", PROM_GAUGE);
+	if (p->fds_ok)
+		prom_sample(o, "process_max_fds", NULL, 0, (double)p->max_fds);
+	prom_family(o, "process_open_fds", "Number of open file descriptors.", PROM_GAUGE);
+	if (p->fds_ok)
+		prom_sample(o, "process_open_fds", NULL, 0, (double)p->open_fds);
+	prom_family(o, "process_resident_memory_bytes", "Resident memory size in bytes.", PROM_GAUGE);
+	if (p->rss_ok)
+		prom_sample(o, "process_resident_memory_bytes", NULL, 0, (double)p->resident_bytes);
+	scalar(o, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+	       PROM_GAUGE, p->start_time_seconds);
+	prom_family(o, "process_virtual_memory_bytes", "Virtual memory size in bytes.", PROM_GAUGE);
+	if (p->rss_ok)
+		prom_sample(o, "process_virtual_memory_bytes", NULL, 0, (double)p->virtual_bytes);
+}
+
+static void reference_families(struct prom_out *o, const struct totals *t)
+{
+	const struct relay_stats *r = &t->relay;
+	scalar(o, "pyrycode_relay_connected_binaries",
+	       "Binaries currently holding a server-id (binaries in their grace period excluded).", PROM_GAUGE,
+	       (double)r->binaries);
+	scalar(o, "pyrycode_relay_connected_phones", "Phones currently registered across all server-ids.",
+	       PROM_GAUGE, (double)r->phones);
+
+	static const char *const directions[] = { "phone_to_binary", "binary_to_phone" };
+	const uint64_t frames[] = { r->frames_phone_to_binary, r->frames_binary_to_phone };
+	labelled(o, "pyrycode_relay_frames_forwarded_total",
+		 "Frames forwarded, by direction: wrapped sends to a binary, and frames written to a phone.",
+		 PROM_COUNTER, "direction", directions, frames, ARRAY_LEN(frames));
+
+	scalar(o, "pyrycode_relay_grace_expiries_total",
+	       "Grace periods that expired and released a server-id (stale timers never count).", PROM_COUNTER,
+	       (double)r->grace_expiries);
+
+	labelled(o, "pyrycode_relay_register_failures_total",
+		 "Registration failures on the WebSocket endpoints, by kind.", PROM_COUNTER, "kind",
+		 fail_kind_names, r->register_failures, RELAY_FAIL_COUNT);
+
+	const char *name = "pyrycode_relay_ws_upgrade_attempts_total";
+	prom_family(o, name, "WebSocket upgrade attempts by endpoint and terminal outcome.", PROM_COUNTER);
+	for (int e = 0; e < RELAY_EP_COUNT; e++) {
+		for (int k = 0; k < RELAY_OUT_COUNT; k++) {
+			struct prom_label l[2] = { { "endpoint", endpoint_names[e] }, { "outcome", outcome_names[k] } };
+			prom_sample(o, name, l, 2, (double)r->upgrade_attempts[e][k]);
+		}
+	}
+}
+
+static void own_families(struct prom_out *o, const struct totals *t, const struct metrics_input *in)
+{
+	const struct worker_stats *e = &t->engine;
+	scalar(o, "pyrycode_relay_accept_errors_total",
+	       "accept() failures (descriptor or memory exhaustion); accepting backs off after each.",
+	       PROM_COUNTER, (double)e->accept_errors);
+	scalar(o, "pyrycode_relay_accepted_connections_total", "TCP connections accepted on the public listener.",
+	       PROM_COUNTER, (double)e->accepts);
+	scalar(o, "pyrycode_relay_accepts_shed_total",
+	       "Accepted connections closed at once because the connection pool was full or the relay draining.",
+	       PROM_COUNTER, (double)e->accept_pool_full);
+
+	prom_family(o, "pyrycode_relay_build_info", "Build information; the value is always 1.", PROM_GAUGE);
+	struct prom_label v = { "version", in->version };
+	prom_sample(o, "pyrycode_relay_build_info", &v, 1, 1);
+
+	scalar(o, "pyrycode_relay_buffer_pool_budget_bytes",
+	       "Ceiling on message and queue buffer bytes held from the system (a limit, not a reservation).",
+	       PROM_GAUGE, (double)t->pool_budget);
+	static const char *const pool_states[] = { "in_use", "cached" };
+	const uint64_t pool[] = { t->pool_in_use, t->pool_held - MIN(t->pool_held, t->pool_in_use) };
+	labelled(o, "pyrycode_relay_buffer_pool_bytes",
+		 "Message and queue buffer bytes held from the system: in use, or cached for reuse.", PROM_GAUGE,
+		 "state", pool_states, pool, ARRAY_LEN(pool));
+	scalar(o, "pyrycode_relay_buffer_pool_refusals_total",
+	       "Buffer requests refused because the pool budget was exhausted (the asking connection is shed).",
+	       PROM_COUNTER, (double)t->pool_refusals);
+
+	scalar(o, "pyrycode_relay_bytes_received_total", "Bytes read from client sockets.", PROM_COUNTER,
+	       (double)e->bytes_in);
+	scalar(o, "pyrycode_relay_bytes_sent_total", "Bytes written to client sockets.", PROM_COUNTER,
+	       (double)e->bytes_out);
+
+	labelled(o, "pyrycode_relay_connections_closed_total",
+		 "Upgraded connections closed, by the class of the first close code exchanged (abnormal: none).",
+		 PROM_COUNTER, "class", close_class_names, e->closes, CLOSE_CLASS_COUNT);
+	scalar(o, "pyrycode_relay_connections_open",
+	       "Open client connections, HTTP and WebSocket (pool slots in use).", PROM_GAUGE,
+	       (double)e->connections_open);
+
+	labelled(o, "pyrycode_relay_frames_dropped_total", "Frames not delivered, by reason.", PROM_COUNTER, "reason",
+		 drop_names, t->relay.dropped, RELAY_DROP_COUNT);
+
+	scalar(o, "pyrycode_relay_outbox_bytes", "Bytes queued for sending on client sockets, not yet written.",
+	       PROM_GAUGE, (double)e->outbox_bytes);
+	scalar(o, "pyrycode_relay_phone_pauses_total",
+	       "Times a server-id's phones stopped being read because its binary's outbox crossed the high-water mark.",
+	       PROM_COUNTER, (double)t->relay.phone_pauses);
+
+	const char *lat = "pyrycode_relay_phone_to_binary_latency_seconds";
+	prom_family(o, lat, "Time from receiving a phone frame to submitting the send that carries it to the binary.",
+		    PROM_HISTOGRAM);
+	double bounds[LATENCY_BOUNDS_COUNT];
+	for (uint32_t i = 0; i < LATENCY_BOUNDS_COUNT; i++)
+		bounds[i] = (double)latency_bounds_ns[i] / NS_PER_SECOND;
+	prom_histogram(o, lat, NULL, 0, bounds, LATENCY_BOUNDS_COUNT, e->p2b_latency.bucket,
+		       (double)e->p2b_latency.sum_ns / NS_PER_SECOND);
+
+	scalar(o, "pyrycode_relay_sends_total", "Send operations submitted to the kernel (each may carry many frames).",
+	       PROM_COUNTER, (double)e->sends);
+
+	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
+		   offsetof(struct worker_stats, cqes));
+	per_worker(o, "pyrycode_relay_worker_io_uring_enters_total",
+		   "io_uring_enter calls that waited for completions, per worker (CQEs per enter: divide).", in,
+		   offsetof(struct worker_stats, enters));
+	per_worker(o, "pyrycode_relay_worker_loop_iterations_total", "Event-loop iterations, per worker.", in,
+		   offsetof(struct worker_stats, loop_iterations));
+	per_worker(o, "pyrycode_relay_worker_recv_buffer_exhausted_total",
+		   "Multishot receives ended because the provided-buffer ring was empty (-ENOBUFS), per worker.", in,
+		   offsetof(struct worker_stats, recv_enobufs));
+}
+
+void metrics_render(struct prom_out *o, const struct metrics_input *in)
+{
+	ASSERT(in->nworkers <= METRICS_WORKERS_MAX);
+	struct totals t;
+	gather(&t, in);
+	/* Process figures, the handler's own errors, ours, then the reference's series. */
+	process_families(o, in->process);
+	uint64_t errs[METRICS_ERR_COUNT];
+	for (int i = 0; i < METRICS_ERR_COUNT; i++)
+		errs[i] = in->handler_errors[i];
+	labelled(o, "promhttp_metric_handler_errors_total",
+		 "Total number of internal errors encountered by the metrics handler.", PROM_COUNTER, "cause",
+		 handler_error_names, errs, METRICS_ERR_COUNT);
+	own_families(o, &t, in);
+	reference_families(o, &t);
+}

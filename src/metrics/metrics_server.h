@@ -1,0 +1,49 @@
+/*
+ * metrics_server.h - the loopback /metrics responder: one small thread, one ring.
+ *
+ * Contract:
+ * - Serves GET/HEAD (any method, as the reference's handler does) on exactly
+ *   "/metrics" (query ignored) with Prometheus text 0.0.4; every other path is 404
+ *   "404 page not found". HTTP/1.1 keep-alive and pipelining; a request head is at
+ *   most METRICS_REQUEST_BYTES_MAX (else 431 and close); a request with a body is
+ *   answered and the connection closed (nothing here reads bodies).
+ * - Bounded: at most METRICS_CONNECTIONS_MAX connections (more are closed at accept),
+ *   reference §5.1 timeouts (5 s to a complete head, 60 s to write a response, 120 s
+ *   idle keep-alive), one response buffer per connection only while it is sent.
+ * - Its own thread and ring, apart from the workers: a scrape (including the /proc
+ *   reads, which grow with the fd count) never delays the frame path, and the workers
+ *   never wait on it. It reads their counters with relaxed loads (core/stat.h).
+ * - The address is validated by config (loopback literal only); this module binds it
+ *   without SO_REUSEPORT so a second relay on the same port fails loudly.
+ */
+#ifndef PYRELAY_METRICS_SERVER_H
+#define PYRELAY_METRICS_SERVER_H
+
+#include "engine/uring.h"
+#include "metrics/metrics.h"
+
+#define METRICS_CONNECTIONS_MAX 16u
+#define METRICS_REQUEST_BYTES_MAX (8u * 1024u)
+#define METRICS_WRITE_TIMEOUT_MS 60000u
+#define METRICS_TICK_MS 250u
+#define METRICS_STOP_DRAIN_MS 1000u
+
+struct metrics_server;
+
+/* Bind and listen (boot, main thread). NULL with the cause in why. workers is
+ * copied; the blocks it points to must outlive the server. */
+struct metrics_server *metrics_server_create(const char *addr, const struct metrics_source *workers,
+					     uint32_t nworkers, const char *version, double start_time_seconds,
+					     char why[URING_WHY_BYTES]);
+/* On the server's own thread: serve until metrics_server_stop. False (why filled) if
+ * the ring could not be set up or failed. */
+bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES]);
+/* Thread-safe: close the listener and every connection, then return from run. */
+void metrics_server_stop(struct metrics_server *m);
+void metrics_server_destroy(struct metrics_server *m);
+
+/* Gather process figures from /proc (also used by tests). Never fails as a whole:
+ * figures it cannot read are marked missing and counted as a gathering error. */
+void metrics_read_process(struct metrics_process *p, uint64_t *gathering_errors);
+
+#endif
