@@ -5,14 +5,20 @@
 #   tools/deps.sh          build + run dependencies
 #   tools/deps.sh test     also the test tools (cmocka, clang + sanitizer runtimes,
 #                          Python websockets/pytest, Node + npm's ws)
+#   tools/deps.sh bench    also what `make bench` uses (HAProxy for the TLS scenarios,
+#                          openssl for their throwaway certificate, matplotlib for the
+#                          charts, taskset from util-linux)
 set -euo pipefail
 
 want=(make gcc liburing-dev android-libboringssl-dev util-linux)
 if [[ "${1:-}" == "test" ]]; then
   want+=(clang-14 libclang-rt-14-dev libcmocka-dev python3 python3-websockets
-         python3-pytest)
+         python3-pytest prometheus)
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
+fi
+if [[ "${1:-}" == "bench" ]]; then
+  want+=(python3 python3-matplotlib haproxy openssl)
 fi
 
 missing=()
