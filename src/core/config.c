@@ -334,6 +334,10 @@ static const struct flag_def flags[] = {
 	{ "max-connections", FLAG_U32, CFG_OFF(max_connections), NO_SET_FIELD, UINT32_MAX, false, "N",
 	  "Relay-wide cap on live WebSocket connections (/v1/server and /v1/client\n"
 	  "together); upgrades beyond it get 503. 1 to 16000000." },
+	{ "zerocopy-min-bytes", FLAG_U32, CFG_OFF(zerocopy_min_bytes), NO_SET_FIELD, UINT32_MAX, false, "N",
+	  "Sends of at least N bytes use io_uring zero-copy (send_zc); 0 (default)\n"
+	  "never. Pays off only for large sends on real NICs: loopback always copies,\n"
+	  "and a send's buffers are held until the kernel releases them." },
 	{ "rate-limit-burst", FLAG_U32, CFG_OFF(rate_limit_burst), NO_SET_FIELD, UINT32_MAX, false,
 	  "N",
 	  "Upgrade attempts a source IP may make in a burst before 429. 0 turns the\n"

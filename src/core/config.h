@@ -62,6 +62,7 @@ struct config {
 
 	/* our flags (issue: settable limits and timers; Go duration syntax, e.g. 30s, 1m30s, 250ms) */
 	uint32_t rate_limit_burst; /* 0 turns the per-IP limiter off */
+	uint32_t zerocopy_min_bytes; /* sends of at least this many bytes use send_zc; 0: never */
 	uint64_t rate_limit_refill_ms;
 	uint64_t grace_period_ms;
 	uint64_t heartbeat_interval_ms;

@@ -52,7 +52,8 @@ bool uring_probe(struct uring_features *f, char why[URING_WHY_BYTES])
 			 io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
 			 io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL) &&
 			 io_uring_opcode_supported(probe, IORING_OP_READ);
-		f->send_zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC);
+		f->send_zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC) &&
+			     io_uring_opcode_supported(probe, IORING_OP_SENDMSG_ZC);
 		f->msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING);
 		io_uring_free_probe(probe);
 	}

@@ -17,7 +17,7 @@ struct uring_features {
 	bool defer_taskrun;   /* IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (6.1) */
 	bool coop_taskrun;    /* fallback (5.19) */
 	bool ext_arg;         /* wait with timeout without an SQE (5.11) */
-	bool send_zc;         /* IORING_OP_SEND_ZC (6.0) */
+	bool send_zc;         /* IORING_OP_SEND_ZC (6.0) and IORING_OP_SENDMSG_ZC (6.1) */
 	bool msg_ring;        /* IORING_OP_MSG_RING (5.18) */
 	bool recv_multishot;  /* needs provided buffer rings (6.0) */
 	bool accept_multishot;

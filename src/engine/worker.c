@@ -22,6 +22,14 @@
 #include <unistd.h>
 
 #include "core/log.h"
+
+/* Newer than liburing 2.3's copy of the kernel header (kernel 6.2 ABI). */
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
 #include "ws/ws_frame.h"
 #include "ws/ws_handshake.h"
 
@@ -321,6 +329,8 @@ static void release_buffers(struct worker *w, struct conn *c)
 
 static void conn_outq_clear(struct worker *w, struct conn *c)
 {
+	if (c->zc_notif_pending)
+		return; /* the kernel may still read these bytes; cleared when the slot is freed */
 	STAT_SUB(w->stats.outbox_bytes, c->out.bytes);
 	outq_clear(&c->out, &w->pool);
 }
@@ -538,10 +548,18 @@ static void submit_send(struct worker *w, struct conn *c)
 	struct iovec iov[OUTQ_IOV_MAX];
 	size_t n = outq_iov(&c->out, iov, OUTQ_IOV_MAX);
 	ASSERT(n > 0);
+	size_t total = 0;
+	for (size_t i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	bool zc = w->cfg->zerocopy_min_bytes && w->feat.send_zc && total >= w->cfg->zerocopy_min_bytes;
 	struct io_uring_sqe *sqe;
 	if (n == 1) {
 		sqe = get_sqe(w);
-		io_uring_prep_send(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+		if (zc)
+			io_uring_prep_send_zc(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL,
+					      IORING_SEND_ZC_REPORT_USAGE);
+		else
+			io_uring_prep_send(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
 	} else {
 		if (c->send == NULL) {
 			uint32_t cap;
@@ -555,8 +573,15 @@ static void submit_send(struct worker *w, struct conn *c)
 		memcpy(c->send->iov, iov, n * sizeof iov[0]);
 		c->send->msg = (struct msghdr){ .msg_iov = c->send->iov, .msg_iovlen = n };
 		sqe = get_sqe(w);
-		io_uring_prep_sendmsg(sqe, c->fd, &c->send->msg, MSG_NOSIGNAL);
+		if (zc) {
+			io_uring_prep_sendmsg_zc(sqe, c->fd, &c->send->msg, MSG_NOSIGNAL);
+			sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
+		} else {
+			io_uring_prep_sendmsg(sqe, c->fd, &c->send->msg, MSG_NOSIGNAL);
+		}
 	}
+	if (zc)
+		STAT_INC(w->stats.zc_sends);
 	io_uring_sqe_set_data64(sqe, UD(OP_SEND, c->idx, c->gen));
 	c->send_inflight = true;
 	STAT_INC(w->stats.sends);
@@ -611,6 +636,30 @@ static void on_send(struct worker *w, struct conn *c, int res)
 		mark_dirty(w, c);
 	}
 	conn_timer_update(w, c);
+}
+
+/*
+ * A send_zc completes twice: the result (IORING_CQE_F_MORE set), then a notification
+ * (IORING_CQE_F_NOTIF) once the kernel no longer references the bytes. The outbox
+ * segments are released, and the next send submitted, only after the notification:
+ * until then retransmissions may read them.
+ */
+static void on_send_cqe(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
+{
+	if (cqe->flags & IORING_CQE_F_NOTIF) {
+		ASSERT(c->zc_notif_pending);
+		c->zc_notif_pending = false;
+		if ((uint32_t)cqe->res & IORING_NOTIF_USAGE_ZC_COPIED)
+			STAT_INC(w->stats.zc_copied);
+		on_send(w, c, c->zc_res);
+		return;
+	}
+	if (cqe->flags & IORING_CQE_F_MORE) {
+		c->zc_notif_pending = true;
+		c->zc_res = cqe->res;
+		return; /* send_inflight stays set: the buffers are still the kernel's */
+	}
+	on_send(w, c, cqe->res);
 }
 
 /* ------------------------------------------------------------------ HTTP phase */
@@ -1053,7 +1102,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	}
 	case OP_SEND:
-		on_send(w, conn_of(w, ud), cqe->res);
+		on_send_cqe(w, conn_of(w, ud), cqe);
 		break;
 	case OP_WAKE:
 		w->wake_armed = false;

@@ -109,6 +109,8 @@ struct conn {
 	bool counted;             /* holds a --max-connections slot */
 	bool wr_shut;
 	bool close_sent;          /* close_code is set */
+	bool zc_notif_pending;    /* a send_zc completed; its buffers are held until the notification */
+	int32_t zc_res;           /* that send's result, applied when the notification comes */
 	struct peer_addr remote;
 	struct relay_conn relay;
 };
@@ -139,6 +141,8 @@ struct worker_stats {
 	uint64_t bytes_in;
 	uint64_t bytes_out;
 	uint64_t sends;
+	uint64_t zc_sends;  /* sends submitted as send_zc (--zerocopy-min-bytes) */
+	uint64_t zc_copied; /* of those, the kernel copied anyway (e.g. loopback) */
 	uint64_t connections_open; /* gauge: pool slots in use (HTTP and WebSocket) */
 	uint64_t outbox_bytes;     /* gauge: bytes queued in outqs, not yet written */
 	uint64_t closes[CLOSE_CLASS_COUNT];

@@ -59,6 +59,8 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 	SUM(t->bytes_in, e->bytes_in);
 	SUM(t->bytes_out, e->bytes_out);
 	SUM(t->sends, e->sends);
+	SUM(t->zc_sends, e->zc_sends);
+	SUM(t->zc_copied, e->zc_copied);
 	SUM(t->connections_open, e->connections_open);
 	SUM(t->outbox_bytes, e->outbox_bytes);
 	for (int k = 0; k < CLOSE_CLASS_COUNT; k++)
@@ -232,6 +234,13 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 
 	scalar(o, "pyrycode_relay_sends_total", "Send operations submitted to the kernel (each may carry many frames).",
 	       PROM_COUNTER, (double)e->sends);
+
+	scalar(o, "pyrycode_relay_zerocopy_copied_total",
+	       "Zero-copy sends the kernel completed by copying after all (loopback always does).", PROM_COUNTER,
+	       (double)e->zc_copied);
+	scalar(o, "pyrycode_relay_zerocopy_sends_total",
+	       "Sends submitted as io_uring send_zc (those of at least --zerocopy-min-bytes).", PROM_COUNTER,
+	       (double)e->zc_sends);
 
 	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
 		   offsetof(struct worker_stats, cqes));
