@@ -1,0 +1,124 @@
+"""Smoke tests of the benchmark tools: tools/loadgen against the relay and tools/rawfwd.
+
+Each case runs loadgen for about 2 s closed loop and checks its JSON line: frames went
+both ways and nothing was lost, reordered or corrupted. The same shapes also run through
+rawfwd (loadgen --raw), the raw ceiling the benchmarks compare the relay with.
+
+The tools come from the relay's build directory (`make` builds them next to the relay:
+build/<variant>/loadgen and rawfwd), or LOADGEN_BIN / RAWFWD_BIN; without either,
+build/gcc/.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from relayctl import REPO_ROOT, free_port, unique_id
+
+LOADGEN_TIMEOUT_S = 30.0  # loadgen stops by itself after ~3 s; this only guards a hang
+RAWFWD_READY_TIMEOUT_S = 5.0
+RAWFWD_STOP_TIMEOUT_S = 5.0
+RUN_ARGS = ["--mode", "closed", "--window", "1", "--warmup", "0.3", "--duration", "2", "--drain", "2",
+            "--connect-timeout", "10", "--quiet"]
+SHAPES = [(1, 2), (10, 2)]  # (binaries, phones per binary)
+
+
+def _tool(name: str, env_var: str, relay_bin: str) -> str:
+    candidates = [os.environ.get(env_var), str(Path(relay_bin).parent / name), str(REPO_ROOT / "build" / "gcc" / name)]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return str(Path(c).resolve())
+    pytest.fail(f"{name} not found next to the relay or in build/gcc (set {env_var}, or build it: make CC=gcc)",
+                pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def loadgen_bin(relay_bin) -> str:
+    return _tool("loadgen", "LOADGEN_BIN", relay_bin)
+
+
+@pytest.fixture(scope="module")
+def rawfwd_bin(relay_bin) -> str:
+    return _tool("rawfwd", "RAWFWD_BIN", relay_bin)
+
+
+def run_loadgen(loadgen: str, url: str, binaries: int, phones: int, extra=()) -> dict:
+    argv = [loadgen, "--url", url, "--binaries", str(binaries), "--phones", str(phones),
+            "--server-prefix", unique_id("lg") + "-", *RUN_ARGS, *extra]
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=LOADGEN_TIMEOUT_S)
+    err = p.stderr.decode("utf-8", "replace")
+    lines = [l for l in p.stdout.decode("utf-8", "replace").splitlines() if l.startswith("{")]
+    assert len(lines) == 1, f"loadgen printed {len(lines)} JSON lines (rc={p.returncode}); stderr:\n{err[-3000:]}"
+    js = json.loads(lines[0])
+    summary = f"loadgen rc={p.returncode} {json.dumps(js)}\nstderr:\n{err[-3000:]}"
+    assert p.returncode == 0, summary
+    return js
+
+
+def check_result(js: dict, binaries: int, phones: int):
+    assert js["connections"] == js["connections_target"] == binaries * (1 + phones), js
+    for k in ("frames_sent", "frames_p2b", "frames_b2p", "round_trips", "lat_samples"):
+        assert js[k] > 0, (k, js)
+    for k in ("errors", "lost", "reordered", "corrupted"):
+        assert js[k] == 0, (k, js)
+    assert js["ok"] is True, js
+    assert 0 < js["lat_p50_us"] <= js["lat_p99_us"] <= js["lat_max_us"], js
+
+
+@pytest.mark.parametrize("binaries,phones", SHAPES, ids=[f"{b}x{p}" for b, p in SHAPES])
+def test_loadgen_through_relay(relay_factory, loadgen_bin, binaries, phones):
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    js = run_loadgen(loadgen_bin, f"ws://{relay.host}:{relay.port}", binaries, phones)
+    check_result(js, binaries, phones)
+    assert js["transport"] == "ws" and js["mode"] == "closed"
+
+
+@pytest.fixture
+def rawfwd(rawfwd_bin, tmp_path):
+    """A rawfwd on a free port; stopped with SIGTERM at teardown (exit 0 expected)."""
+    for _attempt in range(5):
+        port = free_port()
+        log = open(tmp_path / f"rawfwd-{port}.log", "wb")
+        proc = subprocess.Popen([rawfwd_bin, "--listen", f"127.0.0.1:{port}"], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log)
+        deadline = time.monotonic() + RAWFWD_READY_TIMEOUT_S
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                # a connection that never says hello is harmless to rawfwd
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    ready = True
+                    break
+            except OSError:
+                time.sleep(0.02)
+        if ready:
+            break
+        proc.kill()
+        proc.wait(5)
+        log.close()
+    else:
+        pytest.fail("rawfwd did not start listening", pytrace=False)
+    yield port
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(RAWFWD_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        rc = "killed after SIGTERM timeout"
+    log.close()
+    text = (tmp_path / f"rawfwd-{port}.log").read_text(errors="replace")
+    assert rc == 0, f"rawfwd exit {rc}; log:\n{text[-3000:]}"
+
+
+@pytest.mark.parametrize("binaries,phones", SHAPES, ids=[f"{b}x{p}" for b, p in SHAPES])
+def test_loadgen_through_rawfwd(rawfwd, loadgen_bin, binaries, phones):
+    js = run_loadgen(loadgen_bin, f"tcp://127.0.0.1:{rawfwd}", binaries, phones, extra=["--raw"])
+    check_result(js, binaries, phones)
+    assert js["transport"] == "raw"

@@ -1,0 +1,629 @@
+/*
+ * loadgen - a load generator for pyrycode-relay (and tools/rawfwd) on io_uring.
+ *
+ * B binaries claim server-ids on /v1/server, P phones per binary join them on
+ * /v1/client; phones send JSON frames, binaries echo the relay's envelopes back, and
+ * phones check every returned byte and time the round trip. See README.md here.
+ *
+ * Exit status: 0 when every connection was ready and no error, loss, reordering or
+ * corruption was seen; 1 otherwise; 2 for bad usage (or too few file descriptors).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "engine/uring.h"
+#include "lg.h"
+#include "rawproto.h"
+
+#define EXIT_USAGE 2
+#define FD_HEADROOM 64u
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: loadgen [flags]\n"
+		"\n"
+		"Connects B binaries (/v1/server) and P phones per binary (/v1/client) to a\n"
+		"pyrycode relay, sends JSON frames from every phone, echoes them back from the\n"
+		"binaries, checks every returned byte and times each round trip\n"
+		"(phone -> relay -> binary -> relay -> phone). With --raw it speaks the raw\n"
+		"protocol of tools/rawfwd instead (same traffic, no WebSocket).\n"
+		"\n"
+		"Progress goes to stderr once a second, a summary to stderr at the end, and one\n"
+		"JSON object on one line to stdout. Exit status 0 when every connection came up\n"
+		"and errors = lost = reordered = corrupted = 0; 1 otherwise; 2 for bad usage.\n"
+		"\n"
+		"Target:\n"
+		"  --url URL               ws://HOST:PORT, wss://HOST:PORT, or tcp://HOST:PORT with\n"
+		"                          --raw (default ws://127.0.0.1:8080)\n"
+		"  --raw                   speak rawfwd's protocol (tcp:// URLs imply it)\n"
+		"  --insecure              wss: do not verify the server certificate\n"
+		"  --ca FILE               wss: trust the CA certificates in FILE (PEM) instead\n"
+		"                          of /etc/ssl/certs/ca-certificates.crt\n"
+		"\n"
+		"Shape:\n"
+		"  --binaries N            binaries (server-ids), default 1\n"
+		"  --phones N              phones per binary, default 1 (the relay allows 16)\n"
+		"  --server-prefix STR     server-id prefix; ids are STR<n> (default lg-<pid>-)\n"
+		"  --src-ips N             bind connections round-robin to 127.0.0.1..127.0.0.N,\n"
+		"                          so the ephemeral port range is per address\n"
+		"                          (default 0: the kernel picks the source)\n"
+		"  --connect-concurrency N handshakes in flight at once, default %u\n"
+		"\n"
+		"Traffic:\n"
+		"  --mode closed|open|idle closed: every phone keeps --window frames in flight\n"
+		"                          (capacity); open: --rate frames/s in total at fixed\n"
+		"                          intended send times, latency counted from the intended\n"
+		"                          time (no coordinated omission); idle: connect, one\n"
+		"                          probe round trip per phone, then hold with no traffic\n"
+		"                          (pings are answered in every mode). Default closed.\n"
+		"  --window W              closed loop: frames in flight per phone, default 1\n"
+		"  --rate R                open loop: frames per second over all phones\n"
+		"  --size BYTES            phone frame size in bytes, %u..%u, default 64\n"
+		"\n"
+		"Time (seconds, decimals allowed, optional 's' suffix):\n"
+		"  --warmup S              traffic before measuring, default 1\n"
+		"  --duration S            measurement window, default 10\n"
+		"  --connect-timeout S     limit for connecting everything, default 30\n"
+		"  --drain S               after the window, wait this long for frames in flight;\n"
+		"                          the ones still missing are lost. Default 2\n"
+		"\n"
+		"Output:\n"
+		"  --quiet                 no progress lines (errors and the summary still print)\n"
+		"  -h, --help              this text\n"
+		"\n"
+		"Against pyrycode-relay, start the relay with --rate-limit-burst 0 (its per-IP\n"
+		"upgrade limiter allows 20 attempts per address) and a --max-connections above\n"
+		"the connection count.\n",
+		LG_CONNECT_CONCURRENCY_DEFAULT, LG_SIZE_BYTES_MIN, LG_SIZE_BYTES_MAX);
+}
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "loadgen: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, " (see --help)\n");
+	va_end(ap);
+	exit(EXIT_USAGE);
+}
+
+static uint64_t parse_u64(const char *s, const char *flag, uint64_t lo, uint64_t hi)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
+		fprintf(stderr, "loadgen: %s wants an integer in %llu..%llu, got \"%s\" (see --help)\n", flag,
+			(unsigned long long)lo, (unsigned long long)hi, s);
+		exit(EXIT_USAGE);
+	}
+	return v;
+}
+
+static uint64_t parse_seconds_ns(const char *s, const char *flag, bool allow_zero)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end != s && *end == 's' && end[1] == '\0')
+		end++;
+	if (errno || end == s || *end || !(v >= 0) || v > 86400 || (!allow_zero && v <= 0)) {
+		fprintf(stderr, "loadgen: %s wants seconds (e.g. 2 or 0.5s)%s, got \"%s\" (see --help)\n", flag,
+			allow_zero ? "" : " above 0", s);
+		exit(EXIT_USAGE);
+	}
+	return (uint64_t)(v * 1e9);
+}
+
+static void parse_url(struct lg_config *c, const char *url, bool raw_flag)
+{
+	if (strlen(url) >= sizeof c->url)
+		die_usage("--url is too long: %s", url);
+	snprintf(c->url, sizeof c->url, "%s", url);
+	const char *rest;
+	uint16_t def_port;
+	if (strncmp(url, "ws://", 5) == 0) {
+		c->transport = LG_TR_WS, rest = url + 5, def_port = 80;
+	} else if (strncmp(url, "wss://", 6) == 0) {
+		c->transport = LG_TR_WSS, rest = url + 6, def_port = 443;
+	} else if (strncmp(url, "tcp://", 6) == 0) {
+		c->transport = LG_TR_RAW, rest = url + 6, def_port = 0;
+	} else {
+		die_usage("--url must start with ws://, wss:// or tcp://: %s", url);
+	}
+	if (raw_flag && c->transport != LG_TR_RAW)
+		die_usage("--raw needs a tcp://HOST:PORT URL, got %s", url);
+	char hostport[LG_HOST_BYTES_MAX + 16];
+	size_t n = strcspn(rest, "/?#");
+	if (n == 0 || n >= sizeof hostport)
+		die_usage("--url has no usable host: %s", url);
+	memcpy(hostport, rest, n);
+	hostport[n] = '\0';
+	char *host = hostport, *port = NULL;
+	if (host[0] == '[') {
+		char *close = strchr(host, ']');
+		if (!close)
+			die_usage("--url has an unterminated [IPv6] host: %s", url);
+		*close = '\0';
+		host++;
+		if (close[1] == ':')
+			port = close + 2;
+		else if (close[1] != '\0')
+			die_usage("--url: junk after the [IPv6] host: %s", url);
+	} else {
+		char *colon = strrchr(host, ':');
+		if (colon) {
+			*colon = '\0';
+			port = colon + 1;
+		}
+	}
+	if (host[0] == '\0' || strlen(host) >= sizeof c->host)
+		die_usage("--url has an empty or too long host: %s", url);
+	snprintf(c->host, sizeof c->host, "%s", host);
+	if (port)
+		c->port = (uint16_t)parse_u64(port, "--url port", 1, 65535);
+	else if (def_port)
+		c->port = def_port;
+	else
+		die_usage("tcp:// URLs need a port: %s", url);
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+	char ps[8];
+	snprintf(ps, sizeof ps, "%u", c->port);
+	int rc = getaddrinfo(c->host, ps, &hints, &res);
+	if (rc != 0 || res == NULL) {
+		fprintf(stderr, "loadgen: cannot resolve %s: %s\n", c->host, gai_strerror(rc));
+		exit(EXIT_USAGE);
+	}
+	memcpy(&c->addr, res->ai_addr, res->ai_addrlen);
+	c->addr_len = res->ai_addrlen;
+	freeaddrinfo(res);
+}
+
+static void parse_args(struct lg_config *c, int argc, char **argv)
+{
+	enum {
+		O_URL = 256, O_RAW, O_INSECURE, O_CA, O_BINARIES, O_PHONES, O_PREFIX, O_SRC_IPS, O_CONC, O_MODE,
+		O_WINDOW, O_RATE, O_SIZE, O_WARMUP, O_DURATION, O_CTIMEOUT, O_DRAIN, O_QUIET,
+	};
+	static const struct option opts[] = {
+		{ "url", required_argument, NULL, O_URL },
+		{ "raw", no_argument, NULL, O_RAW },
+		{ "insecure", no_argument, NULL, O_INSECURE },
+		{ "ca", required_argument, NULL, O_CA },
+		{ "binaries", required_argument, NULL, O_BINARIES },
+		{ "phones", required_argument, NULL, O_PHONES },
+		{ "server-prefix", required_argument, NULL, O_PREFIX },
+		{ "src-ips", required_argument, NULL, O_SRC_IPS },
+		{ "connect-concurrency", required_argument, NULL, O_CONC },
+		{ "mode", required_argument, NULL, O_MODE },
+		{ "window", required_argument, NULL, O_WINDOW },
+		{ "rate", required_argument, NULL, O_RATE },
+		{ "size", required_argument, NULL, O_SIZE },
+		{ "warmup", required_argument, NULL, O_WARMUP },
+		{ "duration", required_argument, NULL, O_DURATION },
+		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
+		{ "drain", required_argument, NULL, O_DRAIN },
+		{ "quiet", no_argument, NULL, O_QUIET },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *url = "ws://127.0.0.1:8080";
+	bool raw = false, rate_set = false, window_set = false;
+	*c = (struct lg_config){
+		.mode = LG_MODE_CLOSED,
+		.binaries = 1,
+		.phones_per_binary = 1,
+		.window = 1,
+		.size_bytes = 64,
+		.warmup_ns = 1 * NS_PER_S,
+		.duration_ns = 10 * NS_PER_S,
+		.connect_timeout_ns = 30 * NS_PER_S,
+		.drain_ns = 2 * NS_PER_S,
+		.connect_concurrency = LG_CONNECT_CONCURRENCY_DEFAULT,
+	};
+	snprintf(c->server_prefix, sizeof c->server_prefix, "lg-%d-", (int)getpid());
+	opterr = 0;
+	int o;
+	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case O_URL:
+			url = optarg;
+			break;
+		case O_RAW:
+			raw = true;
+			break;
+		case O_INSECURE:
+			c->insecure = true;
+			break;
+		case O_CA:
+			c->ca_file = optarg;
+			break;
+		case O_BINARIES:
+			c->binaries = (uint32_t)parse_u64(optarg, "--binaries", 1, LG_BINARIES_MAX);
+			break;
+		case O_PHONES:
+			c->phones_per_binary = (uint32_t)parse_u64(optarg, "--phones", 0, LG_PHONES_PER_BINARY_MAX);
+			break;
+		case O_PREFIX:
+			if (optarg[0] == '\0' || strlen(optarg) > LG_SERVER_PREFIX_BYTES_MAX ||
+			    strpbrk(optarg, "\r\n\"\\ ") != NULL)
+				die_usage("--server-prefix must be 1..64 bytes without spaces, quotes, backslashes or newlines: \"%s\"",
+					  optarg);
+			snprintf(c->server_prefix, sizeof c->server_prefix, "%s", optarg);
+			break;
+		case O_SRC_IPS:
+			c->src_ips = (uint32_t)parse_u64(optarg, "--src-ips", 0, 65535);
+			break;
+		case O_CONC:
+			c->connect_concurrency =
+				(uint32_t)parse_u64(optarg, "--connect-concurrency", 1, LG_CONNECT_CONCURRENCY_MAX);
+			break;
+		case O_MODE:
+			if (strcmp(optarg, "closed") == 0)
+				c->mode = LG_MODE_CLOSED;
+			else if (strcmp(optarg, "open") == 0)
+				c->mode = LG_MODE_OPEN;
+			else if (strcmp(optarg, "idle") == 0)
+				c->mode = LG_MODE_IDLE;
+			else
+				die_usage("--mode is closed, open or idle, got \"%s\"", optarg);
+			break;
+		case O_WINDOW:
+			c->window = (uint32_t)parse_u64(optarg, "--window", 1, LG_WINDOW_MAX);
+			window_set = true;
+			break;
+		case O_RATE: {
+			char *end;
+			errno = 0;
+			c->rate_per_s = strtod(optarg, &end);
+			if (errno || end == optarg || *end || !(c->rate_per_s > 0) || c->rate_per_s > 1e9)
+				die_usage("--rate wants frames per second above 0 (up to 1e9), got \"%s\"", optarg);
+			rate_set = true;
+			break;
+		}
+		case O_SIZE:
+			c->size_bytes = (uint32_t)parse_u64(optarg, "--size", LG_SIZE_BYTES_MIN, LG_SIZE_BYTES_MAX);
+			break;
+		case O_WARMUP:
+			c->warmup_ns = parse_seconds_ns(optarg, "--warmup", true);
+			break;
+		case O_DURATION:
+			c->duration_ns = parse_seconds_ns(optarg, "--duration", false);
+			break;
+		case O_CTIMEOUT:
+			c->connect_timeout_ns = parse_seconds_ns(optarg, "--connect-timeout", false);
+			break;
+		case O_DRAIN:
+			c->drain_ns = parse_seconds_ns(optarg, "--drain", true);
+			break;
+		case O_QUIET:
+			c->quiet = true;
+			break;
+		case ':':
+			die_usage("%s needs a value", argv[optind - 1]);
+			break;
+		default:
+			die_usage("unknown flag %s", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		die_usage("unexpected argument \"%s\"", argv[optind]);
+	parse_url(c, url, raw);
+	if (c->mode == LG_MODE_OPEN && !rate_set)
+		die_usage("--mode open needs --rate");
+	if (c->mode != LG_MODE_OPEN && rate_set)
+		die_usage("--rate only applies to --mode open");
+	if (c->mode != LG_MODE_CLOSED && window_set)
+		die_usage("--window only applies to --mode closed");
+	if (c->phones_per_binary == 0 && c->mode != LG_MODE_IDLE)
+		die_usage("--phones 0 only makes sense with --mode idle");
+	if ((uint64_t)c->binaries * (1u + c->phones_per_binary) > LG_CONNECTIONS_MAX)
+		die_usage("too many connections (binaries x (1 + phones) over %u)", LG_CONNECTIONS_MAX);
+	if (c->transport != LG_TR_WSS && (c->insecure || c->ca_file))
+		die_usage("--insecure and --ca only apply to wss:// URLs");
+	if (c->insecure && c->ca_file)
+		die_usage("--insecure and --ca exclude each other");
+	if (c->src_ips && c->addr.ss_family != AF_INET)
+		die_usage("--src-ips binds to 127.0.0.x: it needs an IPv4 target");
+}
+
+static uint64_t pow2_at_least(uint64_t v)
+{
+	uint64_t p = 1;
+	while (p < v)
+		p <<= 1;
+	return p;
+}
+
+static size_t align64(size_t v)
+{
+	return (v + 63u) & ~(size_t)63u;
+}
+
+static void raise_nofile(uint64_t need)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		perror("loadgen: getrlimit(RLIMIT_NOFILE)");
+		exit(1);
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+		fprintf(stderr,
+			"loadgen: %llu connections need %llu file descriptors but RLIMIT_NOFILE is %llu (hard limit %llu).\n"
+			"loadgen: raise the hard limit first, e.g. `ulimit -Hn %llu` as root or LimitNOFILE= in a unit,\n"
+			"loadgen: or run fewer connections.\n",
+			(unsigned long long)(need - FD_HEADROOM), (unsigned long long)need,
+			(unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, (unsigned long long)need);
+		exit(EXIT_USAGE);
+	}
+}
+
+/* Reserve every connection's buffers from one MAP_NORESERVE slab. */
+static void setup_conns(void)
+{
+	const struct lg_config *c = &g.cfg;
+	g.phones_n = c->binaries * c->phones_per_binary;
+	g.conns_n = c->binaries + g.phones_n;
+	g.conns = calloc(g.conns_n, sizeof *g.conns);
+	g.queue = calloc(g.conns_n, sizeof *g.queue);
+	g.dirty = calloc(g.conns_n, sizeof *g.dirty);
+	if (!g.conns || !g.queue || !g.dirty) {
+		fprintf(stderr, "loadgen: out of memory for %u connections\n", g.conns_n);
+		exit(1);
+	}
+	bool raw = c->transport == LG_TR_RAW, tls = c->transport == LG_TR_WSS;
+	size_t hdr = raw ? RAW_HEADER_BYTES : LG_WS_HEADER_BYTES_MAX;
+	size_t phone_frame = hdr + c->size_bytes;
+	size_t binary_frame = hdr + c->size_bytes + (raw ? 0 : LG_ENVELOPE_OVERHEAD_BYTES_MAX);
+	size_t phone_in = align64(MAX(phone_frame, (size_t)LG_HEAD_BYTES_MAX) + LG_RECV_CHUNK_BYTES);
+	size_t binary_in = align64(MAX(binary_frame, (size_t)LG_HEAD_BYTES_MAX) + LG_RECV_CHUNK_BYTES);
+	size_t batch = c->mode == LG_MODE_CLOSED ? MIN(c->window, LG_PHONE_OUT_FRAMES_MAX) : 4;
+	size_t extra = LG_CTRL_RESERVE_BYTES + LG_REQUEST_BYTES_MAX;
+	size_t phone_half = align64(MAX((size_t)LG_OUT_HALF_BYTES_MIN, batch * phone_frame) + extra);
+	size_t binary_half = align64(
+		MAX(c->mode == LG_MODE_IDLE ? (size_t)LG_OUT_HALF_BYTES_MIN : (size_t)LG_BINARY_OUT_HALF_BYTES_MIN,
+		    4 * binary_frame) + extra);
+	size_t ring_slots = c->mode == LG_MODE_CLOSED ? pow2_at_least(c->window) : 0;
+	size_t rx = tls ? LG_RECV_CHUNK_BYTES : 0;
+	size_t per_phone = phone_in + 2 * phone_half + rx + align64(ring_slots * sizeof(uint64_t));
+	size_t per_binary = binary_in + 2 * binary_half + rx;
+	size_t total = per_phone * g.phones_n + per_binary * c->binaries;
+	uint8_t *slab = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (slab == MAP_FAILED) {
+		fprintf(stderr, "loadgen: cannot reserve %.1f MiB of buffers: %s\n", (double)total / 1048576.0,
+			strerror(errno));
+		exit(1);
+	}
+	uint8_t *p = slab;
+	for (uint32_t i = 0; i < g.conns_n; i++) {
+		struct conn *k = &g.conns[i];
+		bool is_binary = i < c->binaries;
+		k->fd = -1;
+		k->idx = i;
+		k->role = is_binary ? LG_ROLE_BINARY : LG_ROLE_PHONE;
+		k->state = CS_QUEUED;
+		if (is_binary) {
+			k->binary = i;
+		} else {
+			k->phone = i - c->binaries;
+			k->binary = k->phone / c->phones_per_binary;
+		}
+		k->in_cap = (uint32_t)(is_binary ? binary_in : phone_in);
+		k->half_cap = (uint32_t)(is_binary ? binary_half : phone_half);
+		k->in = p;
+		p += k->in_cap;
+		k->half[0] = p;
+		p += k->half_cap;
+		k->half[1] = p;
+		p += k->half_cap;
+		if (tls) {
+			k->rx = p;
+			p += rx;
+		}
+		if (!is_binary && ring_slots) {
+			k->t_ring = (uint64_t *)p;
+			k->t_ring_mask = (uint32_t)(ring_slots - 1);
+			p += align64(ring_slots * sizeof(uint64_t));
+		}
+	}
+	ASSERT((size_t)(p - slab) == total);
+}
+
+static void setup_ring(void)
+{
+	struct uring_features f;
+	char why[URING_WHY_BYTES];
+	if (!uring_probe(&f, why)) {
+		fprintf(stderr, "loadgen: %s\n", why);
+		exit(1);
+	}
+	unsigned entries = (unsigned)pow2_at_least(MIN(MAX(g.conns_n, LG_RING_ENTRIES_MIN), LG_RING_ENTRIES_MAX));
+	if (uring_setup(&g.ring, entries, &f, why) < 0) {
+		fprintf(stderr, "loadgen: %s\n", why);
+		exit(1);
+	}
+}
+
+static uint64_t errors_total(void)
+{
+	return g.st.errors_connect + g.st.errors_handshake + g.st.errors_register + g.st.errors_closed +
+	       g.st.errors_protocol;
+}
+
+static const char *mode_name(void)
+{
+	return g.cfg.mode == LG_MODE_CLOSED ? "closed" : g.cfg.mode == LG_MODE_OPEN ? "open" : "idle";
+}
+
+static const char *transport_name(void)
+{
+	return g.cfg.transport == LG_TR_WS ? "ws" : g.cfg.transport == LG_TR_WSS ? "wss" : "raw";
+}
+
+static void print_codes(const char *label, const struct lg_code_count *t, bool as_errno)
+{
+	if (t[0].count == 0)
+		return;
+	fprintf(stderr, "  %s:", label);
+	for (uint32_t i = 0; i < LG_CODES_TRACKED && t[i].count; i++) {
+		if (as_errno)
+			fprintf(stderr, " %s x%llu", strerror((int)t[i].code), (unsigned long long)t[i].count);
+		else
+			fprintf(stderr, " %u x%llu", t[i].code, (unsigned long long)t[i].count);
+	}
+	fputc('\n', stderr);
+}
+
+static bool saw_code(const struct lg_code_count *t, uint32_t code)
+{
+	for (uint32_t i = 0; i < LG_CODES_TRACKED && t[i].count; i++)
+		if (t[i].code == code)
+			return true;
+	return false;
+}
+
+static void report(void)
+{
+	const struct lg_config *c = &g.cfg;
+	const struct lg_stats *s = &g.st;
+	double dur = (double)g.measured_ns / 1e9;
+	double per = dur > 0 ? 1.0 / dur : 0.0;
+	uint32_t ready = g.ready_binaries + g.ready_phones;
+	double p2b_s = (double)s->p2b * per, b2p_s = (double)s->b2p * per, rt_s = (double)s->round_trips * per;
+	double mb_s = (double)(s->p2b + s->b2p) * c->size_bytes * per / 1e6;
+	double achieved = (double)s->sent * per;
+	double q50 = (double)hist_quantile_ns(&s->lat, 0.50) / 1e3, q90 = (double)hist_quantile_ns(&s->lat, 0.90) / 1e3,
+	       q99 = (double)hist_quantile_ns(&s->lat, 0.99) / 1e3, q999 = (double)hist_quantile_ns(&s->lat, 0.999) / 1e3,
+	       qmax = (double)s->lat.max_ns / 1e3, mean = hist_mean_ns(&s->lat) / 1e3;
+	uint64_t errors = errors_total();
+	bool ok = errors == 0 && s->lost == 0 && s->corrupted == 0 && s->reordered == 0 && ready == g.conns_n;
+
+	fprintf(stderr, "\nloadgen: %s  %s loop", c->url, mode_name());
+	if (c->mode == LG_MODE_CLOSED)
+		fprintf(stderr, ", window %u", c->window);
+	if (c->mode == LG_MODE_OPEN)
+		fprintf(stderr, ", target %.0f frames/s", c->rate_per_s);
+	fprintf(stderr, ", %u binaries x %u phones, %u B frames\n", c->binaries, c->phones_per_binary, c->size_bytes);
+	fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, g.conns_n, (double)g.t_connect_end_ns / 1e9);
+	fprintf(stderr, "  measured      %.2f s after %.2f s of warm-up\n", dur, (double)c->warmup_ns / 1e9);
+	if (c->mode != LG_MODE_IDLE) {
+		fprintf(stderr, "  throughput    %.0f round trips/s   phone->binary %.0f frames/s   binary->phone %.0f frames/s   %.2f MB/s\n",
+			rt_s, p2b_s, b2p_s, mb_s);
+		if (c->mode == LG_MODE_OPEN)
+			fprintf(stderr, "  open loop     sent %.0f frames/s of %.0f intended (worst per-phone backlog %llu frames)\n",
+				achieved, c->rate_per_s, (unsigned long long)s->open_behind_max_frames);
+		fprintf(stderr, "  generator     longest loop iteration %.0f us%s", (double)s->loop_max_ns / 1e3,
+			c->mode == LG_MODE_OPEN ? "" : "\n");
+		if (c->mode == LG_MODE_OPEN)
+			fprintf(stderr, ", worst send lag %.0f us behind the intended time\n",
+				(double)s->send_lag_max_ns / 1e3);
+		fprintf(stderr, "  latency (us)  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f  (%llu samples)\n",
+			q50, q90, q99, q999, qmax, mean, (unsigned long long)s->lat.count);
+	}
+	fprintf(stderr, "  errors        %llu (connect %llu, handshake %llu, register %llu, closed %llu, protocol %llu)\n",
+		(unsigned long long)errors, (unsigned long long)s->errors_connect,
+		(unsigned long long)s->errors_handshake, (unsigned long long)s->errors_register,
+		(unsigned long long)s->errors_closed, (unsigned long long)s->errors_protocol);
+	fprintf(stderr, "  frames        lost %llu  reordered %llu  corrupted %llu   pings answered %llu\n",
+		(unsigned long long)s->lost, (unsigned long long)s->reordered, (unsigned long long)s->corrupted,
+		(unsigned long long)s->pings_answered);
+	print_codes("close codes", s->close_codes, false);
+	print_codes("HTTP statuses", s->http_statuses, false);
+	print_codes("socket errors", s->errnos, true);
+	if (saw_code(s->http_statuses, 429))
+		fprintf(stderr, "  hint: 429 is the relay's per-IP upgrade limiter: start it with --rate-limit-burst 0\n");
+	if (saw_code(s->http_statuses, 503))
+		fprintf(stderr, "  hint: 503 is the relay's connection cap: raise its --max-connections\n");
+	if (saw_code(s->close_codes, 4429))
+		fprintf(stderr, "  hint: 4429: the relay allows 16 phones per server-id\n");
+	if (saw_code(s->errnos, EADDRNOTAVAIL))
+		fprintf(stderr, "  hint: out of ephemeral ports: use --src-ips N\n");
+	if (saw_code(s->errnos, EMFILE) || saw_code(s->errnos, ENFILE))
+		fprintf(stderr, "  hint: out of file descriptors\n");
+	fprintf(stderr, "  result        %s\n", ok ? "ok" : "FAILED");
+
+	printf("{\"mode\":\"%s\",\"transport\":\"%s\",\"url\":\"%s\",\"binaries\":%u,\"phones_per_binary\":%u,"
+	       "\"connections\":%u,\"connections_target\":%u,\"size_bytes\":%u,\"window\":%u,"
+	       "\"target_rate\":%.0f,\"achieved_rate\":%.1f,\"warmup_s\":%.3f,\"duration_s\":%.3f,\"connect_s\":%.3f,"
+	       "\"frames_sent\":%llu,\"frames_p2b\":%llu,\"frames_b2p\":%llu,\"round_trips\":%llu,"
+	       "\"frames_p2b_per_s\":%.1f,\"frames_b2p_per_s\":%.1f,\"round_trips_per_s\":%.1f,\"mbytes_per_s\":%.3f,"
+	       "\"lat_samples\":%llu,\"lat_mean_us\":%.1f,\"lat_p50_us\":%.1f,\"lat_p90_us\":%.1f,\"lat_p99_us\":%.1f,"
+	       "\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,"
+	       "\"errors\":%llu,\"errors_connect\":%llu,\"errors_handshake\":%llu,\"errors_register\":%llu,"
+	       "\"errors_closed\":%llu,\"errors_protocol\":%llu,\"lost\":%llu,\"reordered\":%llu,\"corrupted\":%llu,"
+	       "\"pings_answered\":%llu,\"close_notices\":%llu,\"open_backlog_max\":%llu,"
+	       "\"send_lag_max_us\":%.1f,\"loop_max_us\":%.1f,\"ok\":%s}\n",
+	       mode_name(), transport_name(), c->url, c->binaries, c->phones_per_binary, ready, g.conns_n,
+	       c->size_bytes, c->mode == LG_MODE_CLOSED ? c->window : 0,
+	       c->mode == LG_MODE_OPEN ? c->rate_per_s : 0.0, c->mode == LG_MODE_OPEN ? achieved : 0.0,
+	       (double)c->warmup_ns / 1e9, dur, (double)g.t_connect_end_ns / 1e9, (unsigned long long)s->sent,
+	       (unsigned long long)s->p2b, (unsigned long long)s->b2p, (unsigned long long)s->round_trips, p2b_s,
+	       b2p_s, rt_s, mb_s, (unsigned long long)s->lat.count, mean, q50, q90, q99, q999, qmax,
+	       (unsigned long long)errors, (unsigned long long)s->errors_connect,
+	       (unsigned long long)s->errors_handshake, (unsigned long long)s->errors_register,
+	       (unsigned long long)s->errors_closed, (unsigned long long)s->errors_protocol,
+	       (unsigned long long)s->lost, (unsigned long long)s->reordered, (unsigned long long)s->corrupted,
+	       (unsigned long long)s->pings_answered, (unsigned long long)s->close_notices,
+	       (unsigned long long)s->open_behind_max_frames, (double)s->send_lag_max_ns / 1e3,
+	       (double)s->loop_max_ns / 1e3, ok ? "true" : "false");
+	fflush(stdout);
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	lg_stop_requested = 1;
+}
+
+int main(int argc, char **argv)
+{
+	parse_args(&g.cfg, argc, argv);
+	if (strpbrk(g.cfg.url, "\"\\") != NULL)
+		die_usage("--url must not contain quotes or backslashes: %s", g.cfg.url);
+	raise_nofile((uint64_t)g.cfg.binaries * (1u + g.cfg.phones_per_binary) + FD_HEADROOM);
+	signal(SIGPIPE, SIG_IGN);
+	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESETHAND };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	lg_pattern_init();
+	if (g.cfg.transport == LG_TR_WSS) {
+		char why[256];
+		if (!lgtls_init(g.cfg.insecure, g.cfg.ca_file, why, sizeof why)) {
+			fprintf(stderr, "loadgen: %s\n", why);
+			return 1;
+		}
+	}
+	setup_conns();
+	setup_ring();
+	if (!g.cfg.quiet)
+		fprintf(stderr, "loadgen: %s: %u binaries x %u phones = %u connections, %s loop, %u B frames\n",
+			g.cfg.url, g.cfg.binaries, g.cfg.phones_per_binary, g.conns_n, mode_name(), g.cfg.size_bytes);
+	if (lg_run() != 0)
+		return 1;
+	report();
+	bool ok = errors_total() == 0 && g.st.lost == 0 && g.st.corrupted == 0 && g.st.reordered == 0 &&
+		  g.ready_binaries + g.ready_phones == g.conns_n;
+	io_uring_queue_exit(&g.ring);
+	return ok ? 0 : 1;
+}
