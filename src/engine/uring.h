@@ -26,6 +26,14 @@ struct uring_features {
 
 #define URING_WHY_BYTES 256
 
+/* user_data of every SQE: operation (8 bits), slot generation (24 bits), slot index
+ * (32 bits). A completion for a slot that was freed and reused carries an old
+ * generation, so it can never be mistaken for the new occupant's. */
+#define UD(op, idx, gen) (((uint64_t)(op) << 56) | ((uint64_t)((gen) & 0xffffffu) << 32) | (uint64_t)(idx))
+#define UD_OP(ud) ((unsigned)((ud) >> 56))
+#define UD_GEN(ud) ((uint32_t)(((ud) >> 32) & 0xffffffu))
+#define UD_IDX(ud) ((uint32_t)(ud))
+
 /* Probe what the running kernel offers. Returns false when io_uring cannot serve the
  * relay at all (absent, disabled by sysctl or seccomp, kernel too old), with the cause
  * and the fix in why. */

@@ -45,10 +45,6 @@ enum op {
 	OP_IGNORE, /* cancels: their completion needs no action */
 };
 
-#define UD(op, idx, gen) (((uint64_t)(op) << 56) | ((uint64_t)((gen) & 0xffffffu) << 32) | (uint64_t)(idx))
-#define UD_OP(ud) ((unsigned)((ud) >> 56))
-#define UD_GEN(ud) ((uint32_t)(((ud) >> 32) & 0xffffffu))
-#define UD_IDX(ud) ((uint32_t)(ud))
 
 /* An idle connection must stay cheap (issue goal: <= 512 B of user-space memory). */
 #define CONN_SLOT_BYTES_MAX 512u
@@ -1250,9 +1246,13 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 			ts.tv_nsec = (wait_ms % 1000) * 1000000;
 			tsp = &ts;
 		}
+		/* liburing enters the kernel only to submit, or to wait when no completion is
+		 * ready yet (and always without EXT_ARG: the timeout is then an SQE). */
+		bool enters = !w->feat.ext_arg || io_uring_sq_ready(&w->ring) > 0 || io_uring_cq_ready(&w->ring) == 0;
 		struct io_uring_cqe *cqe = NULL;
 		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
-		STAT_INC(w->stats.enters);
+		if (enters)
+			STAT_INC(w->stats.enters);
 		STAT_INC(w->stats.loop_iterations);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
 			/* Not transient: spinning on it would burn a core and flood the log. */

@@ -132,7 +132,7 @@ enum close_class close_class_of(uint16_t code);
 /* One worker's engine counters (single writer: the worker; see core/stat.h). */
 struct worker_stats {
 	uint64_t loop_iterations;
-	uint64_t enters; /* io_uring_enter calls that waited for completions */
+	uint64_t enters; /* io_uring_enter system calls (to submit and/or wait) */
 	uint64_t cqes;
 	uint64_t accepts;
 	uint64_t accept_pool_full;

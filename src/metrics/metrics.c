@@ -245,7 +245,7 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
 		   offsetof(struct worker_stats, cqes));
 	per_worker(o, "pyrycode_relay_worker_io_uring_enters_total",
-		   "io_uring_enter calls that waited for completions, per worker (CQEs per enter: divide).", in,
+		   "io_uring_enter system calls, per worker (CQEs per enter: divide).", in,
 		   offsetof(struct worker_stats, enters));
 	per_worker(o, "pyrycode_relay_worker_loop_iterations_total", "Event-loop iterations, per worker.", in,
 		   offsetof(struct worker_stats, loop_iterations));
@@ -261,12 +261,9 @@ void metrics_render(struct prom_out *o, const struct metrics_input *in)
 	gather(&t, in);
 	/* Process figures, the handler's own errors, ours, then the reference's series. */
 	process_families(o, in->process);
-	uint64_t errs[METRICS_ERR_COUNT];
-	for (int i = 0; i < METRICS_ERR_COUNT; i++)
-		errs[i] = in->handler_errors[i];
 	labelled(o, "promhttp_metric_handler_errors_total",
 		 "Total number of internal errors encountered by the metrics handler.", PROM_COUNTER, "cause",
-		 handler_error_names, errs, METRICS_ERR_COUNT);
+		 handler_error_names, in->handler_errors, METRICS_ERR_COUNT);
 	own_families(o, &t, in);
 	reference_families(o, &t);
 }

@@ -26,10 +26,6 @@
 #define KEEPALIVE_REQUESTS_MAX 1000u
 
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_WAKE, OP_IGNORE };
-#define UD(op, idx, gen) (((uint64_t)(op) << 56) | ((uint64_t)((gen) & 0xffffffu) << 32) | (uint32_t)(idx))
-#define UD_OP(ud) ((unsigned)((ud) >> 56))
-#define UD_GEN(ud) ((uint32_t)(((ud) >> 32) & 0xffffffu))
-#define UD_IDX(ud) ((uint32_t)(ud))
 
 enum mconn_state { MC_FREE = 0, MC_READING, MC_WRITING, MC_DEAD };
 
