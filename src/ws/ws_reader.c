@@ -66,6 +66,13 @@ bool ws_reader_in_message(const struct ws_reader *r)
 	return r->in_message;
 }
 
+bool ws_reader_at_rest(const struct ws_reader *r)
+{
+	/* Everything else (frame fields, ctrl_len, utf8_state, msg_opcode) is written
+	 * before it is next read: by the next header, or the next message's first frame. */
+	return !r->dead && !r->in_frame && !r->in_message && r->hdr_len == 0;
+}
+
 /*
  * Read (the rest of) a frame header from p[0..n). Returns like ws_frame_header_parse;
  * *used is how many of the n bytes belong to the header (all of them when the header

@@ -13,6 +13,7 @@
  * total size needed; the caller provides a buffer of at least that size holding the
  * first asm_len bytes of the old one, and calls again with the same remaining input.
  * Control-frame payloads (<= 125 bytes) are stashed inside the reader.
+ * Between frames the reader can be dropped and restarted (ws_reader_at_rest).
  *
  * Enforced: client masking, RSV bits, opcodes, control frame size and FIN, the
  * continuation rules (no continuation without a started message, no new data frame
@@ -100,5 +101,14 @@ bool ws_reader_buffer_in_use(const struct ws_reader *r);
 
 /* True between a data message's first header and its completion (deadline armed). */
 bool ws_reader_in_message(const struct ws_reader *r);
+
+/*
+ * True when the reader sits between frames, with no data message under way and not
+ * finished by a close or an error. Such a reader behaves exactly like a fresh one from
+ * ws_reader_init with the same limit (and holds nothing in asm_buf), so a caller may
+ * drop it and start a fresh one with the next input: an idle connection then needs no
+ * reader state at all.
+ */
+bool ws_reader_at_rest(const struct ws_reader *r);
 
 #endif

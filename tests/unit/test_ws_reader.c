@@ -141,6 +141,7 @@ struct run {
 	uint8_t *arena;
 	size_t arena_len;
 	size_t need_space;
+	size_t parked; /* times the reader was dropped at rest and restarted */
 	bool in_message_after[MAX_EVENTS];
 };
 
@@ -188,6 +189,9 @@ static void run_stream(const uint8_t *s, size_t len, uint32_t max, enum split sp
 	uint64_t rng = seed * 0x2545F4914F6CDD1Dull + 1;
 	size_t a = 0;
 	bool dead = false;
+	/* Byte-at-a-time and every third random split drop the reader whenever it is at
+	 * rest; the events must not change (ws_reader_at_rest's promise). */
+	bool park = split == SPLIT_BYTES || (split == SPLIT_RANDOM && seed % 3 == 0);
 
 	do {
 		size_t chunk = len - a;
@@ -216,6 +220,13 @@ static void run_stream(const uint8_t *s, size_t len, uint32_t max, enum split sp
 			}
 			if (ev.kind == WS_EV_NEED_MORE) {
 				assert_int_equal(off, chunk);
+				if (park && ws_reader_at_rest(&r)) {
+					/* what the worker does: drop the reader, start afresh */
+					assert_false(ws_reader_buffer_in_use(&r));
+					free(r.asm_buf);
+					ws_reader_init(&r, max);
+					out->parked++;
+				}
 				break;
 			}
 			if (ev.kind == WS_EV_NEED_SPACE) {
@@ -1052,6 +1063,91 @@ static void test_prefixes_are_consistent(void **state)
 	sb_free(&b);
 }
 
+/* At rest exactly at frame boundaries outside a message, and never once finished. */
+static void test_at_rest(void **state)
+{
+	(void)state;
+	struct sb b = { 0 };
+	sb_str(&b, true, WS_OP_TEXT, "one");                 /* [0, f1) */
+	size_t f1 = b.len;
+	sb_str(&b, false, WS_OP_TEXT, "frag");               /* [f1, f2) */
+	size_t f2 = b.len;
+	sb_str(&b, true, WS_OP_PING, "p");                   /* [f2, f3): inside the message */
+	size_t f3 = b.len;
+	sb_str(&b, true, WS_OP_CONTINUATION, "ment");        /* [f3, f4) */
+	size_t f4 = b.len;
+	sb_str(&b, true, WS_OP_PING, "q");                   /* [f4, f5): between messages */
+	size_t f5 = b.len;
+	sb_close(&b, 1000, "", 0);
+
+	struct ws_reader r;
+	ws_reader_init(&r, SMALL_LIMIT);
+	assert_true(ws_reader_at_rest(&r));
+	uint8_t *buf = malloc(b.len);
+	assert_non_null(buf);
+	memcpy(buf, b.p, b.len);
+	/* Feed one byte at a time; record at which offsets the reader is at rest. */
+	bool rest_at[512] = { 0 };
+	assert_true(b.len < sizeof rest_at);
+	for (size_t off = 0; off < b.len; off++) {
+		for (size_t used = 0;;) {
+			size_t c = 0;
+			struct ws_event ev = ws_reader_next(&r, buf + off + used, 1 - used, &c);
+			used += c;
+			if (ev.kind == WS_EV_NEED_SPACE) {
+				grow_buffer(&r, ev.need, GROW_DOUBLE, SMALL_LIMIT);
+				continue;
+			}
+			if (ev.kind == WS_EV_NEED_MORE)
+				break;
+		}
+		rest_at[off + 1] = ws_reader_at_rest(&r);
+	}
+	for (size_t off = 1; off <= b.len; off++) {
+		bool want = off == f1 || off == f4 || off == f5; /* not f2, f3: mid-message; not the end: closed */
+		if (rest_at[off] != want)
+			fail_msg("offset %zu: at rest %d, expected %d (f1 %zu f2 %zu f3 %zu f4 %zu f5 %zu)", off,
+				 rest_at[off], want, f1, f2, f3, f4, f5);
+	}
+	free(r.asm_buf);
+	free(buf);
+	sb_free(&b);
+}
+
+/* Dropping the reader whenever it is at rest changes nothing, in a long conversation
+ * fed byte by byte (run_stream parks in that mode). */
+static void test_parking_changes_nothing(void **state)
+{
+	(void)state;
+	struct sb b = { 0 };
+	for (int i = 0; i < 20; i++) {
+		sb_str(&b, true, WS_OP_TEXT, "{\"s\":1}");
+		sb_str(&b, false, WS_OP_BINARY, "ab");
+		sb_str(&b, true, WS_OP_PONG, "7");
+		sb_str(&b, true, WS_OP_CONTINUATION, "cd");
+	}
+	struct run *whole = malloc(sizeof(*whole));
+	struct run *bytes = malloc(sizeof(*bytes));
+	assert_non_null(whole);
+	assert_non_null(bytes);
+	run_stream(b.p, b.len, SMALL_LIMIT, SPLIT_WHOLE, 0, GROW_DOUBLE, whole);
+	run_stream(b.p, b.len, SMALL_LIMIT, SPLIT_BYTES, 0, GROW_DOUBLE, bytes);
+	assert_int_equal(whole->parked, 0);
+	assert_true(bytes->parked >= 40); /* after each text message and each binary one */
+	assert_int_equal(bytes->n, whole->n);
+	for (size_t i = 0; i < whole->n; i++) {
+		assert_int_equal(bytes->ev[i].kind, whole->ev[i].kind);
+		assert_int_equal(bytes->ev[i].len, whole->ev[i].len);
+		assert_memory_equal(bytes->arena + bytes->ev[i].off, whole->arena + whole->ev[i].off,
+				    whole->ev[i].len);
+	}
+	free(whole->arena);
+	free(bytes->arena);
+	free(whole);
+	free(bytes);
+	sb_free(&b);
+}
+
 /* The reader is small enough to live in every connection. */
 static void test_reader_size(void **state)
 {
@@ -1085,6 +1181,8 @@ int main(void)
 		cmocka_unit_test(test_long_conversation_all_splits),
 		cmocka_unit_test(test_prefixes_are_consistent),
 		cmocka_unit_test(test_reader_size),
+		cmocka_unit_test(test_at_rest),
+		cmocka_unit_test(test_parking_changes_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
