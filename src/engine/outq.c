@@ -2,9 +2,12 @@
 
 #include <string.h>
 
-static struct outq_seg *seg_new(struct bufpool *pool, size_t want_bytes)
+/* The next segment's size: what the data needs, and at least double the segment
+ * before it (OUTQ_SEGMENT_FIRST_BYTES for the first, capped at OUTQ_SEGMENT_BYTES). */
+static struct outq_seg *seg_new(struct bufpool *pool, const struct outq_seg *prev, size_t want_bytes)
 {
-	size_t bytes = sizeof(struct outq_seg) + MAX(want_bytes, (size_t)OUTQ_SEGMENT_BYTES - sizeof(struct outq_seg));
+	size_t step = prev ? MIN((size_t)prev->alloc_bytes * 2, (size_t)OUTQ_SEGMENT_BYTES) : OUTQ_SEGMENT_FIRST_BYTES;
+	size_t bytes = MAX(sizeof(struct outq_seg) + want_bytes, step);
 	if (bytes > BUFPOOL_CLASS_MAX_BYTES)
 		bytes = BUFPOOL_CLASS_MAX_BYTES;
 	uint32_t cap;
@@ -39,7 +42,7 @@ bool outq_append(struct outq *q, struct bufpool *pool, const struct iovec *parts
 	size_t room = start ? start->cap - start->tail : 0;
 	struct outq_seg *added_first = NULL, *added_last = NULL;
 	while (room < total) {
-		struct outq_seg *s = seg_new(pool, total - room);
+		struct outq_seg *s = seg_new(pool, added_last ? added_last : q->last, total - room);
 		if (s == NULL) {
 			while (added_first != NULL) {
 				struct outq_seg *n = added_first->next;

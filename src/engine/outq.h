@@ -20,6 +20,11 @@
 #include "core/common.h"
 #include "engine/bufpool.h"
 
+/* A queue's first segment is small (a handshake response, a heartbeat, one envelope);
+ * each further one doubles up to OUTQ_SEGMENT_BYTES, so a busy queue still batches
+ * into a few large segments while a quiet connection holds about 1 KiB. A single
+ * append larger than that gets a segment of its size (up to the pool's largest). */
+#define OUTQ_SEGMENT_FIRST_BYTES 1024u
 #define OUTQ_SEGMENT_BYTES (16u * 1024u)
 #define OUTQ_IOV_MAX 16u
 

@@ -142,7 +142,7 @@ static void test_empty_queue_holds_nothing(void **state)
 	assert_true(append1(&q, &pool, "hello", 5));
 	assert_false(outq_empty(&q));
 	assert_int_equal(seg_count(&q), 1);
-	assert_int_equal(pool.bytes_in_use, OUTQ_SEGMENT_BYTES);
+	assert_int_equal(pool.bytes_in_use, OUTQ_SEGMENT_FIRST_BYTES); /* a quiet queue holds 1 KiB */
 	assert_int_equal(outq_consume(&q, &pool, 5), 0);
 	assert_true(outq_empty(&q));
 	check_queue(&q, &pool, 0);
@@ -242,20 +242,22 @@ static void test_multi_segment_appends(void **state)
 	/* appends that exactly fill the last segment, then spill by one byte */
 	outq_clear(&q, &pool);
 	assert_true(append1(&q, &pool, src, 100));
-	assert_int_equal(q.first->cap, SEG_CAP);
-	assert_true(append1(&q, &pool, src + 100, SEG_CAP - 100));
+	const size_t first_cap = OUTQ_SEGMENT_FIRST_BYTES - SEG_HDR;
+	assert_int_equal(q.first->cap, first_cap);
+	assert_true(append1(&q, &pool, src + 100, first_cap - 100));
 	assert_int_equal(seg_count(&q), 1);
 	assert_int_equal(q.last->tail, q.last->cap);
-	assert_true(append1(&q, &pool, src + SEG_CAP, 1));
+	assert_true(append1(&q, &pool, src + first_cap, 1));
 	assert_int_equal(seg_count(&q), 2);
+	assert_int_equal(q.last->alloc_bytes, 2 * OUTQ_SEGMENT_FIRST_BYTES); /* doubles */
 	check_queue(&q, &pool, 0);
-	check_content(&q, src, SEG_CAP + 1);
+	check_content(&q, src, first_cap + 1);
 
 	/* a part that fills the rest of the last segment and continues into new ones */
-	struct iovec two[2] = { { src + SEG_CAP + 1, 10 }, { src + SEG_CAP + 11, 2 * SEG_CAP } };
+	struct iovec two[2] = { { src + first_cap + 1, 10 }, { src + first_cap + 11, 2 * SEG_CAP } };
 	assert_true(outq_append(&q, &pool, two, 2));
 	check_queue(&q, &pool, 0);
-	check_content(&q, src, 3 * SEG_CAP + 11);
+	check_content(&q, src, first_cap + 11 + 2 * SEG_CAP);
 
 	outq_clear(&q, &pool);
 	check_queue(&q, &pool, 0);
@@ -263,6 +265,43 @@ static void test_multi_segment_appends(void **state)
 	free(src);
 	bufpool_destroy(&pool);
 	assert_int_equal(pool.bytes_held, 0);
+}
+
+/* Small appends: segments double from OUTQ_SEGMENT_FIRST_BYTES to OUTQ_SEGMENT_BYTES and
+ * stay there; a large append gets one segment of its own size. */
+static void test_segment_growth(void **state)
+{
+	(void)state;
+	struct bufpool pool;
+	bufpool_init(&pool, 64u * 1024 * 1024);
+	struct outq q = { 0 };
+	uint8_t *src = malloc(1024 * 1024);
+	assert_non_null(src);
+	fill_stream(src, 0, 1024 * 1024);
+	size_t off = 0;
+	while (seg_count(&q) < 8) {
+		assert_true(append1(&q, &pool, src + off, 64));
+		off += 64;
+	}
+	uint32_t want = OUTQ_SEGMENT_FIRST_BYTES;
+	size_t i = 0;
+	for (const struct outq_seg *sg = q.first; sg != NULL; sg = sg->next, i++) {
+		assert_int_equal(sg->alloc_bytes, want);
+		want = want * 2 > OUTQ_SEGMENT_BYTES ? OUTQ_SEGMENT_BYTES : want * 2;
+	}
+	assert_int_equal(i, 8);
+	/* 100 KiB in one append: one segment that fits it, not many small ones */
+	size_t segs = seg_count(&q);
+	size_t big = (q.last->cap - q.last->tail) + 100 * 1024;
+	assert_true(append1(&q, &pool, src + off, big));
+	off += big;
+	assert_true(q.last->alloc_bytes >= 100 * 1024);
+	assert_true(seg_count(&q) <= segs + 1);
+	check_queue(&q, &pool, 0);
+	check_content(&q, src, off);
+	outq_clear(&q, &pool);
+	free(src);
+	bufpool_destroy(&pool);
 }
 
 /* A refused append leaves the queue exactly as it was (same segments, same bytes)
@@ -690,6 +729,7 @@ int main(void)
 		cmocka_unit_test(test_parts_concatenate),
 		cmocka_unit_test(test_multi_segment_appends),
 		cmocka_unit_test(test_append_all_or_nothing),
+		cmocka_unit_test(test_segment_growth),
 		cmocka_unit_test(test_items_counted_exactly_once),
 		cmocka_unit_test(test_clear_returns_memory),
 		cmocka_unit_test(test_randomized_against_fifo),
