@@ -39,6 +39,12 @@ struct relay_slot {
 	uint8_t nphones;
 	struct conn *phones[RELAY_PHONES_PER_SERVER_MAX];
 	uint32_t id_len;
+	uint32_t cid_len;  /* a phone's conn_id: client-<id>-<hex8> */
+	uint32_t wrap_len; /* its wrap prefix, {"conn_id":"<escaped conn_id>","frame": */
+	/* id, then the conn_id and the wrap prefix with the phone's 8 hex digits left out
+	 * (they are the last 8 bytes of the conn_id and sit at wrap_hex_off in the prefix):
+	 * built once per server-id, so a phone holds no buffer of its own. */
+	uint32_t wrap_hex_off;
 	uint8_t id[];
 };
 
@@ -98,14 +104,51 @@ static void table_grow(struct relay_shard *s)
 	s->nbuckets = n;
 }
 
+#define SLOT_BUILD_STACK_BYTES 1024u
+
+static uint8_t *slot_cid(struct relay_slot *sl)
+{
+	return sl->id + sl->id_len;
+}
+
+static uint8_t *slot_wrap(struct relay_slot *sl)
+{
+	return sl->id + sl->id_len + sl->cid_len;
+}
+
 static struct relay_slot *slot_create(struct relay_shard *s, struct span id)
 {
-	struct relay_slot *sl = calloc(1, sizeof *sl + id.len);
-	if (sl == NULL)
+	/* The phones' conn_id with placeholder hex, and its wrap prefix (escaping makes
+	 * its length known only once written: build, then copy into the slot). */
+	size_t cid_len = sizeof "client-" - 1 + id.len + 1 + RELAY_CONN_HEX_LEN;
+	size_t wrap_max = ENVELOPE_WRAP_PREFIX_LEN_MAX(cid_len);
+	uint8_t stack[SLOT_BUILD_STACK_BYTES];
+	uint8_t *tmp = cid_len + wrap_max <= sizeof stack ? stack : malloc(cid_len + wrap_max);
+	if (tmp == NULL)
 		return NULL;
+	memcpy(tmp, "client-", 7);
+	memcpy(tmp + 7, id.ptr, id.len);
+	tmp[7 + id.len] = '-';
+	memset(tmp + 8 + id.len, '0', RELAY_CONN_HEX_LEN);
+	size_t wrap_len = envelope_write_wrap_prefix(tmp + cid_len, wrap_max, span_make(tmp, cid_len));
+	ASSERT(wrap_len > sizeof(ENVELOPE_WRAP_PREFIX_TAIL) - 1 + RELAY_CONN_HEX_LEN);
+	struct relay_slot *sl = calloc(1, sizeof *sl + id.len + cid_len + wrap_len);
+	if (sl == NULL) {
+		if (tmp != stack)
+			free(tmp);
+		return NULL;
+	}
 	sl->hash = id_hash(s, id);
 	sl->id_len = (uint32_t)id.len;
+	sl->cid_len = (uint32_t)cid_len;
+	sl->wrap_len = (uint32_t)wrap_len;
+	/* hex digits are never escaped: they end the escaped conn_id, before the tail */
+	sl->wrap_hex_off = (uint32_t)(wrap_len - (sizeof(ENVELOPE_WRAP_PREFIX_TAIL) - 1) - RELAY_CONN_HEX_LEN);
 	memcpy(sl->id, id.ptr, id.len);
+	memcpy(slot_cid(sl), tmp, cid_len + wrap_len);
+	ASSERT(memcmp(slot_wrap(sl) + sl->wrap_hex_off, "00000000", RELAY_CONN_HEX_LEN) == 0);
+	if (tmp != stack)
+		free(tmp);
 	sl->grace.kind = TW_KIND_GRACE;
 	sl->probe.kind = TW_KIND_PROBE;
 	if (s->nslots >= s->nbuckets)
@@ -135,9 +178,15 @@ static struct span slot_id(const struct relay_slot *sl)
 	return span_make(sl->id, sl->id_len);
 }
 
+/* The phone's conn_id, written into its slot's conn_id template: valid until the next
+ * phone_conn_id of a phone of the same server-id (single-threaded shard; every caller
+ * uses it at once). */
 static struct span phone_conn_id(const struct conn *c)
 {
-	return span_make(c->relay.ids, c->relay.conn_id_len);
+	struct relay_slot *sl = c->relay.slot;
+	uint8_t *cid = slot_cid(sl);
+	memcpy(cid + sl->cid_len - RELAY_CONN_HEX_LEN, c->relay.hex, RELAY_CONN_HEX_LEN);
+	return span_make(cid, sl->cid_len);
 }
 
 static struct span binary_conn_id(const struct conn *c, char *buf, size_t cap)
@@ -268,10 +317,6 @@ static void evict_phones(struct worker *w, struct relay_slot *sl, uint16_t code,
 			p->relay.flags &= (uint8_t)~RELAY_F_PAUSED;
 			conn_resume_recv(w, p);
 		}
-		if (p->relay.ids) {
-			bufpool_put(&w->pool, p->relay.ids, p->relay.ids_cap);
-			p->relay.ids = NULL;
-		}
 		conn_ws_close(w, p, code, reason);
 		sl->phones[i] = NULL;
 	}
@@ -394,25 +439,7 @@ static void open_phone(struct worker *w, struct conn *c, const struct http_reque
 		conn_abort(w, c);
 		return;
 	}
-	/* conn_id = client-<id>-<hex8>, then the wrap prefix built from it once. */
-	size_t idlen = sizeof "client-" - 1 + id.len + 1 + RELAY_CONN_HEX_LEN;
-	size_t need = idlen + ENVELOPE_WRAP_PREFIX_LEN_MAX(idlen);
-	uint32_t cap;
-	uint8_t *ids = need <= BUFPOOL_CLASS_MAX_BYTES ? bufpool_get(&w->pool, need, &cap) : NULL;
-	if (ids == NULL) {
-		conn_ws_close(w, c, WS_CLOSE_INTERNAL_ERROR, "");
-		return;
-	}
-	memcpy(ids, "client-", 7);
-	memcpy(ids + 7, id.ptr, id.len);
-	ids[7 + id.len] = '-';
-	memcpy(ids + 8 + id.len, c->relay.hex, RELAY_CONN_HEX_LEN);
-	size_t plen = envelope_write_wrap_prefix(ids + idlen, cap - idlen, span_make(ids, idlen));
-	ASSERT(plen > 0);
-	c->relay.ids = ids;
-	c->relay.ids_cap = cap;
-	c->relay.conn_id_len = (uint32_t)idlen;
-	c->relay.prefix_len = (uint32_t)plen;
+	/* conn_id = client-<id>-<hex8>: the slot holds all but the hex (phone_conn_id). */
 	c->relay.slot = sl;
 	c->relay.role = RELAY_ROLE_PHONE;
 	c->relay.epoch = sl->epoch;
@@ -479,12 +506,16 @@ static void phone_message(struct worker *w, struct conn *c, struct span data)
 		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
-	struct iovec parts[3] = {
-		{ .iov_base = c->relay.ids + c->relay.conn_id_len, .iov_len = c->relay.prefix_len },
+	uint8_t *wrap = slot_wrap(sl);
+	uint32_t tail = sl->wrap_hex_off + RELAY_CONN_HEX_LEN;
+	struct iovec parts[5] = {
+		{ .iov_base = wrap, .iov_len = sl->wrap_hex_off },
+		{ .iov_base = c->relay.hex, .iov_len = RELAY_CONN_HEX_LEN },
+		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
 		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
 		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
 	};
-	if (!conn_ws_send_text(w, b, parts, 3, true)) {
+	if (!conn_ws_send_text(w, b, parts, ARRAY_LEN(parts), true)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "binary outbox refused the frame"));
@@ -636,7 +667,7 @@ static void phone_end(struct worker *w, struct conn *c)
 		uint8_t notice[ENVELOPE_CLOSE_NOTICE_LEN_MAX(64)];
 		uint8_t *buf = notice;
 		uint32_t cap = 0;
-		size_t need = ENVELOPE_CLOSE_NOTICE_LEN_MAX((size_t)c->relay.conn_id_len);
+		size_t need = ENVELOPE_CLOSE_NOTICE_LEN_MAX((size_t)sl->cid_len);
 		if (need > sizeof notice)
 			buf = need <= BUFPOOL_CLASS_MAX_BYTES ? bufpool_get(&w->pool, need, &cap) : NULL;
 		size_t n = buf ? envelope_write_close_notice(buf, buf == notice ? sizeof notice : cap, phone_conn_id(c), code) : 0;
@@ -657,8 +688,6 @@ static void phone_end(struct worker *w, struct conn *c)
 	sl->phones[sl->nphones] = NULL;
 	STAT_DEC(s->stats.phones);
 	LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(c)));
-	bufpool_put(&w->pool, c->relay.ids, c->relay.ids_cap);
-	c->relay.ids = NULL;
 	c->relay.slot = NULL;
 	c->relay.role = RELAY_ROLE_NONE;
 	slot_maybe_free(s, sl);

@@ -2,8 +2,8 @@
  * relay_conn.h - the relay's per-connection state, embedded in struct conn.
  *
  * Kept small on purpose: it lives in every connection slot, idle or not. A phone's
- * conn_id and wrap prefix live in one buffer from the worker's pool, taken at
- * registration and returned when it leaves.
+ * conn_id is client-<server-id>-<hex>: its server-id's slot keeps the rest of it (and
+ * of the wrap prefix), so the phone itself holds only the 8 hex digits.
  */
 #ifndef PYRELAY_RELAY_CONN_H
 #define PYRELAY_RELAY_CONN_H
@@ -28,11 +28,7 @@ enum relay_flags {
 
 struct relay_conn {
 	struct relay_slot *slot; /* server-id this connection belongs to, NULL if none */
-	uint8_t *ids;            /* phone: conn_id bytes then the wrap prefix (bufpool) */
-	uint32_t ids_cap;
 	uint32_t epoch;          /* phone: slot->epoch when it registered (identity of its binary) */
-	uint32_t conn_id_len;    /* lengths inside ids */
-	uint32_t prefix_len;
 	uint8_t role;            /* enum relay_role */
 	uint8_t phone_index;     /* phone: position in slot->phones */
 	uint8_t flags;           /* enum relay_flags */

@@ -330,7 +330,7 @@ static void fx_close(void)
 		struct conn *c = &w->conns[i];
 		assert_int_equal(rec(c)->ends, 1); /* exactly once per upgraded connection */
 		assert_int_equal(c->relay.role, RELAY_ROLE_NONE);
-		assert_null(c->relay.ids);
+		assert_null(c->relay.slot);
 		outq_clear(&c->out, &w->pool);
 		for (size_t k = 0; k < F->recs[i].nframes; k++)
 			free(F->recs[i].frames[k].data);
@@ -473,16 +473,15 @@ static const char *conn_id_of(const struct conn *p, const char *id)
 	static char buf[4][256];
 	static unsigned k;
 	char *out = buf[k++ % 4];
-	size_t n = p->relay.conn_id_len;
-	assert_true(n < 256);
-	memcpy(out, p->relay.ids, n);
-	out[n] = '\0';
+	assert_int_equal(p->relay.role, RELAY_ROLE_PHONE);
+	int n = snprintf(out, 256, "client-%s-%.*s", id, RELAY_CONN_HEX_LEN, p->relay.hex);
+	assert_true(n > 0 && n < 256);
 	size_t pre = strlen("client-") + strlen(id) + 1;
 	assert_int_equal(n, pre + RELAY_CONN_HEX_LEN);
 	assert_memory_equal(out, "client-", 7);
 	assert_memory_equal(out + 7, id, strlen(id));
 	assert_int_equal(out[pre - 1], '-');
-	for (size_t i = pre; i < n; i++)
+	for (size_t i = pre; i < (size_t)n; i++)
 		assert_non_null(strchr("0123456789abcdef", out[i]));
 	return out;
 }
