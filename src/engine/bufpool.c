@@ -16,6 +16,12 @@ static unsigned class_of(size_t bytes)
 	return shift - BUFPOOL_CLASS_MIN_SHIFT;
 }
 
+uint32_t bufpool_class_bytes(size_t bytes)
+{
+	ASSERT(bytes <= BUFPOOL_CLASS_MAX_BYTES);
+	return BUFPOOL_CLASS_MIN_BYTES << class_of(bytes ? bytes : 1);
+}
+
 static void release_one(struct bufpool *p, unsigned cls)
 {
 	struct bufpool_free *f = p->free[cls];

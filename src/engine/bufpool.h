@@ -44,6 +44,8 @@ void bufpool_destroy(struct bufpool *p);
 /* A buffer of at least `bytes` (<= BUFPOOL_CLASS_MAX_BYTES); *cap_bytes gets its real
  * size. NULL when the budget is exhausted. */
 void *bufpool_get(struct bufpool *p, size_t bytes, uint32_t *cap_bytes);
+/* The size of the class bufpool_get(bytes) takes from: what it reports as cap_bytes. */
+uint32_t bufpool_class_bytes(size_t bytes);
 /* Return a buffer; cap_bytes must be what bufpool_get reported. */
 void bufpool_put(struct bufpool *p, void *buf, uint32_t cap_bytes);
 

@@ -132,6 +132,9 @@ fail:
 	return NULL;
 }
 
+static void populate_buffers(struct worker *w, uint32_t count);
+static void publish_buffers(struct worker *w);
+
 /* The ring belongs to the thread that drives it: with SINGLE_ISSUER and a registered
  * ring fd, only the creating task may submit, so this runs on the worker thread. */
 static bool worker_ring_init(struct worker *w, char why[URING_WHY_BYTES])
@@ -143,11 +146,11 @@ static bool worker_ring_init(struct worker *w, char why[URING_WHY_BYTES])
 		io_uring_queue_exit(&w->ring);
 		return false;
 	}
-	int mask = io_uring_buf_ring_mask(RECV_BUFFER_COUNT);
-	for (uint32_t i = 0; i < RECV_BUFFER_COUNT; i++)
-		io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * RECV_BUFFER_BYTES, RECV_BUFFER_BYTES,
-				      (unsigned short)i, mask, (int)i);
-	io_uring_buf_ring_advance(w->br, RECV_BUFFER_COUNT);
+	w->br_populated = 0;
+	w->br_unadvanced = 0;
+	populate_buffers(w, RECV_BUFFER_COUNT_INITIAL);
+	publish_buffers(w);
+	STAT_SET(w->stats.recv_buffers, w->br_populated);
 	w->ring_ready = true;
 	return true;
 }
@@ -234,8 +237,24 @@ static void return_buffer(struct worker *w, unsigned bid)
 	w->br_unadvanced++;
 }
 
+/* Hand buffers [br_populated, count) to the ring (published by publish_buffers). */
+static void populate_buffers(struct worker *w, uint32_t count)
+{
+	ASSERT(count <= RECV_BUFFER_COUNT);
+	while (w->br_populated < count)
+		return_buffer(w, w->br_populated++);
+}
+
 static void publish_buffers(struct worker *w)
 {
+	if (w->br_starved) {
+		/* Bounded: at most log2(COUNT / COUNT_INITIAL) growth steps per worker. */
+		w->br_starved = false;
+		if (w->br_populated < RECV_BUFFER_COUNT) {
+			populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
+			STAT_SET(w->stats.recv_buffers, w->br_populated);
+		}
+	}
 	if (w->br_unadvanced) {
 		io_uring_buf_ring_advance(w->br, (int)w->br_unadvanced);
 		w->br_unadvanced = 0;
@@ -300,12 +319,29 @@ static void put_http_buf(struct worker *w, struct conn *c)
 	}
 }
 
-static void put_asm_buf(struct worker *w, struct conn *c)
+static void put_asm_buf(struct worker *w, struct ws_reader *r)
 {
-	if (c->ws.asm_buf) {
-		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
-		c->ws.asm_buf = NULL;
-		c->ws.asm_cap = c->ws.asm_len = 0;
+	if (r->asm_buf) {
+		bufpool_put(&w->pool, r->asm_buf, r->asm_cap);
+		r->asm_buf = NULL;
+		r->asm_cap = r->asm_len = 0;
+	}
+}
+
+/* The pool class a held reader comes from (bufpool_put wants it back). */
+static uint32_t ws_reader_pool_bytes(void)
+{
+	return bufpool_class_bytes(sizeof(struct ws_reader));
+}
+
+/* The conn's reader (held only while a frame or message spans receives) and its
+ * assembly buffer go back to the pool. */
+static void put_reader(struct worker *w, struct conn *c)
+{
+	if (c->ws) {
+		put_asm_buf(w, c->ws);
+		bufpool_put(&w->pool, c->ws, ws_reader_pool_bytes());
+		c->ws = NULL;
 	}
 }
 
@@ -320,7 +356,7 @@ static void put_send_ctx(struct worker *w, struct conn *c)
 static void release_buffers(struct worker *w, struct conn *c)
 {
 	put_http_buf(w, c);
-	put_asm_buf(w, c);
+	put_reader(w, c);
 }
 
 static void conn_outq_clear(struct worker *w, struct conn *c)
@@ -748,29 +784,47 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 	c->state = CONN_WS_OPEN;
 	c->route = (uint8_t)route;
 	c->read_deadline_ms = 0;
-	ws_reader_init(&c->ws, WS_MESSAGE_BYTES_MAX);
+	ASSERT(c->ws == NULL); /* a fresh reader starts with the first input (ws_input) */
 	conn_timer_update(w, c);
 	relay_open(w, c, route, req);
 	return true;
 }
 
+/* Make room for `need` head bytes: the buffer starts at HTTP_HEAD_BUF_INITIAL_BYTES
+ * (an upgrade request is a few hundred bytes) and doubles up to HTTP_HEAD_BYTES_MAX, so
+ * the handshakes in flight hold kilobytes, not 16 KiB each. */
+static bool grow_http_buf(struct worker *w, struct conn *c, size_t need)
+{
+	ASSERT(need <= HTTP_HEAD_BYTES_MAX);
+	size_t want = MAX(MAX(need, (size_t)c->http_cap * 2), (size_t)HTTP_HEAD_BUF_INITIAL_BYTES);
+	want = MIN(want, (size_t)HTTP_HEAD_BYTES_MAX);
+	uint32_t cap;
+	uint8_t *nb = bufpool_get(&w->pool, want, &cap);
+	if (nb == NULL)
+		return false;
+	if (c->http_buf) {
+		memcpy(nb, c->http_buf, c->http_len);
+		bufpool_put(&w->pool, c->http_buf, c->http_cap);
+	}
+	c->http_buf = nb;
+	c->http_cap = cap;
+	return true;
+}
+
 static void http_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 {
-	if (c->http_buf == NULL) {
-		c->http_buf = bufpool_get(&w->pool, HTTP_HEAD_BYTES_MAX, &c->http_cap);
-		if (c->http_buf == NULL) {
-			conn_abort(w, c);
-			return;
-		}
-		c->http_len = 0;
-	}
 	/* Bounded: each pass either consumes input, answers a request, or stops. */
 	while (c->state == CONN_HTTP) {
 		if (c->http_len == 0 && n > 0)
 			c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
 		size_t room = HTTP_HEAD_BYTES_MAX - c->http_len;
 		size_t take = MIN(n, room);
-		memcpy(c->http_buf + c->http_len, p, take);
+		if (c->http_len + take > c->http_cap && !grow_http_buf(w, c, c->http_len + take)) {
+			conn_abort(w, c);
+			return;
+		}
+		if (take)
+			memcpy(c->http_buf + c->http_len, p, take);
 		c->http_len += (uint32_t)take;
 		p += take;
 		n -= take;
@@ -825,10 +879,10 @@ static void http_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 
 /* ------------------------------------------------------------------ WebSocket phase */
 
-static bool grow_asm(struct worker *w, struct conn *c, size_t need)
+static bool grow_asm(struct worker *w, struct ws_reader *r, size_t need)
 {
 	/* Geometric growth keeps assembling a message linear in its size. */
-	size_t want = MAX(need, (size_t)c->ws.asm_cap * 2);
+	size_t want = MAX(need, (size_t)r->asm_cap * 2);
 	want = MIN(want, (size_t)WS_MESSAGE_BYTES_MAX);
 	want = MAX(want, need);
 	if (want > BUFPOOL_CLASS_MAX_BYTES)
@@ -837,19 +891,19 @@ static bool grow_asm(struct worker *w, struct conn *c, size_t need)
 	uint8_t *nb = bufpool_get(&w->pool, want, &cap);
 	if (nb == NULL)
 		return false;
-	if (c->ws.asm_buf) {
-		memcpy(nb, c->ws.asm_buf, c->ws.asm_len);
-		bufpool_put(&w->pool, c->ws.asm_buf, c->ws.asm_cap);
+	if (r->asm_buf) {
+		memcpy(nb, r->asm_buf, r->asm_len);
+		bufpool_put(&w->pool, r->asm_buf, r->asm_cap);
 	}
-	c->ws.asm_buf = nb;
-	c->ws.asm_cap = cap;
+	r->asm_buf = nb;
+	r->asm_cap = cap;
 	return true;
 }
 
-static void release_asm_if_idle(struct worker *w, struct conn *c)
+static void release_asm_if_idle(struct worker *w, struct ws_reader *r)
 {
-	if (!ws_reader_buffer_in_use(&c->ws))
-		put_asm_buf(w, c);
+	if (!ws_reader_buffer_in_use(r))
+		put_asm_buf(w, r);
 }
 
 static void heartbeat_pong(struct worker *w, struct conn *c, struct span payload)
@@ -866,21 +920,26 @@ static void heartbeat_pong(struct worker *w, struct conn *c, struct span payload
 	conn_timer_update(w, c);
 }
 
-static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+static bool ws_reads(const struct conn *c)
+{
+	return c->state == CONN_WS_OPEN || c->state == CONN_WS_CLOSING;
+}
+
+static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, uint8_t *p, size_t n)
 {
 	/* Bounded: every iteration consumes input or yields one event; events that
 	 * consume nothing (NEED_SPACE) are followed by progress or a teardown. */
 	for (;;) {
-		if (c->state != CONN_WS_OPEN && c->state != CONN_WS_CLOSING)
+		if (!ws_reads(c))
 			return;
 		size_t used = 0;
-		struct ws_event ev = ws_reader_next(&c->ws, p, n, &used);
+		struct ws_event ev = ws_reader_next(r, p, n, &used);
 		ASSERT(used <= n);
 		p += used;
 		n -= used;
 		switch (ev.kind) {
 		case WS_EV_NEED_MORE:
-			release_asm_if_idle(w, c);
+			release_asm_if_idle(w, r);
 			return;
 		case WS_EV_MESSAGE_BEGIN:
 			c->read_deadline_ms = w->now_ms + WS_MESSAGE_READ_TIMEOUT_MS;
@@ -893,7 +952,7 @@ static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 				relay_message(w, c, ev.opcode, ev.data);
 			break;
 		case WS_EV_NEED_SPACE:
-			if (!grow_asm(w, c, ev.need)) {
+			if (!grow_asm(w, r, ev.need)) {
 				conn_ws_close(w, c, WS_CLOSE_INTERNAL_ERROR, "");
 				conn_drain(w, c);
 				return;
@@ -929,6 +988,45 @@ static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 			return;
 		}
 	}
+}
+
+/*
+ * Reader state costs memory only while a frame or a message spans receives: a
+ * connection at a frame boundary (ws_reader_at_rest, the idle case and the common one)
+ * holds none and starts from a fresh reader on the stack; otherwise the reader moves
+ * into a pool buffer until it is at rest again.
+ */
+static void ws_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+{
+	struct ws_reader fresh;
+	struct ws_reader *r = c->ws;
+	if (r == NULL) {
+		ws_reader_init(&fresh, WS_MESSAGE_BYTES_MAX);
+		r = &fresh;
+	}
+	ws_consume(w, c, r, p, n);
+	/* Not reading any more: a torn-down connection may be freed already (its
+	 * buffers, c->ws included, returned), so r is looked at only while it reads. */
+	bool keep = ws_reads(c) && !ws_reader_at_rest(r);
+	if (!keep) {
+		if (r == &fresh)
+			put_asm_buf(w, r);
+		else
+			put_reader(w, c); /* no-op if the teardown returned it */
+		return;
+	}
+	if (r != &fresh)
+		return;
+	uint32_t cap;
+	struct ws_reader *held = bufpool_get(&w->pool, sizeof *held, &cap);
+	if (held == NULL) {
+		put_asm_buf(w, r);
+		conn_abort(w, c);
+		return;
+	}
+	ASSERT(cap == ws_reader_pool_bytes());
+	*held = fresh;
+	c->ws = held;
 }
 
 /* ------------------------------------------------------------------ completions */
@@ -1023,6 +1121,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 		conn_abort(w, c);
 	} else if (res == -ENOBUFS) {
 		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
+		w->br_starved = true;
 	} else if (res != -ECANCELED) {
 		conn_abort(w, c);
 	}

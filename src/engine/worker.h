@@ -41,13 +41,19 @@
 
 #define RING_ENTRIES 4096u
 #define RECV_BUFFER_BYTES (16u * 1024u)
-#define RECV_BUFFER_COUNT 1024u /* per worker: 16 MiB, shared by all its connections */
+#define RECV_BUFFER_COUNT 1024u /* per worker: 16 MiB of address space, shared by all its connections */
+/* Buffers handed to the kernel at start. The ring doubles (to RECV_BUFFER_COUNT) after
+ * a loop iteration in which a receive found it empty, so a quiet relay touches a few
+ * hundred KiB of receive memory instead of 16 MiB: the kernel fills provided buffers
+ * round-robin, so every buffer in the ring gets used (and backed by RAM) in turn. */
+#define RECV_BUFFER_COUNT_INITIAL 64u
 #define RECV_BUFFER_GROUP 1
 #define LISTEN_BACKLOG 4096
 /* Connections still in the HTTP phase (not yet upgraded) are not counted against
  * --max-connections (reference §4.7); they get their own pool slots, bounded too. */
 #define HTTP_PHASE_CONNECTIONS_MAX 16384u
 #define HTTP_KEEPALIVE_REQUESTS_MAX 1000u
+#define HTTP_HEAD_BUF_INITIAL_BYTES 1024u /* first head buffer; grows to HTTP_HEAD_BYTES_MAX */
 #define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
 
 enum conn_state {
@@ -70,7 +76,7 @@ struct send_ctx;
 struct conn {
 	struct tw_node timer;
 	struct outq out;
-	struct ws_reader ws;
+	struct ws_reader *ws;    /* NULL at rest (between frames): see ws_input */
 	uint8_t *http_buf;
 	uint32_t http_cap;
 	uint32_t http_len;
@@ -98,18 +104,19 @@ struct conn {
 	uint16_t requests;        /* keep-alive requests served */
 	uint16_t peer_close_code; /* status of the peer's close frame, 0 if none */
 	uint16_t close_code;      /* first close frame we queued (ours or the echo) */
+	/* flags: one bit each, a connection slot is paid for by every idle connection */
 	uint8_t state;            /* enum conn_state */
 	uint8_t route;            /* enum http_route of the upgrade */
-	bool recv_armed;
-	bool send_inflight;
-	bool in_dirty;
-	bool in_ended;
-	bool ended_reported;
-	bool recv_paused;
-	bool counted;             /* holds a --max-connections slot */
-	bool wr_shut;
-	bool close_sent;          /* close_code is set */
-	bool zc_notif_pending;    /* a send_zc completed; its buffers are held until the notification */
+	bool recv_armed : 1;
+	bool send_inflight : 1;
+	bool in_dirty : 1;
+	bool in_ended : 1;
+	bool ended_reported : 1;
+	bool recv_paused : 1;
+	bool counted : 1;             /* holds a --max-connections slot */
+	bool wr_shut : 1;
+	bool close_sent : 1;          /* close_code is set */
+	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
 	struct peer_addr remote;
 	struct relay_conn relay;
@@ -138,6 +145,7 @@ struct worker_stats {
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
 	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
+	uint64_t recv_buffers; /* gauge: provided receive buffers handed to the ring so far */
 	uint64_t bytes_in;
 	uint64_t bytes_out;
 	uint64_t sends;
@@ -166,6 +174,8 @@ struct worker {
 	struct io_uring_buf_ring *br;
 	uint8_t *bufs;
 	uint32_t br_unadvanced;
+	uint32_t br_populated; /* buffers [0, br_populated) are in use by the ring */
+	bool br_starved;       /* a receive hit ENOBUFS this iteration */
 
 	struct conn *conns;
 	uint32_t conn_cap;

@@ -106,10 +106,10 @@ static void labelled(struct prom_out *o, const char *name, const char *help, enu
 }
 
 /* A per-worker counter: one sample per worker, labelled by its index. */
-static void per_worker(struct prom_out *o, const char *name, const char *help, const struct metrics_input *in,
-		       size_t offset)
+static void per_worker_typed(struct prom_out *o, const char *name, const char *help,
+			     const struct metrics_input *in, size_t offset, enum prom_type type)
 {
-	prom_family(o, name, help, PROM_COUNTER);
+	prom_family(o, name, help, type);
 	for (uint32_t i = 0; i < in->nworkers; i++) {
 		char id[12];
 		snprintf(id, sizeof id, "%u", i);
@@ -117,6 +117,18 @@ static void per_worker(struct prom_out *o, const char *name, const char *help, c
 		struct prom_label l = { "worker", id };
 		prom_sample(o, name, &l, 1, (double)STAT_GET(*field));
 	}
+}
+
+static void per_worker(struct prom_out *o, const char *name, const char *help, const struct metrics_input *in,
+		       size_t offset)
+{
+	per_worker_typed(o, name, help, in, offset, PROM_COUNTER);
+}
+
+static void per_worker_gauge(struct prom_out *o, const char *name, const char *help,
+			     const struct metrics_input *in, size_t offset)
+{
+	per_worker_typed(o, name, help, in, offset, PROM_GAUGE);
 }
 
 static void process_families(struct prom_out *o, const struct metrics_process *p)
@@ -252,6 +264,9 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 	per_worker(o, "pyrycode_relay_worker_recv_buffer_exhausted_total",
 		   "Multishot receives ended because the provided-buffer ring was empty (-ENOBUFS), per worker.", in,
 		   offsetof(struct worker_stats, recv_enobufs));
+	per_worker_gauge(o, "pyrycode_relay_worker_recv_buffers",
+			 "Provided receive buffers in the worker's ring (it starts small and doubles when a receive finds it empty).",
+			 in, offsetof(struct worker_stats, recv_buffers));
 }
 
 void metrics_render(struct prom_out *o, const struct metrics_input *in)
