@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -239,6 +240,42 @@ def test_connections_bounded(mrelay):
             c.close()
     # a fresh scrape works once the others are gone
     wait_until(lambda: metrics_conn(mrelay).request("GET", "/metrics", {"Connection": "close"}).status == 200, 5)
+
+
+RECV_BUFFERS = 'pyrycode_relay_worker_recv_buffers{worker="0"}'
+RECV_EXHAUSTED = 'pyrycode_relay_worker_recv_buffer_exhausted_total{worker="0"}'
+
+
+def test_receive_ring_starts_small_and_grows_under_a_burst(mrelay):
+    """The provided-buffer ring starts with 64 buffers (RECV_BUFFER_COUNT_INITIAL) and
+    doubles after a receive finds it empty. 300 connections made and sent their requests
+    while the relay is stopped: once it resumes, their receives are armed in one go and
+    each finds data at once, more than 64 buffers' worth. Every request is answered."""
+    s = scrape(mrelay)
+    assert s[RECV_BUFFERS] == 64 and s[RECV_EXHAUSTED] == 0
+    socks = []
+    os.kill(mrelay.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(300):  # the kernel completes the handshakes into the listen backlog
+            k = socket.create_connection(("127.0.0.1", mrelay.port), timeout=10)
+            socks.append(k)
+            k.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+    finally:
+        os.kill(mrelay.proc.pid, signal.SIGCONT)
+    try:
+        for k in socks:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = k.recv(4096)
+                assert chunk, "closed before answering"
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200 ")
+        after = scrape(mrelay)
+        assert after[RECV_EXHAUSTED] > 0
+        assert after[RECV_BUFFERS] in (128, 256, 512, 1024)
+    finally:
+        for k in socks:
+            k.close()
 
 
 def test_public_listener_has_no_metrics(mrelay):
