@@ -21,6 +21,7 @@
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
 #include "relay/relay.h"
+#include "ws/ws_handshake.h"
 
 #ifndef PYRELAY_VERSION
 #define PYRELAY_VERSION "dev"
@@ -81,6 +82,7 @@ struct metrics_thread {
 	const char *addr;
 	pthread_t tid;
 	bool started;
+	bool failed; /* set before the SIGTERM it sends main; read after joining */
 	char why[URING_WHY_BYTES];
 };
 
@@ -90,9 +92,21 @@ static void *metrics_thread(void *arg)
 	if (!metrics_server_run(t->m, t->why)) {
 		/* A listener that stops serving is a listener failure (reference §7.6). */
 		LOG_ERROR("listener failed", KV_STR("addr", t->addr), KV_STR("err", t->why));
+		__atomic_store_n(&t->failed, true, __ATOMIC_RELEASE);
 		kill(getpid(), SIGTERM);
 	}
 	return NULL;
+}
+
+/* RFC 6455 section 1.3's example key and accept: the loaded libcrypto's SHA-1 works
+ * before the first client depends on it (and its code is paged in at start, not by
+ * the first handshake). */
+static bool handshake_self_test(void)
+{
+	static const char key[] = "dGhlIHNhbXBsZSBub25jZQ==";
+	char accept[WS_ACCEPT_KEY_LEN + 1];
+	return ws_handshake_accept(span_make(key, sizeof key - 1), accept) &&
+	       strcmp(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0;
 }
 
 static double wall_clock_seconds(void)
@@ -171,6 +185,10 @@ int main(int argc, char **argv)
 		LOG_WARN("push off: this build has no FCM sender; push_wake requests are refused",
 			 KV_STR("env_var", "PYRYCODE_RELAY_FCM_CREDENTIALS"));
 
+	if (!handshake_self_test()) {
+		LOG_ERROR("refusing to start: SHA-1 self-test failed", KV_STR("fix", "check the BoringSSL libcrypto this binary loads"));
+		return CONFIG_EXIT_RUNTIME;
+	}
 	raise_fd_limit(cfg.max_connections);
 	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
 		 KV_STR("listen", cfg.insecure_listen));
@@ -211,7 +229,8 @@ int main(int argc, char **argv)
 	int sig = 0;
 	while (sigwait(&sigs, &sig) != 0) {
 	}
-	bool listener_failed = __atomic_load_n(&t.result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
+	bool listener_failed = __atomic_load_n(&t.result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL ||
+			       __atomic_load_n(&mt.failed, __ATOMIC_ACQUIRE);
 	if (!listener_failed)
 		LOG_INFO("shutdown signal received; draining");
 	/* A second signal is ignored (reference §7.6): it stays blocked and pending. */
@@ -227,6 +246,9 @@ int main(int argc, char **argv)
 	if (t.result == WORKER_EXIT_FATAL) {
 		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", t.why));
 		LOG_ERROR("listener error; draining");
+		exit_code = CONFIG_EXIT_RUNTIME;
+	} else if (mt.failed) {
+		LOG_ERROR("listener error; draining"); /* the metrics thread logged which */
 		exit_code = CONFIG_EXIT_RUNTIME;
 	} else if (t.result == WORKER_EXIT_DRAIN_INCOMPLETE) {
 		LOG_WARN("shutdown deadline exceeded; force-closed listeners");

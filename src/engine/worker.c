@@ -247,13 +247,16 @@ static void populate_buffers(struct worker *w, uint32_t count)
 
 static void publish_buffers(struct worker *w)
 {
-	if (w->br_starved) {
-		/* Bounded: at most log2(COUNT / COUNT_INITIAL) growth steps per worker. */
-		w->br_starved = false;
-		if (w->br_populated < RECV_BUFFER_COUNT) {
-			populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
-			STAT_SET(w->stats.recv_buffers, w->br_populated);
-		}
+	/* One starved iteration (a burst: many sockets readable at once) only delays some
+	 * receives by an iteration; starvation in RECV_STARVED_ITERATIONS_TO_GROW in a row
+	 * is demand, and doubles the ring. Bounded: at most log2(COUNT / COUNT_INITIAL)
+	 * growth steps per worker. */
+	w->br_starved_run = w->br_starved ? w->br_starved_run + 1 : 0;
+	w->br_starved = false;
+	if (w->br_starved_run >= RECV_STARVED_ITERATIONS_TO_GROW && w->br_populated < RECV_BUFFER_COUNT) {
+		w->br_starved_run = 0;
+		populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
+		STAT_SET(w->stats.recv_buffers, w->br_populated);
 	}
 	if (w->br_unadvanced) {
 		io_uring_buf_ring_advance(w->br, (int)w->br_unadvanced);

@@ -37,7 +37,7 @@ struct relay_slot {
 	bool gracing;
 	bool phones_paused;
 	uint8_t nphones;
-	struct conn *phones[RELAY_PHONES_PER_SERVER_MAX];
+	uint32_t phones[RELAY_PHONES_PER_SERVER_MAX]; /* [0, nphones): conn pool indexes */
 	uint32_t id_len;
 	uint32_t cid_len;  /* a phone's conn_id: client-<id>-<hex8> */
 	uint32_t wrap_len; /* its wrap prefix, {"conn_id":"<escaped conn_id>","frame": */
@@ -171,6 +171,12 @@ static void slot_maybe_free(struct relay_shard *s, struct relay_slot *sl)
 	*pp = sl->hnext;
 	s->nslots--;
 	free(sl);
+}
+
+static struct conn *slot_phone(struct worker *w, const struct relay_slot *sl, uint8_t i)
+{
+	ASSERT(i < sl->nphones);
+	return &w->conns[sl->phones[i]];
 }
 
 static struct span slot_id(const struct relay_slot *sl)
@@ -309,7 +315,7 @@ static void evict_phones(struct worker *w, struct relay_slot *sl, uint16_t code,
 	 * slot belongs to its new state at once (§4.2: removed from the registry, closed
 	 * outside the lock). */
 	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn *p = sl->phones[i];
+		struct conn *p = slot_phone(w, sl, i);
 		p->relay.slot = NULL;
 		p->relay.role = RELAY_ROLE_NONE;
 		STAT_DEC(w->relay->stats.phones);
@@ -318,7 +324,6 @@ static void evict_phones(struct worker *w, struct relay_slot *sl, uint16_t code,
 			conn_resume_recv(w, p);
 		}
 		conn_ws_close(w, p, code, reason);
-		sl->phones[i] = NULL;
 	}
 	sl->nphones = 0;
 	sl->phones_paused = false;
@@ -444,7 +449,7 @@ static void open_phone(struct worker *w, struct conn *c, const struct http_reque
 	c->relay.role = RELAY_ROLE_PHONE;
 	c->relay.epoch = sl->epoch;
 	c->relay.phone_index = sl->nphones;
-	sl->phones[sl->nphones++] = c;
+	sl->phones[sl->nphones++] = c->idx;
 	STAT_INC(s->stats.phones);
 	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_CLIENT][RELAY_OUT_ACCEPT]);
 	if (sl->phones_paused) {
@@ -474,7 +479,7 @@ static void pause_phones(struct worker *w, struct relay_slot *sl, bool pause)
 	if (pause)
 		STAT_INC(w->relay->stats.phone_pauses);
 	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn *p = sl->phones[i];
+		struct conn *p = slot_phone(w, sl, i);
 		if (pause) {
 			p->relay.flags |= RELAY_F_PAUSED;
 			conn_pause_recv(w, p);
@@ -527,11 +532,11 @@ static void phone_message(struct worker *w, struct conn *c, struct span data)
 		pause_phones(w, sl, true);
 }
 
-static struct conn *find_phone(struct relay_slot *sl, const struct json_str *id)
+static struct conn *find_phone(struct worker *w, struct relay_slot *sl, const struct json_str *id)
 {
 	/* Linear over <= 16 phones of this server-id only (§3.3 step 4, §4.3). */
 	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn *p = sl->phones[i];
+		struct conn *p = slot_phone(w, sl, i);
 		if (envelope_conn_id_eq(id->raw, id->has_escapes, phone_conn_id(p)))
 			return p;
 	}
@@ -568,7 +573,7 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 	case ENVELOPE_ROUTED:
 		break;
 	}
-	struct conn *p = find_phone(sl, &env.conn_id);
+	struct conn *p = find_phone(w, sl, &env.conn_id);
 	if (p == NULL) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_UNKNOWN_CONN_ID]);
 		LOG_WARN("binary_forwarder_unknown_conn_id", KV_SPAN("server_id", slot_id(sl)),
@@ -682,10 +687,10 @@ static void phone_end(struct worker *w, struct conn *c)
 	}
 	/* unregister: swap with the last (§4.3) */
 	uint8_t i = c->relay.phone_index;
-	ASSERT(i < sl->nphones && sl->phones[i] == c);
+	ASSERT(i < sl->nphones && sl->phones[i] == c->idx);
 	sl->phones[i] = sl->phones[--sl->nphones];
-	sl->phones[i]->relay.phone_index = i;
-	sl->phones[sl->nphones] = NULL;
+	if (i < sl->nphones)
+		slot_phone(w, sl, i)->relay.phone_index = i;
 	STAT_DEC(s->stats.phones);
 	LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(c)));
 	c->relay.slot = NULL;
