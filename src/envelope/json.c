@@ -9,6 +9,9 @@
 #include "envelope/json.h"
 
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define STACK_WORDS ((JSON_DEPTH_MAX + 63u) / 64u)
 
@@ -150,6 +153,41 @@ static size_t escape_len(const uint8_t *p, size_t n, size_t i)
 	}
 }
 
+#if defined(__SSE2__)
+/* Bit k set when byte k of the 16 at p is '"', '\\', a control byte or non-ASCII. */
+static inline uint32_t special16(const uint8_t *p)
+{
+	__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+	__m128i ctl_max = _mm_set1_epi8(0x1f);
+	__m128i q = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+	__m128i b = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+	__m128i c = _mm_cmpeq_epi8(_mm_max_epu8(v, ctl_max), ctl_max); /* unsigned v <= 0x1f */
+	return (uint32_t)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(q, b), c)) |
+	       (uint32_t)_mm_movemask_epi8(v); /* the top bit: >= 0x80 */
+}
+#endif
+
+/* From i, skip plain string content 16 (SSE2) or 8 bytes at a time; returns the index
+ * of the first byte that needs a look (or where fewer than 8 bytes remain). */
+static inline size_t skip_plain(const uint8_t *p, size_t n, size_t i)
+{
+#if defined(__SSE2__)
+	while (i + 16 <= n) {
+		uint32_t m = special16(p + i);
+		if (m)
+			return i + (size_t)__builtin_ctz(m);
+		i += 16;
+	}
+#endif
+	while (i + 8 <= n) {
+		uint64_t m = special8(p + i);
+		if (m)
+			return i + first_flagged(m);
+		i += 8;
+	}
+	return i;
+}
+
 static inline __attribute__((always_inline)) bool scan_string(const uint8_t *p, size_t n, size_t *pos,
 							      struct json_str *out)
 {
@@ -161,14 +199,7 @@ static inline __attribute__((always_inline)) bool scan_string(const uint8_t *p, 
 	start = ++i;
 	for (;;) {
 		/* jump to the next byte that is not plain ASCII string content */
-		while (i + 8 <= n) {
-			uint64_t m = special8(p + i);
-			if (m) {
-				i += first_flagged(m);
-				break;
-			}
-			i += 8;
-		}
+		i = skip_plain(p, n, i);
 		if (i >= n)
 			return false; /* unterminated */
 		uint8_t c = p[i];

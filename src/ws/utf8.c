@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "core/common.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define UTF8_CONT_LO 0x80u
 #define UTF8_CONT_HI 0xBFu
@@ -93,7 +96,15 @@ bool utf8_feed(uint32_t *state, const uint8_t *p, size_t n)
 	size_t i = 0;
 	while (i < n) {
 		if (s == UTF8_STATE_INIT) {
-			/* Text is mostly ASCII: skip whole words of it between code points. */
+			/* Text is mostly ASCII: skip whole vectors / words of it between code points. */
+#if defined(__SSE2__)
+			while (n - i >= 16) {
+				__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+				if (_mm_movemask_epi8(v))
+					break;
+				i += 16;
+			}
+#endif
 			while (n - i >= sizeof(uint64_t)) {
 				uint64_t w;
 				memcpy(&w, p + i, sizeof(w));

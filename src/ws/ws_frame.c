@@ -7,6 +7,9 @@
 
 #include "core/common.h"
 #include "ws/utf8.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define WS_B0_FIN 0x80u
 #define WS_B0_RSV 0x70u
@@ -156,7 +159,19 @@ void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset)
 		key[i] = mask_key[(offset + i) & 3u];
 
 	size_t i = 0;
-	if (n >= WS_MASK_WORD_MIN_BYTES) {
+#if defined(__SSE2__)
+	if (n >= 16) {
+		uint8_t k16[16];
+		for (size_t j = 0; j < sizeof k16; j++)
+			k16[j] = key[j & 3u];
+		__m128i kv = _mm_loadu_si128((const __m128i *)(const void *)k16);
+		for (; n - i >= 16; i += 16) {
+			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+			_mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(v, kv));
+		}
+	}
+#endif
+	if (n - i >= WS_MASK_WORD_MIN_BYTES) {
 		/* The key repeated twice in memory order, whatever the host's byte order. */
 		uint64_t k64;
 		memcpy(&k64, key, WS_MASK_KEY_BYTES);
@@ -168,7 +183,7 @@ void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset)
 			memcpy(p + i, &w, sizeof(w));
 		}
 	}
-	/* i is a multiple of 8 here, so key[i & 3] stays in phase. */
+	/* i is a multiple of 8 here (16 after the vector loop), so key[i & 3] stays in phase. */
 	for (; i < n; i++)
 		p[i] ^= key[i & 3u];
 }

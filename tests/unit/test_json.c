@@ -267,7 +267,7 @@ static void test_string_fast_path_offsets(void **state)
 
 	(void)state;
 	for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
-		for (size_t len = 0; len <= 24; len++) {
+		for (size_t len = 0; len <= 40; len++) { /* past the 8- and 16-byte fast paths */
 			for (size_t at = 0; at <= len; at++) {
 				size_t n = 0;
 				buf[n++] = '"';
