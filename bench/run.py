@@ -139,6 +139,10 @@ def scenario_list(quick: bool) -> list[Scenario]:
             out.append(Scenario("relay", b, p, size, "closed", None, d, w, win, src))
             out.append(Scenario("relay", b, p, size, "open", 0.5, d, w, 1, src))
             out.append(Scenario("relay", b, p, size, "open", 0.9, d, w, 1, src))
+            if size == 64:
+                # the machine's own latency floor at the same load: what the relay's
+                # open-loop tail is compared with (the kernel, the VM, the generator)
+                out.append(Scenario("raw", b, p, size, "open", 0.5, d, w, 1, src))
     out.append(Scenario("relay", 5000, 1, 0, "idle", None, 5.0, 0.0, src_ips=4))
     # TLS via HAProxy termination: the headline topology at every size, the
     # latency-bound 1x1, open loop at 64 B, and the idle cost per connection.
@@ -792,8 +796,13 @@ def targets(results: list[dict]) -> list[dict]:
         for r in results:
             if r["target"] == prefix and r["mode"] == "open" and r.get("load_fraction") == 0.5 and r.get("loadgen"):
                 p99 = r["loadgen"].get("lat_p99_us")
-                out.append({"goal": f"p99 round trip <= 1 ms at 50% of capacity, {r['name']}",
-                            "value": p99, "unit": "us", "met": None if p99 is None else p99 <= 1000})
+                g = {"goal": f"p99 round trip <= 1 ms at 50% of capacity, {r['name']}",
+                     "value": p99, "unit": "us", "met": None if p99 is None else p99 <= 1000}
+                # the same load through rawfwd: the floor this machine sets
+                raw = by.get("raw/" + r["name"].split("/", 1)[1])
+                if raw and raw["status"] == "ok" and raw.get("loadgen"):
+                    g["raw_p99_us"] = raw["loadgen"].get("lat_p99_us")
+                out.append(g)
     for r in results:
         if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None:
             v = r["memory"]["user_bytes_per_connection"]
@@ -852,6 +861,64 @@ def summary_table(results: list[dict]) -> str:
     w = [max(len(r[i]) for r in rows) for i in range(len(hdr))]
     return "\n".join("  ".join(c.ljust(w[i]) if i in (0, 11) else c.rjust(w[i]) for i, c in enumerate(r))
                      for r in rows)
+
+
+def fmt_k(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.0f}k" if v >= 10000 else f"{v:.0f}"
+
+
+def markdown(doc: dict) -> str:
+    """The tables of docs/benchmarks.md, from a results file (so the page shows the
+    data, not a transcription): goals, every scenario, memory per idle connection."""
+    res = doc["scenarios"]
+    out = ["| goal | result | |", "|---|---|---|"]
+    for t in doc["targets"]:
+        met = {True: "met", False: "not met", None: "not measured"}[t["met"]]
+        val = f"{t['value']:.1f} {t['unit']}" if t["value"] is not None else "-"
+        if t.get("raw_p99_us"):
+            val += f" (rawfwd at the same load: {t['raw_p99_us']:.1f} us)"
+        out.append(f"| {t['goal']} | {val} | {met} |")
+    out += ["", "| scenario | frames/s | p50 / p99 / p99.9 µs | server CPU | generator CPU | CPU-s / M frames | % of raw | status |",
+            "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in res:
+        if r["mode"] == "idle":
+            continue
+        js, der = r.get("loadgen") or {}, r.get("derived") or {}
+        cpu = der.get("server_cpu_util")
+        cpu_s = f"{100 * cpu:.0f}%" if cpu is not None else "-"
+        if der.get("haproxy_cpu_util") is not None:
+            cpu_s += f" + HAProxy {100 * der['haproxy_cpu_util']:.0f}%"
+        gen = f"{100 * der['loadgen_cpu_util']:.0f}%" if der.get("loadgen_cpu_util") is not None else "-"
+        cpm = der.get("combined_cpu_s_per_mframe", der.get("server_cpu_s_per_mframe"))
+        cpm_s = f"{cpm:.2f}" if cpm else "-"
+        if der.get("combined_cpu_s_per_mframe"):
+            cpm_s += f" ({der['server_cpu_s_per_mframe']:.2f} + {der['haproxy_cpu_s_per_mframe']:.2f})"
+        lat = "/".join(fmt_k(js.get(k)) for k in ("lat_p50_us", "lat_p99_us", "lat_p999_us"))
+        pct = f"{der['pct_of_raw_ceiling']:.0f}%" if der.get("pct_of_raw_ceiling") else ""
+        st = r["status"]
+        if st != "ok" and r.get("error"):
+            st += ": " + str(r["error"])
+        out.append(f"| `{r['name']}` | {fmt_k(der.get('frames_per_s'))} | {lat} | {cpu_s} | {gen} | {cpm_s} | {pct} | {st} |")
+    idle = [r for r in res if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None]
+    if idle:
+        out += ["", "| | " + " | ".join(f"{r['target']}, {r['connections']:,} connections" for r in idle) + " |",
+                "|---|" + "---:|" * len(idle)]
+
+        def row(label, f):
+            out.append(f"| {label} | " + " | ".join(f(r["memory"]) for r in idle) + " |")
+        mb = lambda v: f"{v / 1e6:.1f} MB"
+        row("relay RSS before -> all connected", lambda m: f"{mb(m['server_rss_bytes_before'])} -> {mb(m['server_rss_bytes_connected'])}")
+        row("relay user space per connection (delta / n)", lambda m: f"**{m['user_bytes_per_connection']:,.0f} B**")
+        row("relay user space, marginal (ramp slope)", lambda m: f"{m['user_bytes_per_connection_marginal']:,.0f} B"
+            if m.get("user_bytes_per_connection_marginal") is not None else "-")
+        row("HAProxy user space per connection", lambda m: f"{m['haproxy_user_bytes_per_connection']:,.0f} B"
+            if m.get("haproxy_user_bytes_per_connection") is not None else "-")
+        row("kernel slab per socket (machine-wide delta / sockets)",
+            lambda m: f"{m['kernel_slab_bytes_per_socket']:,.0f} B ({m['sockets_on_machine']:,} sockets)")
+        row("kernel TCP buffer pages (`sockstat mem`)", lambda m: f"{m['kernel_tcp_mem_bytes_delta']:,} B")
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------
@@ -1048,12 +1115,17 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="print the scenario names and exit")
     ap.add_argument("--replot", metavar="JSON", help="redraw the charts and the table of a results "
                     "file, run nothing")
+    ap.add_argument("--markdown", metavar="JSON", help="print the docs/benchmarks.md tables of a results "
+                    "file and exit")
     ap.add_argument("--build", default=str(REPO / "build" / "gcc"), help="where the binaries are")
     ap.add_argument("--relay", help="relay binary (default BUILD/pyrycode-relay)")
     ap.add_argument("--loadgen", help="load generator (default BUILD/loadgen)")
     ap.add_argument("--rawfwd", help="raw forwarder (default BUILD/rawfwd)")
     args = ap.parse_args()
 
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     if args.replot:
         path = Path(args.replot)
         doc = json.loads(path.read_text())
@@ -1151,7 +1223,8 @@ def main() -> int:
         for t in doc["targets"]:
             met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
             val = f"{t['value']:.1f} {t['unit']}" if t["value"] is not None else "-"
-            print(f"  goal: {t['goal']}: {val} ({met})")
+            floor = f"; rawfwd at the same load: {t['raw_p99_us']:.1f} us" if t.get("raw_p99_us") else ""
+            print(f"  goal: {t['goal']}: {val} ({met}){floor}")
         print(f"\nbench: wrote {json_path}" + "".join(f", {c}" for c in doc["charts"]))
         if any(r["status"] == "failed" for r in results):
             rc = 1
