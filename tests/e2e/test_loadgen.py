@@ -24,8 +24,8 @@ from relayctl import REPO_ROOT, free_port, unique_id
 LOADGEN_TIMEOUT_S = 30.0  # loadgen stops by itself after ~3 s; this only guards a hang
 RAWFWD_READY_TIMEOUT_S = 5.0
 RAWFWD_STOP_TIMEOUT_S = 5.0
-RUN_ARGS = ["--mode", "closed", "--window", "1", "--warmup", "0.3", "--duration", "2", "--drain", "2",
-            "--connect-timeout", "10", "--quiet"]
+TIME_ARGS = ["--warmup", "0.3", "--duration", "2", "--drain", "2", "--connect-timeout", "10", "--quiet"]
+RUN_ARGS = ["--mode", "closed", "--window", "1", *TIME_ARGS]
 SHAPES = [(1, 2), (10, 2)]  # (binaries, phones per binary)
 
 
@@ -48,9 +48,9 @@ def rawfwd_bin(relay_bin) -> str:
     return _tool("rawfwd", "RAWFWD_BIN", relay_bin)
 
 
-def run_loadgen(loadgen: str, url: str, binaries: int, phones: int, extra=()) -> dict:
+def run_loadgen(loadgen: str, url: str, binaries: int, phones: int, extra=(), base=RUN_ARGS) -> dict:
     argv = [loadgen, "--url", url, "--binaries", str(binaries), "--phones", str(phones),
-            "--server-prefix", unique_id("lg") + "-", *RUN_ARGS, *extra]
+            "--server-prefix", unique_id("lg") + "-", *base, *extra]
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=LOADGEN_TIMEOUT_S)
     err = p.stderr.decode("utf-8", "replace")
     lines = [l for l in p.stdout.decode("utf-8", "replace").splitlines() if l.startswith("{")]
@@ -122,3 +122,18 @@ def test_loadgen_through_rawfwd(rawfwd, loadgen_bin, binaries, phones):
     js = run_loadgen(loadgen_bin, f"tcp://127.0.0.1:{rawfwd}", binaries, phones, extra=["--raw"])
     check_result(js, binaries, phones)
     assert js["transport"] == "raw"
+
+
+def test_open_loop_overload_is_latency_not_errors(relay_factory, loadgen_bin):
+    """Open loop far beyond capacity (16 KiB frames at 500,000/s from one phone): the
+    generator holds due frames back while 1 MiB of them is unanswered, instead of putting
+    more than the relay's 4 MiB per-phone delivery budget in flight (which gets a phone
+    closed with 1011). The overload shows as held frames and latency, not as errors."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    js = run_loadgen(loadgen_bin, f"ws://{relay.host}:{relay.port}", 1, 1,
+                     extra=["--mode", "open", "--rate", "500000", "--size", "16384"], base=TIME_ARGS)
+    assert js["connections"] == js["connections_target"] == 2, js
+    for k in ("errors", "errors_closed", "lost", "reordered", "corrupted"):
+        assert js[k] == 0, (k, js)
+    assert js["frames_p2b"] > 0 and js["round_trips"] > 0 and js["open_held"] > 0, js
+    assert js["open_backlog_max"] > 1000, js  # 8 GB/s of frames cannot all go out

@@ -45,6 +45,13 @@
 #define LG_OUT_HALF_BYTES_MIN (16u * 1024u)
 #define LG_BINARY_OUT_HALF_BYTES_MIN (256u * 1024u)
 #define LG_PHONE_OUT_FRAMES_MAX 64u          /* frames a phone may batch per send */
+/* Open loop: a phone holds back due frames while this many bytes of its frames are
+ * unanswered. After a stall (the generator descheduled, a GC-like pause of the host)
+ * catching up at once would put more than the relay's 4 MiB per-phone delivery budget
+ * in flight and get the phone closed with 1011: a generator artefact, not the relay's
+ * behaviour under the offered load. Held frames stay late, and their latency still
+ * counts from the intended time. */
+#define LG_OPEN_INFLIGHT_BYTES_MAX (1024u * 1024u)
 #define LG_CTRL_RESERVE_BYTES 512u           /* room kept for pong/close frames */
 #define LG_CONNECT_CONCURRENCY_DEFAULT 256u
 #define LG_CONNECT_CONCURRENCY_MAX 65536u
@@ -166,6 +173,7 @@ struct lg_stats {
 	uint64_t pings_answered;
 	uint64_t close_notices;
 	uint64_t open_behind_max_frames; /* open loop: worst backlog of due frames seen */
+	uint64_t open_held;              /* open loop: times a phone held due frames (in-flight cap) */
 	uint64_t send_lag_max_ns;        /* open loop: worst (queued - intended) in the window */
 	uint64_t loop_max_ns;            /* longest loop iteration (our own work) in the window */
 	struct lg_code_count close_codes[LG_CODES_TRACKED];

@@ -424,9 +424,15 @@ static void phone_pump(struct conn *c)
 			if (!phone_emit(c, g.now_ns))
 				break;
 	} else if (g.cfg.mode == LG_MODE_OPEN) {
-		while (c->next_seq < c->due_seq && c->state == CS_OPEN)
+		uint64_t inflight_max = MAX(1u, LG_OPEN_INFLIGHT_BYTES_MAX / g.cfg.size_bytes);
+		while (c->next_seq < c->due_seq && c->state == CS_OPEN) {
+			if (c->next_seq - c->expect_seq >= inflight_max) {
+				g.st.open_held++;
+				break;
+			}
 			if (!phone_emit(c, open_intended_ns(open_k(c, c->next_seq))))
 				break;
+		}
 		if (c->due_seq > c->next_seq && c->due_seq - c->next_seq > g.st.open_behind_max_frames)
 			g.st.open_behind_max_frames = c->due_seq - c->next_seq;
 	}

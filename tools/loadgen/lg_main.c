@@ -530,8 +530,10 @@ static void report(void)
 		fprintf(stderr, "  throughput    %.0f round trips/s   phone->binary %.0f frames/s   binary->phone %.0f frames/s   %.2f MB/s\n",
 			rt_s, p2b_s, b2p_s, mb_s);
 		if (c->mode == LG_MODE_OPEN)
-			fprintf(stderr, "  open loop     sent %.0f frames/s of %.0f intended (worst per-phone backlog %llu frames)\n",
-				achieved, c->rate_per_s, (unsigned long long)s->open_behind_max_frames);
+			fprintf(stderr, "  open loop     sent %.0f frames/s of %.0f intended (worst per-phone backlog %llu frames, "
+				"held back at the in-flight cap %llu times)\n",
+				achieved, c->rate_per_s, (unsigned long long)s->open_behind_max_frames,
+				(unsigned long long)s->open_held);
 		fprintf(stderr, "  generator     longest loop iteration %.0f us%s", (double)s->loop_max_ns / 1e3,
 			c->mode == LG_MODE_OPEN ? "" : "\n");
 		if (c->mode == LG_MODE_OPEN)
@@ -571,7 +573,7 @@ static void report(void)
 	       "\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,"
 	       "\"errors\":%llu,\"errors_connect\":%llu,\"errors_handshake\":%llu,\"errors_register\":%llu,"
 	       "\"errors_closed\":%llu,\"errors_protocol\":%llu,\"lost\":%llu,\"reordered\":%llu,\"corrupted\":%llu,"
-	       "\"pings_answered\":%llu,\"close_notices\":%llu,\"open_backlog_max\":%llu,"
+	       "\"pings_answered\":%llu,\"close_notices\":%llu,\"open_backlog_max\":%llu,\"open_held\":%llu,"
 	       "\"send_lag_max_us\":%.1f,\"loop_max_us\":%.1f,\"ok\":%s}\n",
 	       mode_name(), transport_name(), c->url, c->binaries, c->phones_per_binary, ready, g.conns_n,
 	       c->size_bytes, c->mode == LG_MODE_CLOSED ? c->window : 0,
@@ -584,7 +586,8 @@ static void report(void)
 	       (unsigned long long)s->errors_closed, (unsigned long long)s->errors_protocol,
 	       (unsigned long long)s->lost, (unsigned long long)s->reordered, (unsigned long long)s->corrupted,
 	       (unsigned long long)s->pings_answered, (unsigned long long)s->close_notices,
-	       (unsigned long long)s->open_behind_max_frames, (double)s->send_lag_max_ns / 1e3,
+	       (unsigned long long)s->open_behind_max_frames, (unsigned long long)s->open_held,
+	       (double)s->send_lag_max_ns / 1e3,
 	       (double)s->loop_max_ns / 1e3, ok ? "true" : "false");
 	fflush(stdout);
 }
