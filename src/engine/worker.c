@@ -248,13 +248,16 @@ static void populate_buffers(struct worker *w, uint32_t count)
 static void publish_buffers(struct worker *w)
 {
 	/* One starved iteration (a burst: many sockets readable at once) only delays some
-	 * receives by an iteration; starvation in RECV_STARVED_ITERATIONS_TO_GROW in a row
-	 * is demand, and doubles the ring. Bounded: at most log2(COUNT / COUNT_INITIAL)
+	 * receives by an iteration; starvation in RECV_STARVED_ITERATIONS_TO_GROW of the
+	 * last RECV_STARVED_WINDOW_ITERATIONS is demand (many connections whose data keeps
+	 * arriving together: every other iteration starved is as much demand as every
+	 * one), and doubles the ring. Bounded: at most log2(COUNT / COUNT_INITIAL)
 	 * growth steps per worker. */
-	w->br_starved_run = w->br_starved ? w->br_starved_run + 1 : 0;
+	w->br_starved_hist = (w->br_starved_hist << 1) | (w->br_starved ? 1u : 0u);
 	w->br_starved = false;
-	if (w->br_starved_run >= RECV_STARVED_ITERATIONS_TO_GROW && w->br_populated < RECV_BUFFER_COUNT) {
-		w->br_starved_run = 0;
+	if (__builtin_popcount(w->br_starved_hist & RECV_STARVED_WINDOW_MASK) >= RECV_STARVED_ITERATIONS_TO_GROW &&
+	    w->br_populated < RECV_BUFFER_COUNT) {
+		w->br_starved_hist = 0;
 		populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
 		STAT_SET(w->stats.recv_buffers, w->br_populated);
 	}
@@ -793,6 +796,24 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 	return true;
 }
 
+/* Replace *buf (NULL or a pool buffer of *cap bytes whose first `keep` bytes matter)
+ * with a pool buffer of at least `want` bytes holding those bytes. False, with *buf
+ * untouched, when the pool refuses. */
+static bool pool_regrow(struct worker *w, uint8_t **buf, uint32_t *cap, uint32_t keep, size_t want)
+{
+	uint32_t ncap;
+	uint8_t *nb = bufpool_get(&w->pool, want, &ncap);
+	if (nb == NULL)
+		return false;
+	if (*buf) {
+		memcpy(nb, *buf, keep);
+		bufpool_put(&w->pool, *buf, *cap);
+	}
+	*buf = nb;
+	*cap = ncap;
+	return true;
+}
+
 /* Make room for `need` head bytes: the buffer starts at HTTP_HEAD_BUF_INITIAL_BYTES
  * (an upgrade request is a few hundred bytes) and doubles up to HTTP_HEAD_BYTES_MAX, so
  * the handshakes in flight hold kilobytes, not 16 KiB each. */
@@ -801,17 +822,7 @@ static bool grow_http_buf(struct worker *w, struct conn *c, size_t need)
 	ASSERT(need <= HTTP_HEAD_BYTES_MAX);
 	size_t want = MAX(MAX(need, (size_t)c->http_cap * 2), (size_t)HTTP_HEAD_BUF_INITIAL_BYTES);
 	want = MIN(want, (size_t)HTTP_HEAD_BYTES_MAX);
-	uint32_t cap;
-	uint8_t *nb = bufpool_get(&w->pool, want, &cap);
-	if (nb == NULL)
-		return false;
-	if (c->http_buf) {
-		memcpy(nb, c->http_buf, c->http_len);
-		bufpool_put(&w->pool, c->http_buf, c->http_cap);
-	}
-	c->http_buf = nb;
-	c->http_cap = cap;
-	return true;
+	return pool_regrow(w, &c->http_buf, &c->http_cap, c->http_len, want);
 }
 
 static void http_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
@@ -890,17 +901,7 @@ static bool grow_asm(struct worker *w, struct ws_reader *r, size_t need)
 	want = MAX(want, need);
 	if (want > BUFPOOL_CLASS_MAX_BYTES)
 		return false;
-	uint32_t cap;
-	uint8_t *nb = bufpool_get(&w->pool, want, &cap);
-	if (nb == NULL)
-		return false;
-	if (r->asm_buf) {
-		memcpy(nb, r->asm_buf, r->asm_len);
-		bufpool_put(&w->pool, r->asm_buf, r->asm_cap);
-	}
-	r->asm_buf = nb;
-	r->asm_cap = cap;
-	return true;
+	return pool_regrow(w, &r->asm_buf, &r->asm_cap, r->asm_len, want);
 }
 
 static void release_asm_if_idle(struct worker *w, struct ws_reader *r)

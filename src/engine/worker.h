@@ -43,12 +43,14 @@
 #define RECV_BUFFER_BYTES (16u * 1024u)
 #define RECV_BUFFER_COUNT 1024u /* per worker: 16 MiB of address space, shared by all its connections */
 /* Buffers handed to the kernel at start. The ring doubles (to RECV_BUFFER_COUNT) after
- * RECV_STARVED_ITERATIONS_TO_GROW loop iterations in a row in which a receive found it
- * empty, so a quiet relay touches a few
+ * RECV_STARVED_ITERATIONS_TO_GROW of the last RECV_STARVED_WINDOW_ITERATIONS loop
+ * iterations had a receive find it empty, so a quiet relay touches a few
  * hundred KiB of receive memory instead of 16 MiB: the kernel fills provided buffers
  * round-robin, so every buffer in the ring gets used (and backed by RAM) in turn. */
 #define RECV_BUFFER_COUNT_INITIAL 64u
-#define RECV_STARVED_ITERATIONS_TO_GROW 2u
+#define RECV_STARVED_ITERATIONS_TO_GROW 2u /* ... within the last RECV_STARVED_WINDOW_ITERATIONS */
+#define RECV_STARVED_WINDOW_ITERATIONS 4u
+#define RECV_STARVED_WINDOW_MASK ((1u << RECV_STARVED_WINDOW_ITERATIONS) - 1u)
 #define RECV_BUFFER_GROUP 1
 #define LISTEN_BACKLOG 4096
 /* Connections still in the HTTP phase (not yet upgraded) are not counted against
@@ -178,7 +180,7 @@ struct worker {
 	uint32_t br_unadvanced;
 	uint32_t br_populated; /* buffers [0, br_populated) are in use by the ring */
 	bool br_starved;       /* a receive hit ENOBUFS this iteration */
-	uint32_t br_starved_run; /* consecutive iterations that were starved */
+	uint32_t br_starved_hist; /* bit i: the iteration i back was starved */
 
 	struct conn *conns;
 	uint32_t conn_cap;
