@@ -998,6 +998,12 @@ def charts(results: list[dict], stem: Path) -> list[str]:
                                 label=f"{t} {b}x{p} p99")
                 ax.plot(xs, [r["loadgen"].get("lat_p50_us") for r in rs], ls, marker=".", alpha=0.5,
                         color=line.get_color(), label=f"{t} {b}x{p} p50")
+            # the machine's floor: rawfwd's p99 at 50% of its own capacity
+            for r in ok:
+                if (r["target"] == "raw" and r["mode"] == "open" and r["size_bytes"] == s and r.get("loadgen")
+                        and r["status"] == "ok" and r["loadgen"].get("lat_p99_us")):
+                    ax.plot([100 * r["load_fraction"]], [r["loadgen"]["lat_p99_us"]], "x", color="#555555",
+                            markersize=9, label=f"rawfwd {r['binaries']}x{r['phones_per_binary']} p99")
             ax.set_xlim(40, 105)
             ax.axhline(1000, color="k", lw=0.8, ls=":")
             ax.set_yscale("log")
