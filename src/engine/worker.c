@@ -255,7 +255,7 @@ static void publish_buffers(struct worker *w)
 	 * growth steps per worker. */
 	w->br_starved_hist = (w->br_starved_hist << 1) | (w->br_starved ? 1u : 0u);
 	w->br_starved = false;
-	if (__builtin_popcount(w->br_starved_hist & RECV_STARVED_WINDOW_MASK) >= RECV_STARVED_ITERATIONS_TO_GROW &&
+	if ((unsigned)__builtin_popcount(w->br_starved_hist & RECV_STARVED_WINDOW_MASK) >= RECV_STARVED_ITERATIONS_TO_GROW &&
 	    w->br_populated < RECV_BUFFER_COUNT) {
 		w->br_starved_hist = 0;
 		populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
