@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "engine/net.h"
 #include "http/http_parse.h"
@@ -63,13 +64,6 @@ struct metrics_server {
 	char *body; /* METRICS_BODY_BYTES_MAX scratch for one exposition */
 	struct mconn conns[METRICS_CONNECTIONS_MAX];
 };
-
-static uint64_t monotonic_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ------------------------------------------------------------------ /proc */
 
