@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "rng.h"
+
 #include "engine/bufpool.h"
 
 #define BIG_BUDGET (UINT64_C(1) << 40)
@@ -21,22 +23,6 @@
 #define FUZZ_ROUNDS 20000
 #define FUZZ_LIVE_MAX 64
 #define FUZZ_BUDGET (UINT64_C(3) * 1024 * 1024)
-
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	/* splitmix64: fixed seed, same sequence on every run and compiler */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rng_below(uint64_t n)
-{
-	return rng_next() % n;
-}
 
 /* The class a request must land in, computed independently of bufpool.c. */
 static uint32_t expected_cap(size_t bytes)

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "rng.h"
+
 #include "engine/outq.h"
 
 #define BIG_BUDGET (UINT64_C(1) << 40)
@@ -25,21 +27,6 @@
 #define FUZZ_ROUNDS 6000
 #define FUZZ_BUDGET (UINT64_C(1024) * 1024)
 #define ITEMS_MAX 100000
-
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rng_below(uint64_t n)
-{
-	return rng_next() % n;
-}
 
 /* Deterministic content: byte i of the whole stream is a function of i. */
 static uint8_t stream_byte(uint64_t i)

@@ -19,6 +19,8 @@
 
 #include <cmocka.h>
 
+#include "rng.h"
+
 #include "engine/timer_wheel.h"
 
 #define ROTATION_MS ((uint64_t)TIMER_WHEEL_SLOTS * TIMER_WHEEL_TICK_MS)
@@ -51,21 +53,6 @@ struct fire_log {
 	bool resched_self;
 	uint64_t resched_self_delta;
 };
-
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rng_below(uint64_t n)
-{
-	return rng_next() % n;
-}
 
 static uint64_t ceil_tick_ms(uint64_t ms)
 {
