@@ -3,7 +3,7 @@
  * the kernel accepts, and provided-buffer rings (liburing 2.3 lacks
  * io_uring_setup_buf_ring, so we write it here against the kernel ABI).
  *
- * Contract: called at start-up only (control plane). Errors come back as a message
+ * Contract: called at start-up only (control plane), except uring_get_sqe. Errors come back as a message
  * naming the cause and the fix; the caller logs it and exits 1.
  */
 #ifndef PYRELAY_URING_H
@@ -25,6 +25,20 @@ struct uring_features {
 };
 
 #define URING_WHY_BYTES 256
+
+/* An SQE from `ring`; when the submission queue is full, what it holds is submitted
+ * first (bounded: the submit empties the queue), so this never fails. The one hot-path
+ * helper here: every ring of the relay and of its tools takes SQEs this way. */
+static inline struct io_uring_sqe *uring_get_sqe(struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	if (sqe == NULL) {
+		(void)io_uring_submit(ring);
+		sqe = io_uring_get_sqe(ring);
+	}
+	ASSERT(sqe != NULL);
+	return sqe;
+}
 
 /* user_data of every SQE: operation (8 bits), slot generation (24 bits), slot index
  * (32 bits). A completion for a slot that was freed and reused carries an old

@@ -176,15 +176,7 @@ void worker_stop(struct worker *w)
 
 static struct io_uring_sqe *get_sqe(struct worker *w)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-	if (sqe == NULL) {
-		/* SQ full: push what we have to the kernel and try again (bounded: the
-		 * submit frees the whole queue). */
-		io_uring_submit(&w->ring);
-		sqe = io_uring_get_sqe(&w->ring);
-	}
-	ASSERT(sqe != NULL);
-	return sqe;
+	return uring_get_sqe(&w->ring);
 }
 
 static void arm_accept(struct worker *w)

@@ -189,15 +189,7 @@ void metrics_server_stop(struct metrics_server *m)
 
 static struct io_uring_sqe *get_sqe(struct metrics_server *m)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
-	if (sqe == NULL) {
-		/* Bounded: at most a few SQEs per connection per iteration, and the ring
-		 * holds more than all of them; submitting frees the queue either way. */
-		io_uring_submit(&m->ring);
-		sqe = io_uring_get_sqe(&m->ring);
-	}
-	ASSERT(sqe != NULL);
-	return sqe;
+	return uring_get_sqe(&m->ring);
 }
 
 static void arm_accept(struct metrics_server *m)

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "lg.h"
+#include "engine/uring.h"
 #include "rawproto.h"
 #include "ws/ws_frame.h"
 #include "ws/ws_handshake.h"
@@ -37,7 +38,7 @@
 #endif
 
 enum { OP_CONNECT = 1, OP_RECV = 2, OP_SEND = 3 };
-#define UD(c, op) ((uint64_t)(c)->idx << 4 | (uint64_t)(op))
+#define LG_UD(c, op) ((uint64_t)(c)->idx << 4 | (uint64_t)(op))
 #define DRAIN_CHECK_NS (5ull * 1000 * 1000)
 #define FIRST_ERRORS_PRINTED_MAX 5u
 
@@ -115,13 +116,7 @@ static void count_code(struct lg_code_count *t, uint32_t code)
 
 static struct io_uring_sqe *get_sqe(void)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&g.ring);
-	if (sqe == NULL) {
-		(void)io_uring_submit(&g.ring);
-		sqe = io_uring_get_sqe(&g.ring);
-	}
-	ASSERT(sqe != NULL);
-	return sqe;
+	return uring_get_sqe(&g.ring);
 }
 
 static struct conn *phone_conn(uint32_t phone)
@@ -260,7 +255,7 @@ static void conn_start(struct conn *c)
 	g.handshakes_inflight++;
 	struct io_uring_sqe *sqe = get_sqe();
 	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&g.cfg.addr, g.cfg.addr_len);
-	io_uring_sqe_set_data64(sqe, UD(c, OP_CONNECT));
+	io_uring_sqe_set_data64(sqe, LG_UD(c, OP_CONNECT));
 }
 
 static void arm_recv(struct conn *c)
@@ -275,7 +270,7 @@ static void arm_recv(struct conn *c)
 		io_uring_prep_recv(sqe, c->fd, c->rx, LG_RECV_CHUNK_BYTES, 0);
 	else
 		io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
-	io_uring_sqe_set_data64(sqe, UD(c, OP_RECV));
+	io_uring_sqe_set_data64(sqe, LG_UD(c, OP_RECV));
 	c->recv_armed = true;
 }
 
@@ -284,7 +279,7 @@ static void submit_send(struct conn *c)
 	ASSERT(c->wire_off < c->wire_len);
 	struct io_uring_sqe *sqe = get_sqe();
 	io_uring_prep_send(sqe, c->fd, c->wire + c->wire_off, c->wire_len - c->wire_off, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, UD(c, OP_SEND));
+	io_uring_sqe_set_data64(sqe, LG_UD(c, OP_SEND));
 	c->send_inflight = true;
 }
 

@@ -130,13 +130,7 @@ static uint64_t ud(const struct rconn *c, int op)
 
 static struct io_uring_sqe *get_sqe(void)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&R.ring);
-	if (sqe == NULL) {
-		(void)io_uring_submit(&R.ring);
-		sqe = io_uring_get_sqe(&R.ring);
-	}
-	ASSERT(sqe != NULL);
-	return sqe;
+	return uring_get_sqe(&R.ring);
 }
 
 static void *map_bytes(size_t n)
