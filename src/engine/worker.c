@@ -241,14 +241,13 @@ static void publish_buffers(struct worker *w)
 	 * arriving together: every other iteration starved is as much demand as every
 	 * one), and doubles the ring. Bounded: at most log2(COUNT / COUNT_INITIAL)
 	 * growth steps per worker. */
-	w->br_starved_hist = (w->br_starved_hist << 1) | (w->br_starved ? 1u : 0u);
-	w->br_starved = false;
 	if ((unsigned)__builtin_popcount(w->br_starved_hist & RECV_STARVED_WINDOW_MASK) >= RECV_STARVED_ITERATIONS_TO_GROW &&
 	    w->br_populated < RECV_BUFFER_COUNT) {
 		w->br_starved_hist = 0;
 		populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
 		STAT_SET(w->stats.recv_buffers, w->br_populated);
 	}
+	w->br_starved_hist <<= 1; /* bit 0 is now the iteration about to run */
 	if (w->br_unadvanced) {
 		io_uring_buf_ring_advance(w->br, (int)w->br_unadvanced);
 		w->br_unadvanced = 0;
@@ -1113,7 +1112,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 		conn_abort(w, c);
 	} else if (res == -ENOBUFS) {
 		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
-		w->br_starved = true;
+		w->br_starved_hist |= 1u;
 	} else if (res != -ECANCELED) {
 		conn_abort(w, c);
 	}

@@ -179,8 +179,7 @@ struct worker {
 	uint8_t *bufs;
 	uint32_t br_unadvanced;
 	uint32_t br_populated; /* buffers [0, br_populated) are in use by the ring */
-	bool br_starved;       /* a receive hit ENOBUFS this iteration */
-	uint32_t br_starved_hist; /* bit i: the iteration i back was starved */
+	uint32_t br_starved_hist; /* bit i: a receive hit ENOBUFS in the iteration i back (0: this one) */
 
 	struct conn *conns;
 	uint32_t conn_cap;
