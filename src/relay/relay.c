@@ -39,14 +39,17 @@ struct relay_slot {
 	uint8_t nphones;
 	uint32_t phones[RELAY_PHONES_PER_SERVER_MAX]; /* [0, nphones): conn pool indexes */
 	uint32_t id_len;
-	uint32_t cid_len;  /* a phone's conn_id: client-<id>-<hex8> */
-	uint32_t wrap_len; /* its wrap prefix, {"conn_id":"<escaped conn_id>","frame": */
-	/* id, then the conn_id and the wrap prefix with the phone's 8 hex digits left out
-	 * (they are the last 8 bytes of the conn_id and sit at wrap_hex_off in the prefix):
-	 * built once per server-id, so a phone holds no buffer of its own. */
-	uint32_t wrap_hex_off;
-	uint8_t id[];
+	uint32_t wrap_len;
+	/* The phones' conn_id, client-<id>-<hex8> (the server-id is inside it), then its
+	 * wrap prefix {"conn_id":"<escaped conn_id>","frame": ; built once per server-id,
+	 * so a phone holds only its 8 hex digits (the conn_id's last 8 bytes, never
+	 * escaped, so also the 8 bytes before the prefix's tail). */
+	uint8_t bytes[];
 };
+
+#define PHONE_CID_PREFIX "client-"
+#define PHONE_CID_PREFIX_LEN (sizeof PHONE_CID_PREFIX - 1)
+#define WRAP_TAIL_LEN (sizeof ENVELOPE_WRAP_PREFIX_TAIL - 1)
 
 struct relay_shard {
 	struct worker *w;
@@ -78,7 +81,7 @@ static struct relay_slot *slot_find(struct relay_shard *s, struct span id)
 {
 	uint64_t h = id_hash(s, id);
 	for (struct relay_slot *sl = s->buckets[h & (s->nbuckets - 1)]; sl; sl = sl->hnext) {
-		if (sl->hash == h && sl->id_len == id.len && memcmp(sl->id, id.ptr, id.len) == 0)
+		if (sl->hash == h && sl->id_len == id.len && memcmp(sl->bytes + PHONE_CID_PREFIX_LEN, id.ptr, id.len) == 0)
 			return sl;
 	}
 	return NULL;
@@ -106,33 +109,44 @@ static void table_grow(struct relay_shard *s)
 
 #define SLOT_BUILD_STACK_BYTES 1024u
 
-static uint8_t *slot_cid(struct relay_slot *sl)
+static size_t cid_len_for(size_t id_len)
 {
-	return sl->id + sl->id_len;
+	return PHONE_CID_PREFIX_LEN + id_len + 1 + RELAY_CONN_HEX_LEN;
+}
+
+static uint32_t slot_cid_len(const struct relay_slot *sl)
+{
+	return (uint32_t)cid_len_for(sl->id_len);
 }
 
 static uint8_t *slot_wrap(struct relay_slot *sl)
 {
-	return sl->id + sl->id_len + sl->cid_len;
+	return sl->bytes + slot_cid_len(sl);
+}
+
+/* Where the phone's hex digits go in the wrap prefix. */
+static uint32_t slot_wrap_hex_off(const struct relay_slot *sl)
+{
+	return sl->wrap_len - (uint32_t)WRAP_TAIL_LEN - RELAY_CONN_HEX_LEN;
 }
 
 static struct relay_slot *slot_create(struct relay_shard *s, struct span id)
 {
 	/* The phones' conn_id with placeholder hex, and its wrap prefix (escaping makes
 	 * its length known only once written: build, then copy into the slot). */
-	size_t cid_len = sizeof "client-" - 1 + id.len + 1 + RELAY_CONN_HEX_LEN;
+	size_t cid_len = cid_len_for(id.len);
 	size_t wrap_max = ENVELOPE_WRAP_PREFIX_LEN_MAX(cid_len);
 	uint8_t stack[SLOT_BUILD_STACK_BYTES];
 	uint8_t *tmp = cid_len + wrap_max <= sizeof stack ? stack : malloc(cid_len + wrap_max);
 	if (tmp == NULL)
 		return NULL;
-	memcpy(tmp, "client-", 7);
-	memcpy(tmp + 7, id.ptr, id.len);
-	tmp[7 + id.len] = '-';
-	memset(tmp + 8 + id.len, '0', RELAY_CONN_HEX_LEN);
+	memcpy(tmp, PHONE_CID_PREFIX, PHONE_CID_PREFIX_LEN);
+	memcpy(tmp + PHONE_CID_PREFIX_LEN, id.ptr, id.len);
+	tmp[PHONE_CID_PREFIX_LEN + id.len] = '-';
+	memset(tmp + PHONE_CID_PREFIX_LEN + id.len + 1, '0', RELAY_CONN_HEX_LEN);
 	size_t wrap_len = envelope_write_wrap_prefix(tmp + cid_len, wrap_max, span_make(tmp, cid_len));
-	ASSERT(wrap_len > sizeof(ENVELOPE_WRAP_PREFIX_TAIL) - 1 + RELAY_CONN_HEX_LEN);
-	struct relay_slot *sl = calloc(1, sizeof *sl + id.len + cid_len + wrap_len);
+	ASSERT(wrap_len > WRAP_TAIL_LEN + RELAY_CONN_HEX_LEN);
+	struct relay_slot *sl = calloc(1, sizeof *sl + cid_len + wrap_len);
 	if (sl == NULL) {
 		if (tmp != stack)
 			free(tmp);
@@ -140,13 +154,9 @@ static struct relay_slot *slot_create(struct relay_shard *s, struct span id)
 	}
 	sl->hash = id_hash(s, id);
 	sl->id_len = (uint32_t)id.len;
-	sl->cid_len = (uint32_t)cid_len;
 	sl->wrap_len = (uint32_t)wrap_len;
-	/* hex digits are never escaped: they end the escaped conn_id, before the tail */
-	sl->wrap_hex_off = (uint32_t)(wrap_len - (sizeof(ENVELOPE_WRAP_PREFIX_TAIL) - 1) - RELAY_CONN_HEX_LEN);
-	memcpy(sl->id, id.ptr, id.len);
-	memcpy(slot_cid(sl), tmp, cid_len + wrap_len);
-	ASSERT(memcmp(slot_wrap(sl) + sl->wrap_hex_off, "00000000", RELAY_CONN_HEX_LEN) == 0);
+	memcpy(sl->bytes, tmp, cid_len + wrap_len);
+	ASSERT(memcmp(slot_wrap(sl) + slot_wrap_hex_off(sl), "00000000", RELAY_CONN_HEX_LEN) == 0);
 	if (tmp != stack)
 		free(tmp);
 	sl->grace.kind = TW_KIND_GRACE;
@@ -181,7 +191,7 @@ static struct conn *slot_phone(struct worker *w, const struct relay_slot *sl, ui
 
 static struct span slot_id(const struct relay_slot *sl)
 {
-	return span_make(sl->id, sl->id_len);
+	return span_make(sl->bytes + PHONE_CID_PREFIX_LEN, sl->id_len);
 }
 
 /* The phone's conn_id, written into its slot's conn_id template: valid until the next
@@ -190,15 +200,16 @@ static struct span slot_id(const struct relay_slot *sl)
 static struct span phone_conn_id(const struct conn *c)
 {
 	struct relay_slot *sl = c->relay.slot;
-	uint8_t *cid = slot_cid(sl);
-	memcpy(cid + sl->cid_len - RELAY_CONN_HEX_LEN, c->relay.hex, RELAY_CONN_HEX_LEN);
-	return span_make(cid, sl->cid_len);
+	uint32_t n = slot_cid_len(sl);
+	memcpy(sl->bytes + n - RELAY_CONN_HEX_LEN, c->relay.hex, RELAY_CONN_HEX_LEN);
+	return span_make(sl->bytes, n);
 }
 
 static struct span binary_conn_id(const struct conn *c, char *buf, size_t cap)
 {
-	int n = snprintf(buf, cap, "server-%.*s-%.8s", (int)MIN(c->relay.slot->id_len, 200u),
-			 (const char *)c->relay.slot->id, c->relay.hex);
+	struct span id = slot_id(c->relay.slot);
+	int n = snprintf(buf, cap, "server-%.*s-%.8s", (int)MIN(id.len, (size_t)200), (const char *)id.ptr,
+			 c->relay.hex);
 	return span_make(buf, (size_t)MIN((size_t)n, cap - 1));
 }
 
@@ -512,9 +523,10 @@ static void phone_message(struct worker *w, struct conn *c, struct span data)
 		return;
 	}
 	uint8_t *wrap = slot_wrap(sl);
-	uint32_t tail = sl->wrap_hex_off + RELAY_CONN_HEX_LEN;
+	uint32_t hex_off = slot_wrap_hex_off(sl);
+	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
 	struct iovec parts[5] = {
-		{ .iov_base = wrap, .iov_len = sl->wrap_hex_off },
+		{ .iov_base = wrap, .iov_len = hex_off },
 		{ .iov_base = c->relay.hex, .iov_len = RELAY_CONN_HEX_LEN },
 		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
 		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
@@ -672,7 +684,7 @@ static void phone_end(struct worker *w, struct conn *c)
 		uint8_t notice[ENVELOPE_CLOSE_NOTICE_LEN_MAX(64)];
 		uint8_t *buf = notice;
 		uint32_t cap = 0;
-		size_t need = ENVELOPE_CLOSE_NOTICE_LEN_MAX((size_t)sl->cid_len);
+		size_t need = ENVELOPE_CLOSE_NOTICE_LEN_MAX((size_t)slot_cid_len(sl));
 		if (need > sizeof notice)
 			buf = need <= BUFPOOL_CLASS_MAX_BYTES ? bufpool_get(&w->pool, need, &cap) : NULL;
 		size_t n = buf ? envelope_write_close_notice(buf, buf == notice ? sizeof notice : cap, phone_conn_id(c), code) : 0;
