@@ -776,7 +776,7 @@ def relate(results: list[dict]) -> None:
         rd = raw.get("derived") if raw and raw["status"] != "failed" else None
         if rd and rd.get("frames_per_s"):
             der["pct_of_raw_ceiling"] = 100.0 * der["frames_per_s"] / rd["frames_per_s"]
-            cpu = der.get("combined_cpu_s_per_mframe", der.get("server_cpu_s_per_mframe"))
+            cpu = cpu_per_mframe(der)
             if cpu and rd.get("server_cpu_s_per_mframe"):
                 der["cpu_per_frame_vs_raw"] = cpu / rd["server_cpu_s_per_mframe"]
 
@@ -838,6 +838,12 @@ def fmt_num(v, unit="") -> str:
     return f"{v:.3g}{unit}"
 
 
+def cpu_per_mframe(der: dict) -> Optional[float]:
+    """The headline per-frame cost: server CPU-s per million frames (TLS: relay +
+    HAProxy together)."""
+    return der.get("combined_cpu_s_per_mframe", der.get("server_cpu_s_per_mframe"))
+
+
 def summary_table(results: list[dict]) -> str:
     hdr = ("scenario", "conns", "frames/s", "MB/s", "p50 us", "p99 us", "p99.9 us",
            "cpu %", "gen %", "cpu-s/Mfr", "% raw", "status")
@@ -847,7 +853,7 @@ def summary_table(results: list[dict]) -> str:
         cpu_u = der.get("server_cpu_util")
         if der.get("haproxy_cpu_util") is not None and cpu_u is not None:
             cpu_u += der["haproxy_cpu_util"]
-        cpm = der.get("combined_cpu_s_per_mframe", der.get("server_cpu_s_per_mframe"))
+        cpm = cpu_per_mframe(der)
         st = r["status"]
         if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None:
             st += f" ({r['memory']['user_bytes_per_connection']:.0f} B/conn user)"
@@ -891,7 +897,7 @@ def markdown(doc: dict) -> str:
         if der.get("haproxy_cpu_util") is not None:
             cpu_s += f" + HAProxy {100 * der['haproxy_cpu_util']:.0f}%"
         gen = f"{100 * der['loadgen_cpu_util']:.0f}%" if der.get("loadgen_cpu_util") is not None else "-"
-        cpm = der.get("combined_cpu_s_per_mframe", der.get("server_cpu_s_per_mframe"))
+        cpm = cpu_per_mframe(der)
         cpm_s = f"{cpm:.2f}" if cpm else "-"
         if der.get("combined_cpu_s_per_mframe"):
             cpm_s += f" ({der['server_cpu_s_per_mframe']:.2f} + {der['haproxy_cpu_s_per_mframe']:.2f})"
@@ -934,6 +940,14 @@ def charts(results: list[dict], stem: Path) -> list[str]:
         print("bench: matplotlib missing (apt-get install python3-matplotlib): no charts", file=sys.stderr)
         return []
     made = []
+
+    def save(fig, suffix: str):
+        fig.tight_layout()
+        path = stem.with_name(stem.name + suffix + ".png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path.name)
+
     ok = [r for r in results if r["status"] != "failed" and r.get("derived")]
     colors = {"raw": "#999999", "relay": "#1f77b4", "tls": "#d62728"}
     tlabel = {"raw": "rawfwd (raw ceiling)", "relay": "relay (plaintext)", "tls": "relay, TLS via HAProxy termination"}
@@ -953,8 +967,7 @@ def charts(results: list[dict], stem: Path) -> list[str]:
                 if r:
                     xs.append(gi + (ti - (len(targets_) - 1) / 2) * bw)
                     fps.append(r["derived"]["frames_per_s"])
-                    cpm.append(r["derived"].get("combined_cpu_s_per_mframe",
-                                                r["derived"].get("server_cpu_s_per_mframe", 0)) or 0)
+                    cpm.append(cpu_per_mframe(r["derived"]) or 0)
             ax1.bar(xs, fps, bw, label=tlabel[t], color=colors[t])
             ax2.bar(xs, cpm, bw, label=tlabel[t], color=colors[t])
         for gi, (b, p, s) in enumerate(groups):
@@ -974,11 +987,7 @@ def charts(results: list[dict], stem: Path) -> list[str]:
         ax1.legend(fontsize=8)
         ax2.set_ylabel("server CPU-s per million frames")
         ax2.set_title("CPU cost per frame (TLS: relay + HAProxy)")
-        fig.tight_layout()
-        p_ = stem.with_name(stem.name + "-throughput.png")
-        fig.savefig(p_, dpi=110)
-        plt.close(fig)
-        made.append(p_.name)
+        save(fig, "-throughput")
 
     # 2. latency percentiles vs offered load (open 50/90% and closed = 100%)
     # only clean runs: a run with lost frames or a closed connection has no meaningful
@@ -1013,11 +1022,7 @@ def charts(results: list[dict], stem: Path) -> list[str]:
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
         fig.suptitle("Latency vs load (dotted: 1 ms p99 goal at 50%)")
-        fig.tight_layout()
-        p_ = stem.with_name(stem.name + "-latency.png")
-        fig.savefig(p_, dpi=110)
-        plt.close(fig)
-        made.append(p_.name)
+        save(fig, "-latency")
 
     # 3. memory per idle connection
     idle = [r for r in ok if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None]
@@ -1057,11 +1062,7 @@ def charts(results: list[dict], stem: Path) -> list[str]:
         ax.set_xlabel("bytes")
         ax.set_title(f"Memory per idle connection ({', '.join(str(r['connections']) + ' ' + r['target'] for r in idle)})")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p_ = stem.with_name(stem.name + "-memory.png")
-        fig.savefig(p_, dpi=110)
-        plt.close(fig)
-        made.append(p_.name)
+        save(fig, "-memory")
     return made
 
 
@@ -1100,7 +1101,7 @@ class Progress:
             bits.append(f"{fmt_num(der['frames_per_s'])} frames/s")
         if js.get("lat_p99_us") is not None and res["mode"] != "idle":
             bits.append(f"p99 {fmt_num(js['lat_p99_us'])} us")
-        cpm = der.get("combined_cpu_s_per_mframe", der.get("server_cpu_s_per_mframe"))
+        cpm = cpu_per_mframe(der)
         if cpm:
             bits.append(f"{cpm:.2f} cpu-s/Mframe")
         mem = res.get("memory") or {}
