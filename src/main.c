@@ -194,7 +194,7 @@ int main(int argc, char **argv)
 		 KV_STR("listen", cfg.insecure_listen));
 
 	char why[URING_WHY_BYTES];
-	struct worker *w = worker_create(&cfg, 0, cfg.insecure_listen, buffer_budget_bytes(), why);
+	struct worker *w = worker_create(&cfg, 0, cfg.insecure_listen, buffer_budget_bytes(), &relay_hooks, why);
 	if (w == NULL) {
 		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", why));
 		return CONFIG_EXIT_RUNTIME;
@@ -202,7 +202,11 @@ int main(int argc, char **argv)
 
 	static struct metrics_thread mt;
 	if (cfg.metrics_listen[0] != '\0') {
-		struct metrics_source src = { .engine = &w->stats, .relay = relay_stats_of(w->relay), .pool = &w->pool };
+		struct metrics_source src = {
+			.engine = worker_stats_of(w),
+			.relay = relay_stats_of(worker_app(w)),
+			.pool = worker_pool_of(w),
+		};
 		mt.m = metrics_server_create(cfg.metrics_listen, &src, 1, PYRELAY_VERSION, start_time_seconds, why);
 		if (mt.m == NULL) {
 			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen), KV_STR("err", why));

@@ -23,7 +23,7 @@
 enum tw_kind {
 	TW_KIND_CONN = 0,
 	TW_KIND_ACCEPT_BACKOFF = 1,
-	TW_KIND_RELAY = 16, /* relay-owned kinds are >= this */
+	TW_KIND_APP = 16, /* kinds of the application above the engine are >= this */
 };
 
 struct tw_node {

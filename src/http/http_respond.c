@@ -3,15 +3,25 @@
 #include <stdio.h>
 #include <string.h>
 
+static const char *const route_paths[] = {
+	[HTTP_ROUTE_HEALTHZ] = "/healthz",
+	[HTTP_ROUTE_SERVER] = "/v1/server",
+	[HTTP_ROUTE_CLIENT] = "/v1/client",
+};
+
 enum http_route http_route_of(struct span path)
 {
-	if (span_eq_cstr(path, "/healthz"))
-		return HTTP_ROUTE_HEALTHZ;
-	if (span_eq_cstr(path, "/v1/server"))
-		return HTTP_ROUTE_SERVER;
-	if (span_eq_cstr(path, "/v1/client"))
-		return HTTP_ROUTE_CLIENT;
+	for (size_t r = 0; r < ARRAY_LEN(route_paths); r++) {
+		if (route_paths[r] && span_eq_cstr(path, route_paths[r]))
+			return (enum http_route)r;
+	}
 	return HTTP_ROUTE_NOT_FOUND;
+}
+
+const char *http_route_path(enum http_route route)
+{
+	ASSERT((size_t)route < ARRAY_LEN(route_paths) && route_paths[route] != NULL);
+	return route_paths[route];
 }
 
 static bool header_nonempty(const struct http_request *req, const char *name)

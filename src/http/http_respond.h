@@ -23,6 +23,8 @@ enum http_route {
 /* Exact-path routing (reference §1.2): the query string is ignored, nothing else is
  * normalised (no trailing-slash or percent-decoding matches). */
 enum http_route http_route_of(struct span path);
+/* The path of a route other than HTTP_ROUTE_NOT_FOUND (for logs: never request data). */
+const char *http_route_path(enum http_route route);
 
 /* Reference §2.2 / §2.3: every required header present with a non-empty value. */
 bool http_required_headers_ok(const struct http_request *req, enum http_route route);

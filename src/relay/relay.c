@@ -1,9 +1,10 @@
 /*
  * relay.c - registry shard: claims, phones, grace, conflict probes, routing.
  *
- * Reading order: slots and the hash table, admission, claim/register (relay_open),
- * routing (relay_message), endings (relay_end), timers, shutdown. Every decision
- * follows the reference section named next to it.
+ * Reading order: per-connection state, slots and the hash table, admission,
+ * claim/register (relay_open), routing (relay_message), endings (relay_end), timers,
+ * shutdown, the hook table. Every decision follows the reference section named next
+ * to it.
  */
 #include "relay/relay.h"
 
@@ -13,31 +14,62 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "core/config.h"
 #include "core/log.h"
-#include "engine/worker.h"
 #include "envelope/envelope.h"
 #include "envelope/json.h"
 #include "relay/ratelimit.h"
 #include "ws/ws_frame.h"
 
 enum relay_timer_kind {
-	TW_KIND_GRACE = TW_KIND_RELAY,
+	TW_KIND_GRACE = TW_KIND_APP,
 	TW_KIND_PROBE,
 	TW_KIND_SWEEP,
 };
 
+enum relay_role {
+	RELAY_ROLE_NONE = 0,
+	RELAY_ROLE_BINARY,   /* holds its slot */
+	RELAY_ROLE_CLAIMANT, /* binary waiting for the conflict probe of the incumbent */
+	RELAY_ROLE_PHONE,
+};
+
+enum relay_flags {
+	RELAY_F_CLOSED_BY_BINARY = 1u << 0, /* a close directive was handed to this phone */
+	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
+};
+
+/*
+ * The relay's state of one upgraded connection, at the connection's pool index (kept
+ * small: the array has a cell for every pool slot). A phone's conn_id is
+ * client-<server-id>-<hex>: its server-id's slot keeps the rest of it (and of the wrap
+ * prefix), so the phone itself holds only the 8 hex digits.
+ */
+struct relay_conn {
+	struct relay_slot *slot; /* server-id this connection belongs to, NULL if none */
+	uint32_t gen;            /* the connection's ref generation while it is open */
+	uint32_t epoch;          /* phone: slot->epoch when it registered (identity of its binary) */
+	uint8_t role;            /* enum relay_role */
+	uint8_t endpoint;        /* enum relay_endpoint it upgraded on */
+	uint8_t phone_index;     /* phone: position in slot->phones */
+	uint8_t flags;           /* enum relay_flags */
+	char hex[RELAY_CONN_HEX_LEN];
+};
+
+#define RELAY_NO_CONN UINT32_MAX
+
 struct relay_slot {
 	struct relay_slot *hnext;
 	uint64_t hash;
-	struct conn *binary;   /* live holder; NULL while gracing or unclaimed */
-	struct conn *claimant; /* binary waiting for the probe of `binary` */
+	uint32_t binary;   /* pool index of the live holder; RELAY_NO_CONN while gracing or unclaimed */
+	uint32_t claimant; /* binary waiting for the probe of `binary`, or RELAY_NO_CONN */
 	struct tw_node grace;  /* armed while the released binary's grace runs */
 	struct tw_node probe;  /* armed while a conflict probe waits for a pong */
 	uint32_t epoch;        /* bumped at every claim: identity of "the binary" */
 	bool gracing;
 	bool phones_paused;
 	uint8_t nphones;
-	uint32_t phones[RELAY_PHONES_PER_SERVER_MAX]; /* [0, nphones): conn pool indexes */
+	uint32_t phones[RELAY_PHONES_PER_SERVER_MAX]; /* [0, nphones): pool indexes */
 	uint32_t id_len;
 	uint32_t wrap_len;
 	/* The phones' conn_id, client-<id>-<hex8> (the server-id is inside it), then its
@@ -53,6 +85,8 @@ struct relay_slot {
 
 struct relay_shard {
 	struct worker *w;
+	const struct config *cfg;
+	struct relay_conn *rc; /* one per pool slot of w */
 	struct relay_slot **buckets;
 	uint32_t nbuckets; /* power of two */
 	uint32_t nslots;
@@ -68,6 +102,32 @@ const struct relay_stats *relay_stats_of(const struct relay_shard *s)
 }
 
 #define RELAY_BUCKETS_INITIAL 1024u
+/* Scratch sizes for log values: a binary's conn_id, and a rate-limit key in quotes. */
+#define BINARY_CONN_ID_BYTES_MAX 256u
+#define BINARY_CONN_ID_SERVER_ID_LOGGED_MAX 200
+#define RATE_LIMIT_KEY_LOGGED_MAX 140
+#define RATE_LIMIT_KEY_QUOTED_BYTES (RATE_LIMIT_KEY_LOGGED_MAX + 20u)
+/* Close notices of conn_ids up to this long are built on the stack, longer ones in the pool. */
+#define CLOSE_NOTICE_STACK_CONN_ID_MAX 64u
+
+/* ------------------------------------------------------------------ connections */
+
+static struct relay_conn *rc_of(struct relay_shard *s, struct conn_ref c)
+{
+	return &s->rc[c.idx];
+}
+
+/* The ref of a connection the relay holds (binary, claimant or phone of a slot). */
+static struct conn_ref ref_at(const struct relay_shard *s, uint32_t idx)
+{
+	ASSERT(idx != RELAY_NO_CONN);
+	return (struct conn_ref){ .idx = idx, .gen = s->rc[idx].gen };
+}
+
+static bool is_conn(uint32_t idx, struct conn_ref c)
+{
+	return idx == c.idx;
+}
 
 /* ------------------------------------------------------------------ slots */
 
@@ -152,6 +212,7 @@ static struct relay_slot *slot_create(struct relay_shard *s, struct span id)
 			free(tmp);
 		return NULL;
 	}
+	sl->binary = sl->claimant = RELAY_NO_CONN;
 	sl->hash = id_hash(s, id);
 	sl->id_len = (uint32_t)id.len;
 	sl->wrap_len = (uint32_t)wrap_len;
@@ -172,8 +233,8 @@ static struct relay_slot *slot_create(struct relay_shard *s, struct span id)
 
 static void slot_maybe_free(struct relay_shard *s, struct relay_slot *sl)
 {
-	if (sl->binary || sl->claimant || sl->gracing || sl->nphones || tw_node_scheduled(&sl->grace) ||
-	    tw_node_scheduled(&sl->probe))
+	if (sl->binary != RELAY_NO_CONN || sl->claimant != RELAY_NO_CONN || sl->gracing || sl->nphones ||
+	    tw_node_scheduled(&sl->grace) || tw_node_scheduled(&sl->probe))
 		return;
 	struct relay_slot **pp = &s->buckets[sl->hash & (s->nbuckets - 1)];
 	while (*pp != sl)
@@ -183,10 +244,10 @@ static void slot_maybe_free(struct relay_shard *s, struct relay_slot *sl)
 	free(sl);
 }
 
-static struct conn *slot_phone(struct worker *w, const struct relay_slot *sl, uint8_t i)
+static struct conn_ref slot_phone(const struct relay_shard *s, const struct relay_slot *sl, uint8_t i)
 {
 	ASSERT(i < sl->nphones);
-	return &w->conns[sl->phones[i]];
+	return ref_at(s, sl->phones[i]);
 }
 
 static struct span slot_id(const struct relay_slot *sl)
@@ -197,49 +258,54 @@ static struct span slot_id(const struct relay_slot *sl)
 /* The phone's conn_id, written into its slot's conn_id template: valid until the next
  * phone_conn_id of a phone of the same server-id (single-threaded shard; every caller
  * uses it at once). */
-static struct span phone_conn_id(const struct conn *c)
+static struct span phone_conn_id(const struct relay_conn *rc)
 {
-	struct relay_slot *sl = c->relay.slot;
+	struct relay_slot *sl = rc->slot;
 	uint32_t n = slot_cid_len(sl);
-	memcpy(sl->bytes + n - RELAY_CONN_HEX_LEN, c->relay.hex, RELAY_CONN_HEX_LEN);
+	memcpy(sl->bytes + n - RELAY_CONN_HEX_LEN, rc->hex, RELAY_CONN_HEX_LEN);
 	return span_make(sl->bytes, n);
 }
 
-static struct span binary_conn_id(const struct conn *c, char *buf, size_t cap)
+static struct span binary_conn_id(const struct relay_conn *rc, char *buf, size_t cap)
 {
-	struct span id = slot_id(c->relay.slot);
-	int n = snprintf(buf, cap, "server-%.*s-%.8s", (int)MIN(id.len, (size_t)200), (const char *)id.ptr,
-			 c->relay.hex);
+	struct span id = slot_id(rc->slot);
+	int n = snprintf(buf, cap, "server-%.*s-%.8s", (int)MIN(id.len, (size_t)BINARY_CONN_ID_SERVER_ID_LOGGED_MAX),
+			 (const char *)id.ptr, rc->hex);
 	return span_make(buf, (size_t)MIN((size_t)n, cap - 1));
 }
 
 /* ------------------------------------------------------------------ set-up */
 
-struct relay_shard *relay_shard_create(struct worker *w)
+static void *shard_create(struct worker *w, const struct config *cfg)
 {
 	struct relay_shard *s = calloc_aligned(sizeof *s); /* stats: own cache lines */
 	if (s == NULL)
 		return NULL;
 	s->w = w;
+	s->cfg = cfg;
 	s->nbuckets = RELAY_BUCKETS_INITIAL;
 	s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
+	/* calloc: cells of slots never used stay unbacked by RAM */
+	s->rc = calloc(worker_conn_cap(w), sizeof *s->rc);
 	uint64_t seed[3];
-	if (s->buckets == NULL || getrandom(seed, sizeof seed, 0) != sizeof seed ||
-	    !ratelimit_init(&s->rl, RELAY_RATELIMIT_BUCKETS_MAX, w->cfg->rate_limit_burst,
-			    w->cfg->rate_limit_refill_ms, seed[2])) {
+	if (s->buckets == NULL || s->rc == NULL || getrandom(seed, sizeof seed, 0) != sizeof seed ||
+	    !ratelimit_init(&s->rl, RELAY_RATELIMIT_BUCKETS_MAX, cfg->rate_limit_burst, cfg->rate_limit_refill_ms,
+			    seed[2])) {
 		free(s->buckets);
+		free(s->rc);
 		free(s);
 		return NULL;
 	}
 	s->hash_key[0] = seed[0];
 	s->hash_key[1] = seed[1];
 	s->sweep.kind = TW_KIND_SWEEP;
-	worker_schedule(w, &s->sweep, w->now_ms + RATELIMIT_SWEEP_INTERVAL_MS);
+	worker_schedule(w, &s->sweep, worker_now_ms(w) + RATELIMIT_SWEEP_INTERVAL_MS);
 	return s;
 }
 
-void relay_shard_destroy(struct relay_shard *s)
+static void shard_destroy(void *app)
 {
+	struct relay_shard *s = app;
 	for (uint32_t i = 0; i < s->nbuckets; i++) {
 		struct relay_slot *sl = s->buckets[i];
 		while (sl) {
@@ -250,6 +316,7 @@ void relay_shard_destroy(struct relay_shard *s)
 	}
 	ratelimit_destroy(&s->rl);
 	free(s->buckets);
+	free(s->rc);
 	free(s);
 }
 
@@ -260,49 +327,40 @@ static enum relay_endpoint endpoint_of(enum http_route route)
 	return route == HTTP_ROUTE_SERVER ? RELAY_EP_SERVER : RELAY_EP_CLIENT;
 }
 
-static void count_reject(struct relay_shard *s, enum http_route route, enum relay_outcome o,
-			 enum relay_fail_kind k)
+static void count_reject(struct relay_shard *s, enum relay_endpoint ep, enum relay_outcome o, enum relay_fail_kind k)
 {
-	STAT_INC(s->stats.upgrade_attempts[endpoint_of(route)][o]);
+	STAT_INC(s->stats.upgrade_attempts[ep][o]);
 	STAT_INC(s->stats.register_failures[k]);
 }
 
-/* §1.7 steps 7-8: per-IP rate limit (429), then the global connection cap (503). */
-int relay_admit(struct worker *w, struct conn *c, enum http_route route, const struct http_request *req)
+/* §1.7 step 7: the per-IP rate limit (429). The connection cap (step 8) is the
+ * engine's. */
+static int on_admit(void *app, struct conn_ref c, enum http_route route, const struct http_request *req)
 {
-	struct relay_shard *s = w->relay;
+	struct relay_shard *s = app;
 	char ip[INET6_ADDRSTRLEN + 8];
-	size_t iplen = conn_remote_ip(c, ip, sizeof ip);
+	size_t iplen = conn_remote_ip(s->w, c, ip, sizeof ip);
 	struct span key = span_make(ip, iplen);
 	struct span xff;
-	if (w->cfg->trust_x_forwarded_for && http_header_get(req, "X-Forwarded-For", &xff)) {
+	if (s->cfg->trust_x_forwarded_for && http_header_get(req, "X-Forwarded-For", &xff)) {
 		struct span left;
 		if (ratelimit_key_from_xff(xff, &left))
 			key = left;
 	}
-	if (!ratelimit_allow(&s->rl, key, w->now_ms)) {
-		char quoted[160];
-		int n = snprintf(quoted, sizeof quoted, "\"%.*s\"", (int)MIN(key.len, (size_t)140),
-				 (const char *)key.ptr);
-		LOG_WARN("rate_limited", KV_BYTES("remote", quoted, (size_t)MIN(n, (int)sizeof quoted - 1)));
-		count_reject(s, route, RELAY_OUT_REJECT_RATE_LIMIT, RELAY_FAIL_RATELIMIT);
-		return HTTP_CANNED_EMPTY_429;
-	}
-	if (c->counted)
-		return -1; /* keep-alive: this connection already holds its slot */
-	if (w->ws_counted >= w->cfg->max_connections) {
-		LOG_WARN("conn_cap_reached", KV_STR("path", route == HTTP_ROUTE_SERVER ? "/v1/server" : "/v1/client"),
-			 KV_STR("remote", ip));
-		return HTTP_CANNED_EMPTY_503;
-	}
-	c->counted = true;
-	w->ws_counted++;
-	return -1;
+	if (ratelimit_allow(&s->rl, key, worker_now_ms(s->w)))
+		return -1;
+	char quoted[RATE_LIMIT_KEY_QUOTED_BYTES];
+	int n = snprintf(quoted, sizeof quoted, "\"%.*s\"", (int)MIN(key.len, (size_t)RATE_LIMIT_KEY_LOGGED_MAX),
+			 (const char *)key.ptr);
+	LOG_WARN("rate_limited", KV_BYTES("remote", quoted, (size_t)MIN(n, (int)sizeof quoted - 1)));
+	count_reject(s, endpoint_of(route), RELAY_OUT_REJECT_RATE_LIMIT, RELAY_FAIL_RATELIMIT);
+	return HTTP_CANNED_EMPTY_429;
 }
 
-void relay_rejected_headers(struct worker *w, struct conn *c, enum http_route route)
+static void on_rejected_headers(void *app, enum http_route route)
 {
-	STAT_INC(w->relay->stats.upgrade_attempts[endpoint_of(route)][RELAY_OUT_REJECT_HEADERS]);
+	struct relay_shard *s = app;
+	STAT_INC(s->stats.upgrade_attempts[endpoint_of(route)][RELAY_OUT_REJECT_HEADERS]);
 }
 
 /* ------------------------------------------------------------------ claim / register */
@@ -320,251 +378,263 @@ static bool random_hex(char out[RELAY_CONN_HEX_LEN])
 	return true;
 }
 
-static void evict_phones(struct worker *w, struct relay_slot *sl, uint16_t code, const char *reason)
+static void detach(struct relay_conn *rc)
+{
+	rc->slot = NULL;
+	rc->role = RELAY_ROLE_NONE;
+}
+
+static void evict_phones(struct relay_shard *s, struct relay_slot *sl, uint16_t code, const char *reason)
 {
 	/* Closing reports each phone's end later, from the loop; detach them now so the
 	 * slot belongs to its new state at once (§4.2: removed from the registry, closed
 	 * outside the lock). */
 	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn *p = slot_phone(w, sl, i);
-		p->relay.slot = NULL;
-		p->relay.role = RELAY_ROLE_NONE;
-		STAT_DEC(w->relay->stats.phones);
-		if (p->relay.flags & RELAY_F_PAUSED) {
-			p->relay.flags &= (uint8_t)~RELAY_F_PAUSED;
-			conn_resume_recv(w, p);
+		struct conn_ref p = slot_phone(s, sl, i);
+		struct relay_conn *prc = rc_of(s, p);
+		detach(prc);
+		STAT_DEC(s->stats.phones);
+		if (prc->flags & RELAY_F_PAUSED) {
+			prc->flags &= (uint8_t)~RELAY_F_PAUSED;
+			conn_resume_recv(s->w, p);
 		}
-		conn_ws_close(w, p, code, reason);
+		conn_ws_close(s->w, p, code, reason);
 	}
 	sl->nphones = 0;
 	sl->phones_paused = false;
 }
 
-static void log_claimed(struct worker *w, struct conn *c, struct span version)
+static void log_claimed(struct relay_shard *s, struct conn_ref c, struct relay_slot *sl, struct span version)
 {
 	char ip[INET6_ADDRSTRLEN];
-	conn_remote_ip(c, ip, sizeof ip);
-	LOG_INFO("server_claimed", KV_SPAN("server_id", slot_id(c->relay.slot)), KV_SPAN("binary_version", version),
+	conn_remote_ip(s->w, c, ip, sizeof ip);
+	LOG_INFO("server_claimed", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("binary_version", version),
 		 KV_STR("remote", ip));
 }
 
 /* The slot now belongs to c: the replace-and-evict routine shared by reclaim and
  * takeover (§4.2). */
-static void install_binary(struct worker *w, struct relay_slot *sl, struct conn *c)
+static void install_binary(struct relay_shard *s, struct relay_slot *sl, struct conn_ref c)
 {
-	struct relay_shard *s = w->relay;
 	if (sl->gracing) {
-		worker_cancel_timer(w, &sl->grace);
+		worker_cancel_timer(s->w, &sl->grace);
 		sl->gracing = false;
 	}
-	evict_phones(w, sl, 4404, "binary reclaimed server-id");
-	sl->binary = c;
+	evict_phones(s, sl, RELAY_CLOSE_NO_SERVER, "binary reclaimed server-id");
+	sl->binary = c.idx;
 	sl->epoch++;
-	c->relay.slot = sl;
-	c->relay.role = RELAY_ROLE_BINARY;
+	struct relay_conn *rc = rc_of(s, c);
+	rc->slot = sl;
+	rc->role = RELAY_ROLE_BINARY;
 	STAT_INC(s->stats.binaries);
 	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_SERVER][RELAY_OUT_ACCEPT]);
-	conn_heartbeat_start(w, c);
+	conn_heartbeat_start(s->w, c);
 }
 
-static void open_binary(struct worker *w, struct conn *c, const struct http_request *req)
+static void open_binary(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
 {
-	struct relay_shard *s = w->relay;
-	struct span id, version;
-	http_header_get(req, "X-Pyrycode-Server", &id);
-	http_header_get(req, "X-Pyrycode-Version", &version);
-	if (!random_hex(c->relay.hex)) {
-		conn_abort(w, c); /* reference: an RNG failure drops the request */
+	struct relay_conn *rc = rc_of(s, c);
+	struct span id = upgraded_server_id(u);
+	if (!random_hex(rc->hex)) {
+		conn_abort(s->w, c); /* reference: an RNG failure drops the request */
 		return;
 	}
 	struct relay_slot *sl = slot_find(s, id);
 	if (sl == NULL)
 		sl = slot_create(s, id);
 	if (sl == NULL) {
-		conn_ws_close(w, c, WS_CLOSE_INTERNAL_ERROR, "");
+		conn_ws_close(s->w, c, WS_CLOSE_INTERNAL_ERROR, "");
 		return;
 	}
-	c->relay.slot = sl;
-	if (sl->binary == NULL) {
+	rc->slot = sl;
+	if (sl->binary == RELAY_NO_CONN) {
 		/* Free, or gracing: a reclaim evicts the phones (§4.2). */
-		install_binary(w, sl, c);
-		log_claimed(w, c, version);
+		install_binary(s, sl, c);
+		log_claimed(s, c, sl, upgraded_version(u));
 		return;
 	}
-	char ip[INET6_ADDRSTRLEN];
-	conn_remote_ip(c, ip, sizeof ip);
 	/* Held: probe the incumbent (§2.2). One probe at a time per server-id; a claimant
 	 * arriving while one runs is refused like a live-incumbent conflict. */
-	if (sl->claimant != NULL ||
-	    !conn_ws_ping(w, sl->binary, RELAY_PROBE_PAYLOAD, sizeof RELAY_PROBE_PAYLOAD - 1)) {
-		c->relay.slot = NULL;
-		count_reject(s, HTTP_ROUTE_SERVER, RELAY_OUT_REJECT_409, RELAY_FAIL_SERVER_IN_USE);
+	if (sl->claimant != RELAY_NO_CONN ||
+	    !conn_ws_ping(s->w, ref_at(s, sl->binary), RELAY_PROBE_PAYLOAD, sizeof RELAY_PROBE_PAYLOAD - 1)) {
+		char ip[INET6_ADDRSTRLEN];
+		conn_remote_ip(s->w, c, ip, sizeof ip);
+		rc->slot = NULL;
+		count_reject(s, RELAY_EP_SERVER, RELAY_OUT_REJECT_409, RELAY_FAIL_SERVER_IN_USE);
 		LOG_INFO("server_id_conflict", KV_SPAN("server_id", id), KV_STR("remote", ip));
-		conn_ws_close(w, c, 4409, "server-id already claimed");
+		conn_ws_close(s->w, c, RELAY_CLOSE_ID_CONFLICT, "server-id already claimed");
 		return;
 	}
-	sl->claimant = c;
-	c->relay.role = RELAY_ROLE_CLAIMANT;
-	worker_schedule(w, &sl->probe, w->now_ms + w->cfg->conflict_probe_timeout_ms);
+	sl->claimant = c.idx;
+	rc->role = RELAY_ROLE_CLAIMANT;
+	worker_schedule(s->w, &sl->probe, worker_now_ms(s->w) + s->cfg->conflict_probe_timeout_ms);
 }
 
-static void takeover(struct worker *w, struct relay_slot *sl)
+static void takeover(struct relay_shard *s, struct relay_slot *sl)
 {
-	struct conn *c = sl->claimant, *old = sl->binary;
-	ASSERT(c != NULL);
-	sl->claimant = NULL;
-	worker_cancel_timer(w, &sl->probe);
-	if (old) {
-		old->relay.role = RELAY_ROLE_NONE;
-		old->relay.slot = NULL;
-		sl->binary = NULL;
-		STAT_DEC(w->relay->stats.binaries);
-		conn_ws_close(w, old, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
+	ASSERT(sl->claimant != RELAY_NO_CONN);
+	struct conn_ref c = ref_at(s, sl->claimant);
+	sl->claimant = RELAY_NO_CONN;
+	worker_cancel_timer(s->w, &sl->probe);
+	if (sl->binary != RELAY_NO_CONN) {
+		struct conn_ref old = ref_at(s, sl->binary);
+		detach(rc_of(s, old));
+		sl->binary = RELAY_NO_CONN;
+		STAT_DEC(s->stats.binaries);
+		conn_ws_close(s->w, old, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 	}
-	install_binary(w, sl, c);
+	install_binary(s, sl, c);
 	char ip[INET6_ADDRSTRLEN];
-	conn_remote_ip(c, ip, sizeof ip);
+	conn_remote_ip(s->w, c, ip, sizeof ip);
 	LOG_INFO("server_id_takeover", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
 	LOG_INFO("server_claimed", KV_SPAN("server_id", slot_id(sl)), KV_STR("binary_version", ""),
 		 KV_STR("remote", ip));
 }
 
-static void open_phone(struct worker *w, struct conn *c, const struct http_request *req)
+static void open_phone(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
 {
-	struct relay_shard *s = w->relay;
-	struct span id, device = span_make("", 0);
-	http_header_get(req, "X-Pyrycode-Server", &id);
-	http_header_get(req, "X-Pyrycode-Device-Name", &device);
+	struct relay_conn *rc = rc_of(s, c);
+	struct span id = upgraded_server_id(u);
 	char ip[INET6_ADDRSTRLEN];
-	conn_remote_ip(c, ip, sizeof ip);
+	conn_remote_ip(s->w, c, ip, sizeof ip);
 
 	struct relay_slot *sl = slot_find(s, id);
-	if (sl == NULL || (sl->binary == NULL && !sl->gracing)) {
-		count_reject(s, HTTP_ROUTE_CLIENT, RELAY_OUT_REJECT_404, RELAY_FAIL_NO_SERVER);
+	if (sl == NULL || (sl->binary == RELAY_NO_CONN && !sl->gracing)) {
+		count_reject(s, RELAY_EP_CLIENT, RELAY_OUT_REJECT_404, RELAY_FAIL_NO_SERVER);
 		LOG_INFO("phone_register_no_server", KV_SPAN("server_id", id), KV_STR("remote", ip));
-		conn_ws_close(w, c, 4404, "no server with that id");
+		conn_ws_close(s->w, c, RELAY_CLOSE_NO_SERVER, "no server with that id");
 		return;
 	}
 	if (sl->nphones >= RELAY_PHONES_PER_SERVER_MAX) {
-		count_reject(s, HTTP_ROUTE_CLIENT, RELAY_OUT_REJECT_429, RELAY_FAIL_PHONES_AT_CAP);
+		count_reject(s, RELAY_EP_CLIENT, RELAY_OUT_REJECT_429, RELAY_FAIL_PHONES_AT_CAP);
 		LOG_INFO("phone_register_at_cap", KV_SPAN("server_id", id), KV_STR("remote", ip));
-		conn_ws_close(w, c, 4429, "too many phones for server-id");
+		conn_ws_close(s->w, c, RELAY_CLOSE_PHONES_AT_CAP, "too many phones for server-id");
 		return;
 	}
-	if (!random_hex(c->relay.hex)) {
-		conn_abort(w, c);
+	if (!random_hex(rc->hex)) {
+		conn_abort(s->w, c);
 		return;
 	}
 	/* conn_id = client-<id>-<hex8>: the slot holds all but the hex (phone_conn_id). */
-	c->relay.slot = sl;
-	c->relay.role = RELAY_ROLE_PHONE;
-	c->relay.epoch = sl->epoch;
-	c->relay.phone_index = sl->nphones;
-	sl->phones[sl->nphones++] = c->idx;
+	rc->slot = sl;
+	rc->role = RELAY_ROLE_PHONE;
+	rc->epoch = sl->epoch;
+	rc->phone_index = sl->nphones;
+	sl->phones[sl->nphones++] = c.idx;
 	STAT_INC(s->stats.phones);
 	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_CLIENT][RELAY_OUT_ACCEPT]);
 	if (sl->phones_paused) {
-		c->relay.flags |= RELAY_F_PAUSED;
-		conn_pause_recv(w, c);
+		rc->flags |= RELAY_F_PAUSED;
+		conn_pause_recv(s->w, c);
 	}
-	LOG_INFO("phone_registered", KV_SPAN("server_id", id), KV_SPAN("conn_id", phone_conn_id(c)),
-		 KV_SPAN("device_name", device), KV_STR("remote", ip));
-	conn_heartbeat_start(w, c);
+	LOG_INFO("phone_registered", KV_SPAN("server_id", id), KV_SPAN("conn_id", phone_conn_id(rc)),
+		 KV_SPAN("device_name", upgraded_device(u)), KV_STR("remote", ip));
+	conn_heartbeat_start(s->w, c);
 }
 
-void relay_open(struct worker *w, struct conn *c, enum http_route route, const struct http_request *req)
+static void on_open(void *app, struct conn_ref c, const struct upgraded *u)
 {
-	if (route == HTTP_ROUTE_SERVER)
-		open_binary(w, c, req);
+	struct relay_shard *s = app;
+	enum relay_endpoint ep = endpoint_of((enum http_route)u->route);
+	*rc_of(s, c) = (struct relay_conn){ .gen = c.gen, .endpoint = (uint8_t)ep };
+	if (ep == RELAY_EP_SERVER)
+		open_binary(s, c, u);
 	else
-		open_phone(w, c, req);
+		open_phone(s, c, u);
 }
 
 /* ------------------------------------------------------------------ routing */
 
-static void pause_phones(struct worker *w, struct relay_slot *sl, bool pause)
+static void pause_phones(struct relay_shard *s, struct relay_slot *sl, bool pause)
 {
 	if (sl->phones_paused == pause)
 		return;
 	sl->phones_paused = pause;
 	if (pause)
-		STAT_INC(w->relay->stats.phone_pauses);
+		STAT_INC(s->stats.phone_pauses);
 	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn *p = slot_phone(w, sl, i);
+		struct conn_ref p = slot_phone(s, sl, i);
+		struct relay_conn *prc = rc_of(s, p);
 		if (pause) {
-			p->relay.flags |= RELAY_F_PAUSED;
-			conn_pause_recv(w, p);
+			prc->flags |= RELAY_F_PAUSED;
+			conn_pause_recv(s->w, p);
 		} else {
-			p->relay.flags &= (uint8_t)~RELAY_F_PAUSED;
-			conn_resume_recv(w, p);
+			prc->flags &= (uint8_t)~RELAY_F_PAUSED;
+			conn_resume_recv(s->w, p);
 		}
 	}
 }
 
+/* Frames for a binary: counted when written, and their queueing latency observed. */
+#define TO_BINARY (CONN_SEND_COUNTED | CONN_SEND_LATENCY)
+
 /* §3.2: validate, wrap, send to the binary. Back-pressure replaces the reference's
  * drop-after-10 s: above the binary's high-water mark the phones stop being read. */
-static void phone_message(struct worker *w, struct conn *c, struct span data)
+static void phone_message(struct relay_shard *s, struct conn_ref c, struct span data)
 {
-	struct relay_shard *s = w->relay;
-	struct relay_slot *sl = c->relay.slot;
+	struct relay_conn *rc = rc_of(s, c);
+	struct relay_slot *sl = rc->slot;
 	if (!json_valid(data)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
 		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "phone frame is not valid JSON"));
-		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "phone frame is not valid JSON"));
+		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
-	struct conn *b = sl->binary;
-	if (b == NULL) {
+	if (sl->binary == RELAY_NO_CONN) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_NO_BINARY]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "binary connection closed"));
-		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary connection closed"));
+		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
+	struct conn_ref b = ref_at(s, sl->binary);
 	uint8_t *wrap = slot_wrap(sl);
 	uint32_t hex_off = slot_wrap_hex_off(sl);
 	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
 	struct iovec parts[5] = {
 		{ .iov_base = wrap, .iov_len = hex_off },
-		{ .iov_base = c->relay.hex, .iov_len = RELAY_CONN_HEX_LEN },
+		{ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN },
 		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
 		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
 		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
 	};
-	if (!conn_ws_send_text(w, b, parts, ARRAY_LEN(parts), true)) {
+	if (!conn_ws_send_text(s->w, b, parts, ARRAY_LEN(parts), TO_BINARY)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(c)), KV_STR("err", "binary outbox refused the frame"));
-		conn_ws_close(w, c, WS_CLOSE_NORMAL, "");
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary outbox refused the frame"));
+		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
 	STAT_INC(s->stats.frames_phone_to_binary);
-	if (b->out.bytes > RELAY_BINARY_OUTBOX_HIGH_WATER_BYTES)
-		pause_phones(w, sl, true);
+	if (conn_queued_bytes(s->w, b) > RELAY_BINARY_OUTBOX_HIGH_WATER_BYTES)
+		pause_phones(s, sl, true);
 }
 
-static struct conn *find_phone(struct worker *w, struct relay_slot *sl, const struct json_str *id)
+static bool find_phone(struct relay_shard *s, struct relay_slot *sl, const struct json_str *id,
+		       struct conn_ref *out)
 {
 	/* Linear over <= 16 phones of this server-id only (§3.3 step 4, §4.3). */
 	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn *p = slot_phone(w, sl, i);
-		if (envelope_conn_id_eq(id->raw, id->has_escapes, phone_conn_id(p)))
-			return p;
+		struct conn_ref p = slot_phone(s, sl, i);
+		if (envelope_conn_id_eq(id->raw, id->has_escapes, phone_conn_id(rc_of(s, p)))) {
+			*out = p;
+			return true;
+		}
 	}
-	return NULL;
+	return false;
 }
 
-static uint64_t phone_charge(const struct conn *p)
+static uint64_t phone_charge(struct relay_shard *s, struct conn_ref p)
 {
-	return p->out.bytes + (uint64_t)p->items_pending * RELAY_OUTBOX_ITEM_OVERHEAD_BYTES;
+	return conn_queued_bytes(s->w, p) + (uint64_t)conn_queued_items(s->w, p) * RELAY_OUTBOX_ITEM_OVERHEAD_BYTES;
 }
 
-static void binary_message(struct worker *w, struct conn *c, struct span data)
+static void binary_message(struct relay_shard *s, struct conn_ref c, struct span data)
 {
-	struct relay_shard *s = w->relay;
-	struct relay_slot *sl = c->relay.slot;
-	char bid[256];
+	struct relay_conn *rc = rc_of(s, c);
+	struct relay_slot *sl = rc->slot;
+	char bid[BINARY_CONN_ID_BYTES_MAX];
 	struct envelope env;
 	switch (envelope_scan(data, &env)) {
 	case ENVELOPE_MALFORMED:
@@ -572,36 +642,37 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 	case ENVELOPE_MISSING_FRAME:
 		STAT_INC(s->stats.dropped[RELAY_DROP_MALFORMED_ENVELOPE]);
 		LOG_WARN("binary_forwarder_unmarshal_err", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("binary_conn_id", binary_conn_id(c, bid, sizeof bid)), KV_STR("err", env.err));
+			 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", env.err));
 		return;
 	case ENVELOPE_PUSH_WAKE:
 		/* Push wake needs FCM credentials; this build has no outbound sender, which is
 		 * the reference's "push off" state: every wake is refused (§7.2 step 1). */
 		STAT_INC(s->stats.dropped[RELAY_DROP_PUSH_WAKE]);
 		LOG_WARN("binary_forwarder_push_wake_dropped", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("binary_conn_id", binary_conn_id(c, bid, sizeof bid)), KV_STR("err", "push is off"));
+			 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", "push is off"));
 		return;
 	case ENVELOPE_DIRECTIVE:
 	case ENVELOPE_ROUTED:
 		break;
 	}
-	struct conn *p = find_phone(w, sl, &env.conn_id);
-	if (p == NULL) {
+	struct conn_ref p;
+	if (!find_phone(s, sl, &env.conn_id, &p)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_UNKNOWN_CONN_ID]);
 		LOG_WARN("binary_forwarder_unknown_conn_id", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", env.conn_id.raw));
 		return;
 	}
+	struct relay_conn *prc = rc_of(s, p);
 	bool directive = env.kind == ENVELOPE_DIRECTIVE;
-	if (p->state != CONN_WS_OPEN) {
+	if (!conn_ws_is_open(s->w, p)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_CLOSED]);
 		LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(p)), KV_STR("err", "phone outbox closed"));
+			 KV_SPAN("conn_id", phone_conn_id(prc)), KV_STR("err", "phone outbox closed"));
 		return;
 	}
 	uint16_t code = env.close_code;
 	if (directive) {
-		p->relay.flags |= RELAY_F_CLOSED_BY_BINARY;
+		prc->flags |= RELAY_F_CLOSED_BY_BINARY;
 		/* An illegal wire code would make the phone's library fail the close: 1011. */
 		if (!ws_close_code_is_sendable(code))
 			code = WS_CLOSE_INTERNAL_ERROR;
@@ -610,147 +681,159 @@ static void binary_message(struct worker *w, struct conn *c, struct span data)
 		/* §5.7: budget len + 64 per item, 4 MiB per phone; the item being written
 		 * stays charged until its write completes. */
 		/* The buffer pool refusing the bytes is the same overflow, one level up. */
-		bool over = phone_charge(p) + env.frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES >
+		bool over = phone_charge(s, p) + env.frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES >
 			    RELAY_PHONE_OUTBOX_BUDGET_BYTES;
 		struct iovec part = { .iov_base = (void *)env.frame.ptr, .iov_len = env.frame.len };
-		if (over || !conn_ws_send_text(w, p, &part, 1, true)) {
+		if (over || !conn_ws_send_text(s->w, p, &part, 1, CONN_SEND_COUNTED)) {
 			STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_BACKLOG]);
 			LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
-				 KV_SPAN("conn_id", phone_conn_id(p)), KV_STR("err", "phone delivery backlog full"));
-			conn_ws_close(w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
+				 KV_SPAN("conn_id", phone_conn_id(prc)), KV_STR("err", "phone delivery backlog full"));
+			conn_ws_close(s->w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
 			return;
 		}
 	}
 	if (directive) {
 		/* Queued after the frame: FIFO makes it take effect after every earlier frame. */
-		conn_ws_close(w, p, code, "");
+		conn_ws_close(s->w, p, code, "");
 		LOG_INFO("binary_forwarder_phone_closed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(p)), KV_UINT("close_code", code));
+			 KV_SPAN("conn_id", phone_conn_id(prc)), KV_UINT("close_code", code));
 	}
 }
 
-void relay_message(struct worker *w, struct conn *c, uint8_t opcode, struct span data)
+static void on_message(void *app, struct conn_ref c, uint8_t opcode, struct span data)
 {
-	if (c->relay.role == RELAY_ROLE_PHONE)
-		phone_message(w, c, data);
-	else if (c->relay.role == RELAY_ROLE_BINARY)
-		binary_message(w, c, data);
+	struct relay_shard *s = app;
+	uint8_t role = rc_of(s, c)->role;
+	if (role == RELAY_ROLE_PHONE)
+		phone_message(s, c, data);
+	else if (role == RELAY_ROLE_BINARY)
+		binary_message(s, c, data);
 	/* a claimant's frames before its claim resolves are dropped, like the reference
 	 * which does not read them until the probe ends */
 }
 
-void relay_pong(struct worker *w, struct conn *c, struct span payload)
+static void on_pong(void *app, struct conn_ref c, struct span payload)
 {
-	struct relay_slot *sl = c->relay.slot;
-	if (c->relay.role != RELAY_ROLE_BINARY || sl == NULL || sl->claimant == NULL || sl->binary != c ||
+	struct relay_shard *s = app;
+	struct relay_conn *rc = rc_of(s, c);
+	struct relay_slot *sl = rc->slot;
+	if (rc->role != RELAY_ROLE_BINARY || sl == NULL || sl->claimant == RELAY_NO_CONN || !is_conn(sl->binary, c) ||
 	    !span_eq_cstr(payload, RELAY_PROBE_PAYLOAD))
 		return;
 	/* The incumbent is alive: the claimant loses (§2.2). */
-	struct conn *claimant = sl->claimant;
-	sl->claimant = NULL;
-	worker_cancel_timer(w, &sl->probe);
-	claimant->relay.role = RELAY_ROLE_NONE;
-	claimant->relay.slot = NULL;
+	struct conn_ref claimant = ref_at(s, sl->claimant);
+	sl->claimant = RELAY_NO_CONN;
+	worker_cancel_timer(s->w, &sl->probe);
+	detach(rc_of(s, claimant));
 	char ip[INET6_ADDRSTRLEN];
-	conn_remote_ip(claimant, ip, sizeof ip);
-	count_reject(w->relay, HTTP_ROUTE_SERVER, RELAY_OUT_REJECT_409, RELAY_FAIL_SERVER_IN_USE);
+	conn_remote_ip(s->w, claimant, ip, sizeof ip);
+	count_reject(s, RELAY_EP_SERVER, RELAY_OUT_REJECT_409, RELAY_FAIL_SERVER_IN_USE);
 	LOG_INFO("server_id_conflict", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
-	conn_ws_close(w, claimant, 4409, "server-id already claimed");
+	conn_ws_close(s->w, claimant, RELAY_CLOSE_ID_CONFLICT, "server-id already claimed");
 }
 
-void relay_items_written(struct worker *w, struct conn *c, uint32_t n)
+static void on_items_written(void *app, struct conn_ref c, uint32_t n)
 {
+	struct relay_shard *s = app;
+	struct relay_conn *rc = rc_of(s, c);
 	/* By endpoint, not role: a directive's frame is written after the phone's end
 	 * cleared its role, and still counts (§8.2: "incl. a frame carried by a close
 	 * directive"). Only frames routed to phones are counted items on /v1/client. */
-	if (c->route == HTTP_ROUTE_CLIENT) {
-		STAT_ADD(w->relay->stats.frames_binary_to_phone, n);
-	} else if (c->relay.role == RELAY_ROLE_BINARY && c->relay.slot && c->relay.slot->phones_paused &&
-		   c->out.bytes < RELAY_BINARY_OUTBOX_LOW_WATER_BYTES) {
-		pause_phones(w, c->relay.slot, false);
+	if (rc->endpoint == RELAY_EP_CLIENT) {
+		STAT_ADD(s->stats.frames_binary_to_phone, n);
+	} else if (rc->role == RELAY_ROLE_BINARY && rc->slot && rc->slot->phones_paused &&
+		   conn_queued_bytes(s->w, c) < RELAY_BINARY_OUTBOX_LOW_WATER_BYTES) {
+		pause_phones(s, rc->slot, false);
 	}
 }
 
 /* ------------------------------------------------------------------ endings */
 
-static void phone_end(struct worker *w, struct conn *c)
+/* §4.6: tell the binary that held the slot when this phone registered. */
+static void send_close_notice(struct relay_shard *s, struct relay_conn *rc, uint16_t code)
 {
-	struct relay_shard *s = w->relay;
-	struct relay_slot *sl = c->relay.slot;
-	/* §4.6: tell the binary that held the slot when this phone registered, unless the
-	 * binary itself asked for this close. */
-	if (!(c->relay.flags & RELAY_F_CLOSED_BY_BINARY) && sl->epoch == c->relay.epoch) {
-		uint16_t code = c->peer_close_code ? c->peer_close_code : WS_CLOSE_GOING_AWAY;
-		uint8_t notice[ENVELOPE_CLOSE_NOTICE_LEN_MAX(64)];
-		uint8_t *buf = notice;
-		uint32_t cap = 0;
-		size_t need = ENVELOPE_CLOSE_NOTICE_LEN_MAX((size_t)slot_cid_len(sl));
-		if (need > sizeof notice)
-			buf = need <= BUFPOOL_CLASS_MAX_BYTES ? bufpool_get(&w->pool, need, &cap) : NULL;
-		size_t n = buf ? envelope_write_close_notice(buf, buf == notice ? sizeof notice : cap, phone_conn_id(c), code) : 0;
-		struct iovec part = { .iov_base = buf, .iov_len = n };
-		if (sl->binary == NULL || n == 0 || !conn_ws_send_text(w, sl->binary, &part, 1, true)) {
-			LOG_INFO("phone_close_notice_send_failed", KV_SPAN("server_id", slot_id(sl)),
-				 KV_SPAN("conn_id", phone_conn_id(c)), KV_UINT("close_code", code),
-				 KV_STR("err", "binary connection closed"));
-		}
-		if (buf != notice && buf != NULL)
-			bufpool_put(&w->pool, buf, cap);
+	struct relay_slot *sl = rc->slot;
+	uint8_t notice[ENVELOPE_CLOSE_NOTICE_LEN_MAX(CLOSE_NOTICE_STACK_CONN_ID_MAX)];
+	uint8_t *buf = notice;
+	uint32_t cap = 0;
+	struct bufpool *pool = worker_pool(s->w);
+	size_t need = ENVELOPE_CLOSE_NOTICE_LEN_MAX((size_t)slot_cid_len(sl));
+	if (need > sizeof notice)
+		buf = need <= BUFPOOL_CLASS_MAX_BYTES ? bufpool_get(pool, need, &cap) : NULL;
+	size_t n = buf ? envelope_write_close_notice(buf, buf == notice ? sizeof notice : cap, phone_conn_id(rc), code) : 0;
+	struct iovec part = { .iov_base = buf, .iov_len = n };
+	if (sl->binary == RELAY_NO_CONN || n == 0 ||
+	    !conn_ws_send_text(s->w, ref_at(s, sl->binary), &part, 1, TO_BINARY)) {
+		LOG_INFO("phone_close_notice_send_failed", KV_SPAN("server_id", slot_id(sl)),
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_UINT("close_code", code),
+			 KV_STR("err", "binary connection closed"));
 	}
+	if (buf != notice && buf != NULL)
+		bufpool_put(pool, buf, cap);
+}
+
+static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_close_code)
+{
+	struct relay_conn *rc = rc_of(s, c);
+	struct relay_slot *sl = rc->slot;
+	/* Unless the binary itself asked for this close; the notice carries the phone's
+	 * own close status, or 1001 when it sent none. */
+	if (!(rc->flags & RELAY_F_CLOSED_BY_BINARY) && sl->epoch == rc->epoch)
+		send_close_notice(s, rc, peer_close_code ? peer_close_code : WS_CLOSE_GOING_AWAY);
 	/* unregister: swap with the last (§4.3) */
-	uint8_t i = c->relay.phone_index;
-	ASSERT(i < sl->nphones && sl->phones[i] == c->idx);
+	uint8_t i = rc->phone_index;
+	ASSERT(i < sl->nphones && sl->phones[i] == c.idx);
 	sl->phones[i] = sl->phones[--sl->nphones];
 	if (i < sl->nphones)
-		slot_phone(w, sl, i)->relay.phone_index = i;
+		s->rc[sl->phones[i]].phone_index = i;
 	STAT_DEC(s->stats.phones);
-	LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(c)));
-	c->relay.slot = NULL;
-	c->relay.role = RELAY_ROLE_NONE;
+	LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(rc)));
+	detach(rc);
 	slot_maybe_free(s, sl);
 }
 
-static void binary_end(struct worker *w, struct conn *c)
+static void binary_end(struct relay_shard *s, struct conn_ref c)
 {
-	struct relay_shard *s = w->relay;
-	struct relay_slot *sl = c->relay.slot;
-	c->relay.slot = NULL;
-	c->relay.role = RELAY_ROLE_NONE;
-	if (sl->binary != c) {
+	struct relay_conn *rc = rc_of(s, c);
+	struct relay_slot *sl = rc->slot;
+	detach(rc);
+	if (!is_conn(sl->binary, c)) {
 		slot_maybe_free(s, sl);
 		return;
 	}
-	sl->binary = NULL;
+	sl->binary = RELAY_NO_CONN;
 	STAT_DEC(s->stats.binaries);
-	if (sl->claimant != NULL) {
+	if (sl->claimant != RELAY_NO_CONN) {
 		/* The probed incumbent died: that is the probe's answer (§2.2). */
-		takeover(w, sl);
+		takeover(s, sl);
 		return;
 	}
 	/* §4.4: only the holder arms the grace timer; its phones may read again so a
 	 * phone that sends during grace is dropped rather than stalled. */
-	pause_phones(w, sl, false);
+	pause_phones(s, sl, false);
 	sl->gracing = true;
-	worker_schedule(w, &sl->grace, w->now_ms + w->cfg->grace_period_ms);
+	worker_schedule(s->w, &sl->grace, worker_now_ms(s->w) + s->cfg->grace_period_ms);
 	LOG_INFO("server_released", KV_SPAN("server_id", slot_id(sl)));
 }
 
-void relay_end(struct worker *w, struct conn *c)
+static void on_end(void *app, struct conn_ref c, uint16_t peer_close_code)
 {
-	switch (c->relay.role) {
+	struct relay_shard *s = app;
+	struct relay_conn *rc = rc_of(s, c);
+	ASSERT(rc->gen == c.gen);
+	switch (rc->role) {
 	case RELAY_ROLE_PHONE:
-		phone_end(w, c);
+		phone_end(s, c, peer_close_code);
 		break;
 	case RELAY_ROLE_BINARY:
-		binary_end(w, c);
+		binary_end(s, c);
 		break;
 	case RELAY_ROLE_CLAIMANT: {
-		struct relay_slot *sl = c->relay.slot;
-		sl->claimant = NULL;
-		worker_cancel_timer(w, &sl->probe);
-		c->relay.slot = NULL;
-		c->relay.role = RELAY_ROLE_NONE;
-		slot_maybe_free(w->relay, sl);
+		struct relay_slot *sl = rc->slot;
+		sl->claimant = RELAY_NO_CONN;
+		worker_cancel_timer(s->w, &sl->probe);
+		detach(rc);
+		slot_maybe_free(s, sl);
 		break;
 	}
 	default:
@@ -760,31 +843,32 @@ void relay_end(struct worker *w, struct conn *c)
 
 /* ------------------------------------------------------------------ timers */
 
-static void grace_expired(struct worker *w, struct relay_slot *sl)
+static void grace_expired(struct relay_shard *s, struct relay_slot *sl)
 {
 	if (!sl->gracing)
 		return; /* stale: a reclaim cancelled it (a cancelled node never fires) */
 	sl->gracing = false;
-	evict_phones(w, sl, WS_CLOSE_NORMAL, "");
-	STAT_INC(w->relay->stats.grace_expiries);
-	slot_maybe_free(w->relay, sl);
+	evict_phones(s, sl, WS_CLOSE_NORMAL, "");
+	STAT_INC(s->stats.grace_expiries);
+	slot_maybe_free(s, sl);
 }
 
-void relay_timer(struct worker *w, struct tw_node *n)
+static void on_timer(void *app, struct tw_node *n)
 {
+	struct relay_shard *s = app;
 	switch (n->kind) {
 	case TW_KIND_GRACE:
-		grace_expired(w, CONTAINER_OF(n, struct relay_slot, grace));
+		grace_expired(s, CONTAINER_OF(n, struct relay_slot, grace));
 		break;
 	case TW_KIND_PROBE: {
 		struct relay_slot *sl = CONTAINER_OF(n, struct relay_slot, probe);
-		if (sl->claimant)
-			takeover(w, sl); /* no pong within the probe timeout */
+		if (sl->claimant != RELAY_NO_CONN)
+			takeover(s, sl); /* no pong within the probe timeout */
 		break;
 	}
 	case TW_KIND_SWEEP:
-		ratelimit_sweep(&w->relay->rl, w->now_ms);
-		worker_schedule(w, n, w->now_ms + RATELIMIT_SWEEP_INTERVAL_MS);
+		ratelimit_sweep(&s->rl, worker_now_ms(s->w));
+		worker_schedule(s->w, n, worker_now_ms(s->w) + RATELIMIT_SWEEP_INTERVAL_MS);
 		break;
 	default:
 		ASSERT(!"unknown relay timer");
@@ -793,26 +877,38 @@ void relay_timer(struct worker *w, struct tw_node *n)
 
 /* ------------------------------------------------------------------ shutdown, counts */
 
-void relay_shutdown(struct worker *w)
+static void on_shutdown(void *app)
 {
-	struct relay_shard *s = w->relay;
-	worker_cancel_timer(w, &s->sweep);
-	/* §7.6: every registered connection (binaries, phones, claimants) gets 1001. */
-	for (uint32_t i = 0; i < w->conn_cap; i++) {
-		struct conn *c = &w->conns[i];
-		if (c->state == CONN_WS_OPEN)
-			conn_ws_close(w, c, WS_CLOSE_GOING_AWAY, "shutting down");
-	}
+	struct relay_shard *s = app;
+	/* §7.6: the engine closes every connection 1001 next; no timer of ours may fire
+	 * during the drain. */
+	worker_cancel_timer(s->w, &s->sweep);
 	for (uint32_t b = 0; b < s->nbuckets; b++) {
 		for (struct relay_slot *sl = s->buckets[b]; sl; sl = sl->hnext) {
-			worker_cancel_timer(w, &sl->grace);
-			worker_cancel_timer(w, &sl->probe);
+			worker_cancel_timer(s->w, &sl->grace);
+			worker_cancel_timer(s->w, &sl->probe);
 		}
 	}
 }
 
-void relay_counts(struct worker *w, uint64_t *binaries, uint64_t *phones)
+static void on_healthz(void *app, struct healthz *h)
 {
-	*binaries = STAT_GET(w->relay->stats.binaries);
-	*phones = STAT_GET(w->relay->stats.phones);
+	struct relay_shard *s = app;
+	h->connected_binaries = STAT_GET(s->stats.binaries);
+	h->connected_phones = STAT_GET(s->stats.phones);
 }
+
+const struct engine_hooks relay_hooks = {
+	.create = shard_create,
+	.destroy = shard_destroy,
+	.admit = on_admit,
+	.rejected_headers = on_rejected_headers,
+	.open = on_open,
+	.message = on_message,
+	.pong = on_pong,
+	.items_written = on_items_written,
+	.end = on_end,
+	.timer = on_timer,
+	.shutdown = on_shutdown,
+	.healthz = on_healthz,
+};

@@ -5,8 +5,10 @@
  * - A shard owns every server-id whose binary and phones live on its worker: claims,
  *   phone registration, grace timers, conflict probes and routing are plain function
  *   calls on worker-local memory (no locks, no atomics).
- * - The engine drives it through the hooks declared in engine/worker.h; the shard acts
- *   on connections only through the conn_* functions there.
+ * - The engine drives it through relay_hooks (engine/engine.h's struct engine_hooks);
+ *   the shard sees a connection only as a struct conn_ref and acts on it only through
+ *   the conn_* functions there. Its per-connection state is its own array, indexed by
+ *   the ref's pool index.
  * - Counters are plain per-worker integers; the metrics responder sums them.
  * - Slots (one per server-id) are allocated on claim (control plane) and freed when
  *   the last binary, phone, grace timer and probe are gone.
@@ -16,6 +18,7 @@
 
 #include "core/common.h"
 #include "core/stat.h"
+#include "engine/engine.h"
 
 /* Reference limits (§4.3, §5.7) and our binary-side back-pressure marks (DESIGN.md:
  * pause a server-id's phones instead of dropping them after a write timeout). */
@@ -26,6 +29,14 @@
 #define RELAY_BINARY_OUTBOX_LOW_WATER_BYTES (1u * 1024u * 1024u)
 #define RELAY_PROBE_PAYLOAD "relay-probe"
 #define RELAY_RATELIMIT_BUCKETS_MAX 65536u
+
+/* Application close codes (reference §2.2, §2.3, §4.2). */
+#define RELAY_CLOSE_NO_SERVER 4404     /* no such server-id; also: phones of a reclaimed one */
+#define RELAY_CLOSE_ID_CONFLICT 4409   /* server-id held by a live binary */
+#define RELAY_CLOSE_PHONES_AT_CAP 4429 /* RELAY_PHONES_PER_SERVER_MAX phones already */
+
+/* A phone's conn_id suffix: 4 CSPRNG bytes as lowercase hex. */
+#define RELAY_CONN_HEX_LEN 8
 
 enum relay_endpoint { RELAY_EP_SERVER = 0, RELAY_EP_CLIENT, RELAY_EP_COUNT };
 
@@ -74,6 +85,10 @@ struct relay_stats {
 } STAT_ALIGNED;
 
 struct relay_shard;
+/* app: what relay_hooks.create returned (worker_app). */
 const struct relay_stats *relay_stats_of(const struct relay_shard *s);
+
+/* The relay as the engine's application: pass to worker_create. */
+extern const struct engine_hooks relay_hooks;
 
 #endif

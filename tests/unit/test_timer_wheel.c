@@ -63,7 +63,7 @@ static void tnode_init(struct tnode *t, unsigned id)
 {
 	memset(t, 0, sizeof *t);
 	t->id = id;
-	t->n.kind = TW_KIND_RELAY;
+	t->n.kind = TW_KIND_APP;
 }
 
 static void on_fire(struct tw_node *n, void *ctx)

@@ -1,0 +1,393 @@
+/*
+ * conn.c - the connection pool and each connection's lifecycle.
+ *
+ * Reading order: the pool (alloc, state moves, refs), the input seam, deadlines,
+ * endings (report, abort, drain, free), buffers, and the operations the application
+ * calls by ref. Slots come from a pool sized at start-up; a slot is freed only when no
+ * operation on its fd is in flight and the application has heard of its end.
+ */
+#include "engine/internal.h"
+
+#include <arpa/inet.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ws/ws_frame.h"
+
+/* ------------------------------------------------------------------ the pool */
+
+static void read_peer(int fd, struct peer_addr *out)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+		out->family = AF_INET;
+		memcpy(out->bytes, &sin->sin_addr, 4);
+		out->port = ntohs(sin->sin_port);
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+		out->family = AF_INET6;
+		memcpy(out->bytes, &sin6->sin6_addr, 16);
+		out->port = ntohs(sin6->sin6_port);
+	}
+}
+
+struct conn *conn_alloc(struct worker *w, int fd)
+{
+	if (w->free_top == 0)
+		return NULL;
+	uint32_t idx = w->free_idx[--w->free_top];
+	struct conn *c = &w->conns[idx];
+	ASSERT(c->state == CONN_FREE);
+	uint32_t gen = c->gen;
+	*c = (struct conn){ .fd = fd, .idx = idx, .gen = gen, .state = CONN_HTTP };
+	c->timer.kind = TW_KIND_CONN;
+	w->live++;
+	STAT_SET(w->stats.connections_open, w->live);
+
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	read_peer(fd, &c->remote);
+	c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
+	conn_timer_update(w, c);
+	conn_arm_recv(w, c);
+	return c;
+}
+
+void conn_move(struct conn *c, enum conn_state to)
+{
+	ASSERT(to > c->state);
+	c->state = (uint8_t)to;
+}
+
+struct conn *conn_at(struct worker *w, struct conn_ref ref)
+{
+	ASSERT(ref.idx < w->conn_cap);
+	struct conn *c = &w->conns[ref.idx];
+	ASSERT(c->gen == ref.gen && c->state != CONN_FREE);
+	return c;
+}
+
+/* ------------------------------------------------------------------ bytes in */
+
+void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+{
+	STAT_ADD(w->stats.bytes_in, n);
+	switch (c->state) {
+	case CONN_HTTP:
+		http_phase_input(w, c, p, n);
+		break;
+	case CONN_WS_OPEN:
+	case CONN_WS_CLOSING:
+		ws_phase_input(w, c, p, n);
+		break;
+	default:
+		break; /* draining: input is discarded */
+	}
+}
+
+bool conn_reads(const struct conn *c)
+{
+	return c->state != CONN_FREE && c->state != CONN_DEAD && !c->recv_paused;
+}
+
+void conn_arm_recv(struct worker *w, struct conn *c)
+{
+	if (c->recv_armed || !conn_reads(c))
+		return;
+	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = RECV_BUFFER_GROUP;
+	io_uring_sqe_set_data64(sqe, UD(OP_RECV, c->idx, c->gen));
+	c->recv_armed = true;
+}
+
+/* ------------------------------------------------------------------ deadlines */
+
+void conn_timer_update(struct worker *w, struct conn *c)
+{
+	uint64_t d[] = { c->read_deadline_ms, c->write_deadline_ms, c->close_deadline_ms, c->ping_at_ms,
+			 c->pong_deadline_ms };
+	uint64_t next = 0;
+	for (size_t i = 0; i < ARRAY_LEN(d); i++) {
+		if (d[i] && (next == 0 || d[i] < next))
+			next = d[i];
+	}
+	if (next == 0)
+		timer_wheel_cancel(&w->tw, &c->timer);
+	else if (!tw_node_scheduled(&c->timer) || c->timer.deadline_ms != next)
+		timer_wheel_schedule(&w->tw, &c->timer, next);
+}
+
+void conn_timer_fire(struct worker *w, struct conn *c)
+{
+	uint64_t now = w->now_ms;
+	if (c->close_deadline_ms && now >= c->close_deadline_ms) {
+		conn_kill(w, c); /* close handshake or drain took too long */
+		return;
+	}
+	if (c->write_deadline_ms && now >= c->write_deadline_ms) {
+		conn_kill(w, c); /* reference §5.4: no write progress for 10 s */
+		return;
+	}
+	if (c->read_deadline_ms && now >= c->read_deadline_ms) {
+		/* HTTP header/idle timeout, or a WebSocket message that did not finish within
+		 * 30 s of its first header (§5.3): torn down without a close frame. */
+		conn_kill(w, c);
+		return;
+	}
+	if ((c->pong_deadline_ms && now >= c->pong_deadline_ms) || (c->ping_at_ms && now >= c->ping_at_ms)) {
+		ws_phase_heartbeat_due(w, c);
+		if (c->state != CONN_WS_OPEN)
+			return;
+	}
+	conn_timer_update(w, c);
+}
+
+/* ------------------------------------------------------------------ endings */
+
+/* The application hears of every upgraded connection's end exactly once, from the
+ * loop, never from inside one of its own calls. */
+void conn_report_end(struct worker *w, struct conn *c)
+{
+	if (!c->upgraded || c->ended_reported || c->in_ended)
+		return;
+	c->in_ended = true;
+	c->ended_next = w->ended_head;
+	w->ended_head = c;
+}
+
+void conn_run_ended(struct worker *w)
+{
+	/* Bounded by the number of connections: each is reported once. */
+	while (w->ended_head != NULL) {
+		struct conn *c = w->ended_head;
+		w->ended_head = c->ended_next;
+		c->in_ended = false;
+		c->ended_reported = true;
+		w->hooks->end(w->app, conn_ref_of(c), c->peer_close_code);
+		/* §4.7: the cap slot is held until the handler returns, i.e. until the
+		 * WebSocket ended, not until the TCP drain that follows finishes. */
+		if (c->counted) {
+			c->counted = false;
+			ASSERT(w->ws_counted > 0);
+			w->ws_counted--;
+		}
+		conn_maybe_free(w, c);
+	}
+}
+
+enum close_class close_class_of(uint16_t code)
+{
+	if (code == 0 || code == WS_CLOSE_NO_STATUS)
+		return CLOSE_CLASS_NO_STATUS;
+	if (code == WS_CLOSE_NORMAL)
+		return CLOSE_CLASS_NORMAL;
+	if (code == WS_CLOSE_GOING_AWAY)
+		return CLOSE_CLASS_GOING_AWAY;
+	if ((code >= 1002 && code <= 1003) || (code >= 1007 && code <= 1010))
+		return CLOSE_CLASS_PROTOCOL;
+	if (code >= 3000 && code <= 4999)
+		return CLOSE_CLASS_APPLICATION;
+	return CLOSE_CLASS_INTERNAL;
+}
+
+/* Once per upgraded connection, when its slot is freed. */
+static void count_close(struct worker *w, const struct conn *c)
+{
+	if (!c->upgraded)
+		return;
+	enum close_class k = c->close_sent ? close_class_of(c->close_code) : CLOSE_CLASS_ABNORMAL;
+	STAT_INC(w->stats.closes[k]);
+}
+
+static void release_buffers(struct worker *w, struct conn *c)
+{
+	conn_put_http_buf(w, c);
+	conn_put_reader(w, c);
+}
+
+void conn_maybe_free(struct worker *w, struct conn *c)
+{
+	if (c->state != CONN_DEAD || c->recv_armed || c->send_inflight || c->in_ended || c->in_dirty)
+		return;
+	if (c->upgraded && !c->ended_reported)
+		return;
+	timer_wheel_cancel(&w->tw, &c->timer);
+	conn_outq_clear(w, c);
+	release_buffers(w, c);
+	send_put_ctx(w, c);
+	count_close(w, c);
+	close(c->fd);
+	if (c->counted) {
+		ASSERT(w->ws_counted > 0);
+		w->ws_counted--;
+	}
+	c->state = CONN_FREE; /* the one move back: the slot starts a new life */
+	c->gen++;
+	ASSERT(w->live > 0);
+	w->live--;
+	STAT_SET(w->stats.connections_open, w->live);
+	w->free_idx[w->free_top++] = c->idx;
+}
+
+void conn_kill(struct worker *w, struct conn *c)
+{
+	if (c->state == CONN_DEAD || c->state == CONN_FREE)
+		return;
+	conn_report_end(w, c);
+	conn_move(c, CONN_DEAD);
+	c->read_deadline_ms = c->write_deadline_ms = c->close_deadline_ms = 0;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	timer_wheel_cancel(&w->tw, &c->timer);
+	/* Wakes the multishot recv (it completes with 0) and fails an in-flight send, so
+	 * the slot can be freed once both completions are in. */
+	shutdown(c->fd, SHUT_RDWR);
+	conn_outq_clear(w, c);
+	conn_maybe_free(w, c);
+}
+
+/* Flush what is queued, then FIN; discard input until the peer's EOF (bounded). */
+void conn_drain(struct worker *w, struct conn *c)
+{
+	if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+		return;
+	if (c->state == CONN_WS_OPEN || c->state == CONN_WS_CLOSING)
+		conn_report_end(w, c);
+	conn_move(c, CONN_DRAINING);
+	c->read_deadline_ms = 0;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;
+	c->recv_paused = false;
+	release_buffers(w, c);
+	if (outq_empty(&c->out) && !c->send_inflight) {
+		shutdown(c->fd, SHUT_WR);
+		c->wr_shut = true;
+	}
+	conn_arm_recv(w, c);
+	conn_timer_update(w, c);
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+void conn_outq_clear(struct worker *w, struct conn *c)
+{
+	if (c->zc_notif_pending)
+		return; /* the kernel may still read these bytes; cleared when the slot is freed */
+	STAT_SUB(w->stats.outbox_bytes, c->out.bytes);
+	outq_clear(&c->out, &w->pool);
+}
+
+void conn_put_http_buf(struct worker *w, struct conn *c)
+{
+	if (c->http_buf) {
+		bufpool_put(&w->pool, c->http_buf, c->http_cap);
+		c->http_buf = NULL;
+		c->http_cap = c->http_len = 0;
+	}
+}
+
+void conn_put_asm_buf(struct worker *w, struct ws_reader *r)
+{
+	if (r->asm_buf) {
+		bufpool_put(&w->pool, r->asm_buf, r->asm_cap);
+		r->asm_buf = NULL;
+		r->asm_cap = r->asm_len = 0;
+	}
+}
+
+uint32_t conn_reader_pool_bytes(void)
+{
+	return bufpool_class_bytes(sizeof(struct ws_reader));
+}
+
+/* The conn's reader (held only while a frame or message spans receives) and its
+ * assembly buffer go back to the pool. */
+void conn_put_reader(struct worker *w, struct conn *c)
+{
+	if (c->ws) {
+		conn_put_asm_buf(w, c->ws);
+		bufpool_put(&w->pool, c->ws, conn_reader_pool_bytes());
+		c->ws = NULL;
+	}
+}
+
+bool conn_pool_regrow(struct worker *w, uint8_t **buf, uint32_t *cap, uint32_t keep, size_t want)
+{
+	uint32_t ncap;
+	uint8_t *nb = bufpool_get(&w->pool, want, &ncap);
+	if (nb == NULL)
+		return false;
+	if (*buf) {
+		memcpy(nb, *buf, keep);
+		bufpool_put(&w->pool, *buf, *cap);
+	}
+	*buf = nb;
+	*cap = ncap;
+	return true;
+}
+
+/* ------------------------------------------------------------------ by ref (engine.h) */
+
+void conn_abort(struct worker *w, struct conn_ref ref)
+{
+	conn_kill(w, conn_at(w, ref));
+}
+
+void conn_pause_recv(struct worker *w, struct conn_ref ref)
+{
+	struct conn *c = conn_at(w, ref);
+	if (c->recv_paused || c->state != CONN_WS_OPEN)
+		return;
+	c->recv_paused = true;
+	if (c->recv_armed) {
+		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+		io_uring_prep_cancel64(sqe, UD(OP_RECV, c->idx, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+	}
+}
+
+void conn_resume_recv(struct worker *w, struct conn_ref ref)
+{
+	struct conn *c = conn_at(w, ref);
+	if (!c->recv_paused)
+		return;
+	c->recv_paused = false;
+	conn_arm_recv(w, c);
+}
+
+bool conn_ws_is_open(struct worker *w, struct conn_ref ref)
+{
+	return conn_at(w, ref)->state == CONN_WS_OPEN;
+}
+
+uint64_t conn_queued_bytes(struct worker *w, struct conn_ref ref)
+{
+	return conn_at(w, ref)->out.bytes;
+}
+
+uint32_t conn_queued_items(struct worker *w, struct conn_ref ref)
+{
+	return conn_at(w, ref)->items_pending;
+}
+
+size_t conn_ip_text(const struct conn *c, char *out, size_t cap)
+{
+	ASSERT(cap >= INET6_ADDRSTRLEN);
+	if (c->remote.family == 0 || inet_ntop(c->remote.family, c->remote.bytes, out, (socklen_t)cap) == NULL) {
+		out[0] = '\0';
+		return 0;
+	}
+	return strlen(out);
+}
+
+size_t conn_remote_ip(struct worker *w, struct conn_ref ref, char *out, size_t cap)
+{
+	return conn_ip_text(conn_at(w, ref), out, cap);
+}

@@ -1,0 +1,160 @@
+/*
+ * engine.h - what the engine offers the application above it (src/relay/), and what
+ * it asks of it.
+ *
+ * Contract:
+ * - The application sees a WebSocket connection only as a struct conn_ref (pool index
+ *   and generation) and acts on it only through the conn_* functions below; it never
+ *   reads engine memory. A ref is valid from the hooks' open() call until end() returns
+ *   for it; using it after that is a bug (asserted).
+ * - The engine calls the application through one struct engine_hooks, given at
+ *   worker_create. Every hook runs on the worker's thread, from the loop, never
+ *   re-entrantly for the same connection's end: end() is called exactly once per
+ *   upgraded connection, after the call that caused it has returned.
+ * - The engine knows routes only as the numbers http_route_of gives; what a route
+ *   means (binary, phone) is the application's business.
+ * - The HTTP phase hands an accepted upgrade over as one struct upgraded: a
+ *   self-contained value (no pointer into any worker's memory), so it can move to
+ *   another worker or process as it is.
+ */
+#ifndef PYRELAY_ENGINE_H
+#define PYRELAY_ENGINE_H
+
+#include <netinet/in.h>
+#include <sys/uio.h>
+
+#include "core/common.h"
+#include "engine/bufpool.h"
+#include "engine/timer_wheel.h"
+#include "http/http_parse.h"
+#include "http/http_respond.h"
+#include "ws/ws_handshake.h"
+
+struct worker;
+struct config;
+
+/* A connection as the application names it. */
+struct conn_ref {
+	uint32_t idx; /* pool index: the application may index its own per-connection arrays with it */
+	uint32_t gen; /* pool slot generation: tells a reused slot from its previous occupant */
+};
+
+/* How bytes travel on the connection's socket below the HTTP and WebSocket phases. */
+enum transport_kind {
+	TRANSPORT_PLAIN = 0, /* the socket carries the bytes as they are */
+};
+
+/* Peer address as the socket reported it. */
+struct peer_addr {
+	uint8_t family; /* AF_INET or AF_INET6, 0 if unknown */
+	uint8_t bytes[16];
+	uint16_t port;
+};
+
+/*
+ * An accepted WebSocket upgrade, as the HTTP phase hands it to the WebSocket phase.
+ * One allocation (upgraded_new): the fixed part, then the copied header values and the
+ * bytes that arrived after the request head, in that order, in bytes[]. Owned by
+ * whoever holds it; upgraded_free releases it.
+ */
+struct upgraded {
+	int fd;
+	uint8_t route;     /* enum http_route: an upgrade route */
+	uint8_t transport; /* enum transport_kind */
+	struct peer_addr remote;
+	char accept[WS_ACCEPT_KEY_LEN + 1]; /* Sec-WebSocket-Accept for the 101 */
+	uint32_t server_id_len; /* X-Pyrycode-Server */
+	uint32_t version_len;   /* X-Pyrycode-Version ("" for phones) */
+	uint32_t device_len;    /* X-Pyrycode-Device-Name ("" when absent) */
+	uint32_t early_len;     /* bytes after the request head: the first WebSocket frames */
+	uint8_t bytes[];
+};
+
+/* Copies of the header values of req and of the early bytes (two pieces, either may be
+ * empty). NULL when out of memory. */
+struct upgraded *upgraded_new(const struct http_request *req, struct span early_a, struct span early_b);
+void upgraded_free(struct upgraded *u);
+struct span upgraded_server_id(const struct upgraded *u);
+struct span upgraded_version(const struct upgraded *u);
+struct span upgraded_device(const struct upgraded *u);
+struct span upgraded_early(const struct upgraded *u);
+
+/* The application, as the engine calls it. app is what create returned. */
+struct engine_hooks {
+	/* Start-up (control plane): the application's state for worker w, NULL on failure. */
+	void *(*create)(struct worker *w, const struct config *cfg);
+	void (*destroy)(void *app);
+	/* An upgrade request passed routing, before the header gate (reference §1.7
+	 * steps 6-7): -1 to proceed, or an enum http_canned to answer with. */
+	int (*admit)(void *app, struct conn_ref c, enum http_route route, const struct http_request *req);
+	/* The header gate refused an upgrade request (400). */
+	void (*rejected_headers)(void *app, enum http_route route);
+	/* The 101 is queued and the connection reads frames. u is valid during the call. */
+	void (*open)(void *app, struct conn_ref c, const struct upgraded *u);
+	/* A complete data message; data is valid only during the call. */
+	void (*message)(void *app, struct conn_ref c, uint8_t opcode, struct span data);
+	/* A pong (the engine also checks it against its own heartbeat). */
+	void (*pong)(void *app, struct conn_ref c, struct span payload);
+	/* n frames sent with CONN_SEND_COUNTED reached the socket. */
+	void (*items_written)(void *app, struct conn_ref c, uint32_t n);
+	/* The connection stopped being usable. peer_close_code: the status of the peer's
+	 * close frame, 0 if it sent none. The ref is dead when this returns. */
+	void (*end)(void *app, struct conn_ref c, uint16_t peer_close_code);
+	/* A timer the application scheduled fired (node->kind >= TW_KIND_APP). */
+	void (*timer)(void *app, struct tw_node *n);
+	/* Graceful shutdown began; the engine then closes every open WebSocket with
+	 * 1001 "shutting down" (reference §7.6). */
+	void (*shutdown)(void *app);
+	/* The application's counts for /healthz. */
+	void (*healthz)(void *app, struct healthz *h);
+};
+
+/* ---- operations on a WebSocket connection ---- */
+
+enum conn_send_flags {
+	CONN_SEND_COUNTED = 1u << 0, /* report the frame to items_written once written */
+	CONN_SEND_LATENCY = 1u << 1, /* observe queue-to-send latency (pyrycode_relay_p2b_latency) */
+};
+
+/* The most parts conn_ws_send_text takes (the frame header takes one more iovec). */
+#define CONN_SEND_PARTS_MAX 7u
+
+/* Queue one text frame made of parts (flags: enum conn_send_flags). False if the
+ * connection no longer accepts frames or the buffer budget refused the bytes. */
+bool conn_ws_send_text(struct worker *w, struct conn_ref c, const struct iovec *parts, size_t nparts,
+		       unsigned flags);
+/* Start the closing handshake with code and reason (first close wins; a code that may
+ * not appear on the wire becomes 1011). */
+void conn_ws_close(struct worker *w, struct conn_ref c, uint16_t code, const char *reason);
+/* Drop the TCP connection now, without a close frame. */
+void conn_abort(struct worker *w, struct conn_ref c);
+/* Send a ping with this payload (<= 125 bytes). False if it could not be queued. */
+bool conn_ws_ping(struct worker *w, struct conn_ref c, const void *payload, size_t len);
+/* Begin the heartbeat: ping every interval, close 1011 "heartbeat timeout" when a pong
+ * does not come back within the timeout (reference §5.2). */
+void conn_heartbeat_start(struct worker *w, struct conn_ref c);
+/* Stop / resume reading from this connection (back-pressure). */
+void conn_pause_recv(struct worker *w, struct conn_ref c);
+void conn_resume_recv(struct worker *w, struct conn_ref c);
+/* Open: frames may still be queued (no close frame sent or received). */
+bool conn_ws_is_open(struct worker *w, struct conn_ref c);
+/* Bytes queued for the socket and not yet written, and how many of them belong to
+ * CONN_SEND_COUNTED frames. */
+uint64_t conn_queued_bytes(struct worker *w, struct conn_ref c);
+uint32_t conn_queued_items(struct worker *w, struct conn_ref c);
+/* Remote IP as text, without port (for logs and the rate limiter); cap >=
+ * INET6_ADDRSTRLEN. Returns the length, 0 if unknown. */
+size_t conn_remote_ip(struct worker *w, struct conn_ref c, char *out, size_t cap);
+
+/* ---- the worker's services ---- */
+
+void worker_schedule(struct worker *w, struct tw_node *n, uint64_t deadline_ms);
+void worker_cancel_timer(struct worker *w, struct tw_node *n);
+/* The loop iteration's clock (CLOCK_MONOTONIC, ms). */
+uint64_t worker_now_ms(const struct worker *w);
+/* The worker's buffer pool (scratch bytes for the application, returned at once). */
+struct bufpool *worker_pool(struct worker *w);
+/* Connection pool size: conn_ref.idx < this. */
+uint32_t worker_conn_cap(const struct worker *w);
+
+#endif

@@ -1,0 +1,242 @@
+/*
+ * internal.h - the engine's own view of a worker and its connections, shared by the
+ * engine's files and by nothing else (the application uses engine/engine.h).
+ *
+ * The files, in the order a connection meets them:
+ *   loop.c        ring set-up, provided buffers, accept, CQE dispatch, timers, shutdown
+ *   conn.c        the connection pool and lifecycle: states, deadlines, teardown
+ *   http_phase.c  request heads, /healthz, admission, the upgrade (-> struct upgraded)
+ *   ws_phase.c    frames in (reader, control frames, heartbeat) and frames out
+ *   send.c        the outbox to send/send_zc, completions, p2b latency
+ *
+ * Two seams carry every byte, so a transport (TLS) can sit under the phases without
+ * touching them: bytes in enter at conn_input (conn.c), bytes out leave at
+ * send_submit (send.c).
+ *
+ * Every connection moves through enum conn_state in one direction only: HTTP ->
+ * WS_OPEN -> WS_CLOSING -> DRAINING -> DEAD -> FREE (any state may jump forward, never
+ * back; conn_move asserts it).
+ */
+#ifndef PYRELAY_ENGINE_INTERNAL_H
+#define PYRELAY_ENGINE_INTERNAL_H
+
+#include <liburing.h>
+#include <netinet/in.h>
+
+#include "core/common.h"
+#include "core/config.h"
+#include "core/stat.h"
+#include "engine/bufpool.h"
+#include "engine/engine.h"
+#include "engine/outq.h"
+#include "engine/timer_wheel.h"
+#include "engine/uring.h"
+#include "engine/worker.h"
+#include "http/http_head.h"
+#include "http/http_parse.h"
+#include "http/http_respond.h"
+#include "ws/ws_reader.h"
+
+/* Reference §5.3 / §5.4 and RFC 6455 close handshake bounds (HTTP's are in http_head.h). */
+#define WS_MESSAGE_READ_TIMEOUT_MS 30000u
+#define WS_WRITE_TIMEOUT_MS 10000u
+#define WS_CLOSE_HANDSHAKE_TIMEOUT_MS 5000u
+#define SHUTDOWN_DRAIN_TIMEOUT_MS 10000u
+
+#define RING_ENTRIES 4096u
+#define RECV_BUFFER_BYTES (16u * 1024u)
+#define RECV_BUFFER_COUNT 1024u /* per worker: 16 MiB of address space, shared by all its connections */
+/* Buffers handed to the kernel at start. The ring doubles (to RECV_BUFFER_COUNT) after
+ * RECV_STARVED_ITERATIONS_TO_GROW of the last RECV_STARVED_WINDOW_ITERATIONS loop
+ * iterations had a receive find it empty, so a quiet relay touches a few
+ * hundred KiB of receive memory instead of 16 MiB: the kernel fills provided buffers
+ * round-robin, so every buffer in the ring gets used (and backed by RAM) in turn. */
+#define RECV_BUFFER_COUNT_INITIAL 64u
+#define RECV_STARVED_ITERATIONS_TO_GROW 2u /* ... within the last RECV_STARVED_WINDOW_ITERATIONS */
+#define RECV_STARVED_WINDOW_ITERATIONS 4u
+#define RECV_STARVED_WINDOW_MASK ((1u << RECV_STARVED_WINDOW_ITERATIONS) - 1u)
+#define RECV_BUFFER_GROUP 1
+#define LISTEN_BACKLOG 4096
+#define HTTP_HEAD_BUF_INITIAL_BYTES 1024u /* first head buffer; grows to HTTP_HEAD_BYTES_MAX */
+#define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
+/* Heartbeat ping payloads are a decimal sequence number. */
+#define HEARTBEAT_PAYLOAD_BYTES_MAX 16u
+
+/* Every idle connection pays for its slot: the 512 B per idle connection goal (bench
+ * relay/idle, ADR 0006) leaves this much for the slot itself. */
+#define CONN_SLOT_BYTES_MAX 256u
+
+/* user_data operations of the worker ring. */
+enum op {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_WAKE,
+	OP_IGNORE, /* cancels: their completion needs no action */
+};
+
+enum conn_state {
+	CONN_FREE = 0,
+	CONN_HTTP,       /* reading requests */
+	CONN_WS_OPEN,    /* upgraded, frames flow */
+	CONN_WS_CLOSING, /* we sent a close frame, waiting for the peer's (bounded) */
+	CONN_DRAINING,   /* flush what is queued, then FIN, discard input until EOF (bounded) */
+	CONN_DEAD,       /* waiting for in-flight operations before the fd is closed */
+};
+
+struct send_ctx;
+
+struct conn {
+	struct tw_node timer;
+	struct outq out;
+	struct ws_reader *ws;    /* NULL at rest (between frames): see ws_input */
+	uint8_t *http_buf;
+	uint32_t http_cap;
+	uint32_t http_len;
+	struct send_ctx *send;
+	struct conn *dirty_next; /* on the worker's flush list */
+	struct conn *ended_next; /* on the worker's "tell the application" list */
+
+	uint64_t read_deadline_ms;  /* HTTP head, or current WS message */
+	uint64_t write_deadline_ms; /* 10 s without send progress */
+	uint64_t close_deadline_ms; /* close handshake / drain bound */
+	uint64_t ping_at_ms;        /* next heartbeat ping */
+	uint64_t pong_deadline_ms;  /* heartbeat pong due */
+	uint64_t ping_sent_ms;
+	/* CONN_SEND_LATENCY frames queued and not yet submitted: the loop-iteration
+	 * times at which the oldest and newest were received (p2b_latency). */
+	uint64_t lat_first_ns;
+	uint64_t lat_last_ns;
+	uint32_t lat_frames;
+
+	int fd;
+	uint32_t idx;
+	uint32_t gen;
+	uint32_t hb_seq;          /* payload of the outstanding heartbeat ping */
+	uint32_t items_pending;   /* counted items queued, not yet written */
+	uint16_t requests;        /* keep-alive requests served */
+	uint16_t peer_close_code; /* status of the peer's close frame, 0 if none */
+	uint16_t close_code;      /* first close frame we queued (ours or the echo) */
+	/* flags: one bit each, a connection slot is paid for by every idle connection */
+	uint8_t state;            /* enum conn_state */
+	bool upgraded : 1;        /* reached the WebSocket phase: the application hears of its end */
+	bool recv_armed : 1;
+	bool send_inflight : 1;
+	bool in_dirty : 1;
+	bool in_ended : 1;
+	bool ended_reported : 1;
+	bool recv_paused : 1;
+	bool counted : 1;             /* holds a --max-connections slot */
+	bool wr_shut : 1;
+	bool close_sent : 1;          /* close_code is set */
+	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
+	int32_t zc_res;           /* that send's result, applied when the notification comes */
+	struct peer_addr remote;
+};
+
+struct worker {
+	struct io_uring ring;
+	struct uring_features feat;
+	const struct config *cfg;
+	const struct engine_hooks *hooks;
+	void *app;
+	uint32_t id;
+	int listen_fd;
+	bool accept_armed;
+	struct tw_node accept_backoff;
+	int wake_fd;
+	uint64_t wake_value;
+	bool wake_armed;
+	bool ring_ready;
+
+	struct io_uring_buf_ring *br;
+	uint8_t *bufs;
+	uint32_t br_unadvanced;
+	uint32_t br_populated; /* buffers [0, br_populated) are in use by the ring */
+	uint32_t br_starved_hist; /* bit i: a receive hit ENOBUFS in the iteration i back (0: this one) */
+
+	struct conn *conns;
+	uint32_t conn_cap;
+	uint32_t *free_idx;
+	uint32_t free_top;
+	uint32_t live;        /* pool slots in use */
+	uint32_t ws_counted;  /* connections holding a --max-connections slot */
+
+	struct conn *dirty_head;
+	struct conn *ended_head;
+
+	uint64_t now_ms;
+	uint64_t iter_ns;  /* CLOCK_MONOTONIC when this iteration's completions were reaped */
+	uint64_t flush_ns; /* when the current flush began, 0 until needed */
+	uint64_t start_ms;
+	bool stopping;
+	uint64_t drain_deadline_ms;
+	bool drain_incomplete;
+
+	struct bufpool pool;
+	struct worker_stats stats;
+	struct timer_wheel tw; /* large: keep last */
+};
+
+/* ---- conn.c: pool and lifecycle ---- */
+
+/* A pool slot for fd in the HTTP phase, NULL when the pool is exhausted. */
+struct conn *conn_alloc(struct worker *w, int fd);
+/* Move forward through enum conn_state (asserted). */
+void conn_move(struct conn *c, enum conn_state to);
+/* The slot of a ref the application holds (asserted live). */
+struct conn *conn_at(struct worker *w, struct conn_ref ref);
+static inline struct conn_ref conn_ref_of(const struct conn *c)
+{
+	return (struct conn_ref){ .idx = c->idx, .gen = c->gen };
+}
+/* The one entrance of received bytes into the phases (the transport seam). */
+void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
+bool conn_reads(const struct conn *c);
+/* The peer's IP as text (conn_remote_ip for the engine's own logs). */
+size_t conn_ip_text(const struct conn *c, char *out, size_t cap);
+void conn_arm_recv(struct worker *w, struct conn *c);
+void conn_timer_update(struct worker *w, struct conn *c);
+void conn_timer_fire(struct worker *w, struct conn *c);
+void conn_report_end(struct worker *w, struct conn *c);
+void conn_run_ended(struct worker *w);
+void conn_maybe_free(struct worker *w, struct conn *c);
+void conn_kill(struct worker *w, struct conn *c);
+void conn_drain(struct worker *w, struct conn *c);
+void conn_outq_clear(struct worker *w, struct conn *c);
+void conn_put_http_buf(struct worker *w, struct conn *c);
+void conn_put_reader(struct worker *w, struct conn *c);
+void conn_put_asm_buf(struct worker *w, struct ws_reader *r);
+uint32_t conn_reader_pool_bytes(void);
+/* Replace *buf (NULL or a pool buffer of *cap bytes whose first `keep` bytes matter)
+ * with a pool buffer of at least `want` bytes holding those bytes. False, with *buf
+ * untouched, when the pool refuses. */
+bool conn_pool_regrow(struct worker *w, uint8_t **buf, uint32_t *cap, uint32_t keep, size_t want);
+
+/* ---- send.c: the outbox ---- */
+
+bool send_queue(struct worker *w, struct conn *c, const struct iovec *parts, size_t n);
+bool send_queue_bytes(struct worker *w, struct conn *c, const void *p, size_t n);
+/* Submit a send for every connection queued to during this iteration (the transport
+ * seam's other side: send_submit is the only place bytes leave). */
+void send_flush(struct worker *w);
+void send_on_cqe(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
+void send_put_ctx(struct worker *w, struct conn *c);
+void send_mark_dirty(struct worker *w, struct conn *c);
+
+/* ---- http_phase.c ---- */
+
+void http_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
+
+/* ---- ws_phase.c ---- */
+
+/* The upgrade is accepted: queue the 101, open the connection to the application, then
+ * feed it the early bytes. c is in the HTTP phase on entry. */
+void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u);
+void ws_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
+/* A heartbeat deadline of c passed (conn_timer_fire). */
+void ws_phase_heartbeat_due(struct worker *w, struct conn *c);
+
+_Static_assert(sizeof(struct conn) <= CONN_SLOT_BYTES_MAX, "struct conn grew past its budget");
+
+#endif

@@ -1,0 +1,454 @@
+/*
+ * loop.c - one worker's io_uring event loop.
+ *
+ * Reading order: set-up, the provided-buffer ring, arming (accept, wake), completions
+ * (accept, recv, send, wake), timers, shutdown, the loop itself. Everything that
+ * happens to a connection after its bytes arrive lives in conn.c and the phase files
+ * (engine/internal.h lists them).
+ */
+#include "engine/internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "engine/net.h"
+#include "ws/ws_frame.h"
+
+/* ------------------------------------------------------------------ set-up */
+
+struct worker *worker_create(const struct config *cfg, uint32_t id, const char *listen_addr,
+			     uint64_t buffer_budget_bytes, const struct engine_hooks *hooks,
+			     char why[URING_WHY_BYTES])
+{
+	struct worker *w = calloc_aligned(sizeof *w); /* stats: own cache lines */
+	if (w == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory");
+		return NULL;
+	}
+	w->cfg = cfg;
+	w->hooks = hooks;
+	w->id = id;
+	w->listen_fd = -1;
+	w->wake_fd = -1;
+	if (!uring_probe(&w->feat, why))
+		goto fail;
+
+	w->bufs = aligned_alloc(4096, (size_t)RECV_BUFFER_COUNT * RECV_BUFFER_BYTES);
+	if (w->bufs == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for receive buffers");
+		goto fail;
+	}
+	/* The pool is sized once: upgraded connections (the cap) plus a bounded number
+	 * still in their HTTP phase. calloc leaves untouched slots unbacked by RAM. */
+	w->conn_cap = cfg->max_connections + HTTP_PHASE_CONNECTIONS_MAX;
+	w->conns = calloc(w->conn_cap, sizeof *w->conns);
+	w->free_idx = calloc(w->conn_cap, sizeof *w->free_idx);
+	if (w->conns == NULL || w->free_idx == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for %u connection slots", w->conn_cap);
+		goto fail;
+	}
+	for (uint32_t i = 0; i < w->conn_cap; i++)
+		w->free_idx[i] = w->conn_cap - 1 - i;
+	w->free_top = w->conn_cap;
+
+	w->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (w->wake_fd < 0) {
+		snprintf(why, URING_WHY_BYTES, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	w->listen_fd = net_listen(listen_addr, LISTEN_BACKLOG, true, why);
+	if (w->listen_fd < 0)
+		goto fail;
+
+	bufpool_init(&w->pool, buffer_budget_bytes);
+	w->iter_ns = monotonic_ns();
+	w->now_ms = w->start_ms = w->iter_ns / 1000000u;
+	timer_wheel_init(&w->tw, w->now_ms);
+	w->accept_backoff.kind = TW_KIND_ACCEPT_BACKOFF;
+	w->app = hooks->create(w, cfg);
+	if (w->app == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for the application state");
+		goto fail;
+	}
+	return w;
+
+fail:
+	if (w->listen_fd >= 0)
+		close(w->listen_fd);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
+	free(w->bufs);
+	free(w->conns);
+	free(w->free_idx);
+	free(w);
+	return NULL;
+}
+
+void worker_destroy(struct worker *w)
+{
+	w->hooks->destroy(w->app);
+	if (w->listen_fd >= 0)
+		close(w->listen_fd);
+	close(w->wake_fd);
+	bufpool_destroy(&w->pool);
+	free(w->bufs);
+	free(w->conns);
+	free(w->free_idx);
+	free(w);
+}
+
+void worker_stop(struct worker *w)
+{
+	uint64_t one = 1;
+	/* eventfd writes of 8 bytes cannot be partial; EAGAIN only if the counter is
+	 * saturated, which already means "stop" is pending. */
+	(void)!write(w->wake_fd, &one, sizeof one);
+}
+
+/* ------------------------------------------------------------------ provided buffers */
+
+static void return_buffer(struct worker *w, unsigned bid)
+{
+	ASSERT(bid < RECV_BUFFER_COUNT);
+	io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * RECV_BUFFER_BYTES, RECV_BUFFER_BYTES,
+			      (unsigned short)bid, io_uring_buf_ring_mask(RECV_BUFFER_COUNT),
+			      (int)w->br_unadvanced);
+	w->br_unadvanced++;
+}
+
+/* Hand buffers [br_populated, count) to the ring (published by publish_buffers). */
+static void populate_buffers(struct worker *w, uint32_t count)
+{
+	ASSERT(count <= RECV_BUFFER_COUNT);
+	while (w->br_populated < count)
+		return_buffer(w, w->br_populated++);
+}
+
+static void publish_buffers(struct worker *w)
+{
+	/* One starved iteration (a burst: many sockets readable at once) only delays some
+	 * receives by an iteration; starvation in RECV_STARVED_ITERATIONS_TO_GROW of the
+	 * last RECV_STARVED_WINDOW_ITERATIONS is demand (many connections whose data keeps
+	 * arriving together: every other iteration starved is as much demand as every
+	 * one), and doubles the ring. Bounded: at most log2(COUNT / COUNT_INITIAL)
+	 * growth steps per worker. */
+	if ((unsigned)__builtin_popcount(w->br_starved_hist & RECV_STARVED_WINDOW_MASK) >= RECV_STARVED_ITERATIONS_TO_GROW &&
+	    w->br_populated < RECV_BUFFER_COUNT) {
+		w->br_starved_hist = 0;
+		populate_buffers(w, MIN(w->br_populated * 2, RECV_BUFFER_COUNT));
+		STAT_SET(w->stats.recv_buffers, w->br_populated);
+	}
+	w->br_starved_hist <<= 1; /* bit 0 is now the iteration about to run */
+	if (w->br_unadvanced) {
+		io_uring_buf_ring_advance(w->br, (int)w->br_unadvanced);
+		w->br_unadvanced = 0;
+	}
+}
+
+/* The ring belongs to the thread that drives it: with SINGLE_ISSUER and a registered
+ * ring fd, only the creating task may submit, so this runs on the worker thread. */
+static bool ring_init(struct worker *w, char why[URING_WHY_BYTES])
+{
+	if (uring_setup(&w->ring, RING_ENTRIES, &w->feat, why) < 0)
+		return false;
+	w->br = uring_setup_buf_ring(&w->ring, RECV_BUFFER_COUNT, RECV_BUFFER_GROUP, why);
+	if (w->br == NULL) {
+		io_uring_queue_exit(&w->ring);
+		return false;
+	}
+	w->br_populated = 0;
+	w->br_unadvanced = 0;
+	populate_buffers(w, RECV_BUFFER_COUNT_INITIAL);
+	publish_buffers(w);
+	STAT_SET(w->stats.recv_buffers, w->br_populated);
+	w->ring_ready = true;
+	return true;
+}
+
+/* ------------------------------------------------------------------ arming */
+
+static void cancel_accept(struct worker *w)
+{
+	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+	io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
+	io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+}
+
+static void arm_accept(struct worker *w)
+{
+	if (w->accept_armed || w->stopping || w->listen_fd < 0 || tw_node_scheduled(&w->accept_backoff))
+		return;
+	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+	io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, 0, 0));
+	w->accept_armed = true;
+}
+
+static void arm_wake(struct worker *w)
+{
+	if (w->wake_armed)
+		return;
+	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_value, sizeof w->wake_value, 0);
+	io_uring_sqe_set_data64(sqe, UD(OP_WAKE, 0, 0));
+	w->wake_armed = true;
+}
+
+/* ------------------------------------------------------------------ completions */
+
+static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		w->accept_armed = false;
+	int fd = cqe->res;
+	if (fd < 0) {
+		if (fd == -ECANCELED || fd == -EAGAIN || fd == -ECONNABORTED || fd == -EINTR)
+			return;
+		/* EMFILE/ENFILE/ENOMEM repeat at once if re-armed at once: back off, and log
+		 * at most once per back-off so a descriptor storm cannot flood stderr. */
+		STAT_INC(w->stats.accept_errors);
+		if (!tw_node_scheduled(&w->accept_backoff)) {
+			LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
+			if (w->accept_armed)
+				cancel_accept(w);
+			timer_wheel_schedule(&w->tw, &w->accept_backoff, w->now_ms + ACCEPT_BACKOFF_MS);
+		}
+		return;
+	}
+	STAT_INC(w->stats.accepts);
+	if (w->stopping || conn_alloc(w, fd) == NULL) {
+		/* Pool exhausted: refuse at once rather than queue unbounded state. */
+		STAT_INC(w->stats.accept_pool_full);
+		close(fd);
+	}
+}
+
+static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		c->recv_armed = false;
+	int res = cqe->res;
+	if (res > 0) {
+		ASSERT(cqe->flags & IORING_CQE_F_BUFFER);
+		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		conn_input(w, c, w->bufs + (size_t)bid * RECV_BUFFER_BYTES, (size_t)res);
+		return_buffer(w, bid);
+	} else if (res == 0) {
+		/* EOF. A draining connection was waiting for exactly this. */
+		conn_kill(w, c);
+	} else if (res == -ENOBUFS) {
+		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
+		w->br_starved_hist |= 1u;
+	} else if (res != -ECANCELED) {
+		conn_kill(w, c);
+	}
+	if (!c->recv_armed && conn_reads(c))
+		conn_arm_recv(w, c);
+	conn_maybe_free(w, c);
+}
+
+static void begin_shutdown(struct worker *w);
+
+static struct conn *conn_of(struct worker *w, uint64_t ud)
+{
+	uint32_t idx = UD_IDX(ud);
+	ASSERT(idx < w->conn_cap);
+	struct conn *c = &w->conns[idx];
+	ASSERT(c->state != CONN_FREE && (c->gen & 0xffffffu) == UD_GEN(ud));
+	return c;
+}
+
+static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	switch (UD_OP(ud)) {
+	case OP_ACCEPT:
+		on_accept(w, cqe);
+		break;
+	case OP_RECV:
+		on_recv(w, conn_of(w, ud), cqe);
+		break;
+	case OP_SEND:
+		send_on_cqe(w, conn_of(w, ud), cqe);
+		break;
+	case OP_WAKE:
+		w->wake_armed = false;
+		begin_shutdown(w);
+		break;
+	case OP_IGNORE:
+		break;
+	default:
+		ASSERT(!"unknown completion");
+	}
+	conn_run_ended(w);
+}
+
+/* ------------------------------------------------------------------ timers */
+
+static void on_timer(struct tw_node *n, void *ctx)
+{
+	struct worker *w = ctx;
+	if (n->kind == TW_KIND_CONN)
+		conn_timer_fire(w, CONTAINER_OF(n, struct conn, timer));
+	else if (n->kind == TW_KIND_ACCEPT_BACKOFF)
+		arm_accept(w);
+	else
+		w->hooks->timer(w->app, n);
+	conn_run_ended(w);
+}
+
+void worker_schedule(struct worker *w, struct tw_node *n, uint64_t deadline_ms)
+{
+	timer_wheel_schedule(&w->tw, n, deadline_ms);
+}
+
+void worker_cancel_timer(struct worker *w, struct tw_node *n)
+{
+	timer_wheel_cancel(&w->tw, n);
+}
+
+/* ------------------------------------------------------------------ shutdown */
+
+static void begin_shutdown(struct worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	w->drain_deadline_ms = w->now_ms + SHUTDOWN_DRAIN_TIMEOUT_MS;
+	/* Stop accepting: closing the socket ends the multishot accept; new dials are
+	 * refused by the kernel from here on. */
+	if (w->listen_fd >= 0) {
+		cancel_accept(w);
+		close(w->listen_fd);
+		w->listen_fd = -1;
+	}
+	w->hooks->shutdown(w->app);
+	/* §7.6: every open WebSocket gets 1001. Connections that never upgraded have no
+	 * request in progress worth waiting for once their response is queued: close the
+	 * idle ones now. */
+	for (uint32_t i = 0; i < w->conn_cap; i++) {
+		struct conn *c = &w->conns[i];
+		if (c->state == CONN_WS_OPEN)
+			conn_ws_close(w, conn_ref_of(c), WS_CLOSE_GOING_AWAY, "shutting down");
+		else if (c->state == CONN_HTTP)
+			conn_drain(w, c);
+	}
+}
+
+/* The drain deadline passed: whatever is left is cut. */
+static void shed_all(struct worker *w)
+{
+	w->drain_incomplete = true;
+	for (uint32_t i = 0; i < w->conn_cap; i++)
+		conn_kill(w, &w->conns[i]);
+	conn_run_ended(w);
+	send_flush(w);
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
+{
+	arm_wake(w);
+	arm_accept(w);
+	for (;;) {
+		send_flush(w);
+		publish_buffers(w);
+		if (!w->stopping)
+			arm_accept(w);
+		if (w->stopping) {
+			if (w->live == 0)
+				break;
+			if (w->now_ms >= w->drain_deadline_ms) {
+				shed_all(w);
+				if (w->live == 0)
+					break;
+			}
+		}
+		int64_t wait_ms = timer_wheel_wait_ms(&w->tw, w->now_ms);
+		if (w->stopping && (wait_ms < 0 || (uint64_t)wait_ms > w->drain_deadline_ms - w->now_ms))
+			wait_ms = w->now_ms < w->drain_deadline_ms ? (int64_t)(w->drain_deadline_ms - w->now_ms) : 0;
+		struct __kernel_timespec ts, *tsp = NULL;
+		if (wait_ms >= 0) {
+			ts.tv_sec = wait_ms / 1000;
+			ts.tv_nsec = (wait_ms % 1000) * 1000000;
+			tsp = &ts;
+		}
+		/* liburing enters the kernel only to submit, or to wait when no completion is
+		 * ready yet (and always without EXT_ARG: the timeout is then an SQE). */
+		bool enters = !w->feat.ext_arg || io_uring_sq_ready(&w->ring) > 0 || io_uring_cq_ready(&w->ring) == 0;
+		struct io_uring_cqe *cqe = NULL;
+		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
+		if (enters)
+			STAT_INC(w->stats.enters);
+		STAT_INC(w->stats.loop_iterations);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+			/* Not transient: spinning on it would burn a core and flood the log. */
+			snprintf(why, URING_WHY_BYTES, "io_uring_enter: %s", strerror(-rc));
+			return WORKER_EXIT_FATAL;
+		}
+		w->iter_ns = monotonic_ns();
+		w->now_ms = w->iter_ns / 1000000u;
+
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			handle_cqe(w, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&w->ring, seen);
+		STAT_ADD(w->stats.cqes, seen);
+		timer_wheel_advance(&w->tw, w->now_ms, on_timer, w);
+	}
+	return w->drain_incomplete ? WORKER_EXIT_DRAIN_INCOMPLETE : WORKER_EXIT_DRAINED;
+}
+
+int worker_run(struct worker *w, char why[URING_WHY_BYTES])
+{
+	if (!ring_init(w, why))
+		return WORKER_EXIT_FATAL;
+	int result = worker_loop(w, why);
+	uring_free_buf_ring(&w->ring, w->br, RECV_BUFFER_COUNT, RECV_BUFFER_GROUP);
+	io_uring_queue_exit(&w->ring);
+	w->ring_ready = false;
+	return result;
+}
+
+/* ------------------------------------------------------------------ accessors */
+
+uint64_t worker_now_ms(const struct worker *w)
+{
+	return w->now_ms;
+}
+
+struct bufpool *worker_pool(struct worker *w)
+{
+	return &w->pool;
+}
+
+uint32_t worker_conn_cap(const struct worker *w)
+{
+	return w->conn_cap;
+}
+
+const struct worker_stats *worker_stats_of(const struct worker *w)
+{
+	return &w->stats;
+}
+
+const struct bufpool *worker_pool_of(const struct worker *w)
+{
+	return &w->pool;
+}
+
+void *worker_app(const struct worker *w)
+{
+	return w->app;
+}
