@@ -6,7 +6,6 @@
  */
 #include "engine/internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "core/log.h"
@@ -15,65 +14,6 @@
 #ifndef PYRELAY_VERSION
 #define PYRELAY_VERSION "dev"
 #endif
-
-/* ------------------------------------------------------------------ struct upgraded */
-
-static struct span header_or_empty(const struct http_request *req, const char *name)
-{
-	struct span v;
-	return http_header_get(req, name, &v) ? v : span_make("", 0);
-}
-
-struct upgraded *upgraded_new(const struct http_request *req, struct span early_a, struct span early_b)
-{
-	struct span id = header_or_empty(req, "X-Pyrycode-Server");
-	struct span version = header_or_empty(req, "X-Pyrycode-Version");
-	struct span device = header_or_empty(req, "X-Pyrycode-Device-Name");
-	size_t n = id.len + version.len + device.len + early_a.len + early_b.len;
-	struct upgraded *u = malloc(sizeof *u + n);
-	if (u == NULL)
-		return NULL;
-	*u = (struct upgraded){
-		.fd = -1,
-		.server_id_len = (uint32_t)id.len,
-		.version_len = (uint32_t)version.len,
-		.device_len = (uint32_t)device.len,
-		.early_len = (uint32_t)(early_a.len + early_b.len),
-	};
-	uint8_t *p = u->bytes;
-	const struct span pieces[] = { id, version, device, early_a, early_b };
-	for (size_t i = 0; i < ARRAY_LEN(pieces); i++) {
-		if (pieces[i].len)
-			memcpy(p, pieces[i].ptr, pieces[i].len);
-		p += pieces[i].len;
-	}
-	return u;
-}
-
-void upgraded_free(struct upgraded *u)
-{
-	free(u);
-}
-
-struct span upgraded_server_id(const struct upgraded *u)
-{
-	return span_make(u->bytes, u->server_id_len);
-}
-
-struct span upgraded_version(const struct upgraded *u)
-{
-	return span_make(u->bytes + u->server_id_len, u->version_len);
-}
-
-struct span upgraded_device(const struct upgraded *u)
-{
-	return span_make(u->bytes + u->server_id_len + u->version_len, u->device_len);
-}
-
-struct span upgraded_early(const struct upgraded *u)
-{
-	return span_make(u->bytes + u->server_id_len + u->version_len + u->device_len, u->early_len);
-}
 
 /* ------------------------------------------------------------------ responses */
 

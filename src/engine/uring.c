@@ -6,6 +6,9 @@
 #include <sys/mman.h>
 #include <sys/utsname.h>
 
+/* struct utsname.release on Linux: 64 characters and a NUL. */
+#define KERNEL_RELEASE_BYTES 65u
+
 static void kernel_release(char *out, size_t cap)
 {
 	struct utsname u;
@@ -17,7 +20,7 @@ static void kernel_release(char *out, size_t cap)
 
 bool uring_probe(struct uring_features *f, char why[URING_WHY_BYTES])
 {
-	char rel[65];
+	char rel[KERNEL_RELEASE_BYTES];
 	kernel_release(rel, sizeof rel);
 	memset(f, 0, sizeof *f);
 

@@ -1,5 +1,8 @@
 #include "metrics/metrics.h"
 
+/* A worker index as a label value: "4294967295" and its NUL fit. */
+#define WORKER_LABEL_BYTES 12u
+
 #include <stdio.h>
 
 #define NS_PER_SECOND 1e9
@@ -111,7 +114,7 @@ static void per_worker_typed(struct prom_out *o, const char *name, const char *h
 {
 	prom_family(o, name, help, type);
 	for (uint32_t i = 0; i < in->nworkers; i++) {
-		char id[12];
+		char id[WORKER_LABEL_BYTES];
 		snprintf(id, sizeof id, "%u", i);
 		const uint64_t *field = (const uint64_t *)((const char *)in->workers[i].engine + offset);
 		struct prom_label l = { "worker", id };

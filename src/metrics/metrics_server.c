@@ -15,16 +15,13 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "engine/net.h"
-#include "http/http_parse.h"
+#include "http/http_head.h"
 #include "http/http_respond.h"
 
 #define METRICS_RING_ENTRIES 64u
 #define METRICS_LISTEN_BACKLOG 64
 #define METRICS_HEAD_BYTES_MAX 256u
 #define METRICS_PROC_STAT_BYTES_MAX 4096u
-#define HEADER_READ_TIMEOUT_MS 5000u /* reference §5.1 */
-#define IDLE_TIMEOUT_MS 120000u
-#define KEEPALIVE_REQUESTS_MAX 1000u
 
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_WAKE, OP_IGNORE };
 
@@ -302,36 +299,28 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 static void serve(struct metrics_server *m, struct mconn *c, uint32_t idx)
 {
 	struct http_request req;
-	enum http_parse_status st = http_parse_request(c->req, c->req_len, &req);
-	if (st == HTTP_PARSE_INCOMPLETE) {
-		if (c->req_len == sizeof c->req)
-			st = HTTP_PARSE_TOO_LARGE;
-		else {
-			if (c->req_len > 0 && c->deadline_ms > m->now_ms + HEADER_READ_TIMEOUT_MS)
-				c->deadline_ms = m->now_ms + HEADER_READ_TIMEOUT_MS; /* a head began */
-			arm_recv(m, c, idx);
-			return;
-		}
+	enum http_canned refusal;
+	enum http_head_status st = http_head_parse(c->req, c->req_len, sizeof c->req, &req, &refusal);
+	if (st == HTTP_HEAD_INCOMPLETE) {
+		uint64_t head_deadline_ms = http_head_deadline_ms(m->now_ms, c->req_len);
+		if (c->req_len > 0 && c->deadline_ms > head_deadline_ms)
+			c->deadline_ms = head_deadline_ms; /* a head began */
+		arm_recv(m, c, idx);
+		return;
 	}
 	bool ok;
-	if (st != HTTP_PARSE_OK) {
+	if (st == HTTP_HEAD_REFUSED) {
 		c->close_after = true;
-		ok = respond_canned(c, st == HTTP_PARSE_TOO_LARGE ? HTTP_CANNED_TOO_LARGE
-				       : st == HTTP_PARSE_BAD_VERSION ? HTTP_CANNED_BAD_VERSION
-								      : HTTP_CANNED_BAD_REQUEST);
+		ok = respond_canned(c, refusal);
 		c->req_len = 0;
 	} else {
-		c->requests++;
-		c->close_after = http_request_wants_close(&req) || http_request_has_body(&req) ||
-				 c->requests >= KEEPALIVE_REQUESTS_MAX || m->stopping;
+		c->close_after = http_head_closes(&req, ++c->requests, m->stopping);
 		if (span_eq_cstr(req.path, "/metrics"))
 			ok = respond_metrics(m, c, span_eq_cstr(req.method, "HEAD"));
 		else
 			ok = respond_canned(c, HTTP_CANNED_NOT_FOUND);
 		/* Keep pipelined bytes for the next round (none when a body makes us close). */
-		uint32_t rest = c->close_after ? 0 : c->req_len - req.head_bytes;
-		memmove(c->req, c->req + req.head_bytes, rest);
-		c->req_len = rest;
+		c->req_len = c->close_after ? 0 : http_head_consume(c->req, c->req_len, req.head_bytes);
 	}
 	if (!ok) {
 		m->handler_errors[METRICS_ERR_ENCODING]++;
@@ -362,7 +351,7 @@ static void on_accept(struct metrics_server *m, int fd)
 		if (c->state != MC_FREE)
 			continue;
 		*c = (struct mconn){ .fd = fd, .gen = c->gen, .state = MC_READING,
-				     .deadline_ms = m->now_ms + HEADER_READ_TIMEOUT_MS };
+				     .deadline_ms = m->now_ms + HTTP_HEADER_READ_TIMEOUT_MS };
 		arm_recv(m, c, i);
 		return;
 	}
@@ -402,7 +391,7 @@ static void on_send(struct metrics_server *m, struct mconn *c, uint32_t idx, int
 		return;
 	}
 	c->state = MC_READING;
-	c->deadline_ms = m->now_ms + (c->req_len ? HEADER_READ_TIMEOUT_MS : IDLE_TIMEOUT_MS);
+	c->deadline_ms = http_head_deadline_ms(m->now_ms, c->req_len);
 	serve(m, c, idx);
 }
 

@@ -5,6 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Scratch for number formatting: a uint64 in decimal (20 digits), and "%.*e" with up
+ * to 17 significant digits (SHORTEST_DIGITS_MAX below), sign, exponent and NUL. */
+#define U64_DECIMAL_BYTES 24u
+#define EXP_FORMAT_BYTES 40u
+
 void prom_out_init(struct prom_out *o, char *buf, size_t cap)
 {
 	*o = (struct prom_out){ .buf = buf, .cap = cap };
@@ -162,7 +167,7 @@ static int shortest_digits(double v, char d[SHORTEST_DIGITS_MAX + 1], int *dp)
 		/* Integers below 2^53: the exact digits are the shortest that round-trip
 		 * (any shorter decimal is another integer), and no strtod is needed, which
 		 * keeps a scrape of integer counters cheap. */
-		char tmp[24];
+		char tmp[U64_DECIMAL_BYTES];
 		int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
 		*dp = n;
 		while (n > 1 && tmp[n - 1] == '0')
@@ -170,7 +175,7 @@ static int shortest_digits(double v, char d[SHORTEST_DIGITS_MAX + 1], int *dp)
 		memcpy(d, tmp, (size_t)n);
 		return n;
 	}
-	char tmp[40];
+	char tmp[EXP_FORMAT_BYTES];
 	for (int p = 1; p <= SHORTEST_DIGITS_MAX; p++) {
 		snprintf(tmp, sizeof tmp, "%.*e", p - 1, v);
 		if (p < SHORTEST_DIGITS_MAX && strtod(tmp, NULL) != v)

@@ -1,324 +1,21 @@
 /*
  * relay.c - registry shard: claims, phones, grace, conflict probes, routing.
  *
- * Reading order: per-connection state, slots and the hash table, admission,
- * claim/register (relay_open), routing (relay_message), endings (relay_end), timers,
- * shutdown, the hook table. Every decision follows the reference section named next
+ * Reading order: admission, claim/register (on_open), routing (on_message), endings
+ * (on_end), timers, shutdown, the hook table. Storage (the server-id table, conn_id
+ * templates) is in slots.c. Every decision follows the reference section named next
  * to it.
  */
-#include "relay/relay.h"
+#include "relay/shard.h"
 
-#include <openssl/siphash.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
-#include "core/config.h"
 #include "core/log.h"
 #include "envelope/envelope.h"
 #include "envelope/json.h"
-#include "relay/ratelimit.h"
 #include "ws/ws_frame.h"
-
-enum relay_timer_kind {
-	TW_KIND_GRACE = TW_KIND_APP,
-	TW_KIND_PROBE,
-	TW_KIND_SWEEP,
-};
-
-enum relay_role {
-	RELAY_ROLE_NONE = 0,
-	RELAY_ROLE_BINARY,   /* holds its slot */
-	RELAY_ROLE_CLAIMANT, /* binary waiting for the conflict probe of the incumbent */
-	RELAY_ROLE_PHONE,
-};
-
-enum relay_flags {
-	RELAY_F_CLOSED_BY_BINARY = 1u << 0, /* a close directive was handed to this phone */
-	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
-};
-
-/*
- * The relay's state of one upgraded connection, at the connection's pool index (kept
- * small: the array has a cell for every pool slot). A phone's conn_id is
- * client-<server-id>-<hex>: its server-id's slot keeps the rest of it (and of the wrap
- * prefix), so the phone itself holds only the 8 hex digits.
- */
-struct relay_conn {
-	struct relay_slot *slot; /* server-id this connection belongs to, NULL if none */
-	uint32_t gen;            /* the connection's ref generation while it is open */
-	uint32_t epoch;          /* phone: slot->epoch when it registered (identity of its binary) */
-	uint8_t role;            /* enum relay_role */
-	uint8_t endpoint;        /* enum relay_endpoint it upgraded on */
-	uint8_t phone_index;     /* phone: position in slot->phones */
-	uint8_t flags;           /* enum relay_flags */
-	char hex[RELAY_CONN_HEX_LEN];
-};
-
-#define RELAY_NO_CONN UINT32_MAX
-
-struct relay_slot {
-	struct relay_slot *hnext;
-	uint64_t hash;
-	uint32_t binary;   /* pool index of the live holder; RELAY_NO_CONN while gracing or unclaimed */
-	uint32_t claimant; /* binary waiting for the probe of `binary`, or RELAY_NO_CONN */
-	struct tw_node grace;  /* armed while the released binary's grace runs */
-	struct tw_node probe;  /* armed while a conflict probe waits for a pong */
-	uint32_t epoch;        /* bumped at every claim: identity of "the binary" */
-	bool gracing;
-	bool phones_paused;
-	uint8_t nphones;
-	uint32_t phones[RELAY_PHONES_PER_SERVER_MAX]; /* [0, nphones): pool indexes */
-	uint32_t id_len;
-	uint32_t wrap_len;
-	/* The phones' conn_id, client-<id>-<hex8> (the server-id is inside it), then its
-	 * wrap prefix {"conn_id":"<escaped conn_id>","frame": ; built once per server-id,
-	 * so a phone holds only its 8 hex digits (the conn_id's last 8 bytes, never
-	 * escaped, so also the 8 bytes before the prefix's tail). */
-	uint8_t bytes[];
-};
-
-#define PHONE_CID_PREFIX "client-"
-#define PHONE_CID_PREFIX_LEN (sizeof PHONE_CID_PREFIX - 1)
-#define WRAP_TAIL_LEN (sizeof ENVELOPE_WRAP_PREFIX_TAIL - 1)
-
-struct relay_shard {
-	struct worker *w;
-	const struct config *cfg;
-	struct relay_conn *rc; /* one per pool slot of w */
-	struct relay_slot **buckets;
-	uint32_t nbuckets; /* power of two */
-	uint32_t nslots;
-	uint64_t hash_key[2];
-	struct ratelimit rl;
-	struct tw_node sweep;
-	struct relay_stats stats;
-};
-
-const struct relay_stats *relay_stats_of(const struct relay_shard *s)
-{
-	return &s->stats;
-}
-
-#define RELAY_BUCKETS_INITIAL 1024u
-/* Scratch sizes for log values: a binary's conn_id, and a rate-limit key in quotes. */
-#define BINARY_CONN_ID_BYTES_MAX 256u
-#define BINARY_CONN_ID_SERVER_ID_LOGGED_MAX 200
-#define RATE_LIMIT_KEY_LOGGED_MAX 140
-#define RATE_LIMIT_KEY_QUOTED_BYTES (RATE_LIMIT_KEY_LOGGED_MAX + 20u)
-/* Close notices of conn_ids up to this long are built on the stack, longer ones in the pool. */
-#define CLOSE_NOTICE_STACK_CONN_ID_MAX 64u
-
-/* ------------------------------------------------------------------ connections */
-
-static struct relay_conn *rc_of(struct relay_shard *s, struct conn_ref c)
-{
-	return &s->rc[c.idx];
-}
-
-/* The ref of a connection the relay holds (binary, claimant or phone of a slot). */
-static struct conn_ref ref_at(const struct relay_shard *s, uint32_t idx)
-{
-	ASSERT(idx != RELAY_NO_CONN);
-	return (struct conn_ref){ .idx = idx, .gen = s->rc[idx].gen };
-}
-
-static bool is_conn(uint32_t idx, struct conn_ref c)
-{
-	return idx == c.idx;
-}
-
-/* ------------------------------------------------------------------ slots */
-
-static uint64_t id_hash(const struct relay_shard *s, struct span id)
-{
-	/* Keyed: server-ids are attacker-chosen, so chains must not be forceable. */
-	return SIPHASH_24(s->hash_key, id.ptr, id.len);
-}
-
-static struct relay_slot *slot_find(struct relay_shard *s, struct span id)
-{
-	uint64_t h = id_hash(s, id);
-	for (struct relay_slot *sl = s->buckets[h & (s->nbuckets - 1)]; sl; sl = sl->hnext) {
-		if (sl->hash == h && sl->id_len == id.len && memcmp(sl->bytes + PHONE_CID_PREFIX_LEN, id.ptr, id.len) == 0)
-			return sl;
-	}
-	return NULL;
-}
-
-static void table_grow(struct relay_shard *s)
-{
-	uint32_t n = s->nbuckets * 2;
-	struct relay_slot **nb = calloc(n, sizeof *nb);
-	if (nb == NULL)
-		return; /* keep the longer chains: correct, only slower */
-	for (uint32_t i = 0; i < s->nbuckets; i++) {
-		struct relay_slot *sl = s->buckets[i];
-		while (sl) {
-			struct relay_slot *next = sl->hnext;
-			sl->hnext = nb[sl->hash & (n - 1)];
-			nb[sl->hash & (n - 1)] = sl;
-			sl = next;
-		}
-	}
-	free(s->buckets);
-	s->buckets = nb;
-	s->nbuckets = n;
-}
-
-#define SLOT_BUILD_STACK_BYTES 1024u
-
-static size_t cid_len_for(size_t id_len)
-{
-	return PHONE_CID_PREFIX_LEN + id_len + 1 + RELAY_CONN_HEX_LEN;
-}
-
-static uint32_t slot_cid_len(const struct relay_slot *sl)
-{
-	return (uint32_t)cid_len_for(sl->id_len);
-}
-
-static uint8_t *slot_wrap(struct relay_slot *sl)
-{
-	return sl->bytes + slot_cid_len(sl);
-}
-
-/* Where the phone's hex digits go in the wrap prefix. */
-static uint32_t slot_wrap_hex_off(const struct relay_slot *sl)
-{
-	return sl->wrap_len - (uint32_t)WRAP_TAIL_LEN - RELAY_CONN_HEX_LEN;
-}
-
-static struct relay_slot *slot_create(struct relay_shard *s, struct span id)
-{
-	/* The phones' conn_id with placeholder hex, and its wrap prefix (escaping makes
-	 * its length known only once written: build, then copy into the slot). */
-	size_t cid_len = cid_len_for(id.len);
-	size_t wrap_max = ENVELOPE_WRAP_PREFIX_LEN_MAX(cid_len);
-	uint8_t stack[SLOT_BUILD_STACK_BYTES];
-	uint8_t *tmp = cid_len + wrap_max <= sizeof stack ? stack : malloc(cid_len + wrap_max);
-	if (tmp == NULL)
-		return NULL;
-	memcpy(tmp, PHONE_CID_PREFIX, PHONE_CID_PREFIX_LEN);
-	memcpy(tmp + PHONE_CID_PREFIX_LEN, id.ptr, id.len);
-	tmp[PHONE_CID_PREFIX_LEN + id.len] = '-';
-	memset(tmp + PHONE_CID_PREFIX_LEN + id.len + 1, '0', RELAY_CONN_HEX_LEN);
-	size_t wrap_len = envelope_write_wrap_prefix(tmp + cid_len, wrap_max, span_make(tmp, cid_len));
-	ASSERT(wrap_len > WRAP_TAIL_LEN + RELAY_CONN_HEX_LEN);
-	struct relay_slot *sl = calloc(1, sizeof *sl + cid_len + wrap_len);
-	if (sl == NULL) {
-		if (tmp != stack)
-			free(tmp);
-		return NULL;
-	}
-	sl->binary = sl->claimant = RELAY_NO_CONN;
-	sl->hash = id_hash(s, id);
-	sl->id_len = (uint32_t)id.len;
-	sl->wrap_len = (uint32_t)wrap_len;
-	memcpy(sl->bytes, tmp, cid_len + wrap_len);
-	ASSERT(memcmp(slot_wrap(sl) + slot_wrap_hex_off(sl), "00000000", RELAY_CONN_HEX_LEN) == 0);
-	if (tmp != stack)
-		free(tmp);
-	sl->grace.kind = TW_KIND_GRACE;
-	sl->probe.kind = TW_KIND_PROBE;
-	if (s->nslots >= s->nbuckets)
-		table_grow(s);
-	uint32_t b = (uint32_t)(sl->hash & (s->nbuckets - 1));
-	sl->hnext = s->buckets[b];
-	s->buckets[b] = sl;
-	s->nslots++;
-	return sl;
-}
-
-static void slot_maybe_free(struct relay_shard *s, struct relay_slot *sl)
-{
-	if (sl->binary != RELAY_NO_CONN || sl->claimant != RELAY_NO_CONN || sl->gracing || sl->nphones ||
-	    tw_node_scheduled(&sl->grace) || tw_node_scheduled(&sl->probe))
-		return;
-	struct relay_slot **pp = &s->buckets[sl->hash & (s->nbuckets - 1)];
-	while (*pp != sl)
-		pp = &(*pp)->hnext;
-	*pp = sl->hnext;
-	s->nslots--;
-	free(sl);
-}
-
-static struct conn_ref slot_phone(const struct relay_shard *s, const struct relay_slot *sl, uint8_t i)
-{
-	ASSERT(i < sl->nphones);
-	return ref_at(s, sl->phones[i]);
-}
-
-static struct span slot_id(const struct relay_slot *sl)
-{
-	return span_make(sl->bytes + PHONE_CID_PREFIX_LEN, sl->id_len);
-}
-
-/* The phone's conn_id, written into its slot's conn_id template: valid until the next
- * phone_conn_id of a phone of the same server-id (single-threaded shard; every caller
- * uses it at once). */
-static struct span phone_conn_id(const struct relay_conn *rc)
-{
-	struct relay_slot *sl = rc->slot;
-	uint32_t n = slot_cid_len(sl);
-	memcpy(sl->bytes + n - RELAY_CONN_HEX_LEN, rc->hex, RELAY_CONN_HEX_LEN);
-	return span_make(sl->bytes, n);
-}
-
-static struct span binary_conn_id(const struct relay_conn *rc, char *buf, size_t cap)
-{
-	struct span id = slot_id(rc->slot);
-	int n = snprintf(buf, cap, "server-%.*s-%.8s", (int)MIN(id.len, (size_t)BINARY_CONN_ID_SERVER_ID_LOGGED_MAX),
-			 (const char *)id.ptr, rc->hex);
-	return span_make(buf, (size_t)MIN((size_t)n, cap - 1));
-}
-
-/* ------------------------------------------------------------------ set-up */
-
-static void *shard_create(struct worker *w, const struct config *cfg)
-{
-	struct relay_shard *s = calloc_aligned(sizeof *s); /* stats: own cache lines */
-	if (s == NULL)
-		return NULL;
-	s->w = w;
-	s->cfg = cfg;
-	s->nbuckets = RELAY_BUCKETS_INITIAL;
-	s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
-	/* calloc: cells of slots never used stay unbacked by RAM */
-	s->rc = calloc(worker_conn_cap(w), sizeof *s->rc);
-	uint64_t seed[3];
-	if (s->buckets == NULL || s->rc == NULL || getrandom(seed, sizeof seed, 0) != sizeof seed ||
-	    !ratelimit_init(&s->rl, RELAY_RATELIMIT_BUCKETS_MAX, cfg->rate_limit_burst, cfg->rate_limit_refill_ms,
-			    seed[2])) {
-		free(s->buckets);
-		free(s->rc);
-		free(s);
-		return NULL;
-	}
-	s->hash_key[0] = seed[0];
-	s->hash_key[1] = seed[1];
-	s->sweep.kind = TW_KIND_SWEEP;
-	worker_schedule(w, &s->sweep, worker_now_ms(w) + RATELIMIT_SWEEP_INTERVAL_MS);
-	return s;
-}
-
-static void shard_destroy(void *app)
-{
-	struct relay_shard *s = app;
-	for (uint32_t i = 0; i < s->nbuckets; i++) {
-		struct relay_slot *sl = s->buckets[i];
-		while (sl) {
-			struct relay_slot *next = sl->hnext;
-			free(sl);
-			sl = next;
-		}
-	}
-	ratelimit_destroy(&s->rl);
-	free(s->buckets);
-	free(s->rc);
-	free(s);
-}
 
 /* ------------------------------------------------------------------ admission */
 
@@ -592,13 +289,14 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 	uint8_t *wrap = slot_wrap(sl);
 	uint32_t hex_off = slot_wrap_hex_off(sl);
 	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
-	struct iovec parts[5] = {
+	struct iovec parts[] = {
 		{ .iov_base = wrap, .iov_len = hex_off },
 		{ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN },
 		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
 		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
 		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
 	};
+	_Static_assert(ARRAY_LEN(parts) <= CONN_SEND_PARTS_MAX, "the wrap takes more parts than a frame carries");
 	if (!conn_ws_send_text(s->w, b, parts, ARRAY_LEN(parts), TO_BINARY)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
