@@ -1,6 +1,7 @@
 /*
  * test_config.c - command line (Go flag semantics), durations, environment, listener
- * addresses and the boot checks of reference §7.4, one by one and in order.
+ * addresses and the boot checks of reference §7.4, one by one and in order. The
+ * address parser itself is tested in test_addr.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "core/config.h"
+#include "config/config.h"
 
 #define PROG "pyrycode-relay"
 /* argv/envp as NULL-terminated compound literals; ## drops the comma when empty */
@@ -908,81 +909,6 @@ static void test_metrics_listen(void **state)
 	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--metrics-listen", "")), CONFIG_OK);
 }
 
-static void test_parse_listen(void **state)
-{
-	static const struct {
-		const char *s;
-		bool allow_empty;
-		const char *host;
-		uint16_t port;
-		bool v6;
-	} ok[] = {
-		{ ":8080", true, "", 8080, false },
-		{ "0.0.0.0:80", true, "0.0.0.0", 80, false },
-		{ "192.0.2.1:443", false, "192.0.2.1", 443, false },
-		{ "[::]:443", true, "::", 443, true },
-		{ "[::1]:9090", false, "::1", 9090, true },
-		{ "[2001:db8::1]:1", false, "2001:db8::1", 1, true },
-		{ "127.0.0.1:65535", false, "127.0.0.1", 65535, false },
-		{ ":0080", true, "", 80, false },
-	};
-	static const struct {
-		const char *s;
-		bool allow_empty;
-		const char *why;
-	} bad[] = {
-		{ "", true, "empty" },
-		{ "8080", true, "missing port in address" },
-		{ "127.0.0.1", true, "missing port in address" },
-		{ "::1:80", true, "too many colons in address" },
-		{ "[::1]", true, "missing port in address" },
-		{ "[::1:80", true, "missing ']' in address" },
-		{ "[::1]x:80", true, "missing port in address" },
-		{ "[::1]:80:90", true, "too many colons in address" },
-		{ "[[::1]:80", true, "unexpected '[' in address" },
-		{ "a[b:80", true, "unexpected '[' in address" },
-		{ "a]b:80", true, "unexpected ']' in address" },
-		{ "[::1]:8]0", true, "unexpected ']' in address" },
-		{ ":", true, "not a decimal number" },
-		{ ":http", true, "not a decimal number" },
-		{ ":+80", true, "not a decimal number" },
-		{ ":-1", true, "not a decimal number" },
-		{ ": 80", true, "not a decimal number" },
-		{ ":0", true, "port 0" },
-		{ ":65536", true, "out of range" },
-		{ ":99999999999999999999999", true, "out of range" },
-		{ ":8080", false, "missing host" },
-		{ "[]:80", true, "missing host" },
-		{ "localhost:8080", true, "not an IP literal" },
-		{ "example.com:443", true, "not an IP literal" },
-		{ "1.2.3:80", true, "not an IP literal" },
-		{ "1.2.3.256:80", true, "not an IP literal" },
-		{ "[fe80::1%eth0]:80", true, "not an IPv6 literal" },
-		{ "[0.0.0.0]:80", true, "not an IPv6 literal" },
-		{ "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:80", true,
-		  "not an IP literal" },
-	};
-	struct listen_addr a;
-	const char *why;
-
-	(void)state;
-	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-		why = NULL;
-		if (!config_parse_listen(ok[i].s, ok[i].allow_empty, &a, &why))
-			fail_msg("%s refused: %s", ok[i].s, why);
-		assert_string_equal(a.host, ok[i].host);
-		assert_int_equal(a.port, ok[i].port);
-		assert_int_equal(a.is_ipv6, ok[i].v6);
-	}
-	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		why = NULL;
-		if (config_parse_listen(bad[i].s, bad[i].allow_empty, &a, &why))
-			fail_msg("%s accepted", bad[i].s);
-		assert_contains(why, bad[i].why);
-	}
-	assert_false(config_parse_listen(NULL, true, &a, &why));
-}
-
 static void test_check_listeners(void **state)
 {
 	struct config cfg;
@@ -1157,7 +1083,6 @@ int main(void)
 		cmocka_unit_test(test_check_production),
 		cmocka_unit_test(test_check_caps),
 		cmocka_unit_test(test_metrics_listen),
-		cmocka_unit_test(test_parse_listen),
 		cmocka_unit_test(test_check_listeners),
 		cmocka_unit_test(test_check_precedence),
 		cmocka_unit_test(test_read_cap_eff),

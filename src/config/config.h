@@ -2,6 +2,16 @@
  * config.h - command line, environment and boot checks (reference §7.1, §7.3, §7.4,
  * §1.5, §1.6), as pure functions: argv and envp in, a struct config or a refusal out.
  *
+ * The module, by job:
+ *   flags.c   defaults, the flag table, Go-flag-style argv parsing, numbers, booleans,
+ *             durations
+ *   usage.c   the --help / usage-error text, generated from the flag table
+ *   boot.c    the environment, config_check's boot checks in order, the capability
+ *             check and /proc/self/status
+ *   fcm.c     the FCM service-account key check
+ * Listener addresses are parsed by core/addr.h (shared with engine/net.c). config/
+ * sits above core/ in the include graph: nothing below it includes config/.
+ *
  * Contract:
  * - config_parse follows Go's flag package: "-x" and "--x" both work, "-x=v" and
  *   "-x v" for valued flags, booleans as "-x" or "-x=true|false|1|0|t|f|T|F|TRUE|FALSE|True|False",
@@ -15,8 +25,10 @@
  *   structured fields (err, fix, env_var, reason, value, ...) so main can log it with
  *   the reference's keys, and an exit code (2, or 1 where the reference says 1).
  * - Nothing here performs I/O except config_read_cap_eff, which reads
- *   /proc/self/status; the check itself (config_check_caps) is pure.
+ *   /proc/self/status, and config_print_usage, which writes the usage text; the checks
+ *   themselves (config_check and what it calls) are pure.
  * - Strings in struct config point into argv/envp (never copied, never freed).
+ * - No allocation: the largest stack user is the FCM check (a 16 KiB key buffer).
  */
 #ifndef PYRELAY_CONFIG_H
 #define PYRELAY_CONFIG_H
@@ -85,13 +97,6 @@ struct config {
 	char cert_cache_buf[4096];
 };
 
-/* Listener address split into host and port; host "" means all interfaces. */
-struct listen_addr {
-	char host[64]; /* IP literal without brackets, or "" */
-	uint16_t port;
-	bool is_ipv6;
-};
-
 #define BOOT_FIELDS_MAX 6
 /* = LOG_VALUE_BYTES_MAX: the logger truncates longer values anyway, and the
  * capability refusal needs the room to name every offending bit */
@@ -122,14 +127,20 @@ int config_parse(struct config *cfg, int argc, char *const argv[], char *const e
 int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
 		 struct boot_refusal *refusal);
 
-/* Parse "host:port" as Go's net.SplitHostPort + the relay's rules: port 1..65535
- * numeric, IPv6 in brackets. allow_empty_host: ":8080" is fine (all interfaces).
- * Returns false with a reason in *why (static string). */
-bool config_parse_listen(const char *s, bool allow_empty_host, struct listen_addr *out,
-			 const char **why);
-
-/* --metrics-listen rule (§1.5): IP literal in 127.0.0.0/8 or ::1, port 1..65535. */
+/* --metrics-listen rule (§1.5): addr_parse_listen's rules with a host required, and
+ * the host an IP literal in 127.0.0.0/8 or exactly ::1. Returns false with a reason
+ * in *why (a static string that never contains input bytes). */
 bool config_metrics_listen_valid(const char *s, const char **why);
+
+/*
+ * PYRYCODE_RELAY_FCM_CREDENTIALS (§7.2, §7.3): is value (NUL-terminated) a usable
+ * Google service-account key? One JSON object (nesting at most 64) with type exactly
+ * "service_account", a non-empty client_email and a private_key holding a "PRIVATE KEY"
+ * or "RSA PRIVATE KEY" PEM block. Names match ASCII case-insensitively, the last
+ * duplicate wins, null leaves a member unset, any other non-string type refuses.
+ */
+#define CONFIG_FCM_PRIVATE_KEY_BYTES_MAX 16384 /* an RSA-4096 PKCS#8 PEM is ~3.3 KiB */
+bool config_fcm_credentials_usable(const char *value);
 
 /* Go time.ParseDuration subset: [0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h), concatenated,
  * non-negative. Rounds down to milliseconds. */
