@@ -8,9 +8,10 @@
  *   usage.c   the --help / usage-error text, generated from the flag table
  *   boot.c    the environment, config_check's boot checks in order, the capability
  *             check and /proc/self/status
- *   fcm.c     the FCM service-account key check
- * Listener addresses are parsed by core/addr.h (shared with engine/net.c). config/
- * sits above core/ in the include graph: nothing below it includes config/.
+ *   fcm.c     the FCM service-account key check, on the project's JSON scanner
+ * Listener addresses are parsed by core/addr.h (shared with engine/net.c); JSON by
+ * envelope/json.h. config/ sits above core/ and envelope/ in the include graph:
+ * nothing below it includes config/.
  *
  * Contract:
  * - config_parse follows Go's flag package: "-x" and "--x" both work, "-x=v" and
@@ -134,10 +135,24 @@ bool config_metrics_listen_valid(const char *s, const char **why);
 
 /*
  * PYRYCODE_RELAY_FCM_CREDENTIALS (§7.2, §7.3): is value (NUL-terminated) a usable
- * Google service-account key? One JSON object (nesting at most 64) with type exactly
- * "service_account", a non-empty client_email and a private_key holding a "PRIVATE KEY"
- * or "RSA PRIVATE KEY" PEM block. Names match ASCII case-insensitively, the last
- * duplicate wins, null leaves a member unset, any other non-string type refuses.
+ * Google service-account key? Structural only, as encoding/json into Go's struct sees
+ * it, then a PEM shape check:
+ * - the whole value is exactly one JSON value (whitespace around it allowed), parsed
+ *   by envelope/json.h: RFC 8259 strictly, nesting at most JSON_DEPTH_MAX over the
+ *   whole document (Go's limit too), every member validated, unknown ones ignored;
+ * - that value is an object; member names "type", "client_email" and "private_key"
+ *   match after unescaping, ASCII case-insensitively (encoding/json folds case);
+ * - for those three the last duplicate wins; a null value leaves the member as it was
+ *   (unset if it came first); any other non-string value refuses the key;
+ * - type is exactly "service_account", client_email is non-empty, private_key
+ *   unescapes to at most CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 bytes with no NUL and
+ *   holds a "PRIVATE KEY" (PKCS#8) or "RSA PRIVATE KEY" (PKCS#1) PEM block with a
+ *   non-empty base64 body. Whether the DER inside is an RSA key is the push sender's
+ *   check when it loads the key.
+ * Divergence from Go (deliberate): invalid UTF-8 inside a JSON string refuses the key
+ * (json.h rejects it everywhere; Go would replace it with U+FFFD). The keys Google
+ * issues are ASCII, so only a corrupted key meets this.
+ * Pure; the value is never copied anywhere that outlives the call, nor logged.
  */
 #define CONFIG_FCM_PRIVATE_KEY_BYTES_MAX 16384 /* an RSA-4096 PKCS#8 PEM is ~3.3 KiB */
 bool config_fcm_credentials_usable(const char *value);
@@ -146,7 +161,7 @@ bool config_fcm_credentials_usable(const char *value);
  * non-negative. Rounds down to milliseconds. */
 bool config_parse_duration_ms(const char *s, uint64_t *ms);
 
-/* Read CapEff from /proc/self/status (the only I/O in this module). */
+/* Read CapEff from /proc/self/status (the only read in this module). */
 bool config_read_cap_eff(uint64_t *cap_eff);
 
 /* Usage text listing every flag with its default, for --help and usage errors. */

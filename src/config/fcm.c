@@ -1,229 +1,41 @@
 /*
  * fcm.c - the PYRYCODE_RELAY_FCM_CREDENTIALS check (contract: config_fcm_credentials_usable
- * in config.h), moved here unchanged from core/config.c with its own JSON reader.
+ * in config.h), walked with the project's JSON scanner (envelope/json.h), so the key
+ * meets the same grammar, depth limit and UTF-8 rule as every other JSON the relay
+ * reads. Only member names (to fold their case) and the private key (to check its
+ * PEM shape) are decoded into stack buffers; everything else is checked in place.
  */
 #include "config/internal.h"
 
-#define JSON_DEPTH_MAX 64
+#include "envelope/json.h"
 
-/* A strict RFC 8259 reader, enough to walk a service-account key without copying it.
- * It validates everything (encoding/json refuses malformed input outright) but keeps
- * only the raw spans of the three string members the check needs. */
-struct json {
-	const char *p;
-	const char *end;
-	unsigned depth;
+/* Member names are unescaped into this to be compared; the longest we look for is
+ * "client_email", so a name that does not fit cannot match. */
+#define FCM_MEMBER_NAME_BYTES_MAX 32
+
+enum fcm_member { FCM_TYPE, FCM_CLIENT_EMAIL, FCM_PRIVATE_KEY, FCM_MEMBERS };
+
+static const char *const fcm_member_names[FCM_MEMBERS] = {
+	[FCM_TYPE] = "type",
+	[FCM_CLIENT_EMAIL] = "client_email",
+	[FCM_PRIVATE_KEY] = "private_key",
 };
 
-static void json_ws(struct json *j)
+/* Which of the three members a name is, or FCM_MEMBERS for any other. encoding/json
+ * matches names to struct tags case-insensitively; we fold ASCII only, so a name with
+ * a non-ASCII letter (Go would fold the Kelvin sign to k) is just another member. */
+static enum fcm_member member_of(struct json_str name)
 {
-	while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-		j->p++;
-}
+	uint8_t buf[FCM_MEMBER_NAME_BYTES_MAX];
+	size_t n = json_str_unescape(name, buf, sizeof buf);
 
-static bool json_lit(struct json *j, const char *lit)
-{
-	size_t n = strlen(lit);
-
-	if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0)
-		return false;
-	j->p += n;
-	return true;
-}
-
-static bool is_hex(char c)
-{
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-/* On success *raw spans the still-escaped contents between the quotes. */
-static bool json_string(struct json *j, struct span *raw)
-{
-	if (j->p >= j->end || *j->p != '"')
-		return false;
-	const char *start = ++j->p;
-	while (j->p < j->end) {
-		uint8_t c = (uint8_t)*j->p;
-		if (c == '"') {
-			*raw = span_make(start, (size_t)(j->p - start));
-			j->p++;
-			return true;
-		}
-		if (c < 0x20)
-			return false;
-		if (c == '\\') {
-			j->p++;
-			if (j->p >= j->end)
-				return false;
-			switch (*j->p) {
-			case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-				j->p++;
-				break;
-			case 'u':
-				if (j->end - j->p < 5 || !is_hex(j->p[1]) || !is_hex(j->p[2]) ||
-				    !is_hex(j->p[3]) || !is_hex(j->p[4]))
-					return false;
-				j->p += 5;
-				break;
-			default:
-				return false;
-			}
-			continue;
-		}
-		j->p++;
+	if (n == SIZE_MAX)
+		return FCM_MEMBERS;
+	for (int m = 0; m < FCM_MEMBERS; m++) {
+		if (span_eq_nocase(span_make(buf, n), fcm_member_names[m]))
+			return (enum fcm_member)m;
 	}
-	return false;
-}
-
-static bool json_digits(struct json *j)
-{
-	const char *start = j->p;
-
-	while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
-		j->p++;
-	return j->p > start;
-}
-
-static bool json_number(struct json *j)
-{
-	if (j->p < j->end && *j->p == '-')
-		j->p++;
-	if (j->p < j->end && *j->p == '0')
-		j->p++;
-	else if (!json_digits(j))
-		return false;
-	if (j->p < j->end && *j->p == '.') {
-		j->p++;
-		if (!json_digits(j))
-			return false;
-	}
-	if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
-		j->p++;
-		if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
-			j->p++;
-		if (!json_digits(j))
-			return false;
-	}
-	return true;
-}
-
-static bool json_value(struct json *j);
-
-static bool json_container(struct json *j, char close, bool object)
-{
-	struct span ignored;
-
-	if (++j->depth > JSON_DEPTH_MAX)
-		return false;
-	j->p++;
-	json_ws(j);
-	if (j->p < j->end && *j->p == close) {
-		j->p++;
-		j->depth--;
-		return true;
-	}
-	for (;;) {
-		if (object) {
-			if (!json_string(j, &ignored))
-				return false;
-			json_ws(j);
-			if (j->p >= j->end || *j->p != ':')
-				return false;
-			j->p++;
-			json_ws(j);
-		}
-		if (!json_value(j))
-			return false;
-		json_ws(j);
-		if (j->p >= j->end)
-			return false;
-		if (*j->p == close) {
-			j->p++;
-			j->depth--;
-			return true;
-		}
-		if (*j->p != ',')
-			return false;
-		j->p++;
-		json_ws(j);
-	}
-}
-
-static bool json_value(struct json *j)
-{
-	struct span ignored;
-
-	if (j->p >= j->end)
-		return false;
-	switch (*j->p) {
-	case '{':
-		return json_container(j, '}', true);
-	case '[':
-		return json_container(j, ']', false);
-	case '"':
-		return json_string(j, &ignored);
-	case 't':
-		return json_lit(j, "true");
-	case 'f':
-		return json_lit(j, "false");
-	case 'n':
-		return json_lit(j, "null");
-	default:
-		return json_number(j);
-	}
-}
-
-static unsigned hex_val(char c)
-{
-	if (c >= '0' && c <= '9')
-		return (unsigned)(c - '0');
-	return (unsigned)((c | 0x20) - 'a' + 10);
-}
-
-/* Unescape a validated JSON string into out. Code points outside ASCII become one
- * 0xff byte each: the checks below only ever compare ASCII. False when out is full. */
-static bool json_unescape(struct span raw, char *out, size_t cap, size_t *len)
-{
-	const char *p = (const char *)raw.ptr, *end = p + raw.len;
-	size_t n = 0;
-
-	while (p < end) {
-		char c = *p++;
-		if (c == '\\') {
-			c = *p++;
-			switch (c) {
-			case 'b': c = '\b'; break;
-			case 'f': c = '\f'; break;
-			case 'n': c = '\n'; break;
-			case 'r': c = '\r'; break;
-			case 't': c = '\t'; break;
-			case 'u': {
-				unsigned cp = hex_val(p[0]) << 12 | hex_val(p[1]) << 8 |
-					      hex_val(p[2]) << 4 | hex_val(p[3]);
-				p += 4;
-				c = cp < 0x80 ? (char)cp : (char)0xff;
-				break;
-			}
-			default: /* '"', '\\', '/' stand for themselves */
-				break;
-			}
-		}
-		if (n + 1 >= cap)
-			return false;
-		out[n++] = c;
-	}
-	out[n] = '\0';
-	*len = n;
-	return true;
-}
-
-static bool json_key_is(struct span raw, const char *name)
-{
-	char key[32];
-	size_t n;
-
-	/* encoding/json matches struct tags case-insensitively */
-	return json_unescape(raw, key, sizeof key, &n) && span_eq_nocase(span_make(key, n), name);
+	return FCM_MEMBERS;
 }
 
 static bool is_base64_or_space(char c)
@@ -266,80 +78,75 @@ static bool pem_private_key(const char *key)
 
 bool config_fcm_credentials_usable(const char *value)
 {
-	struct json j = { .p = value, .end = value + strlen(value), .depth = 1 };
-	struct span type = { 0 }, email = { 0 }, key = { 0 };
-	bool have_type = false, have_email = false, have_key = false;
+	const struct span in = span_cstr(value);
+	const uint8_t *p = in.ptr;
+	struct json_str member[FCM_MEMBERS];
+	bool have[FCM_MEMBERS] = { false };
+	bool first = true;
+	size_t i;
 
-	json_ws(&j);
-	if (j.p >= j.end || *j.p != '{')
+	/* one object, walked member by member; every value is validated by the scanner,
+	 * whether we look at it or not, as encoding/json validates before it decodes */
+	i = json_skip_ws(in, 0);
+	if (i >= in.len || p[i] != '{')
 		return false;
-	j.p++;
-	json_ws(&j);
-	if (j.p < j.end && *j.p == '}') {
-		j.p++;
-	} else {
-		for (;;) {
-			struct span name, str;
+	i = json_skip_ws(in, i + 1);
+	for (;;) {
+		struct json_str name;
 
-			if (!json_string(&j, &name))
-				return false;
-			json_ws(&j);
-			if (j.p >= j.end || *j.p != ':')
-				return false;
-			j.p++;
-			json_ws(&j);
-
-			struct span *slot = NULL;
-			bool *have = NULL;
-			if (json_key_is(name, "type")) {
-				slot = &type;
-				have = &have_type;
-			} else if (json_key_is(name, "client_email")) {
-				slot = &email;
-				have = &have_email;
-			} else if (json_key_is(name, "private_key")) {
-				slot = &key;
-				have = &have_key;
-			}
-			if (slot && j.p < j.end && *j.p == '"') {
-				if (!json_string(&j, &str))
-					return false;
-				*slot = str; /* the last duplicate wins, as in encoding/json */
-				*have = true;
-			} else if (slot && !json_lit(&j, "null")) {
-				/* null leaves a Go string field alone; anything else fails
-				 * to unmarshal into it */
-				return false;
-			} else if (!slot && !json_value(&j)) {
-				return false;
-			}
-			json_ws(&j);
-			if (j.p >= j.end)
-				return false;
-			if (*j.p == '}') {
-				j.p++;
-				break;
-			}
-			if (*j.p != ',')
-				return false;
-			j.p++;
-			json_ws(&j);
+		if (i >= in.len)
+			return false;
+		if (p[i] == '}') {
+			i++;
+			break;
 		}
+		if (!first) {
+			if (p[i] != ',')
+				return false;
+			i = json_skip_ws(in, i + 1);
+		}
+		first = false;
+		if (i >= in.len || p[i] != '"' || !json_scan_string(in, &i, &name))
+			return false;
+		i = json_skip_ws(in, i);
+		if (i >= in.len || p[i] != ':')
+			return false;
+		i = json_skip_ws(in, i + 1);
+
+		enum fcm_member m = member_of(name);
+		if (m != FCM_MEMBERS && i < in.len && p[i] == '"') {
+			/* the last duplicate wins, as in encoding/json */
+			if (!json_scan_string(in, &i, &member[m]))
+				return false;
+			have[m] = true;
+		} else {
+			struct span v;
+
+			/* depth 1: the key's object is open around every member value */
+			if (!json_skip_value(in, &i, 1, &v))
+				return false;
+			/* null leaves a Go string field as it was; any other type fails to
+			 * unmarshal into it */
+			if (m != FCM_MEMBERS && json_type_of(v) != JSON_TYPE_NULL)
+				return false;
+		}
+		i = json_skip_ws(in, i);
 	}
-	json_ws(&j);
-	if (j.p != j.end)
-		return false;
-	if (!have_type || !have_email || !have_key || email.len == 0)
+	if (json_skip_ws(in, i) != in.len)
 		return false;
 
-	char small[32];
-	size_t n;
-	if (!json_unescape(type, small, sizeof small, &n) || strcmp(small, "service_account") != 0 ||
-	    n != strlen("service_account"))
+	if (!have[FCM_TYPE] || !have[FCM_CLIENT_EMAIL] || !have[FCM_PRIVATE_KEY])
+		return false;
+	if (!json_str_eq_cstr(member[FCM_TYPE], "service_account"))
+		return false;
+	/* an escape always decodes to at least one byte: raw empty is decoded empty */
+	if (member[FCM_CLIENT_EMAIL].raw.len == 0)
 		return false;
 
 	char pem[CONFIG_FCM_PRIVATE_KEY_BYTES_MAX];
-	if (!json_unescape(key, pem, sizeof pem, &n) || memchr(pem, '\0', n))
+	size_t n = json_str_unescape(member[FCM_PRIVATE_KEY], (uint8_t *)pem, sizeof pem - 1);
+	if (n == SIZE_MAX || memchr(pem, '\0', n))
 		return false;
+	pem[n] = '\0';
 	return pem_private_key(pem);
 }

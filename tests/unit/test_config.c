@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "config/config.h"
+#include "envelope/json.h"
 
 #define PROG "pyrycode-relay"
 /* argv/envp as NULL-terminated compound literals; ## drops the comma when empty */
@@ -630,6 +631,9 @@ static void test_check_env_fcm(void **state)
 		"{\"type\":\"x\",\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
 		"{\"type\":\"service_account\",\"type\":null,\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
 		"{\"typ\\u0065\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		"{\"type\":null,\"type\":\"service_account\",\"client_email\":\"a@b\",\"privat\\u0065_KEY\":" PEM_OK "}",
+		/* valid UTF-8, raw or escaped, anywhere */
+		SA_KEY(TYPE_OK, "\"r\xc3\xa9lay@b\"", PEM_OK, ",\"n\xc3\xa9\":\"\xe2\x82\xac \\ud83d\\ude00 \\ud800\""),
 	};
 	static const char *const bad[] = {
 		"", " ", "null", "[]", "{}", "\"service_account\"", "x", "{",
@@ -665,10 +669,23 @@ static void test_check_env_fcm(void **state)
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",'n':1"),
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"n\" 1"),
 		"{\"type\":\"service_account\",\"type\":\"x\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		/* null leaves a member unset; any other non-string type refuses */
+		"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":null}",
+		"{\"type\":null,\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		SA_KEY("true", EMAIL_OK, PEM_OK, ""),
+		SA_KEY("{}", EMAIL_OK, PEM_OK, ""),
+		SA_KEY(TYPE_OK, "{\"a\":\"b\"}", PEM_OK, ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "[]", ""),
+		/* names fold ASCII case only: a Kelvin sign (U+212A) is not a k */
+		"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_\\u212aey\":" PEM_OK "}",
+		/* invalid UTF-8 inside any string refuses the key (Go would take it as U+FFFD) */
+		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"n\":\"\xff\""),
+		SA_KEY(TYPE_OK, "\"a\xc3@b\"", PEM_OK, ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"\xed\xa0\x80\":1"),
 	};
 	struct config cfg;
 	struct boot_refusal r;
-	static char env[8192], deep[4096];
+	static char env[8192], deep[2 * JSON_DEPTH_MAX + 256];
 
 	(void)state;
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
@@ -693,13 +710,41 @@ static void test_check_env_fcm(void **state)
 		}
 	}
 
-	/* nesting is bounded: deep input is refused, not a stack overflow */
-	size_t n = 0;
-	n += (size_t)snprintf(deep + n, sizeof deep - n, "PYRYCODE_RELAY_FCM_CREDENTIALS={\"x\":");
-	for (int d = 0; d < 1000; d++)
-		deep[n++] = '[';
-	deep[n] = '\0';
+	/* nesting is bounded by the JSON scanner's one limit, over the whole document:
+	 * JSON_DEPTH_MAX containers, the key's own object included, and not one more */
+	for (uint32_t extra = 0; extra <= 1; extra++) {
+		uint32_t arrays = JSON_DEPTH_MAX - 1 + extra;
+		size_t n = (size_t)snprintf(deep, sizeof deep, "PYRYCODE_RELAY_FCM_CREDENTIALS={\"x\":");
+		memset(deep + n, '[', arrays);
+		n += arrays;
+		memset(deep + n, ']', arrays);
+		n += arrays;
+		snprintf(deep + n, sizeof deep - n, ",\"type\":\"service_account\",\"client_email\":\"a@b\","
+			 "\"private_key\":" PEM_OK "}");
+		assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")),
+				 extra ? CONFIG_EXIT_USAGE : CONFIG_OK);
+	}
+	/* unterminated deep input is refused, not a stack overflow */
+	memset(deep, '[', sizeof deep - 1);
+	memcpy(deep, "PYRYCODE_RELAY_FCM_CREDENTIALS={\"x\":", 36);
+	deep[sizeof deep - 1] = '\0';
 	assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")), CONFIG_EXIT_USAGE);
+
+	/* the private key decodes into a fixed buffer: one byte short of it fits */
+	for (size_t extra = 0; extra <= 1; extra++) {
+		static const char key_head[] = "PYRYCODE_RELAY_FCM_CREDENTIALS={\"type\":\"service_account\","
+					       "\"client_email\":\"a@b\",\"private_key\":\""
+					       "-----BEGIN PRIVATE KEY----- MIIE -----END PRIVATE KEY-----";
+		size_t key_len = CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 + extra;
+		size_t pem_len = strlen("-----BEGIN PRIVATE KEY----- MIIE -----END PRIVATE KEY-----");
+		size_t n = strlen(key_head);
+		memcpy(deep, key_head, n);
+		memset(deep + n, ' ', key_len - pem_len);
+		n += key_len - pem_len;
+		memcpy(deep + n, "\"}", 3);
+		assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")),
+				 extra ? CONFIG_EXIT_USAGE : CONFIG_OK);
+	}
 }
 
 static void test_check_env_order(void **state)
