@@ -157,10 +157,14 @@ static bool parse_duration_ns(const char *s, uint64_t *out)
 				return false;
 		}
 		if (*s == '.') {
-			/* Digits past 18 cannot change a nanosecond count: ignored, as Go does. */
+			/* Digits past 18 cannot change a nanosecond count: ignored, as Go does.
+			 * The scale stops at 10^19 too, or a long run of zeros (".000...1s")
+			 * would wrap it (to 0 after 64 digits: a division by zero below); a
+			 * digit that far down is worth under a nanosecond even in hours. */
 			for (s++; *s >= '0' && *s <= '9'; s++) {
 				post = true;
-				if (frac_full || frac > (DURATION_NS_MAX - 9) / 10) {
+				if (frac_full || frac > (DURATION_NS_MAX - 9) / 10 ||
+				    scale > UINT64_MAX / 10) {
 					frac_full = true;
 					continue;
 				}
