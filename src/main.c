@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/config.h"
+#include "config/config.h"
 #include "core/log.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"

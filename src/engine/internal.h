@@ -24,7 +24,7 @@
 #include <netinet/in.h>
 
 #include "core/common.h"
-#include "core/config.h"
+#include "config/config.h"
 #include "core/stat.h"
 #include "engine/bufpool.h"
 #include "engine/engine.h"

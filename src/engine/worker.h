@@ -16,7 +16,7 @@
 #define PYRELAY_WORKER_H
 
 #include "core/common.h"
-#include "core/config.h"
+#include "config/config.h"
 #include "core/stat.h"
 #include "engine/bufpool.h"
 #include "engine/engine.h"

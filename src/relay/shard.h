@@ -5,7 +5,7 @@
 #ifndef PYRELAY_RELAY_SHARD_H
 #define PYRELAY_RELAY_SHARD_H
 
-#include "core/config.h"
+#include "config/config.h"
 #include "engine/engine.h"
 #include "relay/ratelimit.h"
 #include "relay/relay.h"

@@ -6,14 +6,14 @@
 # Scans src/**/*.c and src/**/*.h (not src/core/log.h, which defines the macros) with a
 # small C tokenizer, so comments and string contents never count, and fails on:
 #   - a KV_STR/KV_BYTES/KV_SPAN/KV_INT/KV_UINT whose key is not one string literal from
-#     the allowlist (boot keys only in src/main.c and src/core/config.c);
+#     the allowlist (boot keys only in src/main.c and src/config/);
 #   - a LOG_INFO/LOG_WARN/LOG_ERROR whose message is not string literal(s);
 #   - anything that builds or emits log fields around those macros: LOG_KV_* used by
 #     hand, log_event called directly, a KV_/LOG_ macro named without a call;
-#   - in src/core/config.c, a boot-refusal key (field_add's key, a .key/->key
+#   - in src/config/, a boot-refusal key (field_add's key, a .key/->key
 #     assignment) or message (refusal_begin, ->msg) that is not a literal.
 # The one generic forwarding site allowed is src/main.c log_refusal(), which logs the
-# refusal config.c built: its keys and message are checked at config.c's literals.
+# refusal src/config/ built: its keys and message are checked at those literals.
 #
 # Before the real scan it runs the checker on inline samples that must be flagged (and
 # one that must not), so a broken tokenizer cannot make the check pass on nothing.
@@ -31,7 +31,8 @@ RUNTIME_KEYS = set("""
 BOOT_KEYS = set("""
     version mode listen domain cert_cache https_proxy_protocol env_var reason fix
     effective_uid value addr unexpected_ports expected_ports bypass_env_var""".split())
-BOOT_FILES = {"src/main.c", "src/core/config.c"}
+BOOT_FILES = {"src/main.c"}
+BOOT_DIR = "src/config/"  # the configuration module: every file builds boot refusals
 SKIP_FILES = {"src/core/log.h"}  # defines the macros: its parameters are not literals
 LOG_IMPL = "src/core/log.c"
 
@@ -139,7 +140,8 @@ def literals_only(ts):
 
 def check_source(path, src):
     """Returns (passed_sites, failures) where failures are 'path:line: why'."""
-    allowed = RUNTIME_KEYS | (BOOT_KEYS if path in BOOT_FILES else set())
+    boot_module = path.startswith(BOOT_DIR)
+    allowed = RUNTIME_KEYS | (BOOT_KEYS if path in BOOT_FILES or boot_module else set())
     toks = tokenize(src)
     passed, fails = 0, []
 
@@ -155,7 +157,7 @@ def check_source(path, src):
         if v is None:
             return False, f"{what} key is not a string literal: {text(arg) or '(none)'}"
         if v not in allowed:
-            extra = " (a boot key, allowed only in src/main.c and src/core/config.c)" \
+            extra = " (a boot key, allowed only in src/main.c and src/config/)" \
                 if v in BOOT_KEYS else ""
             return False, f"{what} key \"{v}\" is not in the allowlist{extra}"
         return True, ""
@@ -174,7 +176,7 @@ def check_source(path, src):
             if name in KV_MACROS:
                 if in_forward and name == "KV_STR" and text(args[0]) == FORWARD_KEY \
                         and forwarding[1] is None:
-                    forwarding = (path, t.line)  # once: config.c's literals are checked
+                    forwarding = (path, t.line)  # once: src/config/'s literals are checked
                     site(True, t, "")
                     continue
                 ok, why = key_ok(args[0], name)
@@ -189,7 +191,7 @@ def check_source(path, src):
             ok = in_forward and args is not None and len(args) >= 2 \
                 and text(args[1]) == FORWARD_MSG
             site(ok, t, "log_event called directly: use LOG_INFO/LOG_WARN/LOG_ERROR")
-        elif path == "src/core/config.c" and t.depth > 0:
+        elif boot_module and t.depth > 0:
             if name == "field_add" and t.func != "field_add":
                 args = call_args(toks, i)
                 if args is None or len(args) < 2:
@@ -250,9 +252,9 @@ SAMPLES = [
     ("src/main.c", 'void g(void) { LOG_INFO("starting", KV_STR("version", v)); }', False),
     ("src/main.c", """void other(const struct boot_refusal *r) {
             kvs[i] = KV_STR(r->fields[i].key, r->fields[i].value); }""", True),
-    ("src/core/config.c", 'static int c(struct boot_refusal *r) { field_add(r, "password", "%s", p); }', True),
-    ("src/core/config.c", 'static int c(struct boot_refusal *r) { r->fields[0].key = name; }', True),
-    ("src/core/config.c", 'static int c(struct boot_refusal *r) { refusal_begin(r, 2, why); }', True),
+    ("src/config/boot.c", 'static int c(struct boot_refusal *r) { field_add(r, "password", "%s", p); }', True),
+    ("src/config/boot.c", 'static int c(struct boot_refusal *r) { r->fields[0].key = name; }', True),
+    ("src/config/boot.c", 'static int c(struct boot_refusal *r) { refusal_begin(r, 2, why); }', True),
 ]
 
 

@@ -1,6 +1,7 @@
 /*
  * test_config.c - command line (Go flag semantics), durations, environment, listener
- * addresses and the boot checks of reference §7.4, one by one and in order.
+ * addresses and the boot checks of reference §7.4, one by one and in order. The
+ * address parser itself is tested in test_addr.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,7 +14,8 @@
 
 #include <cmocka.h>
 
-#include "core/config.h"
+#include "config/config.h"
+#include "envelope/json.h"
 
 #define PROG "pyrycode-relay"
 /* argv/envp as NULL-terminated compound literals; ## drops the comma when empty */
@@ -391,6 +393,13 @@ static void test_durations(void **state)
 		{ "1.0000000000000000000009s", 1000 }, { "2m", 120000 }, { "10s10s", 20000 },
 		{ "2562047h", 9223369200000 }, { "9223372036854775807ns", 9223372036854 },
 		{ "007s", 7000 }, { "1.25h", 4500000 },
+		/* a fraction's digits stop counting once they are worth under a nanosecond:
+		 * a long run of zeros once wrapped the scale (and divided by zero) */
+		{ "1.000000000000000000000000000000000000000000000000000000000000000000001s", 1000 },
+		{ "1h2m3.0000000000000000000000000000000000000000000000000000000000000000000001526s",
+		  3723000 },
+		{ "0.9999999999999999999999999999999h", 3599999 }, { "0.0000000000000000005h", 0 },
+		{ "1.5000000000000000000000000000000000000000000000000000000000000000000000009s", 1500 },
 	};
 	static const char *const bad[] = {
 		"", "s", "1", "10", "-1s", "+1s", "-0", "1x", ".s", ".", "1s2", "1 s", " 1s", "1s ",
@@ -629,6 +638,9 @@ static void test_check_env_fcm(void **state)
 		"{\"type\":\"x\",\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
 		"{\"type\":\"service_account\",\"type\":null,\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
 		"{\"typ\\u0065\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		"{\"type\":null,\"type\":\"service_account\",\"client_email\":\"a@b\",\"privat\\u0065_KEY\":" PEM_OK "}",
+		/* valid UTF-8, raw or escaped, anywhere */
+		SA_KEY(TYPE_OK, "\"r\xc3\xa9lay@b\"", PEM_OK, ",\"n\xc3\xa9\":\"\xe2\x82\xac \\ud83d\\ude00 \\ud800\""),
 	};
 	static const char *const bad[] = {
 		"", " ", "null", "[]", "{}", "\"service_account\"", "x", "{",
@@ -664,10 +676,23 @@ static void test_check_env_fcm(void **state)
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",'n':1"),
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"n\" 1"),
 		"{\"type\":\"service_account\",\"type\":\"x\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		/* null leaves a member unset; any other non-string type refuses */
+		"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":null}",
+		"{\"type\":null,\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		SA_KEY("true", EMAIL_OK, PEM_OK, ""),
+		SA_KEY("{}", EMAIL_OK, PEM_OK, ""),
+		SA_KEY(TYPE_OK, "{\"a\":\"b\"}", PEM_OK, ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "[]", ""),
+		/* names fold ASCII case only: a Kelvin sign (U+212A) is not a k */
+		"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_\\u212aey\":" PEM_OK "}",
+		/* invalid UTF-8 inside any string refuses the key (Go would take it as U+FFFD) */
+		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"n\":\"\xff\""),
+		SA_KEY(TYPE_OK, "\"a\xc3@b\"", PEM_OK, ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"\xed\xa0\x80\":1"),
 	};
 	struct config cfg;
 	struct boot_refusal r;
-	static char env[8192], deep[4096];
+	static char env[8192], deep[2 * JSON_DEPTH_MAX + 256];
 
 	(void)state;
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
@@ -692,13 +717,41 @@ static void test_check_env_fcm(void **state)
 		}
 	}
 
-	/* nesting is bounded: deep input is refused, not a stack overflow */
-	size_t n = 0;
-	n += (size_t)snprintf(deep + n, sizeof deep - n, "PYRYCODE_RELAY_FCM_CREDENTIALS={\"x\":");
-	for (int d = 0; d < 1000; d++)
-		deep[n++] = '[';
-	deep[n] = '\0';
+	/* nesting is bounded by the JSON scanner's one limit, over the whole document:
+	 * JSON_DEPTH_MAX containers, the key's own object included, and not one more */
+	for (uint32_t extra = 0; extra <= 1; extra++) {
+		uint32_t arrays = JSON_DEPTH_MAX - 1 + extra;
+		size_t n = (size_t)snprintf(deep, sizeof deep, "PYRYCODE_RELAY_FCM_CREDENTIALS={\"x\":");
+		memset(deep + n, '[', arrays);
+		n += arrays;
+		memset(deep + n, ']', arrays);
+		n += arrays;
+		snprintf(deep + n, sizeof deep - n, ",\"type\":\"service_account\",\"client_email\":\"a@b\","
+			 "\"private_key\":" PEM_OK "}");
+		assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")),
+				 extra ? CONFIG_EXIT_USAGE : CONFIG_OK);
+	}
+	/* unterminated deep input is refused, not a stack overflow */
+	memset(deep, '[', sizeof deep - 1);
+	memcpy(deep, "PYRYCODE_RELAY_FCM_CREDENTIALS={\"x\":", 36);
+	deep[sizeof deep - 1] = '\0';
 	assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")), CONFIG_EXIT_USAGE);
+
+	/* the private key decodes into a fixed buffer: one byte short of it fits */
+	for (size_t extra = 0; extra <= 1; extra++) {
+		static const char key_head[] = "PYRYCODE_RELAY_FCM_CREDENTIALS={\"type\":\"service_account\","
+					       "\"client_email\":\"a@b\",\"private_key\":\""
+					       "-----BEGIN PRIVATE KEY----- MIIE -----END PRIVATE KEY-----";
+		size_t key_len = CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 + extra;
+		size_t pem_len = strlen("-----BEGIN PRIVATE KEY----- MIIE -----END PRIVATE KEY-----");
+		size_t n = strlen(key_head);
+		memcpy(deep, key_head, n);
+		memset(deep + n, ' ', key_len - pem_len);
+		n += key_len - pem_len;
+		memcpy(deep + n, "\"}", 3);
+		assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")),
+				 extra ? CONFIG_EXIT_USAGE : CONFIG_OK);
+	}
 }
 
 static void test_check_env_order(void **state)
@@ -908,81 +961,6 @@ static void test_metrics_listen(void **state)
 	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--metrics-listen", "")), CONFIG_OK);
 }
 
-static void test_parse_listen(void **state)
-{
-	static const struct {
-		const char *s;
-		bool allow_empty;
-		const char *host;
-		uint16_t port;
-		bool v6;
-	} ok[] = {
-		{ ":8080", true, "", 8080, false },
-		{ "0.0.0.0:80", true, "0.0.0.0", 80, false },
-		{ "192.0.2.1:443", false, "192.0.2.1", 443, false },
-		{ "[::]:443", true, "::", 443, true },
-		{ "[::1]:9090", false, "::1", 9090, true },
-		{ "[2001:db8::1]:1", false, "2001:db8::1", 1, true },
-		{ "127.0.0.1:65535", false, "127.0.0.1", 65535, false },
-		{ ":0080", true, "", 80, false },
-	};
-	static const struct {
-		const char *s;
-		bool allow_empty;
-		const char *why;
-	} bad[] = {
-		{ "", true, "empty" },
-		{ "8080", true, "missing port in address" },
-		{ "127.0.0.1", true, "missing port in address" },
-		{ "::1:80", true, "too many colons in address" },
-		{ "[::1]", true, "missing port in address" },
-		{ "[::1:80", true, "missing ']' in address" },
-		{ "[::1]x:80", true, "missing port in address" },
-		{ "[::1]:80:90", true, "too many colons in address" },
-		{ "[[::1]:80", true, "unexpected '[' in address" },
-		{ "a[b:80", true, "unexpected '[' in address" },
-		{ "a]b:80", true, "unexpected ']' in address" },
-		{ "[::1]:8]0", true, "unexpected ']' in address" },
-		{ ":", true, "not a decimal number" },
-		{ ":http", true, "not a decimal number" },
-		{ ":+80", true, "not a decimal number" },
-		{ ":-1", true, "not a decimal number" },
-		{ ": 80", true, "not a decimal number" },
-		{ ":0", true, "port 0" },
-		{ ":65536", true, "out of range" },
-		{ ":99999999999999999999999", true, "out of range" },
-		{ ":8080", false, "missing host" },
-		{ "[]:80", true, "missing host" },
-		{ "localhost:8080", true, "not an IP literal" },
-		{ "example.com:443", true, "not an IP literal" },
-		{ "1.2.3:80", true, "not an IP literal" },
-		{ "1.2.3.256:80", true, "not an IP literal" },
-		{ "[fe80::1%eth0]:80", true, "not an IPv6 literal" },
-		{ "[0.0.0.0]:80", true, "not an IPv6 literal" },
-		{ "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:80", true,
-		  "not an IP literal" },
-	};
-	struct listen_addr a;
-	const char *why;
-
-	(void)state;
-	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-		why = NULL;
-		if (!config_parse_listen(ok[i].s, ok[i].allow_empty, &a, &why))
-			fail_msg("%s refused: %s", ok[i].s, why);
-		assert_string_equal(a.host, ok[i].host);
-		assert_int_equal(a.port, ok[i].port);
-		assert_int_equal(a.is_ipv6, ok[i].v6);
-	}
-	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		why = NULL;
-		if (config_parse_listen(bad[i].s, bad[i].allow_empty, &a, &why))
-			fail_msg("%s accepted", bad[i].s);
-		assert_contains(why, bad[i].why);
-	}
-	assert_false(config_parse_listen(NULL, true, &a, &why));
-}
-
 static void test_check_listeners(void **state)
 {
 	struct config cfg;
@@ -1157,7 +1135,6 @@ int main(void)
 		cmocka_unit_test(test_check_production),
 		cmocka_unit_test(test_check_caps),
 		cmocka_unit_test(test_metrics_listen),
-		cmocka_unit_test(test_parse_listen),
 		cmocka_unit_test(test_check_listeners),
 		cmocka_unit_test(test_check_precedence),
 		cmocka_unit_test(test_read_cap_eff),

@@ -2,6 +2,17 @@
  * config.h - command line, environment and boot checks (reference §7.1, §7.3, §7.4,
  * §1.5, §1.6), as pure functions: argv and envp in, a struct config or a refusal out.
  *
+ * The module, by job:
+ *   flags.c   defaults, the flag table, Go-flag-style argv parsing, numbers, booleans,
+ *             durations
+ *   usage.c   the --help / usage-error text, generated from the flag table
+ *   boot.c    the environment, config_check's boot checks in order, the capability
+ *             check and /proc/self/status
+ *   fcm.c     the FCM service-account key check, on the project's JSON scanner
+ * Listener addresses are parsed by core/addr.h (shared with engine/net.c); JSON by
+ * envelope/json.h. config/ sits above core/ and envelope/ in the include graph:
+ * nothing below it includes config/.
+ *
  * Contract:
  * - config_parse follows Go's flag package: "-x" and "--x" both work, "-x=v" and
  *   "-x v" for valued flags, booleans as "-x" or "-x=true|false|1|0|t|f|T|F|TRUE|FALSE|True|False",
@@ -15,8 +26,10 @@
  *   structured fields (err, fix, env_var, reason, value, ...) so main can log it with
  *   the reference's keys, and an exit code (2, or 1 where the reference says 1).
  * - Nothing here performs I/O except config_read_cap_eff, which reads
- *   /proc/self/status; the check itself (config_check_caps) is pure.
+ *   /proc/self/status, and config_print_usage, which writes the usage text; the checks
+ *   themselves (config_check and what it calls) are pure.
  * - Strings in struct config point into argv/envp (never copied, never freed).
+ * - No allocation: the largest stack user is the FCM check (a 16 KiB key buffer).
  */
 #ifndef PYRELAY_CONFIG_H
 #define PYRELAY_CONFIG_H
@@ -85,13 +98,6 @@ struct config {
 	char cert_cache_buf[4096];
 };
 
-/* Listener address split into host and port; host "" means all interfaces. */
-struct listen_addr {
-	char host[64]; /* IP literal without brackets, or "" */
-	uint16_t port;
-	bool is_ipv6;
-};
-
 #define BOOT_FIELDS_MAX 6
 /* = LOG_VALUE_BYTES_MAX: the logger truncates longer values anyway, and the
  * capability refusal needs the room to name every offending bit */
@@ -122,20 +128,40 @@ int config_parse(struct config *cfg, int argc, char *const argv[], char *const e
 int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
 		 struct boot_refusal *refusal);
 
-/* Parse "host:port" as Go's net.SplitHostPort + the relay's rules: port 1..65535
- * numeric, IPv6 in brackets. allow_empty_host: ":8080" is fine (all interfaces).
- * Returns false with a reason in *why (static string). */
-bool config_parse_listen(const char *s, bool allow_empty_host, struct listen_addr *out,
-			 const char **why);
-
-/* --metrics-listen rule (§1.5): IP literal in 127.0.0.0/8 or ::1, port 1..65535. */
+/* --metrics-listen rule (§1.5): addr_parse_listen's rules with a host required, and
+ * the host an IP literal in 127.0.0.0/8 or exactly ::1. Returns false with a reason
+ * in *why (a static string that never contains input bytes). */
 bool config_metrics_listen_valid(const char *s, const char **why);
+
+/*
+ * PYRYCODE_RELAY_FCM_CREDENTIALS (§7.2, §7.3): is value (NUL-terminated) a usable
+ * Google service-account key? Structural only, as encoding/json into Go's struct sees
+ * it, then a PEM shape check:
+ * - the whole value is exactly one JSON value (whitespace around it allowed), parsed
+ *   by envelope/json.h: RFC 8259 strictly, nesting at most JSON_DEPTH_MAX over the
+ *   whole document (Go's limit too), every member validated, unknown ones ignored;
+ * - that value is an object; member names "type", "client_email" and "private_key"
+ *   match after unescaping, ASCII case-insensitively (encoding/json folds case);
+ * - for those three the last duplicate wins; a null value leaves the member as it was
+ *   (unset if it came first); any other non-string value refuses the key;
+ * - type is exactly "service_account", client_email is non-empty, private_key
+ *   unescapes to at most CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 bytes with no NUL and
+ *   holds a "PRIVATE KEY" (PKCS#8) or "RSA PRIVATE KEY" (PKCS#1) PEM block with a
+ *   non-empty base64 body. Whether the DER inside is an RSA key is the push sender's
+ *   check when it loads the key.
+ * Divergence from Go (deliberate): invalid UTF-8 inside a JSON string refuses the key
+ * (json.h rejects it everywhere; Go would replace it with U+FFFD). The keys Google
+ * issues are ASCII, so only a corrupted key meets this.
+ * Pure; the value is never copied anywhere that outlives the call, nor logged.
+ */
+#define CONFIG_FCM_PRIVATE_KEY_BYTES_MAX 16384 /* an RSA-4096 PKCS#8 PEM is ~3.3 KiB */
+bool config_fcm_credentials_usable(const char *value);
 
 /* Go time.ParseDuration subset: [0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h), concatenated,
  * non-negative. Rounds down to milliseconds. */
 bool config_parse_duration_ms(const char *s, uint64_t *ms);
 
-/* Read CapEff from /proc/self/status (the only I/O in this module). */
+/* Read CapEff from /proc/self/status (the only read in this module). */
 bool config_read_cap_eff(uint64_t *cap_eff);
 
 /* Usage text listing every flag with its default, for --help and usage errors. */
