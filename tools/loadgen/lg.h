@@ -188,8 +188,11 @@ struct lg_stats {
 
 enum lg_phase { PH_CONNECT, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_CLOSE, PH_DONE };
 
-struct lg {
-	struct lg_config cfg;
+/* One generator loop's state: its ring, its connections, its counters. Passed to
+ * every function of lg_loop.c instead of living in a global, so that several loops
+ * can run side by side without sharing anything on the per-frame path. */
+struct lg_worker {
+	const struct lg_config *cfg;
 	struct io_uring ring;
 	struct conn *conns;
 	uint32_t conns_n;
@@ -215,6 +218,7 @@ struct lg {
 	/* flush list */
 	uint32_t *dirty;
 	uint32_t dirty_n;
+	uint64_t next_drain_check_ns;
 	/* open loop */
 	uint64_t open_next_k;     /* global frames [0, open_next_k) have been made due */
 	uint64_t open_end_k;      /* frames from here are intended after the window */
@@ -224,11 +228,10 @@ struct lg {
 	uint64_t last_progress_ns;
 };
 
-extern struct lg g;
 extern volatile sig_atomic_t lg_stop_requested;
 
 /* lg_loop.c */
-int lg_run(void);
+int lg_run(struct lg_worker *w);
 uint64_t lg_clock_ns(void);
 
 /* lg_traffic.c: pure */

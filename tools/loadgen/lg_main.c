@@ -379,16 +379,16 @@ static void raise_nofile(uint64_t need)
 }
 
 /* Reserve every connection's buffers from one MAP_NORESERVE slab. */
-static void setup_conns(void)
+static void setup_conns(struct lg_worker *w)
 {
-	const struct lg_config *c = &g.cfg;
-	g.phones_n = c->binaries * c->phones_per_binary;
-	g.conns_n = c->binaries + g.phones_n;
-	g.conns = calloc(g.conns_n, sizeof *g.conns);
-	g.queue = calloc(g.conns_n, sizeof *g.queue);
-	g.dirty = calloc(g.conns_n, sizeof *g.dirty);
-	if (!g.conns || !g.queue || !g.dirty) {
-		fprintf(stderr, "loadgen: out of memory for %u connections\n", g.conns_n);
+	const struct lg_config *c = w->cfg;
+	w->phones_n = c->binaries * c->phones_per_binary;
+	w->conns_n = c->binaries + w->phones_n;
+	w->conns = calloc(w->conns_n, sizeof *w->conns);
+	w->queue = calloc(w->conns_n, sizeof *w->queue);
+	w->dirty = calloc(w->conns_n, sizeof *w->dirty);
+	if (!w->conns || !w->queue || !w->dirty) {
+		fprintf(stderr, "loadgen: out of memory for %u connections\n", w->conns_n);
 		exit(1);
 	}
 	bool raw = c->transport == LG_TR_RAW, tls = c->transport == LG_TR_WSS;
@@ -407,7 +407,7 @@ static void setup_conns(void)
 	size_t rx = tls ? LG_RECV_CHUNK_BYTES : 0;
 	size_t per_phone = phone_in + 2 * phone_half + rx + align64(ring_slots * sizeof(uint64_t));
 	size_t per_binary = binary_in + 2 * binary_half + rx;
-	size_t total = per_phone * g.phones_n + per_binary * c->binaries;
+	size_t total = per_phone * w->phones_n + per_binary * c->binaries;
 	uint8_t *slab = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (slab == MAP_FAILED) {
 		fprintf(stderr, "loadgen: cannot reserve %.1f MiB of buffers: %s\n", (double)total / 1048576.0,
@@ -415,8 +415,8 @@ static void setup_conns(void)
 		exit(1);
 	}
 	uint8_t *p = slab;
-	for (uint32_t i = 0; i < g.conns_n; i++) {
-		struct conn *k = &g.conns[i];
+	for (uint32_t i = 0; i < w->conns_n; i++) {
+		struct conn *k = &w->conns[i];
 		bool is_binary = i < c->binaries;
 		k->fd = -1;
 		k->idx = i;
@@ -449,7 +449,7 @@ static void setup_conns(void)
 	ASSERT((size_t)(p - slab) == total);
 }
 
-static void setup_ring(void)
+static void setup_ring(struct lg_worker *w)
 {
 	struct uring_features f;
 	char why[URING_WHY_BYTES];
@@ -457,27 +457,27 @@ static void setup_ring(void)
 		fprintf(stderr, "loadgen: %s\n", why);
 		exit(1);
 	}
-	unsigned entries = (unsigned)pow2_at_least(MIN(MAX(g.conns_n, LG_RING_ENTRIES_MIN), LG_RING_ENTRIES_MAX));
-	if (uring_setup(&g.ring, entries, &f, why) < 0) {
+	unsigned entries = (unsigned)pow2_at_least(MIN(MAX(w->conns_n, LG_RING_ENTRIES_MIN), LG_RING_ENTRIES_MAX));
+	if (uring_setup(&w->ring, entries, &f, why) < 0) {
 		fprintf(stderr, "loadgen: %s\n", why);
 		exit(1);
 	}
 }
 
-static uint64_t errors_total(void)
+static uint64_t errors_total(const struct lg_worker *w)
 {
-	return g.st.errors_connect + g.st.errors_handshake + g.st.errors_register + g.st.errors_closed +
-	       g.st.errors_protocol;
+	return w->st.errors_connect + w->st.errors_handshake + w->st.errors_register + w->st.errors_closed +
+	       w->st.errors_protocol;
 }
 
-static const char *mode_name(void)
+static const char *mode_name(const struct lg_config *c)
 {
-	return g.cfg.mode == LG_MODE_CLOSED ? "closed" : g.cfg.mode == LG_MODE_OPEN ? "open" : "idle";
+	return c->mode == LG_MODE_CLOSED ? "closed" : c->mode == LG_MODE_OPEN ? "open" : "idle";
 }
 
-static const char *transport_name(void)
+static const char *transport_name(const struct lg_config *c)
 {
-	return g.cfg.transport == LG_TR_WS ? "ws" : g.cfg.transport == LG_TR_WSS ? "wss" : "raw";
+	return c->transport == LG_TR_WS ? "ws" : c->transport == LG_TR_WSS ? "wss" : "raw";
 }
 
 static void print_codes(const char *label, const struct lg_code_count *t, bool as_errno)
@@ -502,29 +502,29 @@ static bool saw_code(const struct lg_code_count *t, uint32_t code)
 	return false;
 }
 
-static void report(void)
+static void report(const struct lg_worker *w)
 {
-	const struct lg_config *c = &g.cfg;
-	const struct lg_stats *s = &g.st;
-	double dur = (double)g.measured_ns / 1e9;
+	const struct lg_config *c = w->cfg;
+	const struct lg_stats *s = &w->st;
+	double dur = (double)w->measured_ns / 1e9;
 	double per = dur > 0 ? 1.0 / dur : 0.0;
-	uint32_t ready = g.ready_binaries + g.ready_phones;
+	uint32_t ready = w->ready_binaries + w->ready_phones;
 	double p2b_s = (double)s->p2b * per, b2p_s = (double)s->b2p * per, rt_s = (double)s->round_trips * per;
 	double mb_s = (double)(s->p2b + s->b2p) * c->size_bytes * per / 1e6;
 	double achieved = (double)s->sent * per;
 	double q50 = (double)hist_quantile_ns(&s->lat, 0.50) / 1e3, q90 = (double)hist_quantile_ns(&s->lat, 0.90) / 1e3,
 	       q99 = (double)hist_quantile_ns(&s->lat, 0.99) / 1e3, q999 = (double)hist_quantile_ns(&s->lat, 0.999) / 1e3,
 	       qmax = (double)s->lat.max_ns / 1e3, mean = hist_mean_ns(&s->lat) / 1e3;
-	uint64_t errors = errors_total();
-	bool ok = errors == 0 && s->lost == 0 && s->corrupted == 0 && s->reordered == 0 && ready == g.conns_n;
+	uint64_t errors = errors_total(w);
+	bool ok = errors == 0 && s->lost == 0 && s->corrupted == 0 && s->reordered == 0 && ready == w->conns_n;
 
-	fprintf(stderr, "\nloadgen: %s  %s loop", c->url, mode_name());
+	fprintf(stderr, "\nloadgen: %s  %s loop", c->url, mode_name(c));
 	if (c->mode == LG_MODE_CLOSED)
 		fprintf(stderr, ", window %u", c->window);
 	if (c->mode == LG_MODE_OPEN)
 		fprintf(stderr, ", target %.0f frames/s", c->rate_per_s);
 	fprintf(stderr, ", %u binaries x %u phones, %u B frames\n", c->binaries, c->phones_per_binary, c->size_bytes);
-	fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, g.conns_n, (double)g.t_connect_end_ns / 1e9);
+	fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, w->conns_n, (double)w->t_connect_end_ns / 1e9);
 	fprintf(stderr, "  measured      %.2f s after %.2f s of warm-up\n", dur, (double)c->warmup_ns / 1e9);
 	if (c->mode != LG_MODE_IDLE) {
 		fprintf(stderr, "  throughput    %.0f round trips/s   phone->binary %.0f frames/s   binary->phone %.0f frames/s   %.2f MB/s\n",
@@ -575,10 +575,10 @@ static void report(void)
 	       "\"errors_closed\":%llu,\"errors_protocol\":%llu,\"lost\":%llu,\"reordered\":%llu,\"corrupted\":%llu,"
 	       "\"pings_answered\":%llu,\"close_notices\":%llu,\"open_backlog_max\":%llu,\"open_held\":%llu,"
 	       "\"send_lag_max_us\":%.1f,\"loop_max_us\":%.1f,\"ok\":%s}\n",
-	       mode_name(), transport_name(), c->url, c->binaries, c->phones_per_binary, ready, g.conns_n,
+	       mode_name(c), transport_name(c), c->url, c->binaries, c->phones_per_binary, ready, w->conns_n,
 	       c->size_bytes, c->mode == LG_MODE_CLOSED ? c->window : 0,
 	       c->mode == LG_MODE_OPEN ? c->rate_per_s : 0.0, c->mode == LG_MODE_OPEN ? achieved : 0.0,
-	       (double)c->warmup_ns / 1e9, dur, (double)g.t_connect_end_ns / 1e9, (unsigned long long)s->sent,
+	       (double)c->warmup_ns / 1e9, dur, (double)w->t_connect_end_ns / 1e9, (unsigned long long)s->sent,
 	       (unsigned long long)s->p2b, (unsigned long long)s->b2p, (unsigned long long)s->round_trips, p2b_s,
 	       b2p_s, rt_s, mb_s, (unsigned long long)s->lat.count, mean, q50, q90, q99, q999, qmax,
 	       (unsigned long long)errors, (unsigned long long)s->errors_connect,
@@ -598,35 +598,40 @@ static void on_signal(int sig)
 	lg_stop_requested = 1;
 }
 
+static struct lg_config cfg;
+static struct lg_worker worker;
+
 int main(int argc, char **argv)
 {
-	parse_args(&g.cfg, argc, argv);
-	if (strpbrk(g.cfg.url, "\"\\") != NULL)
-		die_usage("--url must not contain quotes or backslashes: %s", g.cfg.url);
-	raise_nofile((uint64_t)g.cfg.binaries * (1u + g.cfg.phones_per_binary) + FD_HEADROOM);
+	struct lg_worker *w = &worker;
+	w->cfg = &cfg;
+	parse_args(&cfg, argc, argv);
+	if (strpbrk(cfg.url, "\"\\") != NULL)
+		die_usage("--url must not contain quotes or backslashes: %s", cfg.url);
+	raise_nofile((uint64_t)cfg.binaries * (1u + cfg.phones_per_binary) + FD_HEADROOM);
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESETHAND };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	lg_pattern_init();
-	if (g.cfg.transport == LG_TR_WSS) {
+	if (cfg.transport == LG_TR_WSS) {
 		char why[256];
-		if (!lgtls_init(g.cfg.insecure, g.cfg.ca_file, why, sizeof why)) {
+		if (!lgtls_init(cfg.insecure, cfg.ca_file, why, sizeof why)) {
 			fprintf(stderr, "loadgen: %s\n", why);
 			return 1;
 		}
 	}
-	setup_conns();
-	setup_ring();
-	if (!g.cfg.quiet)
+	setup_conns(w);
+	setup_ring(w);
+	if (!cfg.quiet)
 		fprintf(stderr, "loadgen: %s: %u binaries x %u phones = %u connections, %s loop, %u B frames\n",
-			g.cfg.url, g.cfg.binaries, g.cfg.phones_per_binary, g.conns_n, mode_name(), g.cfg.size_bytes);
-	if (lg_run() != 0)
+			cfg.url, cfg.binaries, cfg.phones_per_binary, w->conns_n, mode_name(&cfg), cfg.size_bytes);
+	if (lg_run(w) != 0)
 		return 1;
-	report();
-	bool ok = errors_total() == 0 && g.st.lost == 0 && g.st.corrupted == 0 && g.st.reordered == 0 &&
-		  g.ready_binaries + g.ready_phones == g.conns_n;
-	io_uring_queue_exit(&g.ring);
+	report(w);
+	bool ok = errors_total(w) == 0 && w->st.lost == 0 && w->st.corrupted == 0 && w->st.reordered == 0 &&
+		  w->ready_binaries + w->ready_phones == w->conns_n;
+	io_uring_queue_exit(&w->ring);
 	return ok ? 0 : 1;
 }
