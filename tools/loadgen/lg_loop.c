@@ -1,5 +1,6 @@
 /*
- * lg_loop.c - the event loop: one ring drives every connection.
+ * lg_loop.c - one thread's event loop: its ring drives its share of the connections
+ * (with --threads N, N of these run side by side and share nothing per frame).
  *
  * Each iteration: advance the phase machine (start connects, make open-loop frames
  * due), flush every connection that got bytes this iteration (one send in flight per
@@ -12,13 +13,16 @@
  * back on the relay exactly as a slow real binary would.
  *
  * Phases: CONNECT (binaries, then each binary's phones after its 101; a phone is ready
- * when its probe frame, seq 0, came back through the binary), WARMUP and MEASURE
+ * when its probe frame, seq 0, came back through the binary; then the loop waits,
+ * still serving its connections, until every loop is there, and all of them start
+ * traffic at one common instant, so the windows are the same), WARMUP and MEASURE
  * (traffic; only MEASURE counts), DRAIN (no new frames; wait for the ones in flight,
  * then the missing ones are lost), CLOSE (close frames, bounded wait), DONE.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,9 +46,7 @@ enum { OP_CONNECT = 1, OP_RECV = 2, OP_SEND = 3 };
 #define DRAIN_CHECK_NS (5ull * 1000 * 1000)
 #define FIRST_ERRORS_PRINTED_MAX 5u
 
-volatile sig_atomic_t lg_stop_requested;
-
-static unsigned errors_printed;
+int lg_stop_requested;
 
 uint64_t lg_clock_ns(void)
 {
@@ -79,14 +81,28 @@ static bool in_window(struct lg_worker *w, uint64_t t)
 	return t >= w->t_measure0_ns && t < w->t_measure1_ns;
 }
 
-/* The first few errors are printed, the rest only counted. */
+/* A signal, or another loop that failed: wind down (drain, close, report). */
+static bool stop_requested(const struct lg_worker *w)
+{
+	return __atomic_load_n(&lg_stop_requested, __ATOMIC_RELAXED) ||
+	       __atomic_load_n(&w->run->failed, __ATOMIC_RELAXED);
+}
+
+static bool errors_print_left(const struct lg_worker *w)
+{
+	return __atomic_load_n(&w->run->errors_printed, __ATOMIC_RELAXED) < FIRST_ERRORS_PRINTED_MAX;
+}
+
+/* The first few errors (of all loops together) are printed, the rest only counted. */
 static void say_error(struct lg_worker *w, const struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static void say_error(struct lg_worker *w, const struct conn *c, const char *fmt, ...)
 {
-	if (errors_printed >= FIRST_ERRORS_PRINTED_MAX)
+	if (!errors_print_left(w))
 		return;
-	errors_printed++;
+	uint32_t printed = __atomic_add_fetch(&w->run->errors_printed, 1, __ATOMIC_RELAXED);
+	if (printed > FIRST_ERRORS_PRINTED_MAX)
+		return;
 	char msg[256];
 	va_list ap;
 	va_start(ap, fmt);
@@ -97,20 +113,25 @@ static void say_error(struct lg_worker *w, const struct conn *c, const char *fmt
 			c->role == LG_ROLE_BINARY ? c->binary : c->phone, msg);
 	else
 		fprintf(stderr, "loadgen: %s\n", msg);
-	if (errors_printed == FIRST_ERRORS_PRINTED_MAX)
+	if (printed == FIRST_ERRORS_PRINTED_MAX)
 		fprintf(stderr, "loadgen: (further errors are only counted)\n");
 }
 
-static void count_code(struct lg_code_count *t, uint32_t code)
+void lg_code_add(struct lg_code_count *t, uint32_t code, uint64_t n)
 {
 	for (uint32_t i = 0; i < LG_CODES_TRACKED; i++) {
 		if (t[i].count == 0 || t[i].code == code) {
 			t[i].code = code;
-			t[i].count++;
+			t[i].count += n;
 			return;
 		}
 	}
-	t[LG_CODES_TRACKED - 1].count++; /* table full: lumped into the last entry */
+	t[LG_CODES_TRACKED - 1].count += n; /* table full: lumped into the last entry */
+}
+
+static void count_code(struct lg_code_count *t, uint32_t code)
+{
+	lg_code_add(t, code, 1);
 }
 
 static struct io_uring_sqe *get_sqe(struct lg_worker *w)
@@ -118,9 +139,16 @@ static struct io_uring_sqe *get_sqe(struct lg_worker *w)
 	return uring_get_sqe(&w->ring);
 }
 
+/* The loop's phone number `phone` (0 .. phones_n-1; not the global number). */
 static struct conn *phone_conn(struct lg_worker *w, uint32_t phone)
 {
-	return &w->conns[w->cfg->binaries + phone];
+	return &w->conns[w->binaries_n + phone];
+}
+
+/* The loop's number of the first phone of binary c. */
+static uint32_t first_phone_of(const struct lg_worker *w, const struct conn *c)
+{
+	return (c->binary - w->binary0) * w->cfg->phones_per_binary;
 }
 
 static void server_id(struct lg_worker *w, char *out, size_t cap, uint32_t binary)
@@ -191,7 +219,7 @@ static void conn_kill(struct lg_worker *w, struct conn *c)
 	if (c->role == LG_ROLE_BINARY && w->phase == PH_CONNECT) {
 		/* phones that never started cannot reach this binary any more */
 		for (uint32_t j = 0; j < w->cfg->phones_per_binary; j++) {
-			struct conn *p = phone_conn(w, c->binary * w->cfg->phones_per_binary + j);
+			struct conn *p = phone_conn(w, first_phone_of(w, c) + j);
 			if (p->state == CS_QUEUED) {
 				w->st.errors_connect++;
 				settle(w, p, false);
@@ -206,7 +234,7 @@ static void conn_error(struct lg_worker *w, struct conn *c, uint64_t *counter, c
 static void conn_error(struct lg_worker *w, struct conn *c, uint64_t *counter, const char *fmt, ...)
 {
 	(*counter)++;
-	if (errors_printed < FIRST_ERRORS_PRINTED_MAX) {
+	if (errors_print_left(w)) {
 		char msg[256];
 		va_list ap;
 		va_start(ap, fmt);
@@ -340,14 +368,17 @@ static void put_close(struct lg_worker *w, struct conn *c, uint16_t code)
 
 /* ---- phones ---- */
 
+/* Open loop, per loop: its frame k (phone k mod phones_n) is intended at
+ * traffic start + k / its share of the rate, so every phone sends --rate / phones
+ * frames per second whichever loop drives it. */
 static uint64_t open_intended_ns(struct lg_worker *w, uint64_t k)
 {
-	return w->t_traffic0_ns + (uint64_t)((long double)k * (long double)NS_PER_S / (long double)w->cfg->rate_per_s);
+	return w->t_traffic0_ns + (uint64_t)((long double)k * (long double)NS_PER_S / (long double)w->rate_per_s);
 }
 
 static uint64_t open_k(struct lg_worker *w, const struct conn *c, uint64_t seq)
 {
-	return (seq - 1) * w->phones_n + c->phone;
+	return (seq - 1) * w->phones_n + (c->phone - w->phone0);
 }
 
 static bool expected_t(struct lg_worker *w, const struct conn *c, uint64_t s, uint64_t *t)
@@ -524,7 +555,7 @@ static void conn_opened(struct lg_worker *w, struct conn *c)
 		c->ready = true;
 		settle(w, c, true);
 		for (uint32_t j = 0; j < w->cfg->phones_per_binary; j++)
-			enqueue(w, phone_conn(w, c->binary * w->cfg->phones_per_binary + j));
+			enqueue(w, phone_conn(w, first_phone_of(w, c) + j));
 	} else {
 		(void)phone_emit(w, c, w->now_ns); /* the registration probe, seq 0 */
 	}
@@ -839,26 +870,23 @@ static void on_send(struct lg_worker *w, struct conn *c, int res)
 
 static void begin_drain(struct lg_worker *w);
 
-static void start_traffic(struct lg_worker *w)
+/* The common start has come (every loop's connections have settled): traffic, and
+ * the warm-up and measurement windows, begin at the same instant in every loop. */
+static void start_traffic(struct lg_worker *w, uint64_t t0_ns)
 {
-	w->t_connect_end_ns = w->now_ns;
-	w->t_traffic0_ns = w->now_ns;
-	w->t_measure0_ns = w->now_ns + w->cfg->warmup_ns;
+	/* written by the last loop in before it published t0 (release), read after */
+	w->t_connect_end_ns = w->run->t_connected_ns;
+	w->t_traffic0_ns = t0_ns;
+	w->t_measure0_ns = t0_ns + w->cfg->warmup_ns;
 	w->t_measure1_ns = w->t_measure0_ns + w->cfg->duration_ns;
 	w->phase = PH_WARMUP;
-	if (w->ready_binaries == 0 || (w->cfg->mode != LG_MODE_IDLE && w->ready_phones == 0)) {
-		fprintf(stderr, "loadgen: nothing to measure: %u binaries and %u phones ready\n", w->ready_binaries,
-			w->ready_phones);
+	if (w->run->nothing_to_measure) {
 		w->t_measure1_ns = w->t_measure0_ns = w->now_ns;
 		begin_drain(w);
 		return;
 	}
-	if (!w->cfg->quiet)
-		fprintf(stderr, "loadgen: %u/%u connections ready in %.2f s; %s\n",
-			w->ready_binaries + w->ready_phones, w->conns_n, (double)w->now_ns / 1e9,
-			w->cfg->mode == LG_MODE_IDLE ? "holding them idle" : "traffic starts");
 	if (w->cfg->mode == LG_MODE_OPEN) {
-		long double end = (long double)(w->t_measure1_ns - w->t_traffic0_ns) * (long double)w->cfg->rate_per_s /
+		long double end = (long double)(w->t_measure1_ns - w->t_traffic0_ns) * (long double)w->rate_per_s /
 				  (long double)NS_PER_S;
 		w->open_end_k = (uint64_t)end;
 		w->open_next_k = 0;
@@ -866,6 +894,38 @@ static void start_traffic(struct lg_worker *w)
 		for (uint32_t p = 0; p < w->phones_n; p++)
 			phone_pump(w, phone_conn(w, p));
 	}
+}
+
+/* Every connection of this loop has settled (or --connect-timeout passed): count the
+ * loop in. The last one in sees every loop's figures, says what the run got, and
+ * fixes the common traffic start, a little ahead when there are other loops so that
+ * each of them (looking every LG_RENDEZVOUS_POLL_NS) has seen it before it comes. */
+static void arrive(struct lg_worker *w)
+{
+	struct lg_run *r = w->run;
+	const struct lg_config *cfg = w->cfg;
+	w->arrived = true;
+	__atomic_add_fetch(&r->ready_binaries, w->ready_binaries, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&r->ready_phones, w->ready_phones, __ATOMIC_RELAXED);
+	/* acq_rel: the last loop in sees every other loop's sums above */
+	if (__atomic_add_fetch(&r->arrived, 1, __ATOMIC_ACQ_REL) < r->threads)
+		return;
+	uint32_t rb = __atomic_load_n(&r->ready_binaries, __ATOMIC_RELAXED);
+	uint32_t rp = __atomic_load_n(&r->ready_phones, __ATOMIC_RELAXED);
+	uint32_t not_ready = __atomic_load_n(&r->not_ready, __ATOMIC_RELAXED);
+	uint32_t target = cfg->binaries * (1u + cfg->phones_per_binary);
+	if (!cfg->quiet && not_ready)
+		fprintf(stderr, "loadgen: --connect-timeout passed: %u connections not ready (counted as errors)\n",
+			not_ready);
+	r->t_connected_ns = w->now_ns;
+	r->nothing_to_measure = rb == 0 || (cfg->mode != LG_MODE_IDLE && rp == 0);
+	if (r->nothing_to_measure)
+		fprintf(stderr, "loadgen: nothing to measure: %u binaries and %u phones ready\n", rb, rp);
+	else if (!cfg->quiet)
+		fprintf(stderr, "loadgen: %u/%u connections ready in %.2f s; %s\n", rb + rp, target,
+			(double)w->now_ns / 1e9, cfg->mode == LG_MODE_IDLE ? "holding them idle" : "traffic starts");
+	uint64_t t0 = w->now_ns + (r->threads > 1 ? LG_START_LEAD_NS : 0);
+	__atomic_store_n(&r->t_traffic0_ns, t0, __ATOMIC_RELEASE);
 }
 
 static void connect_deadline_passed(struct lg_worker *w)
@@ -886,14 +946,13 @@ static void connect_deadline_passed(struct lg_worker *w)
 			settle(w, c, false);
 		}
 	}
-	if (!w->cfg->quiet && stuck)
-		fprintf(stderr, "loadgen: --connect-timeout passed: %u connections not ready (counted as errors)\n",
-			stuck);
+	/* the last loop to arrive reports the total */
+	__atomic_add_fetch(&w->run->not_ready, stuck, __ATOMIC_RELAXED);
 }
 
 static void open_advance(struct lg_worker *w)
 {
-	long double el = (long double)(w->now_ns - w->t_traffic0_ns) * (long double)w->cfg->rate_per_s /
+	long double el = (long double)(w->now_ns - w->t_traffic0_ns) * (long double)w->rate_per_s /
 			 (long double)NS_PER_S;
 	uint64_t count = (uint64_t)el + 1;
 	if (count > w->open_end_k)
@@ -916,7 +975,9 @@ static void begin_drain(struct lg_worker *w)
 {
 	w->measured_ns = (w->now_ns > w->t_measure0_ns ? w->now_ns : w->t_measure0_ns) - w->t_measure0_ns;
 	if (w->now_ns < w->t_measure1_ns)
-		w->t_measure1_ns = w->now_ns; /* stopped early (signal): the window ends now */
+		w->t_measure1_ns = w->now_ns; /* stopped early (signal): the window ends now; each
+						 loop notices within one iteration, and the report
+						 takes the longest window */
 	w->phase = PH_DRAIN;
 	w->t_phase_deadline_ns = w->now_ns + w->cfg->drain_ns;
 	w->next_drain_check_ns = 0;
@@ -967,25 +1028,32 @@ static void finish(struct lg_worker *w)
 
 static void phase_step(struct lg_worker *w)
 {
-	if (lg_stop_requested && w->phase <= PH_MEASURE) {
+	if (stop_requested(w) && w->phase <= PH_MEASURE) {
 		if (w->phase == PH_CONNECT)
 			w->t_measure0_ns = w->t_measure1_ns = w->now_ns;
 		begin_drain(w);
 	}
 	switch (w->phase) {
 	case PH_CONNECT:
-		for (uint32_t i = 0; i < w->cfg->connect_concurrency && w->queue_head < w->queue_tail &&
-				     w->handshakes_inflight < w->cfg->connect_concurrency;
+		for (uint32_t i = 0; i < w->connect_concurrency && w->queue_head < w->queue_tail &&
+				     w->handshakes_inflight < w->connect_concurrency;
 		     i++) {
 			struct conn *c = &w->conns[w->queue[w->queue_head++]];
 			if (c->state == CS_QUEUED)
 				conn_start(w, c);
 		}
-		if (w->settled_n == w->conns_n) {
-			start_traffic(w);
-		} else if (w->now_ns >= w->t_phase_deadline_ns) {
-			connect_deadline_passed(w);
-			start_traffic(w);
+		if (!w->arrived) {
+			if (w->settled_n == w->conns_n) {
+				arrive(w);
+			} else if (w->now_ns >= w->t_phase_deadline_ns) {
+				connect_deadline_passed(w);
+				arrive(w);
+			}
+		}
+		if (w->arrived) {
+			uint64_t t0 = __atomic_load_n(&w->run->t_traffic0_ns, __ATOMIC_ACQUIRE);
+			if (t0 != LG_TIME_UNSET && w->now_ns >= t0)
+				start_traffic(w, t0);
 		}
 		break;
 	case PH_WARMUP:
@@ -1025,12 +1093,17 @@ static uint64_t wait_ns(struct lg_worker *w)
 {
 	uint64_t wake = w->now_ns + LG_WAIT_NS_MAX;
 	if (!w->cfg->quiet)
-		wake = MIN(wake, w->next_progress_ns);
+		wake = MIN(wake, w->next_publish_ns);
 	switch (w->phase) {
 	case PH_CONNECT:
 		wake = MIN(wake, w->t_phase_deadline_ns);
-		if (w->queue_head < w->queue_tail && w->handshakes_inflight < w->cfg->connect_concurrency)
+		if (w->queue_head < w->queue_tail && w->handshakes_inflight < w->connect_concurrency)
 			wake = w->now_ns;
+		if (w->arrived) {
+			/* waiting for the other loops, then for the common start */
+			uint64_t t0 = __atomic_load_n(&w->run->t_traffic0_ns, __ATOMIC_ACQUIRE);
+			wake = MIN(wake, t0 != LG_TIME_UNSET ? t0 : w->now_ns + LG_RENDEZVOUS_POLL_NS);
+		}
 		break;
 	case PH_WARMUP:
 	case PH_MEASURE:
@@ -1051,32 +1124,33 @@ static uint64_t wait_ns(struct lg_worker *w)
 	return wake > w->now_ns ? wake - w->now_ns : 0;
 }
 
-static void progress(struct lg_worker *w)
+uint64_t lg_errors_total(const struct lg_stats *st)
 {
-	static const char *names[] = { "connect", "warmup", "measure", "drain", "close", "done" };
-	double iv_s = (double)(w->now_ns - w->last_progress_ns) / 1e9;
-	if (iv_s <= 0)
-		iv_s = 1;
-	if (w->phase == PH_CONNECT) {
-		fprintf(stderr, "loadgen: %5.1fs connect  ready %u/%u  handshaking %u  errors %llu\n",
-			(double)w->now_ns / 1e9, w->ready_binaries + w->ready_phones, w->conns_n,
-			w->handshakes_inflight,
-			(unsigned long long)(w->st.errors_connect + w->st.errors_handshake + w->st.errors_closed +
-					     w->st.errors_protocol + w->st.errors_register));
-	} else {
-		fprintf(stderr,
-			"loadgen: %5.1fs %-7s open %u  rt/s %.0f  p2b/s %.0f  b2p/s %.0f  p99 %.0fus  max %.0fus  "
-			"errors %llu lost %llu corrupted %llu\n",
-			(double)w->now_ns / 1e9, names[w->phase], w->open_n, (double)w->st.iv_round_trips / iv_s,
-			(double)w->st.iv_p2b / iv_s, (double)w->st.iv_b2p / iv_s,
-			(double)hist_quantile_ns(&w->st.iv_lat, 0.99) / 1e3, (double)w->st.iv_lat.max_ns / 1e3,
-			(unsigned long long)(w->st.errors_connect + w->st.errors_handshake + w->st.errors_closed +
-					     w->st.errors_protocol + w->st.errors_register),
-			(unsigned long long)w->st.lost, (unsigned long long)w->st.corrupted);
-	}
+	return st->errors_connect + st->errors_handshake + st->errors_register + st->errors_closed +
+	       st->errors_protocol;
+}
+
+/* Hand this loop's progress figures to the main thread, which prints one line for all
+ * loops once a second. The interval counters move over (and restart here), so the
+ * main thread's sum covers every frame exactly once whatever the timing. */
+static void publish(struct lg_worker *w)
+{
+	struct lg_progress *p = &w->pub;
+	pthread_mutex_lock(&w->pub_lock);
+	p->phase = w->phase;
+	p->ready = w->ready_binaries + w->ready_phones;
+	p->handshaking = w->handshakes_inflight;
+	p->open_n = w->open_n;
+	p->errors = lg_errors_total(&w->st);
+	p->lost = w->st.lost;
+	p->corrupted = w->st.corrupted;
+	p->iv_round_trips += w->st.iv_round_trips;
+	p->iv_p2b += w->st.iv_p2b;
+	p->iv_b2p += w->st.iv_b2p;
+	hist_merge(&p->iv_lat, &w->st.iv_lat);
+	pthread_mutex_unlock(&w->pub_lock);
 	w->st.iv_round_trips = w->st.iv_p2b = w->st.iv_b2p = 0;
 	hist_reset(&w->st.iv_lat);
-	w->last_progress_ns = w->now_ns;
 }
 
 struct cqe_copy {
@@ -1136,23 +1210,62 @@ static void flush_dirty(struct lg_worker *w)
 	w->dirty_n = 0;
 }
 
+static uint64_t pow2_at_least(uint64_t v)
+{
+	uint64_t p = 1;
+	while (p < v)
+		p <<= 1;
+	return p;
+}
+
+/* The ring is made by the thread that uses it: IORING_SETUP_SINGLE_ISSUER ties it to
+ * its creator, and a registered ring fd is only valid in the thread that registered it. */
+static bool setup_ring(struct lg_worker *w)
+{
+	char why[URING_WHY_BYTES];
+	unsigned entries = (unsigned)pow2_at_least(MIN(MAX(w->conns_n, LG_RING_ENTRIES_MIN), LG_RING_ENTRIES_MAX));
+	if (uring_setup(&w->ring, entries, &w->run->features, why) < 0) {
+		fprintf(stderr, "loadgen: %s\n", why);
+		return false;
+	}
+	return true;
+}
+
+static void fail_run(struct lg_worker *w)
+{
+	__atomic_store_n(&w->run->failed, true, __ATOMIC_RELAXED);
+}
+
 int lg_run(struct lg_worker *w)
 {
-	w->t_origin_abs_ns = lg_clock_ns();
-	w->rng = w->t_origin_abs_ns ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull;
+	struct lg_run *r = w->run;
+	bool ring_up = setup_ring(w);
+	if (!ring_up)
+		fail_run(w);
+	/* Nobody connects before every loop has its ring: a loop that could not start must
+	 * not leave the others waiting for it at the traffic start. */
+	pthread_barrier_wait(&r->rings_ready);
+	if (__atomic_load_n(&r->failed, __ATOMIC_RELAXED)) {
+		if (ring_up)
+			io_uring_queue_exit(&w->ring);
+		return -1;
+	}
+	w->t_origin_abs_ns = r->t_origin_abs_ns;
+	w->rng = w->t_origin_abs_ns ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull ^
+		 ((uint64_t)w->index * 0xD1B54A32D192ED03ull);
 	w->t_measure0_ns = w->t_measure1_ns = UINT64_MAX;
 	w->phase = PH_CONNECT;
 	w->now_ns = now_rel(w);
-	w->t_phase_deadline_ns = w->now_ns + w->cfg->connect_timeout_ns;
-	w->next_progress_ns = w->now_ns + LG_PROGRESS_INTERVAL_NS;
-	w->last_progress_ns = w->now_ns;
+	/* from the common origin: every loop gives up on its connects at the same time */
+	w->t_phase_deadline_ns = w->cfg->connect_timeout_ns;
+	w->next_publish_ns = w->now_ns + LG_PUBLISH_INTERVAL_NS;
 	hist_reset(&w->st.lat);
 	hist_reset(&w->st.iv_lat);
-	for (uint32_t b = 0; b < w->cfg->binaries; b++)
+	for (uint32_t b = 0; b < w->binaries_n; b++)
 		enqueue(w, &w->conns[b]);
 	/* Every phase has a deadline; this is the backstop if one were ever missed. */
-	uint64_t hard_stop_ns = w->now_ns + w->cfg->connect_timeout_ns + w->cfg->warmup_ns + w->cfg->duration_ns +
-				w->cfg->drain_ns + LG_CLOSE_WAIT_NS + 10 * NS_PER_S;
+	uint64_t hard_stop_ns = w->cfg->connect_timeout_ns + LG_START_LEAD_NS + w->cfg->warmup_ns +
+				w->cfg->duration_ns + w->cfg->drain_ns + LG_CLOSE_WAIT_NS + 10 * NS_PER_S;
 
 	while (w->phase != PH_DONE) {
 		w->now_ns = now_rel(w);
@@ -1184,14 +1297,18 @@ int lg_run(struct lg_worker *w)
 		}
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
 			fprintf(stderr, "loadgen: io_uring_enter: %s\n", strerror(-rc));
+			fail_run(w); /* the other loops wind down and the run exits 1 */
 			return -1;
 		}
 		w->now_ns = now_rel(w);
 		reap(w);
-		if (!w->cfg->quiet && w->now_ns >= w->next_progress_ns) {
-			progress(w);
-			w->next_progress_ns = w->now_ns + LG_PROGRESS_INTERVAL_NS;
+		if (!w->cfg->quiet && w->now_ns >= w->next_publish_ns) {
+			publish(w);
+			w->next_publish_ns = w->now_ns + LG_PUBLISH_INTERVAL_NS;
 		}
 	}
+	if (!w->cfg->quiet)
+		publish(w);
+	io_uring_queue_exit(&w->ring);
 	return 0;
 }
