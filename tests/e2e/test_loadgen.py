@@ -2,7 +2,9 @@
 
 Each case runs loadgen for about 2 s closed loop and checks its JSON line: frames went
 both ways and nothing was lost, reordered or corrupted. The same shapes also run through
-rawfwd (loadgen --raw), the raw ceiling the benchmarks compare the relay with.
+rawfwd (loadgen --raw), the raw ceiling the benchmarks compare the relay with. With
+--threads the generator runs several loops and merges their results; those cases check
+that the merged figures add up exactly, and that a thread count out of range is refused.
 
 The tools come from the relay's build directory (`make` builds them next to the relay:
 build/<variant>/loadgen and rawfwd), or LOADGEN_BIN / RAWFWD_BIN; without either,
@@ -11,6 +13,7 @@ build/gcc/.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,7 +29,12 @@ RAWFWD_READY_TIMEOUT_S = 5.0
 RAWFWD_STOP_TIMEOUT_S = 5.0
 TIME_ARGS = ["--warmup", "0.3", "--duration", "2", "--drain", "2", "--connect-timeout", "10", "--quiet"]
 RUN_ARGS = ["--mode", "closed", "--window", "1", *TIME_ARGS]
+# with the once-a-second progress line, which the main thread gathers from the loops
+RUN_ARGS_PROGRESS = [a for a in RUN_ARGS if a != "--quiet"]
 SHAPES = [(1, 2), (10, 2)]  # (binaries, phones per binary)
+THREADS_MAX = 64  # LG_THREADS_MAX in tools/loadgen/lg.h
+USAGE_TIMEOUT_S = 10.0  # a refused command line exits at once
+EXIT_USAGE = 2
 
 
 def _tool(name: str, env_var: str, relay_bin: str) -> str:
@@ -48,7 +56,9 @@ def rawfwd_bin(relay_bin) -> str:
     return _tool("rawfwd", "RAWFWD_BIN", relay_bin)
 
 
-def run_loadgen(loadgen: str, url: str, binaries: int, phones: int, extra=(), base=RUN_ARGS) -> dict:
+def run_loadgen_with_stderr(loadgen: str, url: str, binaries: int, phones: int, extra=(),
+                            base=RUN_ARGS) -> tuple:
+    """Run loadgen to its end; (its JSON line, its stderr). Fails unless it exits 0."""
     argv = [loadgen, "--url", url, "--binaries", str(binaries), "--phones", str(phones),
             "--server-prefix", unique_id("lg") + "-", *base, *extra]
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=LOADGEN_TIMEOUT_S)
@@ -58,7 +68,11 @@ def run_loadgen(loadgen: str, url: str, binaries: int, phones: int, extra=(), ba
     js = json.loads(lines[0])
     summary = f"loadgen rc={p.returncode} {json.dumps(js)}\nstderr:\n{err[-3000:]}"
     assert p.returncode == 0, summary
-    return js
+    return js, err
+
+
+def run_loadgen(loadgen: str, url: str, binaries: int, phones: int, extra=(), base=RUN_ARGS) -> dict:
+    return run_loadgen_with_stderr(loadgen, url, binaries, phones, extra, base)[0]
 
 
 def check_result(js: dict, binaries: int, phones: int):
@@ -137,3 +151,56 @@ def test_open_loop_overload_is_latency_not_errors(relay_factory, loadgen_bin):
         assert js[k] == 0, (k, js)
     assert js["frames_p2b"] > 0 and js["round_trips"] > 0 and js["open_held"] > 0, js
     assert js["open_backlog_max"] > 1000, js  # 8 GB/s of frames cannot all go out
+
+
+def test_threads_merge_exactly_through_relay(relay_factory, loadgen_bin):
+    """--threads 2, closed loop, window 1: two loops with two server-ids each (a binary and
+    its phones on one thread), their figures merged. Every frame a phone receives inside
+    the window releases its next one at that same instant, so per phone, and hence in the
+    merged sum, frames sent in the window == frames received back in it; and each frame
+    sent in the window is timed once it returns (the drain waits for all of them), so
+    the merged histogram holds exactly frames_sent samples. Progress lines are on, so the
+    hand-over of the loops' running figures to the main thread is exercised too (run
+    with a ThreadSanitizer loadgen as LOADGEN_BIN to check it for races)."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    binaries, phones = 4, 2
+    js, err = run_loadgen_with_stderr(loadgen_bin, f"ws://{relay.host}:{relay.port}", binaries, phones,
+                                      extra=["--threads", "2"], base=RUN_ARGS_PROGRESS)
+    check_result(js, binaries, phones)
+    assert ", 2 threads" in err, err[-2000:]
+    assert re.search(r"loadgen: +[0-9.]+s measure +open 12 +rt/s [1-9]", err), err[-2000:]
+    assert js["frames_sent"] == js["frames_b2p"] == js["round_trips"] == js["lat_samples"], js
+    # the binaries' count may differ only by the frames crossing the window's edges
+    assert abs(js["frames_p2b"] - js["frames_sent"]) <= binaries * phones, js
+
+
+def test_threads_split_open_loop_rate(relay_factory, loadgen_bin):
+    """Open loop over 2 threads: each drives half the phones at half the rate, so the run
+    as a whole intends exactly --rate frames per second of the window."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    rate, duration_s, threads = 4000, 2, 2
+    js = run_loadgen(loadgen_bin, f"ws://{relay.host}:{relay.port}", 4, 2,
+                     extra=["--mode", "open", "--rate", str(rate), "--threads", str(threads)], base=TIME_ARGS)
+    check_result(js, 4, 2)
+    # each loop rounds its own count of frames down at the window's end
+    assert abs(js["frames_sent"] - rate * duration_s) <= threads, js
+    assert js["lat_samples"] == js["frames_sent"], js
+    assert js["open_held"] == 0 and js["target_rate"] == rate, js
+
+
+@pytest.mark.parametrize("threads,binaries,says", [
+    (0, 1, f"--threads wants an integer in 1..{THREADS_MAX}"),
+    (THREADS_MAX + 1, THREADS_MAX + 1, f"--threads wants an integer in 1..{THREADS_MAX}"),
+    (3, 2, "--threads 3 is more than --binaries 2"),
+], ids=["zero", "above-max", "more-than-binaries"])
+def test_threads_out_of_range_refused(loadgen_bin, threads, binaries, says):
+    """Refused before any connection (the URL's port is never dialled): usage exit
+    status, a message naming the flag and the allowed range, and no JSON line, so a
+    harness cannot mistake it for a result."""
+    argv = [loadgen_bin, "--url", "ws://127.0.0.1:9", "--binaries", str(binaries), "--threads", str(threads),
+            *TIME_ARGS]
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=USAGE_TIMEOUT_S)
+    err = p.stderr.decode("utf-8", "replace")
+    assert p.returncode == EXIT_USAGE, (p.returncode, err)
+    assert says in err, err
+    assert not p.stdout.strip(), p.stdout

@@ -1,15 +1,23 @@
 /*
  * lg.h - loadgen internals shared by its translation units.
  *
- *   lg_main.c     command line, set-up, the final report (human + JSON)
- *   lg_loop.c     the io_uring event loop: connects, handshakes, I/O, phases
+ *   lg_main.c     command line, set-up, the threads, progress, merging their
+ *                 results, the final report (human + JSON)
+ *   lg_loop.c     one thread's io_uring event loop: connects, handshakes, I/O, phases
  *   lg_traffic.c  pure helpers: phone payloads, WebSocket/raw framing, the HTTP
  *                 upgrade request and the 101 check
  *   lg_tls.c      BoringSSL over memory BIOs (the only file that includes it)
  *   hist.c        the latency histogram
  *
- * One thread, one ring. Every connection gets its buffers from one slab reserved at
- * start (MAP_NORESERVE: pages cost memory only once touched), so the hot loop never
+ * --threads N runs N loops, each with its own ring and its own share of the
+ * server-ids (a binary and all its phones belong to one loop, so per-phone ordering
+ * and every check stay inside one thread). A loop shares nothing with the others on
+ * the per-frame path: it keeps its own counters and histograms, which the main thread
+ * merges after every loop has stopped. The loops meet once, after connecting, to
+ * start traffic and the measurement window at the same instant (struct lg_run).
+ *
+ * Every connection gets its buffers from its loop's slab, reserved at start
+ * (MAP_NORESERVE: pages cost memory only once touched), so the hot loop never
  * allocates.
  */
 #ifndef LOADGEN_LG_H
@@ -17,6 +25,7 @@
 
 #include <liburing.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -24,6 +33,7 @@
 #include <sys/socket.h>
 
 #include "core/common.h"
+#include "engine/uring.h"
 #include "hist.h"
 
 /* ---- limits (units in the names) ---- */
@@ -55,6 +65,13 @@
 #define LG_CTRL_RESERVE_BYTES 512u           /* room kept for pong/close frames */
 #define LG_CONNECT_CONCURRENCY_DEFAULT 256u
 #define LG_CONNECT_CONCURRENCY_MAX 65536u
+#define LG_THREADS_MAX 64u                   /* --threads: generator loops, one ring each */
+/* A loop that has settled its connections looks this often whether the others have
+ * too; the traffic start is then put this far ahead, so every loop has seen it before
+ * it comes and all of them start traffic (and the window) at the same instant. */
+#define LG_RENDEZVOUS_POLL_NS (1000ull * 1000)
+#define LG_START_LEAD_NS (5ull * LG_RENDEZVOUS_POLL_NS)
+#define LG_PUBLISH_INTERVAL_NS (100ull * 1000 * 1000) /* a loop hands progress figures over */
 #define LG_CLOSE_WAIT_NS (1000ull * 1000 * 1000)
 #define LG_PROGRESS_INTERVAL_NS (1000ull * 1000 * 1000)
 #define LG_WAIT_NS_MAX (50ull * 1000 * 1000) /* the loop wakes at least this often */
@@ -89,7 +106,8 @@ struct lg_config {
 	uint64_t connect_timeout_ns;
 	uint64_t drain_ns;
 	uint32_t src_ips;                  /* 0: let the kernel pick */
-	uint32_t connect_concurrency;
+	uint32_t connect_concurrency;      /* over all threads */
+	uint32_t threads;
 	char server_prefix[LG_SERVER_PREFIX_BYTES_MAX + 1];
 	bool insecure;
 	const char *ca_file;
@@ -151,6 +169,8 @@ struct lg_code_count {
 	uint64_t count;
 };
 
+/* One loop's counters. The report merges the loops' copies field by field
+ * (merge_stats in lg_main.c): a new field needs its rule there. */
 struct lg_stats {
 	/* inside the measurement window */
 	uint64_t sent;           /* frames whose (intended) send time is in the window */
@@ -188,16 +208,70 @@ struct lg_stats {
 
 enum lg_phase { PH_CONNECT, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_CLOSE, PH_DONE };
 
-struct lg {
-	struct lg_config cfg;
+#define LG_TIME_UNSET UINT64_MAX
+
+/* What the loops share. The plain fields are written before the threads start and
+ * only read after; the rest is touched with __atomic builtins, at most once per
+ * connection set-up, error or phase change, never per frame. */
+struct lg_run {
+	const struct lg_config *cfg;
+	struct uring_features features;  /* probed once; every loop sets its ring up alike */
+	uint64_t t_origin_abs_ns;        /* CLOCK_MONOTONIC at start: payload times count from it */
+	uint32_t threads;
+	pthread_barrier_t rings_ready;   /* every loop has its ring (or has failed) */
+	/* the meeting after connecting */
+	uint32_t arrived;                /* loops whose connections have all settled */
+	uint32_t ready_binaries;         /* summed as the loops arrive */
+	uint32_t ready_phones;
+	uint32_t not_ready;              /* left unsettled at --connect-timeout */
+	uint64_t t_connected_ns;         /* when the last loop arrived */
+	bool nothing_to_measure;         /* no binary (or, with traffic, no phone) ready anywhere */
+	uint64_t t_traffic0_ns;          /* LG_TIME_UNSET until the last loop arrives (release) */
+	/* every loop stops on these */
+	bool failed;                     /* a loop could not go on (ring set-up, io_uring_enter) */
+	uint32_t errors_printed;         /* the first few errors of all loops are printed */
+};
+
+/* Progress figures a loop hands to the main thread every LG_PUBLISH_INTERVAL_NS
+ * (under its own mutex, which only the main thread's once-a-second read contends). */
+struct lg_progress {
+	enum lg_phase phase;
+	uint32_t ready;
+	uint32_t handshaking;
+	uint32_t open_n;
+	uint64_t errors;
+	uint64_t lost;
+	uint64_t corrupted;
+	/* accumulated until the main thread takes them */
+	uint64_t iv_round_trips;
+	uint64_t iv_p2b;
+	uint64_t iv_b2p;
+	struct hist iv_lat;
+};
+
+/* One generator loop's state: its ring, its connections, its counters. Passed to
+ * every function of lg_loop.c instead of living in a global; each thread owns one,
+ * and nothing in it is shared on the per-frame path. */
+struct lg_worker {
+	const struct lg_config *cfg;
+	struct lg_run *run;
+	uint32_t index;           /* thread number, 0 .. threads-1 */
+	pthread_t tid;
+	/* this loop's share: binaries [binary0, binary0 + binaries_n) and their phones */
+	uint32_t binary0;
+	uint32_t binaries_n;
+	uint32_t phone0;          /* global number of the first phone */
+	uint32_t connect_concurrency;
+	double rate_per_s;        /* open loop: --rate times its share of the phones */
 	struct io_uring ring;
-	struct conn *conns;
+	struct conn *conns;       /* its binaries first, then their phones */
 	uint32_t conns_n;
 	uint32_t phones_n;
 	enum lg_phase phase;
+	bool arrived;             /* counted in run->arrived: waiting for traffic to start */
 	uint64_t now_ns;          /* CLOCK_MONOTONIC relative to t_origin, per iteration */
 	uint64_t t_origin_abs_ns;
-	uint64_t t_connect_end_ns; /* when every connection was settled */
+	uint64_t t_connect_end_ns; /* when every connection (of every loop) was settled */
 	uint64_t t_traffic0_ns;
 	uint64_t t_measure0_ns;
 	uint64_t t_measure1_ns;
@@ -215,21 +289,28 @@ struct lg {
 	/* flush list */
 	uint32_t *dirty;
 	uint32_t dirty_n;
+	uint64_t next_drain_check_ns;
 	/* open loop */
-	uint64_t open_next_k;     /* global frames [0, open_next_k) have been made due */
+	uint64_t open_next_k;     /* this loop's frames [0, open_next_k) have been made due */
 	uint64_t open_end_k;      /* frames from here are intended after the window */
 	uint64_t rng;
 	struct lg_stats st;
-	uint64_t next_progress_ns;
-	uint64_t last_progress_ns;
+	int result;               /* lg_run's: 0, or -1 when the loop failed */
+	uint64_t next_publish_ns;
+	pthread_mutex_t pub_lock;
+	struct lg_progress pub;
 };
 
-extern struct lg g;
-extern volatile sig_atomic_t lg_stop_requested;
+/* Set by the SIGINT/SIGTERM handler, read by every loop; __atomic access only. */
+extern int lg_stop_requested;
 
 /* lg_loop.c */
-int lg_run(void);
+/* One thread's loop, from its ring set-up to the close of its connections. */
+int lg_run(struct lg_worker *w);
 uint64_t lg_clock_ns(void);
+/* Add n to code's entry of a close-code / status / errno table. */
+void lg_code_add(struct lg_code_count *t, uint32_t code, uint64_t n);
+uint64_t lg_errors_total(const struct lg_stats *st);
 
 /* lg_traffic.c: pure */
 /* Max length of the JSON header before the pad: {"s":N,"t":N,"p":N,"x":" */

@@ -1,5 +1,6 @@
 /*
- * lg_loop.c - the event loop: one ring drives every connection.
+ * lg_loop.c - one thread's event loop: its ring drives its share of the connections
+ * (with --threads N, N of these run side by side and share nothing per frame).
  *
  * Each iteration: advance the phase machine (start connects, make open-loop frames
  * due), flush every connection that got bytes this iteration (one send in flight per
@@ -12,13 +13,16 @@
  * back on the relay exactly as a slow real binary would.
  *
  * Phases: CONNECT (binaries, then each binary's phones after its 101; a phone is ready
- * when its probe frame, seq 0, came back through the binary), WARMUP and MEASURE
+ * when its probe frame, seq 0, came back through the binary; then the loop waits,
+ * still serving its connections, until every loop is there, and all of them start
+ * traffic at one common instant, so the windows are the same), WARMUP and MEASURE
  * (traffic; only MEASURE counts), DRAIN (no new frames; wait for the ones in flight,
  * then the missing ones are lost), CLOSE (close frames, bounded wait), DONE.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,11 +46,7 @@ enum { OP_CONNECT = 1, OP_RECV = 2, OP_SEND = 3 };
 #define DRAIN_CHECK_NS (5ull * 1000 * 1000)
 #define FIRST_ERRORS_PRINTED_MAX 5u
 
-struct lg g;
-volatile sig_atomic_t lg_stop_requested;
-
-static unsigned errors_printed;
-static uint64_t next_drain_check_ns;
+int lg_stop_requested;
 
 uint64_t lg_clock_ns(void)
 {
@@ -55,39 +55,54 @@ uint64_t lg_clock_ns(void)
 	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
-static uint64_t now_rel(void)
+static uint64_t now_rel(struct lg_worker *w)
 {
-	return lg_clock_ns() - g.t_origin_abs_ns;
+	return lg_clock_ns() - w->t_origin_abs_ns;
 }
 
-static uint32_t rng32(void)
+static uint32_t rng32(struct lg_worker *w)
 {
 	/* xorshift64*: mask keys only need to be unpredictable to a proxy, not secret */
-	uint64_t x = g.rng;
+	uint64_t x = w->rng;
 	x ^= x >> 12;
 	x ^= x << 25;
 	x ^= x >> 27;
-	g.rng = x;
+	w->rng = x;
 	return (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
-static bool is_raw(void)
+static bool is_raw(struct lg_worker *w)
 {
-	return g.cfg.transport == LG_TR_RAW;
+	return w->cfg->transport == LG_TR_RAW;
 }
 
-static bool in_window(uint64_t t)
+static bool in_window(struct lg_worker *w, uint64_t t)
 {
-	return t >= g.t_measure0_ns && t < g.t_measure1_ns;
+	return t >= w->t_measure0_ns && t < w->t_measure1_ns;
 }
 
-/* The first few errors are printed, the rest only counted. */
-static void say_error(const struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say_error(const struct conn *c, const char *fmt, ...)
+/* A signal, or another loop that failed: wind down (drain, close, report). */
+static bool stop_requested(const struct lg_worker *w)
 {
-	if (errors_printed >= FIRST_ERRORS_PRINTED_MAX)
+	return __atomic_load_n(&lg_stop_requested, __ATOMIC_RELAXED) ||
+	       __atomic_load_n(&w->run->failed, __ATOMIC_RELAXED);
+}
+
+static bool errors_print_left(const struct lg_worker *w)
+{
+	return __atomic_load_n(&w->run->errors_printed, __ATOMIC_RELAXED) < FIRST_ERRORS_PRINTED_MAX;
+}
+
+/* The first few errors (of all loops together) are printed, the rest only counted. */
+static void say_error(struct lg_worker *w, const struct conn *c, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void say_error(struct lg_worker *w, const struct conn *c, const char *fmt, ...)
+{
+	if (!errors_print_left(w))
 		return;
-	errors_printed++;
+	uint32_t printed = __atomic_add_fetch(&w->run->errors_printed, 1, __ATOMIC_RELAXED);
+	if (printed > FIRST_ERRORS_PRINTED_MAX)
+		return;
 	char msg[256];
 	va_list ap;
 	va_start(ap, fmt);
@@ -98,45 +113,57 @@ static void say_error(const struct conn *c, const char *fmt, ...)
 			c->role == LG_ROLE_BINARY ? c->binary : c->phone, msg);
 	else
 		fprintf(stderr, "loadgen: %s\n", msg);
-	if (errors_printed == FIRST_ERRORS_PRINTED_MAX)
+	if (printed == FIRST_ERRORS_PRINTED_MAX)
 		fprintf(stderr, "loadgen: (further errors are only counted)\n");
 }
 
-static void count_code(struct lg_code_count *t, uint32_t code)
+void lg_code_add(struct lg_code_count *t, uint32_t code, uint64_t n)
 {
 	for (uint32_t i = 0; i < LG_CODES_TRACKED; i++) {
 		if (t[i].count == 0 || t[i].code == code) {
 			t[i].code = code;
-			t[i].count++;
+			t[i].count += n;
 			return;
 		}
 	}
-	t[LG_CODES_TRACKED - 1].count++; /* table full: lumped into the last entry */
+	t[LG_CODES_TRACKED - 1].count += n; /* table full: lumped into the last entry */
 }
 
-static struct io_uring_sqe *get_sqe(void)
+static void count_code(struct lg_code_count *t, uint32_t code)
 {
-	return uring_get_sqe(&g.ring);
+	lg_code_add(t, code, 1);
 }
 
-static struct conn *phone_conn(uint32_t phone)
+static struct io_uring_sqe *get_sqe(struct lg_worker *w)
 {
-	return &g.conns[g.cfg.binaries + phone];
+	return uring_get_sqe(&w->ring);
 }
 
-static void server_id(char *out, size_t cap, uint32_t binary)
+/* The loop's phone number `phone` (0 .. phones_n-1; not the global number). */
+static struct conn *phone_conn(struct lg_worker *w, uint32_t phone)
 {
-	int n = snprintf(out, cap, "%s%u", g.cfg.server_prefix, binary);
+	return &w->conns[w->binaries_n + phone];
+}
+
+/* The loop's number of the first phone of binary c. */
+static uint32_t first_phone_of(const struct lg_worker *w, const struct conn *c)
+{
+	return (c->binary - w->binary0) * w->cfg->phones_per_binary;
+}
+
+static void server_id(struct lg_worker *w, char *out, size_t cap, uint32_t binary)
+{
+	int n = snprintf(out, cap, "%s%u", w->cfg->server_prefix, binary);
 	ASSERT(n > 0 && (size_t)n < cap);
 }
 
-static void mark_dirty(struct conn *c)
+static void mark_dirty(struct lg_worker *w, struct conn *c)
 {
 	if (c->dirty || c->state == CS_DEAD)
 		return;
-	ASSERT(g.dirty_n < g.conns_n);
+	ASSERT(w->dirty_n < w->conns_n);
 	c->dirty = true;
-	g.dirty[g.dirty_n++] = c->idx;
+	w->dirty[w->dirty_n++] = c->idx;
 }
 
 static uint32_t fill_room(const struct conn *c)
@@ -151,32 +178,32 @@ static uint8_t *fill_ptr(struct conn *c)
 
 /* ---- connection life cycle ---- */
 
-static void settle(struct conn *c, bool ok)
+static void settle(struct lg_worker *w, struct conn *c, bool ok)
 {
 	if (c->settled)
 		return;
 	c->settled = true;
-	g.settled_n++;
+	w->settled_n++;
 	if (ok) {
 		if (c->role == LG_ROLE_BINARY)
-			g.ready_binaries++;
+			w->ready_binaries++;
 		else
-			g.ready_phones++;
+			w->ready_phones++;
 	}
 }
 
 /* Tear a connection down. Callers count the error, if any, before. */
-static void conn_kill(struct conn *c)
+static void conn_kill(struct lg_worker *w, struct conn *c)
 {
 	if (c->state == CS_DEAD)
 		return;
 	if (c->handshaking) {
 		c->handshaking = false;
-		g.handshakes_inflight--;
+		w->handshakes_inflight--;
 	}
 	if (c->state == CS_OPEN || c->state == CS_CLOSING)
-		g.open_n--;
-	settle(c, false);
+		w->open_n--;
+	settle(w, c, false);
 	if (c->fd >= 0) {
 		/* shutdown first: it completes our pending recv, which otherwise holds
 		 * the socket open after close() */
@@ -189,83 +216,83 @@ static void conn_kill(struct conn *c)
 		c->tls = NULL;
 	}
 	c->state = CS_DEAD;
-	if (c->role == LG_ROLE_BINARY && g.phase == PH_CONNECT) {
+	if (c->role == LG_ROLE_BINARY && w->phase == PH_CONNECT) {
 		/* phones that never started cannot reach this binary any more */
-		for (uint32_t j = 0; j < g.cfg.phones_per_binary; j++) {
-			struct conn *p = phone_conn(c->binary * g.cfg.phones_per_binary + j);
+		for (uint32_t j = 0; j < w->cfg->phones_per_binary; j++) {
+			struct conn *p = phone_conn(w, first_phone_of(w, c) + j);
 			if (p->state == CS_QUEUED) {
-				g.st.errors_connect++;
-				settle(p, false);
+				w->st.errors_connect++;
+				settle(w, p, false);
 				p->state = CS_DEAD;
 			}
 		}
 	}
 }
 
-static void conn_error(struct conn *c, uint64_t *counter, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void conn_error(struct conn *c, uint64_t *counter, const char *fmt, ...)
+static void conn_error(struct lg_worker *w, struct conn *c, uint64_t *counter, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void conn_error(struct lg_worker *w, struct conn *c, uint64_t *counter, const char *fmt, ...)
 {
 	(*counter)++;
-	if (errors_printed < FIRST_ERRORS_PRINTED_MAX) {
+	if (errors_print_left(w)) {
 		char msg[256];
 		va_list ap;
 		va_start(ap, fmt);
 		vsnprintf(msg, sizeof msg, fmt, ap);
 		va_end(ap);
-		say_error(c, "%s", msg);
+		say_error(w, c, "%s", msg);
 	}
-	conn_kill(c);
+	conn_kill(w, c);
 }
 
-static void enqueue(struct conn *c)
+static void enqueue(struct lg_worker *w, struct conn *c)
 {
-	ASSERT(g.queue_tail < g.conns_n);
-	g.queue[g.queue_tail++] = c->idx;
+	ASSERT(w->queue_tail < w->conns_n);
+	w->queue[w->queue_tail++] = c->idx;
 }
 
-static void conn_start(struct conn *c)
+static void conn_start(struct lg_worker *w, struct conn *c)
 {
 	ASSERT(c->state == CS_QUEUED);
-	int fd = socket(g.cfg.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(w->cfg->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		count_code(g.st.errnos, (uint32_t)errno);
-		conn_error(c, &g.st.errors_connect, "socket(): %s", strerror(errno));
+		count_code(w->st.errnos, (uint32_t)errno);
+		conn_error(w, c, &w->st.errors_connect, "socket(): %s", strerror(errno));
 		return;
 	}
 	int one = 1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	if (g.cfg.src_ips > 0) {
+	if (w->cfg->src_ips > 0) {
 		/* 127.0.0.k: a different source address per connection, so the ephemeral
 		 * port range is per address; the port is picked at connect() time */
 		(void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
 		struct sockaddr_in src = { .sin_family = AF_INET };
-		src.sin_addr.s_addr = htonl(0x7F000001u + c->idx % g.cfg.src_ips);
+		src.sin_addr.s_addr = htonl(0x7F000001u + c->idx % w->cfg->src_ips);
 		if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
 			int e = errno;
 			close(fd);
-			count_code(g.st.errnos, (uint32_t)e);
-			conn_error(c, &g.st.errors_connect, "bind(127.0.0.%u): %s", 1 + c->idx % g.cfg.src_ips, strerror(e));
+			count_code(w->st.errnos, (uint32_t)e);
+			conn_error(w, c, &w->st.errors_connect, "bind(127.0.0.%u): %s", 1 + c->idx % w->cfg->src_ips, strerror(e));
 			return;
 		}
 	}
 	c->fd = fd;
 	c->state = CS_CONNECTING;
 	c->handshaking = true;
-	g.handshakes_inflight++;
-	struct io_uring_sqe *sqe = get_sqe();
-	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&g.cfg.addr, g.cfg.addr_len);
+	w->handshakes_inflight++;
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&w->cfg->addr, w->cfg->addr_len);
 	io_uring_sqe_set_data64(sqe, LG_UD(c, OP_CONNECT));
 }
 
-static void arm_recv(struct conn *c)
+static void arm_recv(struct lg_worker *w, struct conn *c)
 {
 	if (c->recv_armed || c->fd < 0 || c->state == CS_DEAD || c->state == CS_QUEUED ||
 	    c->state == CS_CONNECTING)
 		return;
 	if (c->in_len >= c->in_cap)
 		return;
-	struct io_uring_sqe *sqe = get_sqe();
+	struct io_uring_sqe *sqe = get_sqe(w);
 	if (c->tls)
 		io_uring_prep_recv(sqe, c->fd, c->rx, LG_RECV_CHUNK_BYTES, 0);
 	else
@@ -274,17 +301,17 @@ static void arm_recv(struct conn *c)
 	c->recv_armed = true;
 }
 
-static void submit_send(struct conn *c)
+static void submit_send(struct lg_worker *w, struct conn *c)
 {
 	ASSERT(c->wire_off < c->wire_len);
-	struct io_uring_sqe *sqe = get_sqe();
+	struct io_uring_sqe *sqe = get_sqe(w);
 	io_uring_prep_send(sqe, c->fd, c->wire + c->wire_off, c->wire_len - c->wire_off, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, LG_UD(c, OP_SEND));
 	c->send_inflight = true;
 }
 
 /* Hand what was queued this iteration to the kernel: one send per connection. */
-static void conn_flush(struct conn *c)
+static void conn_flush(struct lg_worker *w, struct conn *c)
 {
 	if (c->send_inflight || c->fd < 0 || c->state == CS_DEAD)
 		return;
@@ -293,7 +320,7 @@ static void conn_flush(struct conn *c)
 	if (c->tls) {
 		if (c->fill_len > 0 && lgtls_out_pending(c->tls) == 0 && c->state != CS_TLS) {
 			if (!lgtls_write(c->tls, c->half[0], c->fill_len)) {
-				conn_error(c, &g.st.errors_protocol, "TLS write failed");
+				conn_error(w, c, &w->st.errors_protocol, "TLS write failed");
 				return;
 			}
 			c->fill_len = 0;
@@ -313,45 +340,48 @@ static void conn_flush(struct conn *c)
 	c->wire = buf;
 	c->wire_len = (uint32_t)len;
 	c->wire_off = 0;
-	submit_send(c);
+	submit_send(w, c);
 }
 
-static bool put_ws_frame(struct conn *c, uint8_t opcode, const uint8_t *payload, size_t len,
+static bool put_ws_frame(struct lg_worker *w, struct conn *c, uint8_t opcode, const uint8_t *payload, size_t len,
 			 uint32_t keep_free)
 {
 	size_t need = lg_ws_header_len(len) + len;
 	if (need + keep_free > fill_room(c))
 		return false;
-	uint32_t k = rng32();
+	uint32_t k = rng32(w);
 	uint8_t key[4];
 	memcpy(key, &k, 4);
 	uint8_t *o = fill_ptr(c);
 	size_t hl = ws_frame_header_encode(o, true, opcode, len, key);
 	lg_mask_copy(o + hl, payload, len, key);
 	c->fill_len += (uint32_t)(hl + len);
-	mark_dirty(c);
+	mark_dirty(w, c);
 	return true;
 }
 
-static void put_close(struct conn *c, uint16_t code)
+static void put_close(struct lg_worker *w, struct conn *c, uint16_t code)
 {
 	uint8_t pl[2] = { (uint8_t)(code >> 8), (uint8_t)code };
-	(void)put_ws_frame(c, WS_OP_CLOSE, pl, code ? 2 : 0, 0);
+	(void)put_ws_frame(w, c, WS_OP_CLOSE, pl, code ? 2 : 0, 0);
 }
 
 /* ---- phones ---- */
 
-static uint64_t open_intended_ns(uint64_t k)
+/* Open loop, per loop: its frame k (phone k mod phones_n) is intended at
+ * traffic start + k / its share of the rate, so every phone sends --rate / phones
+ * frames per second whichever loop drives it. */
+static uint64_t open_intended_ns(struct lg_worker *w, uint64_t k)
 {
-	return g.t_traffic0_ns + (uint64_t)((long double)k * (long double)NS_PER_S / (long double)g.cfg.rate_per_s);
+	return w->t_traffic0_ns + (uint64_t)((long double)k * (long double)NS_PER_S / (long double)w->rate_per_s);
 }
 
-static uint64_t open_k(const struct conn *c, uint64_t seq)
+static uint64_t open_k(struct lg_worker *w, const struct conn *c, uint64_t seq)
 {
-	return (seq - 1) * g.phones_n + c->phone;
+	return (seq - 1) * w->phones_n + (c->phone - w->phone0);
 }
 
-static bool expected_t(const struct conn *c, uint64_t s, uint64_t *t)
+static bool expected_t(struct lg_worker *w, const struct conn *c, uint64_t s, uint64_t *t)
 {
 	if (s == 0) {
 		*t = c->probe_ns;
@@ -359,8 +389,8 @@ static bool expected_t(const struct conn *c, uint64_t s, uint64_t *t)
 	}
 	if (s >= c->next_seq)
 		return false;
-	if (g.cfg.mode == LG_MODE_OPEN) {
-		*t = open_intended_ns(open_k(c, s));
+	if (w->cfg->mode == LG_MODE_OPEN) {
+		*t = open_intended_ns(w, open_k(w, c, s));
 		return true;
 	}
 	if (c->t_ring == NULL || c->next_seq - s > (uint64_t)c->t_ring_mask + 1)
@@ -369,22 +399,22 @@ static bool expected_t(const struct conn *c, uint64_t s, uint64_t *t)
 	return true;
 }
 
-static bool phone_emit(struct conn *c, uint64_t t_ns)
+static bool phone_emit(struct lg_worker *w, struct conn *c, uint64_t t_ns)
 {
-	uint32_t size = g.cfg.size_bytes;
-	size_t hl = is_raw() ? RAW_HEADER_BYTES : lg_ws_header_len(size);
+	uint32_t size = w->cfg->size_bytes;
+	size_t hl = is_raw(w) ? RAW_HEADER_BYTES : lg_ws_header_len(size);
 	if (hl + size + LG_CTRL_RESERVE_BYTES > fill_room(c))
 		return false;
 	uint8_t *o = fill_ptr(c);
 	if (lg_payload_write(o + hl, size, c->next_seq, t_ns, c->phone) != size) {
-		conn_error(c, &g.st.errors_protocol,
+		conn_error(w, c, &w->st.errors_protocol,
 			   "--size %u is too small for this frame's sequence number and timestamp", size);
 		return false;
 	}
-	if (is_raw()) {
+	if (is_raw(w)) {
 		raw_header_encode(o, size, 0);
 	} else {
-		uint32_t k = rng32();
+		uint32_t k = rng32(w);
 		uint8_t key[4];
 		memcpy(key, &k, 4);
 		size_t h = ws_frame_header_encode(o, true, WS_OP_TEXT, size, key);
@@ -397,151 +427,151 @@ static bool phone_emit(struct conn *c, uint64_t t_ns)
 	else if (c->t_ring)
 		c->t_ring[c->next_seq & c->t_ring_mask] = t_ns;
 	c->next_seq++;
-	g.st.sent_total++;
-	if (in_window(t_ns)) {
-		g.st.sent++;
-		g.st.sent_bytes += size;
-		if (g.now_ns > t_ns && g.now_ns - t_ns > g.st.send_lag_max_ns)
-			g.st.send_lag_max_ns = g.now_ns - t_ns;
+	w->st.sent_total++;
+	if (in_window(w, t_ns)) {
+		w->st.sent++;
+		w->st.sent_bytes += size;
+		if (w->now_ns > t_ns && w->now_ns - t_ns > w->st.send_lag_max_ns)
+			w->st.send_lag_max_ns = w->now_ns - t_ns;
 	}
-	mark_dirty(c);
+	mark_dirty(w, c);
 	return true;
 }
 
-static void phone_pump(struct conn *c)
+static void phone_pump(struct lg_worker *w, struct conn *c)
 {
 	if (c->state != CS_OPEN || !c->ready)
 		return;
-	if (g.phase != PH_WARMUP && g.phase != PH_MEASURE)
+	if (w->phase != PH_WARMUP && w->phase != PH_MEASURE)
 		return;
-	if (g.cfg.mode == LG_MODE_CLOSED) {
-		while (c->next_seq - c->expect_seq < g.cfg.window && c->state == CS_OPEN)
-			if (!phone_emit(c, g.now_ns))
+	if (w->cfg->mode == LG_MODE_CLOSED) {
+		while (c->next_seq - c->expect_seq < w->cfg->window && c->state == CS_OPEN)
+			if (!phone_emit(w, c, w->now_ns))
 				break;
-	} else if (g.cfg.mode == LG_MODE_OPEN) {
-		uint64_t inflight_max = MAX(1u, LG_OPEN_INFLIGHT_BYTES_MAX / g.cfg.size_bytes);
+	} else if (w->cfg->mode == LG_MODE_OPEN) {
+		uint64_t inflight_max = MAX(1u, LG_OPEN_INFLIGHT_BYTES_MAX / w->cfg->size_bytes);
 		while (c->next_seq < c->due_seq && c->state == CS_OPEN) {
 			if (c->next_seq - c->expect_seq >= inflight_max) {
-				g.st.open_held++;
+				w->st.open_held++;
 				break;
 			}
-			if (!phone_emit(c, open_intended_ns(open_k(c, c->next_seq))))
+			if (!phone_emit(w, c, open_intended_ns(w, open_k(w, c, c->next_seq))))
 				break;
 		}
-		if (c->due_seq > c->next_seq && c->due_seq - c->next_seq > g.st.open_behind_max_frames)
-			g.st.open_behind_max_frames = c->due_seq - c->next_seq;
+		if (c->due_seq > c->next_seq && c->due_seq - c->next_seq > w->st.open_behind_max_frames)
+			w->st.open_behind_max_frames = c->due_seq - c->next_seq;
 	}
 }
 
 /* A phone payload came back: check it byte for byte against what was sent. */
-static void phone_frame(struct conn *c, const uint8_t *p, size_t n)
+static void phone_frame(struct lg_worker *w, struct conn *c, const uint8_t *p, size_t n)
 {
-	g.st.b2p_total++;
-	if (in_window(g.now_ns)) {
-		g.st.b2p++;
+	w->st.b2p_total++;
+	if (in_window(w, w->now_ns)) {
+		w->st.b2p++;
 	}
-	g.st.iv_b2p++;
+	w->st.iv_b2p++;
 	uint64_t s, t;
 	if (!lg_payload_parse_seq(p, n, &s) || s >= c->next_seq) {
-		g.st.corrupted++;
+		w->st.corrupted++;
 		return;
 	}
 	if (s < c->expect_seq) {
 		/* counted lost when a later seq overtook it; it was late, not lost */
-		g.st.reordered++;
-		if (g.st.lost)
-			g.st.lost--;
-		if (!expected_t(c, s, &t) || !lg_payload_equal(p, n, g.cfg.size_bytes, s, t, c->phone))
-			g.st.corrupted++;
+		w->st.reordered++;
+		if (w->st.lost)
+			w->st.lost--;
+		if (!expected_t(w, c, s, &t) || !lg_payload_equal(p, n, w->cfg->size_bytes, s, t, c->phone))
+			w->st.corrupted++;
 		return;
 	}
 	if (s > c->expect_seq)
-		g.st.lost += s - c->expect_seq;
+		w->st.lost += s - c->expect_seq;
 	c->expect_seq = s + 1;
-	if (!expected_t(c, s, &t) || !lg_payload_equal(p, n, g.cfg.size_bytes, s, t, c->phone)) {
-		g.st.corrupted++;
+	if (!expected_t(w, c, s, &t) || !lg_payload_equal(p, n, w->cfg->size_bytes, s, t, c->phone)) {
+		w->st.corrupted++;
 		return;
 	}
 	if (s == 0) {
 		c->ready = true;
-		settle(c, true);
+		settle(w, c, true);
 		return;
 	}
-	uint64_t rtt = g.now_ns > t ? g.now_ns - t : 0;
-	if (in_window(t))
-		hist_record(&g.st.lat, rtt);
-	if (in_window(g.now_ns))
-		g.st.round_trips++;
-	g.st.iv_round_trips++;
-	hist_record(&g.st.iv_lat, rtt);
+	uint64_t rtt = w->now_ns > t ? w->now_ns - t : 0;
+	if (in_window(w, t))
+		hist_record(&w->st.lat, rtt);
+	if (in_window(w, w->now_ns))
+		w->st.round_trips++;
+	w->st.iv_round_trips++;
+	hist_record(&w->st.iv_lat, rtt);
 }
 
 /* ---- binaries ---- */
 
 /* Echo one phone frame back. False when there is no room: the caller pauses. */
-static bool binary_frame(struct conn *c, const uint8_t *p, size_t n)
+static bool binary_frame(struct lg_worker *w, struct conn *c, const uint8_t *p, size_t n)
 {
-	if (is_raw()) {
+	if (is_raw(w)) {
 		if (RAW_HEADER_BYTES + n + LG_CTRL_RESERVE_BYTES > fill_room(c))
 			return false;
 		uint8_t *o = fill_ptr(c);
 		memcpy(o, p - RAW_HEADER_BYTES, RAW_HEADER_BYTES + n); /* header with the phone index */
 		c->fill_len += (uint32_t)(RAW_HEADER_BYTES + n);
-		mark_dirty(c);
+		mark_dirty(w, c);
 	} else {
 		switch (lg_envelope_kind(p, n)) {
 		case LG_ENV_CLOSE_NOTICE:
-			g.st.close_notices++;
+			w->st.close_notices++;
 			return true;
 		case LG_ENV_BAD:
-			g.st.errors_protocol++;
-			say_error(c, "received a frame that is not a routing envelope");
+			w->st.errors_protocol++;
+			say_error(w, c, "received a frame that is not a routing envelope");
 			return true;
 		case LG_ENV_FRAME:
 			break;
 		}
 		/* the relay's envelope is exactly what a binary sends back */
-		if (!put_ws_frame(c, WS_OP_TEXT, p, n, LG_CTRL_RESERVE_BYTES))
+		if (!put_ws_frame(w, c, WS_OP_TEXT, p, n, LG_CTRL_RESERVE_BYTES))
 			return false;
 	}
-	g.st.p2b_total++;
-	if (in_window(g.now_ns))
-		g.st.p2b++;
-	g.st.iv_p2b++;
+	w->st.p2b_total++;
+	if (in_window(w, w->now_ns))
+		w->st.p2b++;
+	w->st.iv_p2b++;
 	return true;
 }
 
 /* ---- input ---- */
 
-static void conn_opened(struct conn *c)
+static void conn_opened(struct lg_worker *w, struct conn *c)
 {
 	c->state = CS_OPEN;
-	g.open_n++;
+	w->open_n++;
 	if (c->handshaking) {
 		c->handshaking = false;
-		g.handshakes_inflight--;
+		w->handshakes_inflight--;
 	}
 	if (c->role == LG_ROLE_BINARY) {
 		c->ready = true;
-		settle(c, true);
-		for (uint32_t j = 0; j < g.cfg.phones_per_binary; j++)
-			enqueue(phone_conn(c->binary * g.cfg.phones_per_binary + j));
+		settle(w, c, true);
+		for (uint32_t j = 0; j < w->cfg->phones_per_binary; j++)
+			enqueue(w, phone_conn(w, first_phone_of(w, c) + j));
 	} else {
-		(void)phone_emit(c, g.now_ns); /* the registration probe, seq 0 */
+		(void)phone_emit(w, c, w->now_ns); /* the registration probe, seq 0 */
 	}
 }
 
-static void closed_by_peer(struct conn *c, uint32_t code)
+static void closed_by_peer(struct lg_worker *w, struct conn *c, uint32_t code)
 {
 	if (c->state == CS_CLOSING) {
-		conn_kill(c); /* our close was answered: a clean end */
+		conn_kill(w, c); /* our close was answered: a clean end */
 		return;
 	}
-	count_code(g.st.close_codes, code);
-	conn_error(c, &g.st.errors_closed, "closed by the peer (close code %u)", code);
+	count_code(w->st.close_codes, code);
+	conn_error(w, c, &w->st.errors_closed, "closed by the peer (close code %u)", code);
 }
 
-static void ws_frames(struct conn *c)
+static void ws_frames(struct lg_worker *w, struct conn *c)
 {
 	size_t off = 0;
 	while (off < c->in_len && c->state != CS_DEAD) {
@@ -550,11 +580,11 @@ static void ws_frames(struct conn *c)
 		if (hl == 0)
 			break;
 		if (hl < 0) {
-			conn_error(c, &g.st.errors_protocol, "bad frame from the peer (would close %d)", -hl);
+			conn_error(w, c, &w->st.errors_protocol, "bad frame from the peer (would close %d)", -hl);
 			return;
 		}
 		if ((uint64_t)hl + h.payload_len > c->in_cap) {
-			conn_error(c, &g.st.errors_protocol, "frame of %llu bytes is bigger than expected",
+			conn_error(w, c, &w->st.errors_protocol, "frame of %llu bytes is bigger than expected",
 				   (unsigned long long)h.payload_len);
 			return;
 		}
@@ -564,24 +594,24 @@ static void ws_frames(struct conn *c)
 		size_t n = (size_t)h.payload_len;
 		if (!h.fin || h.opcode == WS_OP_CONTINUATION || h.opcode == WS_OP_BINARY) {
 			/* the relay sends whole text messages only */
-			conn_error(c, &g.st.errors_protocol, "unexpected fragment or binary frame (opcode %u)",
+			conn_error(w, c, &w->st.errors_protocol, "unexpected fragment or binary frame (opcode %u)",
 				   h.opcode);
 			return;
 		}
 		if (h.opcode == WS_OP_TEXT && c->state == CS_OPEN) {
 			if (c->role == LG_ROLE_PHONE) {
-				phone_frame(c, pl, n);
-			} else if (!binary_frame(c, pl, n)) {
+				phone_frame(w, c, pl, n);
+			} else if (!binary_frame(w, c, pl, n)) {
 				c->paused = true;
 				break;
 			}
 		} else if (h.opcode == WS_OP_PING) {
-			if (put_ws_frame(c, WS_OP_PONG, pl, n, 0))
-				g.st.pings_answered++;
+			if (put_ws_frame(w, c, WS_OP_PONG, pl, n, 0))
+				w->st.pings_answered++;
 		} else if (h.opcode == WS_OP_CLOSE) {
 			uint32_t code = n >= 2 ? (uint32_t)pl[0] << 8 | pl[1] : 1005;
 			off += hl + n;
-			closed_by_peer(c, code);
+			closed_by_peer(w, c, code);
 			return;
 		}
 		off += hl + n;
@@ -594,14 +624,14 @@ static void ws_frames(struct conn *c)
 	}
 }
 
-static void raw_messages(struct conn *c)
+static void raw_messages(struct lg_worker *w, struct conn *c)
 {
 	size_t off = 0;
 	while (c->in_len - off >= RAW_HEADER_BYTES && c->state != CS_DEAD) {
 		uint32_t len = raw_get_u32(c->in + off);
 		uint32_t idx = raw_get_u32(c->in + off + 4);
 		if (len > RAW_MESSAGE_BYTES_MAX || RAW_HEADER_BYTES + (size_t)len > c->in_cap) {
-			conn_error(c, &g.st.errors_protocol, "raw message of %u bytes is too big", len);
+			conn_error(w, c, &w->st.errors_protocol, "raw message of %u bytes is too big", len);
 			return;
 		}
 		if (c->in_len - off < RAW_HEADER_BYTES + len)
@@ -610,10 +640,10 @@ static void raw_messages(struct conn *c)
 		if (c->state == CS_OPEN) {
 			if (c->role == LG_ROLE_PHONE) {
 				if (idx != c->raw_index)
-					g.st.corrupted++;
+					w->st.corrupted++;
 				else
-					phone_frame(c, pl, len);
-			} else if (!binary_frame(c, pl, len)) {
+					phone_frame(w, c, pl, len);
+			} else if (!binary_frame(w, c, pl, len)) {
 				c->paused = true;
 				break;
 			}
@@ -629,14 +659,14 @@ static void raw_messages(struct conn *c)
 }
 
 /* Everything in `in`, by state. */
-static void conn_input(struct conn *c)
+static void conn_input(struct lg_worker *w, struct conn *c)
 {
 	if (c->state == CS_UPGRADE) {
-		if (is_raw()) {
+		if (is_raw(w)) {
 			if (c->in_len < RAW_HEADER_BYTES)
 				return;
 			if (raw_get_u32(c->in) != 0) {
-				conn_error(c, &g.st.errors_handshake, "bad hello answer from the forwarder");
+				conn_error(w, c, &w->st.errors_handshake, "bad hello answer from the forwarder");
 				return;
 			}
 			c->raw_index = raw_get_u32(c->in + 4);
@@ -649,70 +679,70 @@ static void conn_input(struct conn *c)
 			if (rc == 0)
 				return;
 			if (rc < 0) {
-				count_code(g.st.http_statuses, (uint32_t)status);
-				conn_error(c, &g.st.errors_handshake,
+				count_code(w->st.http_statuses, (uint32_t)status);
+				conn_error(w, c, &w->st.errors_handshake,
 					   "upgrade refused or invalid (HTTP status %d)", status);
 				return;
 			}
 			memmove(c->in, c->in + head, c->in_len - head);
 			c->in_len -= (uint32_t)head;
 		}
-		conn_opened(c);
+		conn_opened(w, c);
 	}
 	if (c->state != CS_OPEN && c->state != CS_CLOSING)
 		return;
-	if (is_raw())
-		raw_messages(c);
+	if (is_raw(w))
+		raw_messages(w, c);
 	else
-		ws_frames(c);
+		ws_frames(w, c);
 	if (c->role == LG_ROLE_PHONE)
-		phone_pump(c);
+		phone_pump(w, c);
 }
 
-static void send_hello(struct conn *c)
+static void send_hello(struct lg_worker *w, struct conn *c)
 {
 	char sid[LG_SERVER_ID_BYTES_MAX + 1];
-	server_id(sid, sizeof sid, c->binary);
+	server_id(w, sid, sizeof sid, c->binary);
 	char *o = (char *)fill_ptr(c);
 	size_t n;
-	if (is_raw()) {
+	if (is_raw(w)) {
 		n = (size_t)snprintf(o, fill_room(c), "%c%s\n", c->role == LG_ROLE_BINARY ? 'B' : 'P', sid);
 	} else {
 		uint8_t raw_key[16];
 		for (int i = 0; i < 4; i++) {
-			uint32_t r = rng32();
+			uint32_t r = rng32(w);
 			memcpy(raw_key + 4 * i, &r, 4);
 		}
 		char key[25];
 		lg_base64_16(raw_key, key);
 		bool ok = ws_handshake_accept(span_cstr(key), c->accept);
 		ASSERT(ok);
-		n = lg_request_build(o, fill_room(c), (enum lg_role)c->role, g.cfg.host, g.cfg.port, sid, key);
+		n = lg_request_build(o, fill_room(c), (enum lg_role)c->role, w->cfg->host, w->cfg->port, sid, key);
 	}
 	c->fill_len += (uint32_t)n;
 	c->state = CS_UPGRADE;
-	mark_dirty(c);
+	mark_dirty(w, c);
 }
 
-static void tls_step(struct conn *c)
+static void tls_step(struct lg_worker *w, struct conn *c)
 {
 	char why[256];
 	int rc = lgtls_handshake(c->tls, why, sizeof why);
-	mark_dirty(c); /* the handshake may have produced records to send */
+	mark_dirty(w, c); /* the handshake may have produced records to send */
 	if (rc < 0) {
-		g.st.errors_handshake++;
-		say_error(c, "%s", why);
-		conn_kill(c);
+		w->st.errors_handshake++;
+		say_error(w, c, "%s", why);
+		conn_kill(w, c);
 	} else if (rc == 1) {
-		send_hello(c);
+		send_hello(w, c);
 	}
 }
 
 /* TLS: move plaintext out of BoringSSL into `in` and process it, while it fits. */
-static void tls_input(struct conn *c)
+static void tls_input(struct lg_worker *w, struct conn *c)
 {
 	if (c->state == CS_TLS) {
-		tls_step(c);
+		tls_step(w, c);
 		if (c->state != CS_UPGRADE)
 			return;
 	}
@@ -727,357 +757,400 @@ static void tls_input(struct conn *c)
 			if (r == 0)
 				break;
 			if (c->state == CS_CLOSING) {
-				conn_kill(c);
+				conn_kill(w, c);
 			} else {
-				count_code(g.st.close_codes, 1006);
-				conn_error(c, &g.st.errors_closed, "TLS connection ended (%s)", r == -1 ? "close_notify" : "error");
+				count_code(w->st.close_codes, 1006);
+				conn_error(w, c, &w->st.errors_closed, "TLS connection ended (%s)", r == -1 ? "close_notify" : "error");
 			}
 			return;
 		}
 		filled = c->in_len >= c->in_cap;
-		conn_input(c);
-		mark_dirty(c); /* SSL_read may have queued records (alerts, key updates) */
+		conn_input(w, c);
+		mark_dirty(w, c); /* SSL_read may have queued records (alerts, key updates) */
 		if (!filled || c->paused)
 			break;
 	}
 }
 
-static void input(struct conn *c)
+static void input(struct lg_worker *w, struct conn *c)
 {
 	if (c->tls)
-		tls_input(c);
+		tls_input(w, c);
 	else
-		conn_input(c);
+		conn_input(w, c);
 }
 
 /* ---- completions ---- */
 
-static void on_connect(struct conn *c, int res)
+static void on_connect(struct lg_worker *w, struct conn *c, int res)
 {
 	if (c->state != CS_CONNECTING)
 		return;
 	if (res < 0) {
-		count_code(g.st.errnos, (uint32_t)-res);
-		conn_error(c, &g.st.errors_connect, "connect: %s", strerror(-res));
+		count_code(w->st.errnos, (uint32_t)-res);
+		conn_error(w, c, &w->st.errors_connect, "connect: %s", strerror(-res));
 		return;
 	}
-	if (g.cfg.transport == LG_TR_WSS) {
+	if (w->cfg->transport == LG_TR_WSS) {
 		char why[256];
-		c->tls = lgtls_new(g.cfg.host, why, sizeof why);
+		c->tls = lgtls_new(w->cfg->host, why, sizeof why);
 		if (c->tls == NULL) {
-			conn_error(c, &g.st.errors_handshake, "%s", why);
+			conn_error(w, c, &w->st.errors_handshake, "%s", why);
 			return;
 		}
 		c->state = CS_TLS;
-		tls_step(c);
+		tls_step(w, c);
 	} else {
-		send_hello(c);
+		send_hello(w, c);
 	}
-	arm_recv(c);
+	arm_recv(w, c);
 }
 
-static void on_recv(struct conn *c, int res)
+static void on_recv(struct lg_worker *w, struct conn *c, int res)
 {
 	c->recv_armed = false;
 	if (c->state == CS_DEAD)
 		return;
 	if (res <= 0) {
 		if (c->state == CS_CLOSING) {
-			conn_kill(c);
+			conn_kill(w, c);
 			return;
 		}
 		if (res < 0)
-			count_code(g.st.errnos, (uint32_t)-res);
+			count_code(w->st.errnos, (uint32_t)-res);
 		if (c->state == CS_UPGRADE || c->state == CS_TLS) {
-			conn_error(c, &g.st.errors_handshake, "connection closed before the %s answer",
-				   is_raw() ? "hello" : "upgrade");
+			conn_error(w, c, &w->st.errors_handshake, "connection closed before the %s answer",
+				   is_raw(w) ? "hello" : "upgrade");
 			return;
 		}
-		count_code(g.st.close_codes, 1006);
-		conn_error(c, &g.st.errors_closed, "connection lost without a close frame (%s)", res ? strerror(-res) : "EOF");
+		count_code(w->st.close_codes, 1006);
+		conn_error(w, c, &w->st.errors_closed, "connection lost without a close frame (%s)", res ? strerror(-res) : "EOF");
 		return;
 	}
 	if (c->tls)
 		lgtls_feed(c->tls, c->rx, (size_t)res);
 	else
 		c->in_len += (uint32_t)res;
-	input(c);
-	arm_recv(c);
+	input(w, c);
+	arm_recv(w, c);
 }
 
-static void on_send(struct conn *c, int res)
+static void on_send(struct lg_worker *w, struct conn *c, int res)
 {
 	c->send_inflight = false;
 	if (c->state == CS_DEAD)
 		return;
 	if (res < 0) {
 		if (c->state == CS_CLOSING) {
-			conn_kill(c);
+			conn_kill(w, c);
 			return;
 		}
-		count_code(g.st.errnos, (uint32_t)-res);
-		conn_error(c, &g.st.errors_closed, "send failed: %s", strerror(-res));
+		count_code(w->st.errnos, (uint32_t)-res);
+		conn_error(w, c, &w->st.errors_closed, "send failed: %s", strerror(-res));
 		return;
 	}
 	c->wire_off += (uint32_t)res;
 	if (c->wire_off < c->wire_len) {
-		submit_send(c);
+		submit_send(w, c);
 		return;
 	}
 	if (c->paused) {
 		/* room again: send what is queued, then carry on parsing */
 		c->paused = false;
-		conn_flush(c);
-		input(c);
-		arm_recv(c);
+		conn_flush(w, c);
+		input(w, c);
+		arm_recv(w, c);
 	} else if (c->role == LG_ROLE_PHONE) {
-		phone_pump(c);
+		phone_pump(w, c);
 	}
-	mark_dirty(c);
+	mark_dirty(w, c);
 }
 
 /* ---- phases ---- */
 
-static void begin_drain(void);
+static void begin_drain(struct lg_worker *w);
 
-static void start_traffic(void)
+/* The common start has come (every loop's connections have settled): traffic, and
+ * the warm-up and measurement windows, begin at the same instant in every loop. */
+static void start_traffic(struct lg_worker *w, uint64_t t0_ns)
 {
-	g.t_connect_end_ns = g.now_ns;
-	g.t_traffic0_ns = g.now_ns;
-	g.t_measure0_ns = g.now_ns + g.cfg.warmup_ns;
-	g.t_measure1_ns = g.t_measure0_ns + g.cfg.duration_ns;
-	g.phase = PH_WARMUP;
-	if (g.ready_binaries == 0 || (g.cfg.mode != LG_MODE_IDLE && g.ready_phones == 0)) {
-		fprintf(stderr, "loadgen: nothing to measure: %u binaries and %u phones ready\n", g.ready_binaries,
-			g.ready_phones);
-		g.t_measure1_ns = g.t_measure0_ns = g.now_ns;
-		begin_drain();
+	/* written by the last loop in before it published t0 (release), read after */
+	w->t_connect_end_ns = w->run->t_connected_ns;
+	w->t_traffic0_ns = t0_ns;
+	w->t_measure0_ns = t0_ns + w->cfg->warmup_ns;
+	w->t_measure1_ns = w->t_measure0_ns + w->cfg->duration_ns;
+	w->phase = PH_WARMUP;
+	if (w->run->nothing_to_measure) {
+		w->t_measure1_ns = w->t_measure0_ns = w->now_ns;
+		begin_drain(w);
 		return;
 	}
-	if (!g.cfg.quiet)
-		fprintf(stderr, "loadgen: %u/%u connections ready in %.2f s; %s\n",
-			g.ready_binaries + g.ready_phones, g.conns_n, (double)g.now_ns / 1e9,
-			g.cfg.mode == LG_MODE_IDLE ? "holding them idle" : "traffic starts");
-	if (g.cfg.mode == LG_MODE_OPEN) {
-		long double end = (long double)(g.t_measure1_ns - g.t_traffic0_ns) * (long double)g.cfg.rate_per_s /
+	if (w->cfg->mode == LG_MODE_OPEN) {
+		long double end = (long double)(w->t_measure1_ns - w->t_traffic0_ns) * (long double)w->rate_per_s /
 				  (long double)NS_PER_S;
-		g.open_end_k = (uint64_t)end;
-		g.open_next_k = 0;
-	} else if (g.cfg.mode == LG_MODE_CLOSED) {
-		for (uint32_t p = 0; p < g.phones_n; p++)
-			phone_pump(phone_conn(p));
+		w->open_end_k = (uint64_t)end;
+		w->open_next_k = 0;
+	} else if (w->cfg->mode == LG_MODE_CLOSED) {
+		for (uint32_t p = 0; p < w->phones_n; p++)
+			phone_pump(w, phone_conn(w, p));
 	}
 }
 
-static void connect_deadline_passed(void)
+/* Every connection of this loop has settled (or --connect-timeout passed): count the
+ * loop in. The last one in sees every loop's figures, says what the run got, and
+ * fixes the common traffic start, a little ahead when there are other loops so that
+ * each of them (looking every LG_RENDEZVOUS_POLL_NS) has seen it before it comes. */
+static void arrive(struct lg_worker *w)
+{
+	struct lg_run *r = w->run;
+	const struct lg_config *cfg = w->cfg;
+	w->arrived = true;
+	__atomic_add_fetch(&r->ready_binaries, w->ready_binaries, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&r->ready_phones, w->ready_phones, __ATOMIC_RELAXED);
+	/* acq_rel: the last loop in sees every other loop's sums above */
+	if (__atomic_add_fetch(&r->arrived, 1, __ATOMIC_ACQ_REL) < r->threads)
+		return;
+	uint32_t rb = __atomic_load_n(&r->ready_binaries, __ATOMIC_RELAXED);
+	uint32_t rp = __atomic_load_n(&r->ready_phones, __ATOMIC_RELAXED);
+	uint32_t not_ready = __atomic_load_n(&r->not_ready, __ATOMIC_RELAXED);
+	uint32_t target = cfg->binaries * (1u + cfg->phones_per_binary);
+	if (!cfg->quiet && not_ready)
+		fprintf(stderr, "loadgen: --connect-timeout passed: %u connections not ready (counted as errors)\n",
+			not_ready);
+	r->t_connected_ns = w->now_ns;
+	r->nothing_to_measure = rb == 0 || (cfg->mode != LG_MODE_IDLE && rp == 0);
+	if (r->nothing_to_measure)
+		fprintf(stderr, "loadgen: nothing to measure: %u binaries and %u phones ready\n", rb, rp);
+	else if (!cfg->quiet)
+		fprintf(stderr, "loadgen: %u/%u connections ready in %.2f s; %s\n", rb + rp, target,
+			(double)w->now_ns / 1e9, cfg->mode == LG_MODE_IDLE ? "holding them idle" : "traffic starts");
+	uint64_t t0 = w->now_ns + (r->threads > 1 ? LG_START_LEAD_NS : 0);
+	__atomic_store_n(&r->t_traffic0_ns, t0, __ATOMIC_RELEASE);
+}
+
+static void connect_deadline_passed(struct lg_worker *w)
 {
 	uint32_t stuck = 0;
-	for (uint32_t i = 0; i < g.conns_n; i++) {
-		struct conn *c = &g.conns[i];
+	for (uint32_t i = 0; i < w->conns_n; i++) {
+		struct conn *c = &w->conns[i];
 		if (c->settled)
 			continue;
 		stuck++;
 		if (c->state == CS_OPEN)
-			g.st.errors_register++; /* upgraded, but the probe never came back */
+			w->st.errors_register++; /* upgraded, but the probe never came back */
 		else
-			g.st.errors_connect++;
+			w->st.errors_connect++;
 		if (c->state != CS_DEAD) {
-			conn_kill(c);
+			conn_kill(w, c);
 		} else {
-			settle(c, false);
+			settle(w, c, false);
 		}
 	}
-	if (!g.cfg.quiet && stuck)
-		fprintf(stderr, "loadgen: --connect-timeout passed: %u connections not ready (counted as errors)\n",
-			stuck);
+	/* the last loop to arrive reports the total */
+	__atomic_add_fetch(&w->run->not_ready, stuck, __ATOMIC_RELAXED);
 }
 
-static void open_advance(void)
+static void open_advance(struct lg_worker *w)
 {
-	long double el = (long double)(g.now_ns - g.t_traffic0_ns) * (long double)g.cfg.rate_per_s /
+	long double el = (long double)(w->now_ns - w->t_traffic0_ns) * (long double)w->rate_per_s /
 			 (long double)NS_PER_S;
 	uint64_t count = (uint64_t)el + 1;
-	if (count > g.open_end_k)
-		count = g.open_end_k;
-	if (count <= g.open_next_k)
+	if (count > w->open_end_k)
+		count = w->open_end_k;
+	if (count <= w->open_next_k)
 		return;
-	uint64_t n = g.phones_n;
-	uint64_t from = g.open_next_k;
+	uint64_t n = w->phones_n;
+	uint64_t from = w->open_next_k;
 	uint64_t visits = count - from >= n ? n : count - from;
 	for (uint64_t v = 0; v < visits; v++) {
 		uint32_t p = (uint32_t)((from + v) % n);
-		struct conn *c = phone_conn(p);
+		struct conn *c = phone_conn(w, p);
 		c->due_seq = 1 + (count > p ? (count - p - 1) / n + 1 : 0);
-		phone_pump(c);
+		phone_pump(w, c);
 	}
-	g.open_next_k = count;
+	w->open_next_k = count;
 }
 
-static void begin_drain(void)
+static void begin_drain(struct lg_worker *w)
 {
-	g.measured_ns = (g.now_ns > g.t_measure0_ns ? g.now_ns : g.t_measure0_ns) - g.t_measure0_ns;
-	if (g.now_ns < g.t_measure1_ns)
-		g.t_measure1_ns = g.now_ns; /* stopped early (signal): the window ends now */
-	g.phase = PH_DRAIN;
-	g.t_phase_deadline_ns = g.now_ns + g.cfg.drain_ns;
-	next_drain_check_ns = 0;
+	w->measured_ns = (w->now_ns > w->t_measure0_ns ? w->now_ns : w->t_measure0_ns) - w->t_measure0_ns;
+	if (w->now_ns < w->t_measure1_ns)
+		w->t_measure1_ns = w->now_ns; /* stopped early (signal): the window ends now; each
+						 loop notices within one iteration, and the report
+						 takes the longest window */
+	w->phase = PH_DRAIN;
+	w->t_phase_deadline_ns = w->now_ns + w->cfg->drain_ns;
+	w->next_drain_check_ns = 0;
 }
 
-static bool drained(void)
+static bool drained(struct lg_worker *w)
 {
-	for (uint32_t p = 0; p < g.phones_n; p++) {
-		const struct conn *c = phone_conn(p);
+	for (uint32_t p = 0; p < w->phones_n; p++) {
+		const struct conn *c = phone_conn(w, p);
 		if (c->state == CS_OPEN && c->next_seq > c->expect_seq)
 			return false;
 	}
 	return true;
 }
 
-static void begin_close(void)
+static void begin_close(struct lg_worker *w)
 {
-	for (uint32_t p = 0; p < g.phones_n; p++) {
-		struct conn *c = phone_conn(p);
+	for (uint32_t p = 0; p < w->phones_n; p++) {
+		struct conn *c = phone_conn(w, p);
 		if (c->ready && c->next_seq > c->expect_seq) {
-			g.st.lost += c->next_seq - c->expect_seq;
+			w->st.lost += c->next_seq - c->expect_seq;
 			c->expect_seq = c->next_seq;
 		}
 	}
-	g.phase = PH_CLOSE;
-	g.t_phase_deadline_ns = g.now_ns + LG_CLOSE_WAIT_NS;
-	for (uint32_t i = 0; i < g.conns_n; i++) {
-		struct conn *c = &g.conns[i];
+	w->phase = PH_CLOSE;
+	w->t_phase_deadline_ns = w->now_ns + LG_CLOSE_WAIT_NS;
+	for (uint32_t i = 0; i < w->conns_n; i++) {
+		struct conn *c = &w->conns[i];
 		if (c->state == CS_OPEN) {
-			if (is_raw()) {
-				conn_kill(c);
+			if (is_raw(w)) {
+				conn_kill(w, c);
 			} else {
-				put_close(c, 1000);
+				put_close(w, c, 1000);
 				c->state = CS_CLOSING;
 			}
 		} else if (c->state != CS_DEAD && c->state != CS_CLOSING) {
-			conn_kill(c);
+			conn_kill(w, c);
 		}
 	}
 }
 
-static void finish(void)
+static void finish(struct lg_worker *w)
 {
-	for (uint32_t i = 0; i < g.conns_n; i++)
-		conn_kill(&g.conns[i]);
-	g.phase = PH_DONE;
+	for (uint32_t i = 0; i < w->conns_n; i++)
+		conn_kill(w, &w->conns[i]);
+	w->phase = PH_DONE;
 }
 
-static void phase_step(void)
+static void phase_step(struct lg_worker *w)
 {
-	if (lg_stop_requested && g.phase <= PH_MEASURE) {
-		if (g.phase == PH_CONNECT)
-			g.t_measure0_ns = g.t_measure1_ns = g.now_ns;
-		begin_drain();
+	if (stop_requested(w) && w->phase <= PH_MEASURE) {
+		if (w->phase == PH_CONNECT)
+			w->t_measure0_ns = w->t_measure1_ns = w->now_ns;
+		begin_drain(w);
 	}
-	switch (g.phase) {
+	switch (w->phase) {
 	case PH_CONNECT:
-		for (uint32_t i = 0; i < g.cfg.connect_concurrency && g.queue_head < g.queue_tail &&
-				     g.handshakes_inflight < g.cfg.connect_concurrency;
+		for (uint32_t i = 0; i < w->connect_concurrency && w->queue_head < w->queue_tail &&
+				     w->handshakes_inflight < w->connect_concurrency;
 		     i++) {
-			struct conn *c = &g.conns[g.queue[g.queue_head++]];
+			struct conn *c = &w->conns[w->queue[w->queue_head++]];
 			if (c->state == CS_QUEUED)
-				conn_start(c);
+				conn_start(w, c);
 		}
-		if (g.settled_n == g.conns_n) {
-			start_traffic();
-		} else if (g.now_ns >= g.t_phase_deadline_ns) {
-			connect_deadline_passed();
-			start_traffic();
+		if (!w->arrived) {
+			if (w->settled_n == w->conns_n) {
+				arrive(w);
+			} else if (w->now_ns >= w->t_phase_deadline_ns) {
+				connect_deadline_passed(w);
+				arrive(w);
+			}
+		}
+		if (w->arrived) {
+			uint64_t t0 = __atomic_load_n(&w->run->t_traffic0_ns, __ATOMIC_ACQUIRE);
+			if (t0 != LG_TIME_UNSET && w->now_ns >= t0)
+				start_traffic(w, t0);
 		}
 		break;
 	case PH_WARMUP:
-		if (g.now_ns >= g.t_measure0_ns)
-			g.phase = PH_MEASURE;
-		if (g.cfg.mode == LG_MODE_OPEN)
-			open_advance();
+		if (w->now_ns >= w->t_measure0_ns)
+			w->phase = PH_MEASURE;
+		if (w->cfg->mode == LG_MODE_OPEN)
+			open_advance(w);
 		break;
 	case PH_MEASURE:
-		if (g.now_ns >= g.t_measure1_ns) {
-			if (g.cfg.mode == LG_MODE_OPEN)
-				open_advance(); /* the last frames intended inside the window */
-			begin_drain();
-		} else if (g.cfg.mode == LG_MODE_OPEN) {
-			open_advance();
+		if (w->now_ns >= w->t_measure1_ns) {
+			if (w->cfg->mode == LG_MODE_OPEN)
+				open_advance(w); /* the last frames intended inside the window */
+			begin_drain(w);
+		} else if (w->cfg->mode == LG_MODE_OPEN) {
+			open_advance(w);
 		}
 		break;
 	case PH_DRAIN:
-		if (g.now_ns >= g.t_phase_deadline_ns) {
-			begin_close();
-		} else if (g.now_ns >= next_drain_check_ns) {
-			next_drain_check_ns = g.now_ns + DRAIN_CHECK_NS;
-			if (drained())
-				begin_close();
+		if (w->now_ns >= w->t_phase_deadline_ns) {
+			begin_close(w);
+		} else if (w->now_ns >= w->next_drain_check_ns) {
+			w->next_drain_check_ns = w->now_ns + DRAIN_CHECK_NS;
+			if (drained(w))
+				begin_close(w);
 		}
 		break;
 	case PH_CLOSE:
-		if (g.open_n == 0 || g.now_ns >= g.t_phase_deadline_ns)
-			finish();
+		if (w->open_n == 0 || w->now_ns >= w->t_phase_deadline_ns)
+			finish(w);
 		break;
 	case PH_DONE:
 		break;
 	}
 }
 
-static uint64_t wait_ns(void)
+static uint64_t wait_ns(struct lg_worker *w)
 {
-	uint64_t wake = g.now_ns + LG_WAIT_NS_MAX;
-	if (!g.cfg.quiet)
-		wake = MIN(wake, g.next_progress_ns);
-	switch (g.phase) {
+	uint64_t wake = w->now_ns + LG_WAIT_NS_MAX;
+	if (!w->cfg->quiet)
+		wake = MIN(wake, w->next_publish_ns);
+	switch (w->phase) {
 	case PH_CONNECT:
-		wake = MIN(wake, g.t_phase_deadline_ns);
-		if (g.queue_head < g.queue_tail && g.handshakes_inflight < g.cfg.connect_concurrency)
-			wake = g.now_ns;
+		wake = MIN(wake, w->t_phase_deadline_ns);
+		if (w->queue_head < w->queue_tail && w->handshakes_inflight < w->connect_concurrency)
+			wake = w->now_ns;
+		if (w->arrived) {
+			/* waiting for the other loops, then for the common start */
+			uint64_t t0 = __atomic_load_n(&w->run->t_traffic0_ns, __ATOMIC_ACQUIRE);
+			wake = MIN(wake, t0 != LG_TIME_UNSET ? t0 : w->now_ns + LG_RENDEZVOUS_POLL_NS);
+		}
 		break;
 	case PH_WARMUP:
 	case PH_MEASURE:
-		wake = MIN(wake, g.phase == PH_WARMUP ? g.t_measure0_ns : g.t_measure1_ns);
-		if (g.cfg.mode == LG_MODE_OPEN && g.open_next_k < g.open_end_k)
-			wake = MIN(wake, open_intended_ns(g.open_next_k));
+		wake = MIN(wake, w->phase == PH_WARMUP ? w->t_measure0_ns : w->t_measure1_ns);
+		if (w->cfg->mode == LG_MODE_OPEN && w->open_next_k < w->open_end_k)
+			wake = MIN(wake, open_intended_ns(w, w->open_next_k));
 		break;
 	case PH_DRAIN:
-		wake = MIN(wake, MIN(g.t_phase_deadline_ns, g.now_ns + DRAIN_CHECK_NS));
+		wake = MIN(wake, MIN(w->t_phase_deadline_ns, w->now_ns + DRAIN_CHECK_NS));
 		break;
 	case PH_CLOSE:
-		wake = MIN(wake, g.t_phase_deadline_ns);
+		wake = MIN(wake, w->t_phase_deadline_ns);
 		break;
 	case PH_DONE:
-		wake = g.now_ns;
+		wake = w->now_ns;
 		break;
 	}
-	return wake > g.now_ns ? wake - g.now_ns : 0;
+	return wake > w->now_ns ? wake - w->now_ns : 0;
 }
 
-static void progress(void)
+uint64_t lg_errors_total(const struct lg_stats *st)
 {
-	static const char *names[] = { "connect", "warmup", "measure", "drain", "close", "done" };
-	double iv_s = (double)(g.now_ns - g.last_progress_ns) / 1e9;
-	if (iv_s <= 0)
-		iv_s = 1;
-	if (g.phase == PH_CONNECT) {
-		fprintf(stderr, "loadgen: %5.1fs connect  ready %u/%u  handshaking %u  errors %llu\n",
-			(double)g.now_ns / 1e9, g.ready_binaries + g.ready_phones, g.conns_n,
-			g.handshakes_inflight,
-			(unsigned long long)(g.st.errors_connect + g.st.errors_handshake + g.st.errors_closed +
-					     g.st.errors_protocol + g.st.errors_register));
-	} else {
-		fprintf(stderr,
-			"loadgen: %5.1fs %-7s open %u  rt/s %.0f  p2b/s %.0f  b2p/s %.0f  p99 %.0fus  max %.0fus  "
-			"errors %llu lost %llu corrupted %llu\n",
-			(double)g.now_ns / 1e9, names[g.phase], g.open_n, (double)g.st.iv_round_trips / iv_s,
-			(double)g.st.iv_p2b / iv_s, (double)g.st.iv_b2p / iv_s,
-			(double)hist_quantile_ns(&g.st.iv_lat, 0.99) / 1e3, (double)g.st.iv_lat.max_ns / 1e3,
-			(unsigned long long)(g.st.errors_connect + g.st.errors_handshake + g.st.errors_closed +
-					     g.st.errors_protocol + g.st.errors_register),
-			(unsigned long long)g.st.lost, (unsigned long long)g.st.corrupted);
-	}
-	g.st.iv_round_trips = g.st.iv_p2b = g.st.iv_b2p = 0;
-	hist_reset(&g.st.iv_lat);
-	g.last_progress_ns = g.now_ns;
+	return st->errors_connect + st->errors_handshake + st->errors_register + st->errors_closed +
+	       st->errors_protocol;
+}
+
+/* Hand this loop's progress figures to the main thread, which prints one line for all
+ * loops once a second. The interval counters move over (and restart here), so the
+ * main thread's sum covers every frame exactly once whatever the timing. */
+static void publish(struct lg_worker *w)
+{
+	struct lg_progress *p = &w->pub;
+	pthread_mutex_lock(&w->pub_lock);
+	p->phase = w->phase;
+	p->ready = w->ready_binaries + w->ready_phones;
+	p->handshaking = w->handshakes_inflight;
+	p->open_n = w->open_n;
+	p->errors = lg_errors_total(&w->st);
+	p->lost = w->st.lost;
+	p->corrupted = w->st.corrupted;
+	p->iv_round_trips += w->st.iv_round_trips;
+	p->iv_p2b += w->st.iv_p2b;
+	p->iv_b2p += w->st.iv_b2p;
+	hist_merge(&p->iv_lat, &w->st.iv_lat);
+	pthread_mutex_unlock(&w->pub_lock);
+	w->st.iv_round_trips = w->st.iv_p2b = w->st.iv_b2p = 0;
+	hist_reset(&w->st.iv_lat);
 }
 
 struct cqe_copy {
@@ -1085,13 +1158,13 @@ struct cqe_copy {
 	int32_t res;
 };
 
-static void reap(void)
+static void reap(struct lg_worker *w)
 {
-	static struct cqe_copy batch[LG_CQE_BATCH];
+	struct cqe_copy batch[LG_CQE_BATCH]; /* 16 KiB of stack: per thread by construction */
 	for (uint32_t round = 0; round < LG_CQE_BATCHES_PER_ITERATION_MAX; round++) {
 		struct io_uring_cqe *cqe;
 		unsigned head, n = 0;
-		io_uring_for_each_cqe(&g.ring, head, cqe)
+		io_uring_for_each_cqe(&w->ring, head, cqe)
 		{
 			batch[n].ud = cqe->user_data;
 			batch[n].res = cqe->res;
@@ -1100,20 +1173,20 @@ static void reap(void)
 		}
 		if (n == 0)
 			return;
-		io_uring_cq_advance(&g.ring, n);
+		io_uring_cq_advance(&w->ring, n);
 		for (unsigned i = 0; i < n; i++) {
 			uint64_t idx = batch[i].ud >> 4;
-			ASSERT(idx < g.conns_n);
-			struct conn *c = &g.conns[idx];
+			ASSERT(idx < w->conns_n);
+			struct conn *c = &w->conns[idx];
 			switch (batch[i].ud & 15) {
 			case OP_CONNECT:
-				on_connect(c, batch[i].res);
+				on_connect(w, c, batch[i].res);
 				break;
 			case OP_RECV:
-				on_recv(c, batch[i].res);
+				on_recv(w, c, batch[i].res);
 				break;
 			case OP_SEND:
-				on_send(c, batch[i].res);
+				on_send(w, c, batch[i].res);
 				break;
 			default:
 				ASSERT(!"unknown completion");
@@ -1124,75 +1197,118 @@ static void reap(void)
 	}
 }
 
-static void flush_dirty(void)
+static void flush_dirty(struct lg_worker *w)
 {
 	/* conn_flush never marks anything dirty, so the list cannot grow under us */
-	uint32_t n = g.dirty_n;
+	uint32_t n = w->dirty_n;
 	for (uint32_t i = 0; i < n; i++) {
-		struct conn *c = &g.conns[g.dirty[i]];
+		struct conn *c = &w->conns[w->dirty[i]];
 		c->dirty = false;
-		conn_flush(c);
+		conn_flush(w, c);
 	}
-	ASSERT(g.dirty_n == n);
-	g.dirty_n = 0;
+	ASSERT(w->dirty_n == n);
+	w->dirty_n = 0;
 }
 
-int lg_run(void)
+static uint64_t pow2_at_least(uint64_t v)
 {
-	g.t_origin_abs_ns = lg_clock_ns();
-	g.rng = g.t_origin_abs_ns ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull;
-	g.t_measure0_ns = g.t_measure1_ns = UINT64_MAX;
-	g.phase = PH_CONNECT;
-	g.now_ns = now_rel();
-	g.t_phase_deadline_ns = g.now_ns + g.cfg.connect_timeout_ns;
-	g.next_progress_ns = g.now_ns + LG_PROGRESS_INTERVAL_NS;
-	g.last_progress_ns = g.now_ns;
-	hist_reset(&g.st.lat);
-	hist_reset(&g.st.iv_lat);
-	for (uint32_t b = 0; b < g.cfg.binaries; b++)
-		enqueue(&g.conns[b]);
-	/* Every phase has a deadline; this is the backstop if one were ever missed. */
-	uint64_t hard_stop_ns = g.now_ns + g.cfg.connect_timeout_ns + g.cfg.warmup_ns + g.cfg.duration_ns +
-				g.cfg.drain_ns + LG_CLOSE_WAIT_NS + 10 * NS_PER_S;
+	uint64_t p = 1;
+	while (p < v)
+		p <<= 1;
+	return p;
+}
 
-	while (g.phase != PH_DONE) {
-		g.now_ns = now_rel();
-		if (g.now_ns > hard_stop_ns) {
+/* The ring is made by the thread that uses it: IORING_SETUP_SINGLE_ISSUER ties it to
+ * its creator, and a registered ring fd is only valid in the thread that registered it. */
+static bool setup_ring(struct lg_worker *w)
+{
+	char why[URING_WHY_BYTES];
+	unsigned entries = (unsigned)pow2_at_least(MIN(MAX(w->conns_n, LG_RING_ENTRIES_MIN), LG_RING_ENTRIES_MAX));
+	if (uring_setup(&w->ring, entries, &w->run->features, why) < 0) {
+		fprintf(stderr, "loadgen: %s\n", why);
+		return false;
+	}
+	return true;
+}
+
+static void fail_run(struct lg_worker *w)
+{
+	__atomic_store_n(&w->run->failed, true, __ATOMIC_RELAXED);
+}
+
+int lg_run(struct lg_worker *w)
+{
+	struct lg_run *r = w->run;
+	bool ring_up = setup_ring(w);
+	if (!ring_up)
+		fail_run(w);
+	/* Nobody connects before every loop has its ring: a loop that could not start must
+	 * not leave the others waiting for it at the traffic start. */
+	pthread_barrier_wait(&r->rings_ready);
+	if (__atomic_load_n(&r->failed, __ATOMIC_RELAXED)) {
+		if (ring_up)
+			io_uring_queue_exit(&w->ring);
+		return -1;
+	}
+	w->t_origin_abs_ns = r->t_origin_abs_ns;
+	w->rng = w->t_origin_abs_ns ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull ^
+		 ((uint64_t)w->index * 0xD1B54A32D192ED03ull);
+	w->t_measure0_ns = w->t_measure1_ns = UINT64_MAX;
+	w->phase = PH_CONNECT;
+	w->now_ns = now_rel(w);
+	/* from the common origin: every loop gives up on its connects at the same time */
+	w->t_phase_deadline_ns = w->cfg->connect_timeout_ns;
+	w->next_publish_ns = w->now_ns + LG_PUBLISH_INTERVAL_NS;
+	hist_reset(&w->st.lat);
+	hist_reset(&w->st.iv_lat);
+	for (uint32_t b = 0; b < w->binaries_n; b++)
+		enqueue(w, &w->conns[b]);
+	/* Every phase has a deadline; this is the backstop if one were ever missed. */
+	uint64_t hard_stop_ns = w->cfg->connect_timeout_ns + LG_START_LEAD_NS + w->cfg->warmup_ns +
+				w->cfg->duration_ns + w->cfg->drain_ns + LG_CLOSE_WAIT_NS + 10 * NS_PER_S;
+
+	while (w->phase != PH_DONE) {
+		w->now_ns = now_rel(w);
+		if (w->now_ns > hard_stop_ns) {
 			fprintf(stderr, "loadgen: internal: the run overran every deadline; stopping\n");
-			if (g.phase < PH_CLOSE)
-				begin_close();
-			finish();
+			if (w->phase < PH_CLOSE)
+				begin_close(w);
+			finish(w);
 			break;
 		}
-		phase_step();
-		if (g.phase == PH_DONE)
+		phase_step(w);
+		if (w->phase == PH_DONE)
 			break;
-		flush_dirty();
+		flush_dirty(w);
 		/* how long our own work took since the last wake-up: a stall here delays
 		 * every frame, which the figure makes visible */
-		uint64_t busy_end_ns = now_rel();
-		if (in_window(busy_end_ns) && busy_end_ns - g.now_ns > g.st.loop_max_ns)
-			g.st.loop_max_ns = busy_end_ns - g.now_ns;
-		uint64_t t = wait_ns();
+		uint64_t busy_end_ns = now_rel(w);
+		if (in_window(w, busy_end_ns) && busy_end_ns - w->now_ns > w->st.loop_max_ns)
+			w->st.loop_max_ns = busy_end_ns - w->now_ns;
+		uint64_t t = wait_ns(w);
 		int rc;
 		if (t == 0) {
-			rc = io_uring_submit_and_get_events(&g.ring);
+			rc = io_uring_submit_and_get_events(&w->ring);
 		} else {
 			struct __kernel_timespec ts = { .tv_sec = (long long)(t / NS_PER_S),
 							.tv_nsec = (long long)(t % NS_PER_S) };
 			struct io_uring_cqe *cqe;
-			rc = io_uring_submit_and_wait_timeout(&g.ring, &cqe, 1, &ts, NULL);
+			rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		}
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
 			fprintf(stderr, "loadgen: io_uring_enter: %s\n", strerror(-rc));
+			fail_run(w); /* the other loops wind down and the run exits 1 */
 			return -1;
 		}
-		g.now_ns = now_rel();
-		reap();
-		if (!g.cfg.quiet && g.now_ns >= g.next_progress_ns) {
-			progress();
-			g.next_progress_ns = g.now_ns + LG_PROGRESS_INTERVAL_NS;
+		w->now_ns = now_rel(w);
+		reap(w);
+		if (!w->cfg->quiet && w->now_ns >= w->next_publish_ns) {
+			publish(w);
+			w->next_publish_ns = w->now_ns + LG_PUBLISH_INTERVAL_NS;
 		}
 	}
+	if (!w->cfg->quiet)
+		publish(w);
+	io_uring_queue_exit(&w->ring);
 	return 0;
 }

@@ -5,12 +5,17 @@
  * /v1/client; phones send JSON frames, binaries echo the relay's envelopes back, and
  * phones check every returned byte and time the round trip. See README.md here.
  *
+ * This file: the command line, splitting the server-ids over --threads loops (one
+ * thread and one ring each), the progress line, and the report, which merges the
+ * loops' counters and histograms after they have all stopped.
+ *
  * Exit status: 0 when every connection was ready and no error, loss, reordering or
  * corruption was seen; 1 otherwise; 2 for bad usage (or too few file descriptors).
  */
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,7 +62,17 @@ static void usage(FILE *f)
 		"  --src-ips N             bind connections round-robin to 127.0.0.1..127.0.0.N,\n"
 		"                          so the ephemeral port range is per address\n"
 		"                          (default 0: the kernel picks the source)\n"
-		"  --connect-concurrency N handshakes in flight at once, default %u\n"
+		"  --connect-concurrency N handshakes in flight at once (over all threads),\n"
+		"                          default %u\n"
+		"\n"
+		"Generator:\n"
+		"  --threads N             N generator threads, 1..%u, default 1. Each has its own\n"
+		"                          io_uring ring and whole server-ids (a binary with all\n"
+		"                          its phones), split as evenly as they divide, so N can\n"
+		"                          be at most --binaries; --rate and --connect-concurrency\n"
+		"                          are split between them, --window is per phone as\n"
+		"                          always. Results are merged (counts summed, histograms\n"
+		"                          bucket by bucket): the output is the same as with one.\n"
 		"\n"
 		"Traffic:\n"
 		"  --mode closed|open|idle closed: every phone keeps --window frames in flight\n"
@@ -84,7 +99,7 @@ static void usage(FILE *f)
 		"Against pyrycode-relay, start the relay with --rate-limit-burst 0 (its per-IP\n"
 		"upgrade limiter allows 20 attempts per address) and a --max-connections above\n"
 		"the connection count.\n",
-		LG_CONNECT_CONCURRENCY_DEFAULT, LG_SIZE_BYTES_MIN, LG_SIZE_BYTES_MAX);
+		LG_CONNECT_CONCURRENCY_DEFAULT, LG_THREADS_MAX, LG_SIZE_BYTES_MIN, LG_SIZE_BYTES_MAX);
 }
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -195,7 +210,7 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 {
 	enum {
 		O_URL = 256, O_RAW, O_INSECURE, O_CA, O_BINARIES, O_PHONES, O_PREFIX, O_SRC_IPS, O_CONC, O_MODE,
-		O_WINDOW, O_RATE, O_SIZE, O_WARMUP, O_DURATION, O_CTIMEOUT, O_DRAIN, O_QUIET,
+		O_WINDOW, O_RATE, O_SIZE, O_WARMUP, O_DURATION, O_CTIMEOUT, O_DRAIN, O_QUIET, O_THREADS,
 	};
 	static const struct option opts[] = {
 		{ "url", required_argument, NULL, O_URL },
@@ -216,6 +231,7 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
 		{ "drain", required_argument, NULL, O_DRAIN },
 		{ "quiet", no_argument, NULL, O_QUIET },
+		{ "threads", required_argument, NULL, O_THREADS },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -232,6 +248,7 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		.connect_timeout_ns = 30 * NS_PER_S,
 		.drain_ns = 2 * NS_PER_S,
 		.connect_concurrency = LG_CONNECT_CONCURRENCY_DEFAULT,
+		.threads = 1,
 	};
 	snprintf(c->server_prefix, sizeof c->server_prefix, "lg-%d-", (int)getpid());
 	opterr = 0;
@@ -314,6 +331,9 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		case O_QUIET:
 			c->quiet = true;
 			break;
+		case O_THREADS:
+			c->threads = (uint32_t)parse_u64(optarg, "--threads", 1, LG_THREADS_MAX);
+			break;
 		case ':':
 			die_usage("%s needs a value", argv[optind - 1]);
 			break;
@@ -340,14 +360,9 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		die_usage("--insecure and --ca exclude each other");
 	if (c->src_ips && c->addr.ss_family != AF_INET)
 		die_usage("--src-ips binds to 127.0.0.x: it needs an IPv4 target");
-}
-
-static uint64_t pow2_at_least(uint64_t v)
-{
-	uint64_t p = 1;
-	while (p < v)
-		p <<= 1;
-	return p;
+	if (c->threads > c->binaries)
+		die_usage("--threads %u is more than --binaries %u: a thread drives whole server-ids "
+			  "(a binary and all its phones), so each needs one", c->threads, c->binaries);
 }
 
 static size_t align64(size_t v)
@@ -378,17 +393,25 @@ static void raise_nofile(uint64_t need)
 	}
 }
 
-/* Reserve every connection's buffers from one MAP_NORESERVE slab. */
-static void setup_conns(void)
+static uint64_t pow2_at_least(uint64_t v)
 {
-	const struct lg_config *c = &g.cfg;
-	g.phones_n = c->binaries * c->phones_per_binary;
-	g.conns_n = c->binaries + g.phones_n;
-	g.conns = calloc(g.conns_n, sizeof *g.conns);
-	g.queue = calloc(g.conns_n, sizeof *g.queue);
-	g.dirty = calloc(g.conns_n, sizeof *g.dirty);
-	if (!g.conns || !g.queue || !g.dirty) {
-		fprintf(stderr, "loadgen: out of memory for %u connections\n", g.conns_n);
+	uint64_t p = 1;
+	while (p < v)
+		p <<= 1;
+	return p;
+}
+
+/* Reserve the buffers of every connection of one loop from one MAP_NORESERVE slab. */
+static void setup_conns(struct lg_worker *w)
+{
+	const struct lg_config *c = w->cfg;
+	w->phones_n = w->binaries_n * c->phones_per_binary;
+	w->conns_n = w->binaries_n + w->phones_n;
+	w->conns = calloc(w->conns_n, sizeof *w->conns);
+	w->queue = calloc(w->conns_n, sizeof *w->queue);
+	w->dirty = calloc(w->conns_n, sizeof *w->dirty);
+	if (!w->conns || !w->queue || !w->dirty) {
+		fprintf(stderr, "loadgen: out of memory for %u connections\n", w->conns_n);
 		exit(1);
 	}
 	bool raw = c->transport == LG_TR_RAW, tls = c->transport == LG_TR_WSS;
@@ -407,7 +430,7 @@ static void setup_conns(void)
 	size_t rx = tls ? LG_RECV_CHUNK_BYTES : 0;
 	size_t per_phone = phone_in + 2 * phone_half + rx + align64(ring_slots * sizeof(uint64_t));
 	size_t per_binary = binary_in + 2 * binary_half + rx;
-	size_t total = per_phone * g.phones_n + per_binary * c->binaries;
+	size_t total = per_phone * w->phones_n + per_binary * w->binaries_n;
 	uint8_t *slab = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (slab == MAP_FAILED) {
 		fprintf(stderr, "loadgen: cannot reserve %.1f MiB of buffers: %s\n", (double)total / 1048576.0,
@@ -415,17 +438,18 @@ static void setup_conns(void)
 		exit(1);
 	}
 	uint8_t *p = slab;
-	for (uint32_t i = 0; i < g.conns_n; i++) {
-		struct conn *k = &g.conns[i];
-		bool is_binary = i < c->binaries;
+	for (uint32_t i = 0; i < w->conns_n; i++) {
+		struct conn *k = &w->conns[i];
+		bool is_binary = i < w->binaries_n;
 		k->fd = -1;
-		k->idx = i;
+		k->idx = i; /* in this loop's conns */
 		k->role = is_binary ? LG_ROLE_BINARY : LG_ROLE_PHONE;
 		k->state = CS_QUEUED;
+		/* global numbers: server-ids and payloads are the same whatever the split */
 		if (is_binary) {
-			k->binary = i;
+			k->binary = w->binary0 + i;
 		} else {
-			k->phone = i - c->binaries;
+			k->phone = w->phone0 + (i - w->binaries_n);
 			k->binary = k->phone / c->phones_per_binary;
 		}
 		k->in_cap = (uint32_t)(is_binary ? binary_in : phone_in);
@@ -449,35 +473,118 @@ static void setup_conns(void)
 	ASSERT((size_t)(p - slab) == total);
 }
 
-static void setup_ring(void)
+/* Contiguous blocks of whole server-ids, as even as they divide; each loop gets its
+ * share of the open-loop rate (in proportion to its phones, so every phone sends
+ * --rate / phones frames per second) and of the connect concurrency. */
+static struct lg_worker *plan_workers(struct lg_run *r)
 {
-	struct uring_features f;
-	char why[URING_WHY_BYTES];
-	if (!uring_probe(&f, why)) {
-		fprintf(stderr, "loadgen: %s\n", why);
+	const struct lg_config *c = r->cfg;
+	uint32_t n = c->threads;
+	struct lg_worker *ws = calloc(n, sizeof *ws);
+	if (ws == NULL) {
+		fprintf(stderr, "loadgen: out of memory for %u threads\n", n);
 		exit(1);
 	}
-	unsigned entries = (unsigned)pow2_at_least(MIN(MAX(g.conns_n, LG_RING_ENTRIES_MIN), LG_RING_ENTRIES_MAX));
-	if (uring_setup(&g.ring, entries, &f, why) < 0) {
-		fprintf(stderr, "loadgen: %s\n", why);
-		exit(1);
+	uint32_t b = 0;
+	for (uint32_t t = 0; t < n; t++) {
+		struct lg_worker *w = &ws[t];
+		w->cfg = c;
+		w->run = r;
+		w->index = t;
+		w->binary0 = b;
+		w->binaries_n = c->binaries / n + (t < c->binaries % n ? 1u : 0u);
+		b += w->binaries_n;
+		w->phone0 = w->binary0 * c->phones_per_binary;
+		w->connect_concurrency =
+			MAX(1u, c->connect_concurrency / n + (t < c->connect_concurrency % n ? 1u : 0u));
+		w->rate_per_s = c->rate_per_s * (double)w->binaries_n / (double)c->binaries;
+		int rc = pthread_mutex_init(&w->pub_lock, NULL);
+		ASSERT(rc == 0);
+		hist_reset(&w->pub.iv_lat);
+		setup_conns(w);
+	}
+	ASSERT(b == c->binaries);
+	return ws;
+}
+
+/* ---- the run as a whole: the loops' figures merged ---- */
+
+struct lg_result {
+	struct lg_stats st;
+	uint32_t ready;
+	uint32_t conns_n;
+	uint64_t t_connect_end_ns;
+	uint64_t measured_ns;
+};
+
+/* Counts add up; worst-case figures take the worst; histograms add bucket by bucket,
+ * so every percentile is the one a single loop with all the samples would report. */
+static void merge_stats(struct lg_stats *into, const struct lg_stats *from)
+{
+	into->sent += from->sent;
+	into->p2b += from->p2b;
+	into->b2p += from->b2p;
+	into->round_trips += from->round_trips;
+	into->sent_bytes += from->sent_bytes;
+	into->sent_total += from->sent_total;
+	into->p2b_total += from->p2b_total;
+	into->b2p_total += from->b2p_total;
+	into->errors_connect += from->errors_connect;
+	into->errors_handshake += from->errors_handshake;
+	into->errors_register += from->errors_register;
+	into->errors_closed += from->errors_closed;
+	into->errors_protocol += from->errors_protocol;
+	into->lost += from->lost;
+	into->reordered += from->reordered;
+	into->corrupted += from->corrupted;
+	into->pings_answered += from->pings_answered;
+	into->close_notices += from->close_notices;
+	into->open_behind_max_frames = MAX(into->open_behind_max_frames, from->open_behind_max_frames);
+	into->open_held += from->open_held;
+	into->send_lag_max_ns = MAX(into->send_lag_max_ns, from->send_lag_max_ns);
+	into->loop_max_ns = MAX(into->loop_max_ns, from->loop_max_ns);
+	for (uint32_t i = 0; i < LG_CODES_TRACKED && from->close_codes[i].count; i++)
+		lg_code_add(into->close_codes, from->close_codes[i].code, from->close_codes[i].count);
+	for (uint32_t i = 0; i < LG_CODES_TRACKED && from->http_statuses[i].count; i++)
+		lg_code_add(into->http_statuses, from->http_statuses[i].code, from->http_statuses[i].count);
+	for (uint32_t i = 0; i < LG_CODES_TRACKED && from->errnos[i].count; i++)
+		lg_code_add(into->errnos, from->errnos[i].code, from->errnos[i].count);
+	hist_merge(&into->lat, &from->lat);
+	/* iv_*: progress only, handed over while running (struct lg_progress) */
+}
+
+/* Called after every loop has been joined. All loops share one measurement window
+ * (they start traffic at the same instant); stopped early by a signal, each loop ends
+ * its window when it notices (within one iteration), and the longest one counts. */
+static void merge_results(struct lg_result *res, const struct lg_worker *ws, uint32_t n)
+{
+	memset(res, 0, sizeof *res);
+	hist_reset(&res->st.lat);
+	for (uint32_t t = 0; t < n; t++) {
+		const struct lg_worker *w = &ws[t];
+		merge_stats(&res->st, &w->st);
+		res->ready += w->ready_binaries + w->ready_phones;
+		res->conns_n += w->conns_n;
+		res->t_connect_end_ns = MAX(res->t_connect_end_ns, w->t_connect_end_ns);
+		res->measured_ns = MAX(res->measured_ns, w->measured_ns);
 	}
 }
 
-static uint64_t errors_total(void)
+static bool result_ok(const struct lg_result *res)
 {
-	return g.st.errors_connect + g.st.errors_handshake + g.st.errors_register + g.st.errors_closed +
-	       g.st.errors_protocol;
+	const struct lg_stats *s = &res->st;
+	return lg_errors_total(s) == 0 && s->lost == 0 && s->corrupted == 0 && s->reordered == 0 &&
+	       res->ready == res->conns_n;
 }
 
-static const char *mode_name(void)
+static const char *mode_name(const struct lg_config *c)
 {
-	return g.cfg.mode == LG_MODE_CLOSED ? "closed" : g.cfg.mode == LG_MODE_OPEN ? "open" : "idle";
+	return c->mode == LG_MODE_CLOSED ? "closed" : c->mode == LG_MODE_OPEN ? "open" : "idle";
 }
 
-static const char *transport_name(void)
+static const char *transport_name(const struct lg_config *c)
 {
-	return g.cfg.transport == LG_TR_WS ? "ws" : g.cfg.transport == LG_TR_WSS ? "wss" : "raw";
+	return c->transport == LG_TR_WS ? "ws" : c->transport == LG_TR_WSS ? "wss" : "raw";
 }
 
 static void print_codes(const char *label, const struct lg_code_count *t, bool as_errno)
@@ -502,29 +609,32 @@ static bool saw_code(const struct lg_code_count *t, uint32_t code)
 	return false;
 }
 
-static void report(void)
+static void report(const struct lg_config *c, const struct lg_result *res)
 {
-	const struct lg_config *c = &g.cfg;
-	const struct lg_stats *s = &g.st;
-	double dur = (double)g.measured_ns / 1e9;
+	const struct lg_stats *s = &res->st;
+	double dur = (double)res->measured_ns / 1e9;
 	double per = dur > 0 ? 1.0 / dur : 0.0;
-	uint32_t ready = g.ready_binaries + g.ready_phones;
+	uint32_t ready = res->ready;
 	double p2b_s = (double)s->p2b * per, b2p_s = (double)s->b2p * per, rt_s = (double)s->round_trips * per;
 	double mb_s = (double)(s->p2b + s->b2p) * c->size_bytes * per / 1e6;
 	double achieved = (double)s->sent * per;
 	double q50 = (double)hist_quantile_ns(&s->lat, 0.50) / 1e3, q90 = (double)hist_quantile_ns(&s->lat, 0.90) / 1e3,
 	       q99 = (double)hist_quantile_ns(&s->lat, 0.99) / 1e3, q999 = (double)hist_quantile_ns(&s->lat, 0.999) / 1e3,
 	       qmax = (double)s->lat.max_ns / 1e3, mean = hist_mean_ns(&s->lat) / 1e3;
-	uint64_t errors = errors_total();
-	bool ok = errors == 0 && s->lost == 0 && s->corrupted == 0 && s->reordered == 0 && ready == g.conns_n;
+	uint64_t errors = lg_errors_total(s);
+	bool ok = result_ok(res);
 
-	fprintf(stderr, "\nloadgen: %s  %s loop", c->url, mode_name());
+	fprintf(stderr, "\nloadgen: %s  %s loop", c->url, mode_name(c));
 	if (c->mode == LG_MODE_CLOSED)
 		fprintf(stderr, ", window %u", c->window);
 	if (c->mode == LG_MODE_OPEN)
 		fprintf(stderr, ", target %.0f frames/s", c->rate_per_s);
-	fprintf(stderr, ", %u binaries x %u phones, %u B frames\n", c->binaries, c->phones_per_binary, c->size_bytes);
-	fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, g.conns_n, (double)g.t_connect_end_ns / 1e9);
+	fprintf(stderr, ", %u binaries x %u phones, %u B frames", c->binaries, c->phones_per_binary, c->size_bytes);
+	if (c->threads > 1)
+		fprintf(stderr, ", %u threads", c->threads);
+	fputc('\n', stderr);
+	fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, res->conns_n,
+		(double)res->t_connect_end_ns / 1e9);
 	fprintf(stderr, "  measured      %.2f s after %.2f s of warm-up\n", dur, (double)c->warmup_ns / 1e9);
 	if (c->mode != LG_MODE_IDLE) {
 		fprintf(stderr, "  throughput    %.0f round trips/s   phone->binary %.0f frames/s   binary->phone %.0f frames/s   %.2f MB/s\n",
@@ -575,10 +685,10 @@ static void report(void)
 	       "\"errors_closed\":%llu,\"errors_protocol\":%llu,\"lost\":%llu,\"reordered\":%llu,\"corrupted\":%llu,"
 	       "\"pings_answered\":%llu,\"close_notices\":%llu,\"open_backlog_max\":%llu,\"open_held\":%llu,"
 	       "\"send_lag_max_us\":%.1f,\"loop_max_us\":%.1f,\"ok\":%s}\n",
-	       mode_name(), transport_name(), c->url, c->binaries, c->phones_per_binary, ready, g.conns_n,
+	       mode_name(c), transport_name(c), c->url, c->binaries, c->phones_per_binary, ready, res->conns_n,
 	       c->size_bytes, c->mode == LG_MODE_CLOSED ? c->window : 0,
 	       c->mode == LG_MODE_OPEN ? c->rate_per_s : 0.0, c->mode == LG_MODE_OPEN ? achieved : 0.0,
-	       (double)c->warmup_ns / 1e9, dur, (double)g.t_connect_end_ns / 1e9, (unsigned long long)s->sent,
+	       (double)c->warmup_ns / 1e9, dur, (double)res->t_connect_end_ns / 1e9, (unsigned long long)s->sent,
 	       (unsigned long long)s->p2b, (unsigned long long)s->b2p, (unsigned long long)s->round_trips, p2b_s,
 	       b2p_s, rt_s, mb_s, (unsigned long long)s->lat.count, mean, q50, q90, q99, q999, qmax,
 	       (unsigned long long)errors, (unsigned long long)s->errors_connect,
@@ -595,38 +705,185 @@ static void report(void)
 static void on_signal(int sig)
 {
 	(void)sig;
-	lg_stop_requested = 1;
+	__atomic_store_n(&lg_stop_requested, 1, __ATOMIC_RELAXED);
 }
+
+/* ---- threads ---- */
+
+/* The main thread sleeps on this until every loop has returned (waking once a second
+ * for the progress line). */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint32_t done;
+} finished = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void *worker_thread(void *arg)
+{
+	struct lg_worker *w = arg;
+	w->result = lg_run(w);
+	pthread_mutex_lock(&finished.lock);
+	finished.done++;
+	pthread_cond_signal(&finished.cond);
+	pthread_mutex_unlock(&finished.lock);
+	return NULL;
+}
+
+/* One line for all loops, in the one-loop format: gauges summed, the interval's
+ * counters and latency histogram taken over from each loop and merged. */
+static void progress(struct lg_worker *ws, uint32_t n, uint64_t now_ns, double iv_s)
+{
+	static const char *const names[] = { "connect", "warmup", "measure", "drain", "close", "done" };
+	static struct hist iv_lat; /* main thread only; 30 KiB */
+	enum lg_phase phase = PH_DONE;
+	uint32_t ready = 0, conns = 0, handshaking = 0, open_n = 0;
+	uint64_t errors = 0, lost = 0, corrupted = 0, rt = 0, p2b = 0, b2p = 0;
+	hist_reset(&iv_lat);
+	for (uint32_t t = 0; t < n; t++) {
+		struct lg_worker *w = &ws[t];
+		struct lg_progress *p = &w->pub;
+		conns += w->conns_n;
+		pthread_mutex_lock(&w->pub_lock);
+		phase = MIN(phase, p->phase); /* the run is where its slowest loop is */
+		ready += p->ready;
+		handshaking += p->handshaking;
+		open_n += p->open_n;
+		errors += p->errors;
+		lost += p->lost;
+		corrupted += p->corrupted;
+		rt += p->iv_round_trips;
+		p2b += p->iv_p2b;
+		b2p += p->iv_b2p;
+		hist_merge(&iv_lat, &p->iv_lat);
+		p->iv_round_trips = p->iv_p2b = p->iv_b2p = 0;
+		hist_reset(&p->iv_lat);
+		pthread_mutex_unlock(&w->pub_lock);
+	}
+	if (iv_s <= 0)
+		iv_s = 1;
+	if (phase == PH_CONNECT)
+		fprintf(stderr, "loadgen: %5.1fs connect  ready %u/%u  handshaking %u  errors %llu\n",
+			(double)now_ns / 1e9, ready, conns, handshaking, (unsigned long long)errors);
+	else
+		fprintf(stderr,
+			"loadgen: %5.1fs %-7s open %u  rt/s %.0f  p2b/s %.0f  b2p/s %.0f  p99 %.0fus  max %.0fus  "
+			"errors %llu lost %llu corrupted %llu\n",
+			(double)now_ns / 1e9, names[phase], open_n, (double)rt / iv_s, (double)p2b / iv_s,
+			(double)b2p / iv_s, (double)hist_quantile_ns(&iv_lat, 0.99) / 1e3,
+			(double)iv_lat.max_ns / 1e3, (unsigned long long)errors, (unsigned long long)lost,
+			(unsigned long long)corrupted);
+}
+
+static void abs_monotonic(struct timespec *ts, uint64_t abs_ns)
+{
+	ts->tv_sec = (time_t)(abs_ns / NS_PER_S);
+	ts->tv_nsec = (long)(abs_ns % NS_PER_S);
+}
+
+/* Start the loops, print progress until they have all returned, join them. Every
+ * loop stops by itself (each phase has a deadline), so this wait is bounded. */
+static void run_workers(struct lg_run *r, struct lg_worker *ws)
+{
+	uint32_t n = r->threads;
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&finished.cond, &ca);
+	pthread_condattr_destroy(&ca);
+	int rc = pthread_barrier_init(&r->rings_ready, NULL, n);
+	ASSERT(rc == 0);
+
+	/* Signals go to this thread, which only sleeps: the loops see the flag within
+	 * LG_WAIT_NS_MAX, and their io_uring_enter is never interrupted. */
+	sigset_t block, old;
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	r->t_origin_abs_ns = lg_clock_ns();
+	uint32_t started = 0;
+	for (; started < n; started++) {
+		int e = pthread_create(&ws[started].tid, NULL, worker_thread, &ws[started]);
+		if (e != 0) {
+			fprintf(stderr, "loadgen: cannot start thread %u of %u: %s\n", started + 1, n, strerror(e));
+			break;
+		}
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (started < n) {
+		/* the ones started wait at the ring barrier for all n: never released */
+		exit(1);
+	}
+
+	uint64_t last_ns = lg_clock_ns(), next_ns = last_ns + LG_PROGRESS_INTERVAL_NS;
+	pthread_mutex_lock(&finished.lock);
+	while (finished.done < n) {
+		if (r->cfg->quiet) {
+			pthread_cond_wait(&finished.cond, &finished.lock);
+			continue;
+		}
+		struct timespec ts;
+		abs_monotonic(&ts, next_ns);
+		(void)pthread_cond_timedwait(&finished.cond, &finished.lock, &ts);
+		uint64_t now = lg_clock_ns();
+		if (now >= next_ns && finished.done < n) {
+			pthread_mutex_unlock(&finished.lock);
+			progress(ws, n, now - r->t_origin_abs_ns, (double)(now - last_ns) / 1e9);
+			pthread_mutex_lock(&finished.lock);
+			last_ns = now;
+			next_ns = now + LG_PROGRESS_INTERVAL_NS;
+		}
+	}
+	pthread_mutex_unlock(&finished.lock);
+	for (uint32_t t = 0; t < n; t++)
+		pthread_join(ws[t].tid, NULL);
+	pthread_barrier_destroy(&r->rings_ready);
+}
+
+static struct lg_config cfg;
+static struct lg_run run = { .t_traffic0_ns = LG_TIME_UNSET };
+static struct lg_result result;
 
 int main(int argc, char **argv)
 {
-	parse_args(&g.cfg, argc, argv);
-	if (strpbrk(g.cfg.url, "\"\\") != NULL)
-		die_usage("--url must not contain quotes or backslashes: %s", g.cfg.url);
-	raise_nofile((uint64_t)g.cfg.binaries * (1u + g.cfg.phones_per_binary) + FD_HEADROOM);
+	parse_args(&cfg, argc, argv);
+	if (strpbrk(cfg.url, "\"\\") != NULL)
+		die_usage("--url must not contain quotes or backslashes: %s", cfg.url);
+	raise_nofile((uint64_t)cfg.binaries * (1u + cfg.phones_per_binary) + FD_HEADROOM);
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESETHAND };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	lg_pattern_init();
-	if (g.cfg.transport == LG_TR_WSS) {
+	if (cfg.transport == LG_TR_WSS) {
 		char why[256];
-		if (!lgtls_init(g.cfg.insecure, g.cfg.ca_file, why, sizeof why)) {
+		if (!lgtls_init(cfg.insecure, cfg.ca_file, why, sizeof why)) {
 			fprintf(stderr, "loadgen: %s\n", why);
 			return 1;
 		}
 	}
-	setup_conns();
-	setup_ring();
-	if (!g.cfg.quiet)
-		fprintf(stderr, "loadgen: %s: %u binaries x %u phones = %u connections, %s loop, %u B frames\n",
-			g.cfg.url, g.cfg.binaries, g.cfg.phones_per_binary, g.conns_n, mode_name(), g.cfg.size_bytes);
-	if (lg_run() != 0)
+	char why[URING_WHY_BYTES];
+	if (!uring_probe(&run.features, why)) {
+		fprintf(stderr, "loadgen: %s\n", why);
 		return 1;
-	report();
-	bool ok = errors_total() == 0 && g.st.lost == 0 && g.st.corrupted == 0 && g.st.reordered == 0 &&
-		  g.ready_binaries + g.ready_phones == g.conns_n;
-	io_uring_queue_exit(&g.ring);
-	return ok ? 0 : 1;
+	}
+	run.cfg = &cfg;
+	run.threads = cfg.threads;
+	struct lg_worker *ws = plan_workers(&run);
+	uint32_t conns_n = cfg.binaries * (1u + cfg.phones_per_binary);
+	if (!cfg.quiet) {
+		fprintf(stderr, "loadgen: %s: %u binaries x %u phones = %u connections, %s loop, %u B frames",
+			cfg.url, cfg.binaries, cfg.phones_per_binary, conns_n, mode_name(&cfg), cfg.size_bytes);
+		if (cfg.threads > 1)
+			fprintf(stderr, ", %u threads", cfg.threads);
+		fputc('\n', stderr);
+	}
+	run_workers(&run, ws);
+	for (uint32_t t = 0; t < cfg.threads; t++)
+		if (ws[t].result != 0)
+			return 1;
+	merge_results(&result, ws, cfg.threads);
+	report(&cfg, &result);
+	return result_ok(&result) ? 0 : 1;
 }
