@@ -339,17 +339,6 @@ int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, ui
 
 /* ---- /proc/self/status ------------------------------------------------------- */
 
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* The hex mask on the "CapEff:" line; false when the line is missing or malformed. */
 static bool parse_cap_eff(const char *status, uint64_t *out)
 {
@@ -369,10 +358,10 @@ static bool parse_cap_eff(const char *status, uint64_t *out)
 
 	uint64_t v = 0;
 	const char *digits = p;
-	for (; hex_digit(*p) >= 0; p++) {
+	for (; hex_digit_value((uint8_t)*p) >= 0; p++) {
 		if (v >> 60)
 			return false; /* more than 64 bits */
-		v = v << 4 | (uint64_t)hex_digit(*p);
+		v = v << 4 | (uint64_t)hex_digit_value((uint8_t)*p);
 	}
 	if (p == digits)
 		return false;

@@ -48,6 +48,18 @@ static inline struct span span_cstr(const char *s)
 	return span_make(s, n);
 }
 
+/* The value of one hexadecimal digit (either case), -1 if c is not one. */
+static inline int hex_digit_value(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 /* Byte-exact equality of a span with a NUL-terminated literal. */
 bool span_eq_cstr(struct span s, const char *lit);
 /* ASCII case-insensitive equality of a span with a NUL-terminated literal. */

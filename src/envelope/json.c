@@ -25,17 +25,6 @@ static inline bool is_digit(uint8_t c)
 	return c >= '0' && c <= '9';
 }
 
-static inline int hex_val(uint8_t c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /*
  * Length of the valid, complete UTF-8 sequence at p (1..4), or 0 if the bytes there do
  * not start one (RFC 3629 / Unicode Table 3-7: no overlongs, no surrogates, nothing
@@ -144,7 +133,7 @@ static size_t escape_len(const uint8_t *p, size_t n, size_t i)
 		if (i + 6 > n)
 			return 0;
 		for (size_t k = 2; k < 6; k++) {
-			if (hex_val(p[i + k]) < 0)
+			if (hex_digit_value(p[i + k]) < 0)
 				return 0;
 		}
 		return 6;
@@ -424,7 +413,7 @@ static uint32_t hex4(const uint8_t *p)
 	uint32_t v = 0;
 
 	for (size_t k = 0; k < 4; k++) {
-		int h = hex_val(p[k]);
+		int h = hex_digit_value(p[k]);
 		ASSERT(h >= 0); /* the string was validated */
 		v = (v << 4) | (uint32_t)h;
 	}
