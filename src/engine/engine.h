@@ -5,8 +5,11 @@
  * Contract:
  * - The application sees a WebSocket connection only as a struct conn_ref (pool index
  *   and generation) and acts on it only through the conn_* functions below; it never
- *   reads engine memory. A ref is valid from the hooks' open() call until end() returns
- *   for it; using it after that is a bug (asserted).
+ *   reads engine memory. A ref is valid for calls from the hooks' open() call until
+ *   end() returns for it; using it after that is a bug (asserted). items_written may
+ *   still arrive for a ref after its end (frames queued before the end reaching the
+ *   socket while the connection drains); the application's state for it must stay
+ *   readable until its slot is reused (the next open() with that index).
  * - The engine calls the application through one struct engine_hooks, given at
  *   worker_create. Every hook runs on the worker's thread, from the loop, never
  *   re-entrantly for the same connection's end: end() is called exactly once per
