@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,38 @@ static double wall_clock_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The CPUs this process may run on (sched_getaffinity), in order, at most cap; at least
+ * one (CPU 0 when the mask cannot be read). */
+static uint32_t allowed_cpus(int *cpus, uint32_t cap)
+{
+	cpu_set_t set;
+	uint32_t n = 0;
+	if (sched_getaffinity(0, sizeof set, &set) == 0) {
+		for (int cpu = 0; cpu < CPU_SETSIZE && n < cap; cpu++)
+			if (CPU_ISSET(cpu, &set))
+				cpus[n++] = cpu;
+	}
+	if (n == 0)
+		cpus[n++] = 0;
+	return n;
+}
+
+static void *worker_thread(void *arg);
+
+static bool start_worker(struct worker_thread *t, int cpu)
+{
+	pthread_attr_t attr;
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	if (pthread_attr_init(&attr) != 0)
+		return false;
+	pthread_attr_setaffinity_np(&attr, sizeof one, &one);
+	bool ok = pthread_create(&t->tid, &attr, worker_thread, t) == 0;
+	pthread_attr_destroy(&attr);
+	return ok;
+}
+
 static void *worker_thread(void *arg)
 {
 	struct worker_thread *t = arg;
@@ -155,13 +188,6 @@ int main(int argc, char **argv)
 		log_refusal(&refusal);
 		return rc;
 	}
-	if (cfg.workers > 1) {
-		/* More workers need the cross-worker hand-off of upgraded connections to the
-		 * server-id's owner (MSG_RING); until then one worker owns the registry. */
-		LOG_ERROR("refusing to start: invalid --workers", KV_STR("err", "this build runs one worker"),
-			  KV_STR("fix", "omit --workers (or use --workers 1)"));
-		return CONFIG_EXIT_USAGE;
-	}
 	if (cfg.insecure_listen[0] == '\0') {
 		/* Autocert mode passed every check, but this build terminates no TLS yet. */
 		LOG_ERROR("autocert setup failed", KV_STR("err", "TLS termination (--domain) is not available in this build"),
@@ -190,27 +216,46 @@ int main(int argc, char **argv)
 		return CONFIG_EXIT_RUNTIME;
 	}
 	raise_fd_limit(cfg.max_connections);
-	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
-		 KV_STR("listen", cfg.insecure_listen));
 
-	char why[URING_WHY_BYTES];
-	struct worker *w = worker_create(&cfg, 0, cfg.insecure_listen, buffer_budget_bytes(), &relay_hooks, why);
-	if (w == NULL) {
-		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", why));
+	static int cpus[CONFIG_WORKERS_MAX];
+	uint32_t ncpus = allowed_cpus(cpus, CONFIG_WORKERS_MAX);
+	uint32_t nworkers = cfg.workers ? cfg.workers : ncpus;
+	char nworkers_text[16];
+	snprintf(nworkers_text, sizeof nworkers_text, "%u", nworkers);
+	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
+		 KV_STR("listen", cfg.insecure_listen), KV_STR("workers", nworkers_text));
+
+	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
+	struct relay_shared *shared = relay_shared_create(&cfg, nworkers);
+	if (group == NULL || shared == NULL) {
+		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "out of memory for the workers"));
 		return CONFIG_EXIT_RUNTIME;
 	}
-
-	static struct metrics_thread mt;
-	if (cfg.metrics_listen[0] != '\0') {
-		struct metrics_source src = {
+	/* One ceiling for the relay, split evenly: a worker's pool never takes another's share. */
+	uint64_t budget_per_worker = buffer_budget_bytes() / nworkers;
+	static struct worker_thread threads[CONFIG_WORKERS_MAX];
+	static struct metrics_source sources[CONFIG_WORKERS_MAX];
+	char why[URING_WHY_BYTES];
+	for (uint32_t i = 0; i < nworkers; i++) {
+		struct worker *w = worker_create(&cfg, group, i, cfg.insecure_listen, budget_per_worker, &relay_hooks,
+						 shared, why);
+		if (w == NULL) {
+			LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", why));
+			return CONFIG_EXIT_RUNTIME;
+		}
+		threads[i].w = w;
+		sources[i] = (struct metrics_source){
 			.engine = worker_stats_of(w),
 			.relay = relay_stats_of(worker_app(w)),
 			.pool = worker_pool_of(w),
 		};
-		mt.m = metrics_server_create(cfg.metrics_listen, &src, 1, PYRELAY_VERSION, start_time_seconds, why);
+	}
+
+	static struct metrics_thread mt;
+	if (cfg.metrics_listen[0] != '\0') {
+		mt.m = metrics_server_create(cfg.metrics_listen, sources, nworkers, PYRELAY_VERSION, start_time_seconds, why);
 		if (mt.m == NULL) {
 			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen), KV_STR("err", why));
-			worker_destroy(w);
 			return CONFIG_EXIT_RUNTIME;
 		}
 		mt.addr = cfg.metrics_listen;
@@ -223,43 +268,60 @@ int main(int argc, char **argv)
 		LOG_INFO("starting metrics listener", KV_STR("listen", cfg.metrics_listen));
 	}
 
-	static struct worker_thread t;
-	t.w = w;
-	if (pthread_create(&t.tid, NULL, worker_thread, &t) != 0) {
-		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "cannot start worker thread"));
-		return CONFIG_EXIT_RUNTIME;
+	for (uint32_t i = 0; i < nworkers; i++) {
+		/* Worker i on the i-th CPU this process may use (round robin when there are
+		 * more workers than CPUs): its ring, buffers and connections stay in one cache. */
+		if (!start_worker(&threads[i], cpus[i % ncpus])) {
+			/* The started workers wait at the start barrier for this one: nothing can
+			 * drain, so leave at once. */
+			LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "cannot start worker thread"));
+			_exit(CONFIG_EXIT_RUNTIME);
+		}
 	}
 
 	int sig = 0;
 	while (sigwait(&sigs, &sig) != 0) {
 	}
-	bool listener_failed = __atomic_load_n(&t.result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL ||
-			       __atomic_load_n(&mt.failed, __ATOMIC_ACQUIRE);
+	bool worker_failed = false;
+	for (uint32_t i = 0; i < nworkers; i++)
+		worker_failed |= __atomic_load_n(&threads[i].result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
+	bool listener_failed = worker_failed || __atomic_load_n(&mt.failed, __ATOMIC_ACQUIRE);
 	if (!listener_failed)
 		LOG_INFO("shutdown signal received; draining");
 	/* A second signal is ignored (reference §7.6): it stays blocked and pending. */
-	worker_stop(w);
+	for (uint32_t i = 0; i < nworkers; i++)
+		worker_stop(threads[i].w);
 	if (mt.started)
 		metrics_server_stop(mt.m);
-	pthread_join(t.tid, NULL);
+	bool incomplete = false;
+	const char *fatal_why = NULL;
+	for (uint32_t i = 0; i < nworkers; i++) {
+		pthread_join(threads[i].tid, NULL);
+		if (threads[i].result == WORKER_EXIT_FATAL && fatal_why == NULL)
+			fatal_why = threads[i].why;
+		incomplete |= threads[i].result == WORKER_EXIT_DRAIN_INCOMPLETE;
+	}
 	if (mt.started) {
 		pthread_join(mt.tid, NULL);
 		metrics_server_destroy(mt.m);
 	}
 	int exit_code = 0;
-	if (t.result == WORKER_EXIT_FATAL) {
-		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", t.why));
+	if (fatal_why != NULL) {
+		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", fatal_why));
 		LOG_ERROR("listener error; draining");
 		exit_code = CONFIG_EXIT_RUNTIME;
 	} else if (mt.failed) {
 		LOG_ERROR("listener error; draining"); /* the metrics thread logged which */
 		exit_code = CONFIG_EXIT_RUNTIME;
-	} else if (t.result == WORKER_EXIT_DRAIN_INCOMPLETE) {
+	} else if (incomplete) {
 		LOG_WARN("shutdown deadline exceeded; force-closed listeners");
 		LOG_WARN("drain incomplete");
 	} else {
 		LOG_INFO("shutdown complete");
 	}
-	worker_destroy(w);
+	for (uint32_t i = 0; i < nworkers; i++)
+		worker_destroy(threads[i].w);
+	relay_shared_destroy(shared);
+	worker_group_destroy(group);
 	return exit_code;
 }

@@ -48,6 +48,8 @@
 #define CONFIG_HEARTBEAT_TIMEOUT_MS_DEFAULT 30000u
 #define CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT 10000u
 #define CONFIG_MAX_CONNECTIONS_LIMIT 16000000u
+/* --workers: at most this many (the metrics exposition is sized for it). */
+#define CONFIG_WORKERS_MAX 256u
 
 enum config_exit {
 	CONFIG_OK = 0,

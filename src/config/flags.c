@@ -6,7 +6,6 @@
  */
 #include "config/internal.h"
 
-#define WORKERS_MAX 1024u
 
 /* Go's time.Duration is int64 nanoseconds: anything longer does not parse there. */
 #define DURATION_NS_MAX ((uint64_t)INT64_MAX)
@@ -291,8 +290,9 @@ const struct flag_def config_flags[] = {
 	  0, true, "DURATION",
 	  "How long the incumbent binary of a claimed server-id has to answer the\n"
 	  "liveness probe before a new claimant takes over (> 0)." },
-	{ "workers", FLAG_U32, CFG_OFF(workers), NO_SET_FIELD, WORKERS_MAX, false, "N",
-	  "Worker threads, one io_uring each. 0 means one per online CPU; at most 1024." },
+	{ "workers", FLAG_U32, CFG_OFF(workers), NO_SET_FIELD, CONFIG_WORKERS_MAX, false, "N",
+	  "Worker threads, each with its own io_uring and listening socket, pinned one per\n"
+	  "CPU. 0 means one per CPU this process may run on; at most 256." },
 	{ "version", FLAG_BOOL, CFG_OFF(show_version), NO_SET_FIELD, 0, false, NULL,
 	  "Print the version and exit 0." },
 };

@@ -37,7 +37,7 @@ static void read_peer(int fd, struct peer_addr *out)
 	}
 }
 
-struct conn *conn_alloc(struct worker *w, int fd)
+struct conn *conn_alloc(struct worker *w, int fd, const struct peer_addr *remote)
 {
 	if (w->free_top == 0)
 		return NULL;
@@ -50,12 +50,15 @@ struct conn *conn_alloc(struct worker *w, int fd)
 	w->live++;
 	STAT_SET(w->stats.connections_open, w->live);
 
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	read_peer(fd, &c->remote);
+	if (remote) {
+		c->remote = *remote; /* a handoff: the first worker set the socket up */
+	} else {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		read_peer(fd, &c->remote);
+	}
 	c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
 	conn_timer_update(w, c);
-	conn_arm_recv(w, c);
 	return c;
 }
 
@@ -82,6 +85,9 @@ void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 	case CONN_HTTP:
 		http_phase_input(w, c, p, n);
 		break;
+	case CONN_HANDOFF:
+		handoff_input(w, c, p, n);
+		break;
 	case CONN_WS_OPEN:
 	case CONN_WS_CLOSING:
 		ws_phase_input(w, c, p, n);
@@ -93,7 +99,7 @@ void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 
 bool conn_reads(const struct conn *c)
 {
-	return c->state != CONN_FREE && c->state != CONN_DEAD && !c->recv_paused;
+	return c->state != CONN_FREE && c->state != CONN_HANDOFF && c->state != CONN_DEAD && !c->recv_paused;
 }
 
 void conn_arm_recv(struct worker *w, struct conn *c)
@@ -176,8 +182,7 @@ void conn_run_ended(struct worker *w)
 		 * WebSocket ended, not until the TCP drain that follows finishes. */
 		if (c->counted) {
 			c->counted = false;
-			ASSERT(w->ws_counted > 0);
-			w->ws_counted--;
+			group_put_cap(w->group);
 		}
 		conn_maybe_free(w, c);
 	}
@@ -223,12 +228,12 @@ void conn_maybe_free(struct worker *w, struct conn *c)
 	conn_outq_clear(w, c);
 	release_buffers(w, c);
 	send_put_ctx(w, c);
+	handoff_drop(w, c);
 	count_close(w, c);
-	close(c->fd);
-	if (c->counted) {
-		ASSERT(w->ws_counted > 0);
-		w->ws_counted--;
-	}
+	if (!c->handed_off)
+		close(c->fd);
+	if (c->counted)
+		group_put_cap(w->group);
 	c->state = CONN_FREE; /* the one move back: the slot starts a new life */
 	c->gen++;
 	ASSERT(w->live > 0);
@@ -247,8 +252,10 @@ void conn_kill(struct worker *w, struct conn *c)
 	c->ping_at_ms = c->pong_deadline_ms = 0;
 	timer_wheel_cancel(&w->tw, &c->timer);
 	/* Wakes the multishot recv (it completes with 0) and fails an in-flight send, so
-	 * the slot can be freed once both completions are in. */
-	shutdown(c->fd, SHUT_RDWR);
+	 * the slot can be freed once both completions are in. A socket handed to another
+	 * worker is that worker's: nothing is in flight on it here. */
+	if (!c->handed_off)
+		shutdown(c->fd, SHUT_RDWR);
 	conn_outq_clear(w, c);
 	conn_maybe_free(w, c);
 }

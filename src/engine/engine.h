@@ -73,9 +73,17 @@ struct upgraded {
 	uint8_t bytes[];
 };
 
+/* Early bytes an upgrade may carry: a client has no business sending more before the
+ * 101 than a message and its head. */
+#define UPGRADED_EARLY_BYTES_MAX (512u * 1024u)
+
 /* Copies of the header values of req and of the early bytes (two pieces, either may be
  * empty). NULL when out of memory. */
 struct upgraded *upgraded_new(const struct http_request *req, struct span early_a, struct span early_b);
+/* More bytes after the head (they arrived while a handoff waited for its receive to
+ * stop): appended to the early bytes. False, with *u unchanged, when out of memory or
+ * the early bytes would pass UPGRADED_EARLY_BYTES_MAX. */
+bool upgraded_append(struct upgraded **u, struct span more);
 void upgraded_free(struct upgraded *u);
 struct span upgraded_server_id(const struct upgraded *u);
 struct span upgraded_version(const struct upgraded *u);
@@ -84,8 +92,9 @@ struct span upgraded_early(const struct upgraded *u);
 
 /* The application, as the engine calls it. app is what create returned. */
 struct engine_hooks {
-	/* Start-up (control plane): the application's state for worker w, NULL on failure. */
-	void *(*create)(struct worker *w, const struct config *cfg);
+	/* Start-up (control plane): the application's state for worker w, NULL on failure.
+	 * shared: what main gave worker_create, the same for every worker. */
+	void *(*create)(struct worker *w, const struct config *cfg, void *shared);
 	void (*destroy)(void *app);
 	/* An upgrade request passed routing, before the header gate (reference §1.7
 	 * steps 6-7): -1 to proceed, or an enum http_canned to answer with. */
@@ -157,6 +166,8 @@ void worker_cancel_timer(struct worker *w, struct tw_node *n);
 uint64_t worker_now_ms(const struct worker *w);
 /* The worker's buffer pool (scratch bytes for the application, returned at once). */
 struct bufpool *worker_pool(struct worker *w);
+/* The worker's index in its group, 0 .. workers - 1. */
+uint32_t worker_id(const struct worker *w);
 /* Connection pool size: conn_ref.idx < this. */
 uint32_t worker_conn_cap(const struct worker *w);
 

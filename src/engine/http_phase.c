@@ -52,14 +52,13 @@ static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route rout
 {
 	if (c->counted)
 		return true;
-	if (w->ws_counted >= w->cfg->max_connections) {
+	if (!group_take_cap(w->group)) {
 		char ip[INET6_ADDRSTRLEN];
 		conn_ip_text(c, ip, sizeof ip);
 		LOG_WARN("conn_cap_reached", KV_STR("path", http_route_path(route)), KV_STR("remote", ip));
 		return false;
 	}
 	c->counted = true;
-	w->ws_counted++;
 	return true;
 }
 
@@ -122,7 +121,8 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 
 /* The accepted upgrade leaves the HTTP phase: everything the WebSocket phase needs is
  * copied into one struct upgraded (the head buffer goes back to the pool), including
- * the bytes after the head: those in the head buffer, then `rest` of this receive. */
+ * the bytes after the head: those in the head buffer, then `rest` of this receive. It
+ * starts here, or goes to the worker that owns its server-id (handoff.c). */
 static void hand_on(struct worker *w, struct conn *c, const struct http_request *req,
 		    const char accept[WS_ACCEPT_KEY_LEN + 1], struct span rest)
 {
@@ -139,6 +139,11 @@ static void hand_on(struct worker *w, struct conn *c, const struct http_request 
 	u->transport = TRANSPORT_PLAIN;
 	u->remote = c->remote;
 	memcpy(u->accept, accept, sizeof u->accept);
+	uint32_t owner = group_owner(w->group, upgraded_server_id(u));
+	if (owner != w->id) {
+		handoff_begin(w, c, u, owner);
+		return;
+	}
 	ws_phase_start(w, c, u);
 	upgraded_free(u);
 }

@@ -6,16 +6,20 @@
  *   loop.c        ring set-up, provided buffers, accept, CQE dispatch, timers, shutdown
  *   conn.c        the connection pool and lifecycle: states, deadlines, teardown
  *   http_phase.c  request heads, /healthz, admission, the upgrade (-> struct upgraded)
+ *   handoff.c     an upgrade whose server-id another worker owns goes there (MSG_RING)
  *   ws_phase.c    frames in (reader, control frames, heartbeat) and frames out
  *   send.c        the outbox to send/send_zc, completions, p2b latency
+ *   group.c       what the workers share: owners, the cap count, handoff bounds
  *
  * Two seams carry every byte, so a transport (TLS) can sit under the phases without
  * touching them: bytes in enter at conn_input (conn.c), bytes out leave at
  * send_submit (send.c).
  *
  * Every connection moves through enum conn_state in one direction only: HTTP ->
- * WS_OPEN -> WS_CLOSING -> DRAINING -> DEAD -> FREE (any state may jump forward, never
- * back; conn_move asserts it).
+ * [HANDOFF ->] WS_OPEN -> WS_CLOSING -> DRAINING -> DEAD -> FREE (any state may jump
+ * forward, never back; conn_move asserts it). A connection handed to another worker
+ * leaves this one from HANDOFF through DEAD without its fd being closed; the owner
+ * adopts the fd in a fresh slot of its own, starting at HTTP.
  */
 #ifndef PYRELAY_ENGINE_INTERNAL_H
 #define PYRELAY_ENGINE_INTERNAL_H
@@ -28,6 +32,7 @@
 #include "core/stat.h"
 #include "engine/bufpool.h"
 #include "engine/engine.h"
+#include "engine/group.h"
 #include "engine/outq.h"
 #include "engine/timer_wheel.h"
 #include "engine/uring.h"
@@ -73,11 +78,20 @@ enum op {
 	OP_SEND,
 	OP_WAKE,
 	OP_IGNORE, /* cancels: their completion needs no action */
+	OP_HANDOFF,      /* another worker's MSG_RING: an upgrade for us (HANDOFF_UD) */
+	OP_HANDOFF_SENT, /* our MSG_RING completed (HANDOFF_UD) */
 };
+
+/* A handoff's user_data carries its struct upgraded: the pointer below the op byte
+ * (user-space pointers are below 2^56 on x86-64 and arm64, asserted). */
+#define HANDOFF_PTR_MASK ((UINT64_C(1) << 56) - 1)
+#define HANDOFF_UD(op, ptr) (((uint64_t)(op) << 56) | (uint64_t)(uintptr_t)(ptr))
+#define HANDOFF_PTR(ud) ((struct upgraded *)(uintptr_t)((ud) & HANDOFF_PTR_MASK))
 
 enum conn_state {
 	CONN_FREE = 0,
 	CONN_HTTP,       /* reading requests */
+	CONN_HANDOFF,    /* upgrade accepted for another worker: waiting for our receive and send to stop */
 	CONN_WS_OPEN,    /* upgraded, frames flow */
 	CONN_WS_CLOSING, /* we sent a close frame, waiting for the peer's (bounded) */
 	CONN_DRAINING,   /* flush what is queued, then FIN, discard input until EOF (bounded) */
@@ -96,6 +110,7 @@ struct conn {
 	struct send_ctx *send;
 	struct conn *dirty_next; /* on the worker's flush list */
 	struct conn *ended_next; /* on the worker's "tell the application" list */
+	struct upgraded *handoff; /* HANDOFF: the upgrade, until it is sent to its owner */
 
 	uint64_t read_deadline_ms;  /* HTTP head, or current WS message */
 	uint64_t write_deadline_ms; /* 10 s without send progress */
@@ -127,6 +142,7 @@ struct conn {
 	bool ended_reported : 1;
 	bool recv_paused : 1;
 	bool counted : 1;             /* holds a --max-connections slot */
+	bool handed_off : 1;          /* the fd went to another worker: never closed here */
 	bool wr_shut : 1;
 	bool close_sent : 1;          /* close_code is set */
 	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
@@ -140,6 +156,7 @@ struct worker {
 	const struct config *cfg;
 	const struct engine_hooks *hooks;
 	void *app;
+	struct worker_group *group;
 	uint32_t id;
 	int listen_fd;
 	bool accept_armed;
@@ -160,7 +177,6 @@ struct worker {
 	uint32_t *free_idx;
 	uint32_t free_top;
 	uint32_t live;        /* pool slots in use */
-	uint32_t ws_counted;  /* connections holding a --max-connections slot */
 
 	struct conn *dirty_head;
 	struct conn *ended_head;
@@ -180,8 +196,10 @@ struct worker {
 
 /* ---- conn.c: pool and lifecycle ---- */
 
-/* A pool slot for fd in the HTTP phase, NULL when the pool is exhausted. */
-struct conn *conn_alloc(struct worker *w, int fd);
+/* A pool slot for fd in the HTTP phase, NULL when the pool is exhausted. remote: the
+ * peer address when known (a handoff), else NULL to ask the socket. The receive is
+ * armed by the caller (conn_arm_recv). */
+struct conn *conn_alloc(struct worker *w, int fd, const struct peer_addr *remote);
 /* Move forward through enum conn_state (asserted). */
 void conn_move(struct conn *c, enum conn_state to);
 /* The slot of a ref the application holds (asserted live). */
@@ -227,6 +245,18 @@ void send_mark_dirty(struct worker *w, struct conn *c);
 /* ---- http_phase.c ---- */
 
 void http_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
+
+/* ---- handoff.c ---- */
+
+/* The upgrade u of c belongs to worker `owner`: stop reading, flush, then send. */
+void handoff_begin(struct worker *w, struct conn *c, struct upgraded *u, uint32_t owner);
+/* c's receive or send stopped: send the handoff once both have. */
+void handoff_progress(struct worker *w, struct conn *c);
+/* Received bytes of a connection in HANDOFF go with the upgrade. */
+void handoff_input(struct worker *w, struct conn *c, const uint8_t *p, size_t n);
+void handoff_on_cqe(struct worker *w, const struct io_uring_cqe *cqe);
+/* Release what a connection that dies in HANDOFF still holds. */
+void handoff_drop(struct worker *w, struct conn *c);
 
 /* ---- ws_phase.c ---- */
 

@@ -23,10 +23,11 @@
 
 /* ------------------------------------------------------------------ set-up */
 
-struct worker *worker_create(const struct config *cfg, uint32_t id, const char *listen_addr,
-			     uint64_t buffer_budget_bytes, const struct engine_hooks *hooks,
-			     char why[URING_WHY_BYTES])
+struct worker *worker_create(const struct config *cfg, struct worker_group *group, uint32_t id,
+			     const char *listen_addr, uint64_t buffer_budget_bytes,
+			     const struct engine_hooks *hooks, void *app_shared, char why[URING_WHY_BYTES])
 {
+	ASSERT(id < group->n);
 	struct worker *w = calloc_aligned(sizeof *w); /* stats: own cache lines */
 	if (w == NULL) {
 		snprintf(why, URING_WHY_BYTES, "out of memory");
@@ -34,11 +35,17 @@ struct worker *worker_create(const struct config *cfg, uint32_t id, const char *
 	}
 	w->cfg = cfg;
 	w->hooks = hooks;
+	w->group = group;
 	w->id = id;
 	w->listen_fd = -1;
 	w->wake_fd = -1;
 	if (!uring_probe(&w->feat, why))
 		goto fail;
+	if (group->n > 1 && !w->feat.msg_ring) {
+		snprintf(why, URING_WHY_BYTES,
+			 "io_uring lacks IORING_OP_MSG_RING (kernel 5.18+), which hands connections between workers; use --workers 1");
+		goto fail;
+	}
 
 	w->bufs = aligned_alloc(4096, (size_t)RECV_BUFFER_COUNT * RECV_BUFFER_BYTES);
 	if (w->bufs == NULL) {
@@ -72,7 +79,7 @@ struct worker *worker_create(const struct config *cfg, uint32_t id, const char *
 	w->now_ms = w->start_ms = w->iter_ns / 1000000u;
 	timer_wheel_init(&w->tw, w->now_ms);
 	w->accept_backoff.kind = TW_KIND_ACCEPT_BACKOFF;
-	w->app = hooks->create(w, cfg);
+	w->app = hooks->create(w, cfg, app_shared);
 	if (w->app == NULL) {
 		snprintf(why, URING_WHY_BYTES, "out of memory for the application state");
 		goto fail;
@@ -223,11 +230,14 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 		return;
 	}
 	STAT_INC(w->stats.accepts);
-	if (w->stopping || conn_alloc(w, fd) == NULL) {
+	struct conn *c = w->stopping ? NULL : conn_alloc(w, fd, NULL);
+	if (c == NULL) {
 		/* Pool exhausted: refuse at once rather than queue unbounded state. */
 		STAT_INC(w->stats.accept_pool_full);
 		close(fd);
+		return;
 	}
+	conn_arm_recv(w, c);
 }
 
 static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
@@ -251,6 +261,8 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 	}
 	if (!c->recv_armed && conn_reads(c))
 		conn_arm_recv(w, c);
+	if (c->state == CONN_HANDOFF)
+		handoff_progress(w, c); /* the receive may have just stopped */
 	conn_maybe_free(w, c);
 }
 
@@ -283,6 +295,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		begin_shutdown(w);
 		break;
 	case OP_IGNORE:
+		break;
+	case OP_HANDOFF:
+	case OP_HANDOFF_SENT:
+		handoff_on_cqe(w, cqe);
 		break;
 	default:
 		ASSERT(!"unknown completion");
@@ -322,6 +338,7 @@ static void begin_shutdown(struct worker *w)
 		return;
 	w->stopping = true;
 	w->drain_deadline_ms = w->now_ms + SHUTDOWN_DRAIN_TIMEOUT_MS;
+	group_stop_accepting(w->group, w->id); /* no more handoffs to us */
 	/* Stop accepting: closing the socket ends the multishot accept; new dials are
 	 * refused by the kernel from here on. */
 	if (w->listen_fd >= 0) {
@@ -412,9 +429,16 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 
 int worker_run(struct worker *w, char why[URING_WHY_BYTES])
 {
-	if (!ring_init(w, why))
+	bool ready = ring_init(w, why);
+	if (ready)
+		group_publish(w->group, w->id, w->ring.ring_fd, true);
+	/* Every worker passes here once, ready or not, so none waits forever; a failed
+	 * one ends its thread, which ends the relay (main). */
+	pthread_barrier_wait(&w->group->start);
+	if (!ready)
 		return WORKER_EXIT_FATAL;
 	int result = worker_loop(w, why);
+	group_publish(w->group, w->id, -1, false);
 	uring_free_buf_ring(&w->ring, w->br, RECV_BUFFER_COUNT, RECV_BUFFER_GROUP);
 	io_uring_queue_exit(&w->ring);
 	w->ring_ready = false;
@@ -451,4 +475,9 @@ const struct bufpool *worker_pool_of(const struct worker *w)
 void *worker_app(const struct worker *w)
 {
 	return w->app;
+}
+
+uint32_t worker_id(const struct worker *w)
+{
+	return w->id;
 }

@@ -176,6 +176,10 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 			shutdown(c->fd, SHUT_WR);
 			c->wr_shut = true;
 		}
+		if (c->state == CONN_HANDOFF) {
+			handoff_progress(w, c); /* frees the slot when it sends */
+			return;
+		}
 	} else {
 		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
 		send_mark_dirty(w, c);

@@ -40,6 +40,27 @@ struct upgraded *upgraded_new(const struct http_request *req, struct span early_
 	return u;
 }
 
+static size_t upgraded_bytes(const struct upgraded *u)
+{
+	return sizeof *u + u->server_id_len + u->version_len + u->device_len + u->early_len;
+}
+
+bool upgraded_append(struct upgraded **u, struct span more)
+{
+	if (more.len == 0)
+		return true;
+	if (more.len > UPGRADED_EARLY_BYTES_MAX - MIN((*u)->early_len, UPGRADED_EARLY_BYTES_MAX))
+		return false;
+	size_t have = upgraded_bytes(*u);
+	struct upgraded *n = realloc(*u, have + more.len);
+	if (n == NULL)
+		return false;
+	memcpy((uint8_t *)n + have, more.ptr, more.len); /* the early bytes are last */
+	n->early_len += (uint32_t)more.len;
+	*u = n;
+	return true;
+}
+
 void upgraded_free(struct upgraded *u)
 {
 	free(u);

@@ -20,6 +20,7 @@
 #include "core/stat.h"
 #include "engine/bufpool.h"
 #include "engine/engine.h"
+#include "engine/group.h"
 #include "engine/uring.h"
 
 /* Connections still in the HTTP phase (not yet upgraded) are not counted against
@@ -47,6 +48,9 @@ struct worker_stats {
 	uint64_t enters; /* io_uring_enter system calls (to submit and/or wait) */
 	uint64_t cqes;
 	uint64_t accepts;
+	uint64_t handoffs_sent;     /* upgrades sent to their server-id's owner (cross-worker messages) */
+	uint64_t handoffs_received; /* upgrades taken from other workers */
+	uint64_t handoff_failures[HANDOFF_RESULT_COUNT]; /* [HANDOFF_OK] unused */
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
 	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
@@ -64,18 +68,20 @@ struct worker_stats {
 	struct latency_hist p2b_latency;
 } STAT_ALIGNED;
 
-/* Start-up (control plane). hooks: the application (engine/engine.h). Returns NULL
- * with a reason in why. */
-struct worker *worker_create(const struct config *cfg, uint32_t id, const char *listen_addr,
-			     uint64_t buffer_budget_bytes, const struct engine_hooks *hooks,
-			     char why[URING_WHY_BYTES]);
+/* Start-up (control plane). group: the workers of this relay (engine/group.h), id <
+ * group->n; hooks: the application (engine/engine.h), app_shared passed to its create.
+ * Returns NULL with a reason in why. */
+struct worker *worker_create(const struct config *cfg, struct worker_group *group, uint32_t id,
+			     const char *listen_addr, uint64_t buffer_budget_bytes,
+			     const struct engine_hooks *hooks, void *app_shared, char why[URING_WHY_BYTES]);
 enum worker_exit {
 	WORKER_EXIT_DRAINED = 0,
 	WORKER_EXIT_DRAIN_INCOMPLETE = 1, /* the 10 s drain deadline cut it short */
 	WORKER_EXIT_FATAL = 2,            /* ring set-up or wait failed: why says how */
 };
-/* On the worker's own thread: create the ring, run until worker_stop is observed and
- * every connection has drained (or the drain deadline passed). */
+/* On the worker's own thread: create the ring, wait until every worker of the group
+ * has one, run until worker_stop is observed and every connection has drained (or the
+ * drain deadline passed). Every worker of a group must run (the start is a barrier). */
 int worker_run(struct worker *w, char why[URING_WHY_BYTES]);
 /* Thread-safe: ask the worker to drain and stop (writes its eventfd). */
 void worker_stop(struct worker *w);

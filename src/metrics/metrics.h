@@ -21,7 +21,7 @@
 
 /* An exposition of this many workers fits in METRICS_BODY_BYTES_MAX (asserted by the
  * unit test with every counter at its widest). */
-#define METRICS_WORKERS_MAX 256u
+#define METRICS_WORKERS_MAX CONFIG_WORKERS_MAX
 #define METRICS_BODY_BYTES_MAX (512u * 1024u)
 
 /* One worker's counter blocks. */

@@ -44,7 +44,7 @@ static int on_admit(void *app, struct conn_ref c, enum http_route route, const s
 		if (ratelimit_key_from_xff(xff, &left))
 			key = left;
 	}
-	if (ratelimit_allow(&s->rl, key, worker_now_ms(s->w)))
+	if (relay_shared_allow(s->shared, key, worker_now_ms(s->w)))
 		return -1;
 	char quoted[RATE_LIMIT_KEY_QUOTED_BYTES];
 	int n = snprintf(quoted, sizeof quoted, "\"%.*s\"", (int)MIN(key.len, (size_t)RATE_LIMIT_KEY_LOGGED_MAX),
@@ -565,7 +565,7 @@ static void on_timer(void *app, struct tw_node *n)
 		break;
 	}
 	case TW_KIND_SWEEP:
-		ratelimit_sweep(&s->rl, worker_now_ms(s->w));
+		relay_shared_sweep(s->shared, s->id, worker_now_ms(s->w));
 		worker_schedule(s->w, n, worker_now_ms(s->w) + RATELIMIT_SWEEP_INTERVAL_MS);
 		break;
 	default:
@@ -592,8 +592,8 @@ static void on_shutdown(void *app)
 static void on_healthz(void *app, struct healthz *h)
 {
 	struct relay_shard *s = app;
-	h->connected_binaries = STAT_GET(s->stats.binaries);
-	h->connected_phones = STAT_GET(s->stats.phones);
+	/* every worker's shard: the relay's totals, whichever worker answers */
+	relay_shared_counts(s->shared, &h->connected_binaries, &h->connected_phones);
 }
 
 const struct engine_hooks relay_hooks = {

@@ -28,7 +28,8 @@
 #define RELAY_BINARY_OUTBOX_HIGH_WATER_BYTES (4u * 1024u * 1024u)
 #define RELAY_BINARY_OUTBOX_LOW_WATER_BYTES (1u * 1024u * 1024u)
 #define RELAY_PROBE_PAYLOAD "relay-probe"
-#define RELAY_RATELIMIT_BUCKETS_MAX 65536u
+#define RELAY_RATELIMIT_BUCKETS_MAX 65536u /* addresses tracked, per worker (shared by all) */
+#define RELAY_RATELIMIT_STRIPES 16u        /* the shared limiter's independently locked tables */
 
 /* Application close codes (reference §2.2, §2.3, §4.2). */
 #define RELAY_CLOSE_NO_SERVER 4404     /* no such server-id; also: phones of a reclaimed one */
@@ -88,7 +89,15 @@ struct relay_shard;
 /* app: what relay_hooks.create returned (worker_app). */
 const struct relay_stats *relay_stats_of(const struct relay_shard *s);
 
-/* The relay as the engine's application: pass to worker_create. */
+/* The relay as the engine's application: pass to worker_create, with a relay_shared
+ * made for the same worker count as app_shared. */
 extern const struct engine_hooks relay_hooks;
+
+/* What the shards of one relay share (the per-IP rate limiter, exact across workers;
+ * /healthz counts). Created before the workers, destroyed after them. */
+struct relay_shared;
+struct config;
+struct relay_shared *relay_shared_create(const struct config *cfg, uint32_t workers);
+void relay_shared_destroy(struct relay_shared *sh);
 
 #endif

@@ -75,12 +75,13 @@ struct relay_slot {
 struct relay_shard {
 	struct worker *w;
 	const struct config *cfg;
+	struct relay_shared *shared;
+	uint32_t id;           /* the worker's */
 	struct relay_conn *rc; /* one per pool slot of w */
 	struct relay_slot **buckets;
 	uint32_t nbuckets; /* power of two */
 	uint32_t nslots;
 	uint64_t hash_key[2];
-	struct ratelimit rl;
 	struct tw_node sweep;
 	struct relay_stats stats;
 };
@@ -113,9 +114,18 @@ static inline bool is_conn(uint32_t idx, struct conn_ref c)
 	return idx == c.idx;
 }
 
+/* ---- shared.c ---- */
+
+void relay_shared_register(struct relay_shared *sh, uint32_t worker, struct relay_shard *s);
+/* One upgrade attempt from key (§6.1) at the worker's now_ms: true to let it through. */
+bool relay_shared_allow(struct relay_shared *sh, struct span key, uint64_t now_ms);
+/* Sweep the limiter stripes this worker looks after. */
+void relay_shared_sweep(struct relay_shared *sh, uint32_t worker, uint64_t now_ms);
+void relay_shared_counts(const struct relay_shared *sh, uint64_t *binaries, uint64_t *phones);
+
 /* ---- slots.c ---- */
 
-void *shard_create(struct worker *w, const struct config *cfg);
+void *shard_create(struct worker *w, const struct config *cfg, void *shared);
 void shard_destroy(void *app);
 struct relay_slot *slot_find(struct relay_shard *s, struct span id);
 /* A new slot for id with no binary, claimant or phone; NULL when out of memory. */

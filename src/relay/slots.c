@@ -165,28 +165,27 @@ struct span binary_conn_id(const struct relay_conn *rc, char *buf, size_t cap)
 
 /* ------------------------------------------------------------------ set-up */
 
-void *shard_create(struct worker *w, const struct config *cfg)
+void *shard_create(struct worker *w, const struct config *cfg, void *shared)
 {
 	struct relay_shard *s = calloc_aligned(sizeof *s); /* stats: own cache lines */
 	if (s == NULL)
 		return NULL;
 	s->w = w;
 	s->cfg = cfg;
+	s->shared = shared;
+	s->id = worker_id(w);
 	s->nbuckets = RELAY_BUCKETS_INITIAL;
 	s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
 	/* calloc: cells of slots never used stay unbacked by RAM */
 	s->rc = calloc(worker_conn_cap(w), sizeof *s->rc);
-	uint64_t seed[3];
-	if (s->buckets == NULL || s->rc == NULL || getrandom(seed, sizeof seed, 0) != sizeof seed ||
-	    !ratelimit_init(&s->rl, RELAY_RATELIMIT_BUCKETS_MAX, cfg->rate_limit_burst, cfg->rate_limit_refill_ms,
-			    seed[2])) {
+	if (s->buckets == NULL || s->rc == NULL ||
+	    getrandom(s->hash_key, sizeof s->hash_key, 0) != (ssize_t)sizeof s->hash_key) {
 		free(s->buckets);
 		free(s->rc);
 		free(s);
 		return NULL;
 	}
-	s->hash_key[0] = seed[0];
-	s->hash_key[1] = seed[1];
+	relay_shared_register(s->shared, s->id, s);
 	s->sweep.kind = TW_KIND_SWEEP;
 	worker_schedule(w, &s->sweep, worker_now_ms(w) + RATELIMIT_SWEEP_INTERVAL_MS);
 	return s;
@@ -203,7 +202,6 @@ void shard_destroy(void *app)
 			sl = next;
 		}
 	}
-	ratelimit_destroy(&s->rl);
 	free(s->buckets);
 	free(s->rc);
 	free(s);

@@ -27,10 +27,10 @@ import sys
 
 RUNTIME_KEYS = set("""
     server_id conn_id binary_conn_id device_name remote binary_version err path from to
-    close_code token_fp duration fcm_message_id""".split())
+    close_code token_fp duration fcm_message_id worker owner""".split())
 BOOT_KEYS = set("""
     version mode listen domain cert_cache https_proxy_protocol env_var reason fix
-    effective_uid value addr unexpected_ports expected_ports bypass_env_var""".split())
+    effective_uid value addr unexpected_ports expected_ports bypass_env_var workers""".split())
 BOOT_FILES = {"src/main.c"}
 BOOT_DIR = "src/config/"  # the configuration module: every file builds boot refusals
 SKIP_FILES = {"src/core/log.h"}  # defines the macros: its parameters are not literals

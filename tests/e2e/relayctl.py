@@ -1017,6 +1017,9 @@ class RelayFactory:
         expect_exit_code: what teardown asserts after SIGTERM (None: do not check).
         A bind race on the chosen port (exit before ready with code 1) is retried."""
         last: Optional[RelayExited] = None
+        workers = os.environ.get("RELAY_WORKERS")
+        if workers and not any(a == "--workers" or a.startswith("--workers=") for a in args):
+            args = ["--workers", workers, *args]  # the whole suite runs with N workers
         for _attempt in range(5):
             port = free_port(host)
             mport = free_port("127.0.0.1") if metrics else None

@@ -372,9 +372,9 @@ static void test_numbers(void **state)
 	assert_int_equal(cfg.rate_limit_burst, 0);
 	assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV("--workers=0")), CONFIG_OK);
 	assert_int_equal(cfg.workers, 0);
-	assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV("--workers=1024")), CONFIG_OK);
-	assert_int_equal(cfg.workers, 1024);
-	expect_usage(ARGV("--workers=1025"), "invalid value \"1025\" for flag -workers: must be at most 1024");
+	assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV("--workers=256")), CONFIG_OK);
+	assert_int_equal(cfg.workers, 256);
+	expect_usage(ARGV("--workers=257"), "invalid value \"257\" for flag -workers: must be at most 256");
 	expect_usage(ARGV("--workers=-1"), "invalid value \"-1\" for flag -workers: parse error");
 }
 

@@ -125,6 +125,7 @@ struct worker {
 	struct fconn *conns; /* NCONNS; slots are never reused */
 	uint32_t nconns;
 	void *app;
+	struct relay_shared *shared;
 };
 
 struct fixture {
@@ -328,6 +329,11 @@ uint32_t worker_conn_cap(const struct worker *w)
 	return NCONNS;
 }
 
+uint32_t worker_id(const struct worker *w)
+{
+	return 0; /* one worker: the shared limiter and counts are this shard's alone */
+}
+
 /* ------------------------------------------------------------------ the "loop" */
 
 static void pump(void)
@@ -430,7 +436,9 @@ static void fx_open(const struct config *cfg)
 	timer_wheel_init(&w->tw, w->now_ms);
 	bufpool_init(&w->pool, POOL_BUDGET);
 	F->w = w;
-	w->app = relay_hooks.create(w, &F->cfg);
+	w->shared = relay_shared_create(&F->cfg, 1);
+	assert_non_null(w->shared);
+	w->app = relay_hooks.create(w, &F->cfg, w->shared);
 	assert_non_null(w->app);
 }
 
@@ -468,6 +476,7 @@ static void fx_close(void)
 	assert_int_equal(st->binaries, 0);
 	assert_int_equal(st->phones, 0);
 	relay_hooks.destroy(w->app);
+	relay_shared_destroy(w->shared);
 	/* close notices spilled to the pool all went back */
 	assert_int_equal(worker_pool(w)->bytes_in_use, 0);
 	bufpool_destroy(&w->pool);

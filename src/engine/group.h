@@ -1,0 +1,72 @@
+/*
+ * group.h - what the workers of one relay share: the owner of each server-id, the
+ * global --max-connections count, and the bounded handoff of upgrades between
+ * workers. Everything here is on the cold path (an upgrade, not a frame).
+ *
+ * Contract:
+ * - Created by main before the workers, destroyed after they are joined. Every field
+ *   a worker writes at run time is an atomic; the rest is set at creation.
+ * - group_owner is a keyed hash (SipHash-2-4, random key per process) of the shard key
+ *   (the server-id) modulo the worker count: clients cannot aim many ids at one worker.
+ * - Handoffs to one owner in flight (sent, not yet taken) are bounded by
+ *   HANDOFF_INFLIGHT_MAX; group_reserve refuses past it, or when the owner no longer
+ *   takes connections (draining, or its loop ended).
+ * - The cap count is exact across workers: group_take_cap never lets more than
+ *   max_connections slots be held at once.
+ */
+#ifndef PYRELAY_ENGINE_GROUP_H
+#define PYRELAY_ENGINE_GROUP_H
+
+#include <pthread.h>
+
+#include "core/common.h"
+
+/* Per owner worker: upgrades sent to it and not yet taken from its completion queue. */
+#define HANDOFF_INFLIGHT_MAX 1024u
+
+enum handoff_result {
+	HANDOFF_OK = 0,
+	HANDOFF_OWNER_FULL,   /* HANDOFF_INFLIGHT_MAX in flight to the owner */
+	HANDOFF_OWNER_GONE,   /* the owner is draining or its loop ended */
+	HANDOFF_SEND_FAILED,  /* the kernel refused the cross-ring message */
+	HANDOFF_OWNER_POOL,   /* the owner's connection pool was full */
+	HANDOFF_RESULT_COUNT,
+};
+
+struct group_member {
+	int ring_fd;          /* atomic; -1 until the worker's ring exists and after it is gone */
+	bool accepting;       /* atomic; false once the worker drains or its loop ended */
+	uint32_t inflight;    /* atomic; handoffs sent to it and not yet taken */
+} __attribute__((aligned(CACHE_LINE_BYTES)));
+
+struct worker_group {
+	uint32_t n;
+	uint32_t max_connections;
+	uint64_t owner_key[2];
+	uint32_t counted __attribute__((aligned(CACHE_LINE_BYTES))); /* atomic: cap slots held */
+	pthread_barrier_t start; /* every worker's ring exists before any loop runs */
+	struct group_member member[];
+};
+
+/* NULL when out of memory or the random source fails. */
+struct worker_group *worker_group_create(uint32_t n, uint32_t max_connections);
+void worker_group_destroy(struct worker_group *g);
+
+uint32_t group_owner(const struct worker_group *g, struct span key);
+
+/* A worker's ring is ready (fd) or gone (-1); whether it takes connections. */
+void group_publish(struct worker_group *g, uint32_t id, int ring_fd, bool accepting);
+void group_stop_accepting(struct worker_group *g, uint32_t id);
+/* The owner's ring fd for a handoff, with one in-flight place reserved (*ring_fd), or
+ * why not. */
+enum handoff_result group_reserve(struct worker_group *g, uint32_t owner, int *ring_fd);
+/* A reserved place is free again: the owner took the handoff, or it was never sent. */
+void group_release(struct worker_group *g, uint32_t owner);
+uint32_t group_inflight(const struct worker_group *g, uint32_t owner);
+
+/* One --max-connections slot, if the relay-wide count allows; group_put_cap returns it. */
+bool group_take_cap(struct worker_group *g);
+void group_put_cap(struct worker_group *g);
+uint32_t group_counted(const struct worker_group *g);
+
+#endif
