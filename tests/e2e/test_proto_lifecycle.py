@@ -10,6 +10,7 @@ import pytest
 
 from e2eproto import (HEARTBEAT, SHUTDOWN, answer_pings_for, claim, close_and_wait, read_text, read_wrapped,
                       register, route)
+from relayctl import drain_to_close, wrapped
 from relayctl import (OP_CLOSE, OP_PING, ConnClosed, build_frame, client_headers, close_payload, free_port,
                       run_wsclient, server_headers)
 
@@ -53,6 +54,44 @@ def test_heartbeat_node_ws_client_stays_connected(relay_factory, server_id):
         {"op": "expect_close", "code": 1000},
     ], timeout=12)
     assert res["ok"], res
+
+
+def test_heartbeat_python_websockets_peers_stay_while_silent_ones_drop(relay_factory, server_id, pyws):
+    """Python websockets answers pings by itself: a binary and a phone on it outlive a
+    binary and a phone that never read (dropped with 1011 or a TCP close) on the same
+    relay, and still exchange frames afterwards."""
+    relay = relay_factory.start(args=FAST_HEARTBEAT)
+    live_binary = pyws(relay, "/v1/server", server_headers(server_id))
+    relay.wait_log("server_claimed", server_id=server_id)
+    live_phone = pyws(relay, "/v1/client", client_headers(server_id))
+    relay.wait_log("phone_registered", server_id=server_id)
+    dead_phone, dead_cid = register(relay, server_id)  # never reads, never answers pings
+    dead_binary = claim(relay, server_id + "-dead")    # same, on the binary endpoint
+    t0 = time.monotonic()
+
+    time.sleep(2.5)
+    for name, conn in (("phone", dead_phone), ("binary", dead_binary)):
+        left = max(0.5, 5.0 - (time.monotonic() - t0))
+        how, code, reason, _ = drain_to_close(conn, left)
+        if how == "close":
+            assert (code, reason) == HEARTBEAT, f"silent {name}: close {code} {reason!r}"
+        # else: TCP closed within ~5 s, also acceptable
+
+    remaining = 4.5 - (time.monotonic() - t0)
+    if remaining > 0:
+        time.sleep(remaining)
+    assert live_binary.is_open(), f"live binary closed: {live_binary.close_code} {live_binary.close_reason!r}"
+    assert live_phone.is_open(), f"live phone closed: {live_phone.close_code} {live_phone.close_reason!r}"
+    live_phone.send('{"still":"here"}')
+    env = live_binary.recv_json(3)
+    while "frame" not in env:  # the silent phone's close notice may come first
+        assert env == {"conn_id": dead_cid, "close_code": env.get("close_code")}, env
+        env = live_binary.recv_json(3)
+    assert env["frame"] == {"still": "here"}, env
+    live_binary.send(wrapped(env["conn_id"], b'{"back":1}').decode())
+    assert live_phone.recv(3) == '{"back":1}'
+    h = relay.healthz()
+    assert h["connected_binaries"] == 1 and h["connected_phones"] == 1, h
 
 
 @pytest.mark.parametrize("endpoint", ["binary", "phone"])
