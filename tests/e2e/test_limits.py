@@ -187,6 +187,18 @@ def test_rate_limit_21st_attempt_429(relay, server_id):
         barrier(c)
 
 
+def test_rate_limit_spent_by_plain_requests_the_header_gate_refuses(relay, server_id):
+    """Requests to /v1/* that are not even upgrades (a GET with only X-Pyrycode-Server)
+    spend the bucket too: the limit is checked first (§1.7)."""
+    for i in range(20):
+        r = relay.http("GET", "/v1/server", {"X-Pyrycode-Server": f"{server_id}-{i}"})  # missing headers
+        assert r.status == 400, f"attempt {i + 1}: {r!r}"
+    _, r = _attempt(relay, "/v1/client", {})
+    _assert_empty_error(r, 429)
+    _, r = _attempt(relay, "/v1/server", server_headers(server_id))
+    _assert_empty_error(r, 429)
+
+
 def test_rate_limit_refills(relay_factory, server_id):
     relay = relay_factory.start(args=["--rate-limit-burst", "3", "--rate-limit-refill", "1s"])
     t0 = time.monotonic()
