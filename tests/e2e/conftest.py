@@ -8,6 +8,8 @@ Fixtures:
   relay          a relay started with defaults (one per test: no state leaks between tests,
                  and the per-IP upgrade rate limit starts full)
   server_id      a server-id unique to this test
+  pyws           factory: pyws(relay, path, headers, **kw) -> relayctl.PyWs (a Python websockets
+                 client in its own thread); every one is shut down at teardown
 """
 
 import os
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from relayctl import REPO_ROOT, RelayFactory, unique_id
+from relayctl import REPO_ROOT, PyWs, RelayFactory, unique_id
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,17 @@ def relay(relay_factory):
 @pytest.fixture
 def server_id(request) -> str:
     return unique_id(request.node.name[:40])
+
+
+@pytest.fixture
+def pyws():
+    made: list = []
+
+    def make(relay, path: str, headers, **kw) -> PyWs:
+        c = PyWs(relay, path, headers, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.shutdown()

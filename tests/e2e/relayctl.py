@@ -13,6 +13,9 @@ Main pieces (see tests/e2e/README.md for the walkthrough):
   build_frame / close_payload           client frames, valid or deliberately broken
   run_wsclient(...)                     Node `ws` client driven by a JSON step script
   py_ws_connect / run_async             Python `websockets` 10.4 (legacy asyncio API)
+  PyWs                                  the same client in its own thread (answers pings itself)
+  claim / register / route / ...        protocol helpers: registry, envelopes, close notices,
+                                        the relay's close codes (end of this file)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import base64
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -1110,3 +1114,330 @@ def run_async(coro, timeout: float = 10.0):
     async def bounded():
         return await asyncio.wait_for(coro, timeout)
     return asyncio.run(bounded())
+
+
+# --------------------------------------------------------------------------------------
+# protocol helpers: registry, routing envelopes, close notices, close codes (reference
+# §2-§4). The tests of test_{routing,registry,limits,lifecycle,session}.py and
+# test_metrics.py build on these; every wait is bounded.
+
+LOCAL_IP = "127.0.0.1"
+
+# the relay's close frames, (code, reason bytes) as RawConn.read_close returns them (§2.4)
+RECLAIMED = (4404, b"binary reclaimed server-id")
+NO_SERVER = (4404, b"no server with that id")
+CONFLICT = (4409, b"server-id already claimed")
+AT_CAP = (4429, b"too many phones for server-id")
+HEARTBEAT = (1011, b"heartbeat timeout")
+BACKLOG = (1011, b"phone backlog full")
+SHUTDOWN = (1001, b"shutting down")
+
+
+def conn_id_re(server_id: str, prefix: str = "client") -> "re.Pattern":
+    """conn_id format (§2.1): <prefix>-<server-id verbatim>-<8 lowercase hex>."""
+    return re.compile(re.escape(f"{prefix}-{server_id}-") + r"[0-9a-f]{8}")
+
+
+def claim(relay: Relay, server_id: str, **hdr) -> RawConn:
+    """A raw binary that has claimed `server_id` (server_claimed logged for it)."""
+    mark = relay.log_mark()
+    b = relay.ws_server(server_id, **hdr)
+    relay.wait_log("server_claimed", since=mark, timeout=5, server_id=server_id)
+    return b
+
+
+def register(relay: Relay, server_id: str, **hdr) -> tuple:
+    """A raw phone registered for `server_id`: (conn, conn_id from phone_registered)."""
+    mark = relay.log_mark()
+    p = relay.ws_client(server_id, **hdr)
+    rec = relay.wait_log("phone_registered", since=mark, timeout=5, server_id=server_id)
+    return p, rec["conn_id"]
+
+
+def read_text(conn: RawConn, timeout: float = 5.0) -> bytes:
+    """Next data message's raw bytes; it must be a text message."""
+    op, payload = conn.read_message(timeout)
+    assert op == OP_TEXT, f"relay sent a non-text data message (opcode {op:#x}): {payload[:200]!r}"
+    return payload
+
+
+def ordered_json(payload: Union[bytes, str]) -> list:
+    """A JSON object as a list of (key, value) pairs in wire order."""
+    return json.loads(payload, object_pairs_hook=lambda pairs: pairs)
+
+
+def wrapped(conn_id: str, frame: bytes) -> bytes:
+    """{"conn_id":<conn_id>,"frame":<frame bytes verbatim>}: the exact bytes the binary
+    must receive for a phone frame, and the routed-frame envelope a binary sends."""
+    return b'{"conn_id":' + json.dumps(conn_id).encode() + b',"frame":' + frame + b"}"
+
+
+def read_wrapped(binary: RawConn, timeout: float = 5.0) -> tuple:
+    """Next message on the binary, which must be a wrapped phone frame:
+    exactly {"conn_id": <str>, "frame": <raw>} -> (conn_id, raw frame bytes)."""
+    raw = read_text(binary, timeout)
+    pre = b'{"conn_id":"'
+    assert raw.startswith(pre) and raw.endswith(b"}"), f"not a wrapped frame: {raw[:300]!r}"
+    end = raw.index(b'"', len(pre))
+    cid = raw[len(pre):end].decode()
+    rest = raw[end + 1:]
+    assert rest.startswith(b',"frame":'), f"not a wrapped frame (second key): {raw[:300]!r}"
+    return cid, rest[len(b',"frame":'):-1]
+
+
+def read_notice(binary: RawConn, timeout: float = 5.0) -> tuple:
+    """Next message on the binary, which must be a close notice: exactly the keys
+    conn_id, close_code in that order (no frame) -> (conn_id, close_code)."""
+    raw = read_text(binary, timeout)
+    pairs = ordered_json(raw)
+    assert isinstance(pairs, list) and [k for k, _ in pairs] == ["conn_id", "close_code"], \
+        f"expected a close notice {{conn_id, close_code}}, got {raw[:300]!r}"
+    return pairs[0][1], pairs[1][1]
+
+
+def route(binary: RawConn, conn_id: str, frame_raw: bytes, opcode: int = OP_TEXT) -> None:
+    """Send a routed-frame envelope whose frame is the raw JSON text `frame_raw`."""
+    binary.send_frame(opcode, wrapped(conn_id, frame_raw))
+
+
+def directive(binary: RawConn, conn_id: str, code: int, frame_raw: Optional[bytes] = None) -> None:
+    """Send a close directive {"conn_id", "close_code"[, "frame": frame_raw verbatim]}."""
+    body = b'{"conn_id":' + json.dumps(conn_id).encode() + b',"close_code":' + str(code).encode()
+    if frame_raw is not None:
+        body += b',"frame":' + frame_raw
+    binary.send_frame(OP_TEXT, body + b"}")
+
+
+def barrier(conn: RawConn, timeout: float = 5.0, tag: bytes = b"barrier") -> None:
+    """Ping the relay and require the pong to be the very next frame: proves the
+    connection is alive and that nothing (data, close) was queued before it."""
+    conn.ping(tag, timeout=timeout)
+
+
+def barrier_skipping_notices(conn: RawConn, conn_ids, timeout: float = 5.0) -> list:
+    """Like barrier() on a binary, but close notices for `conn_ids` may come first
+    (e.g. for phones the relay itself closed); returns them as [(conn_id, code)]."""
+    conn.send_frame(OP_PING, b"barrier")
+    deadline = time.monotonic() + timeout
+    notices = []
+    while True:
+        f = conn.read_frame(timeout=max(0.001, deadline - time.monotonic()))
+        if f.opcode == OP_PONG and f.payload == b"barrier":
+            return notices
+        assert f.opcode == OP_TEXT and f.fin, f"expected a pong or a close notice, got {f!r}"
+        pairs = ordered_json(f.payload)
+        assert [k for k, _ in pairs] == ["conn_id", "close_code"] and pairs[0][1] in conn_ids, \
+            f"expected a close notice for {conn_ids}, got {f!r}"
+        notices.append((pairs[0][1], pairs[1][1]))
+
+
+def expect_nothing(conn: RawConn, wait: float = 0.3) -> None:
+    """No byte arrives within `wait` and the connection stays open (then a barrier)."""
+    assert conn.is_open(wait), f"connection closed (reset={conn.reset}); buffered {bytes(conn.buf[:200])!r}"
+    assert not conn.buf, f"unexpected bytes: {bytes(conn.buf[:300])!r}"
+    barrier(conn)
+
+
+def expect_close(conn: RawConn, expected: tuple, timeout: float = 5.0, tcp_timeout: float = 6.0) -> None:
+    """Read the relay's close frame (pings/pongs skipped), check (code, reason), answer
+    it, and wait for the relay to close TCP."""
+    got = conn.read_close(timeout)
+    assert got == expected, f"close {got!r}, expected {expected!r}"
+    conn.send_quietly(build_frame(OP_CLOSE, close_payload(got[0]) if got[0] is not None else b""))
+    conn.wait_closed(tcp_timeout, allow_data=True)
+    conn.close()  # as a real client does once the relay closed TCP
+
+
+def close_and_wait(conn: RawConn, code: Optional[int] = 1000, timeout: float = 5.0) -> None:
+    """Client-initiated close handshake: send close, read the echo, wait for TCP close."""
+    conn.send_close(code)
+    conn.read_close(timeout)
+    conn.wait_closed(timeout, allow_data=True)
+    conn.close()
+
+
+def abort(conn: RawConn) -> None:
+    """Drop the TCP connection with RST (SO_LINGER 0), no close frame."""
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def answer_pings_for(conn: RawConn, seconds: float) -> int:
+    """Keep a connection alive for `seconds`: answer every ping, fail on anything else.
+    Returns the number of pings answered."""
+    deadline = time.monotonic() + seconds
+    pings = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return pings
+        try:
+            f = conn.read_frame(timeout=left)
+        except TimeoutError:
+            return pings
+        if f.opcode == OP_PING:
+            conn.send_frame(OP_PONG, f.payload)
+            pings += 1
+            continue
+        raise AssertionError(f"expected only pings while idle, got {f!r}")
+
+
+def drain_to_close(conn: RawConn, timeout: float) -> tuple:
+    """Read (and discard) everything until a close frame or TCP close, within `timeout`.
+    Returns ("close", code, reason, n_data_frames) or ("tcp", None, None, n_data_frames).
+    Pings are not answered (a peer that never reads would not answer them either)."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"neither a close frame nor a TCP close within {timeout}s "
+                                 f"({n} data frames read)")
+        try:
+            f = conn.read_frame(timeout=left, check=False)
+        except ConnClosed:
+            return ("tcp", None, None, n)
+        except TimeoutError:
+            continue
+        if f.opcode == OP_CLOSE:
+            return ("close", f.close_code, f.close_reason, n)
+        if f.opcode not in (OP_PING, OP_PONG):
+            n += 1
+
+
+def wait_healthz(relay: Relay, timeout: float = 3.0, **want) -> dict:
+    """Poll /healthz until every key in `want` has that value; return the body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        h = relay.healthz()
+        if all(h.get(k) == v for k, v in want.items()):
+            return h
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"/healthz {h} did not reach {want} within {timeout}s")
+        time.sleep(0.03)
+
+
+async def wsclient_async(url: str, headers: Mapping[str, str], steps: Sequence[dict],
+                         timeout: float = 15.0) -> dict:
+    """Like run_wsclient, but as a coroutine (many Node clients run concurrently)."""
+    node = shutil.which("node")
+    assert node, "node not found on PATH"
+    spec = {"url": url, "headers": dict(headers), "steps": list(steps), "options": {},
+            "timeout_ms": int(timeout * 1000) - 500}
+    proc = await asyncio.create_subprocess_exec(node, str(WSCLIENT_MJS), cwd=str(E2E_DIR),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(json.dumps(spec).encode()), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"wsclient.mjs timed out after {timeout}s") from None
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    assert lines, f"wsclient.mjs printed nothing (rc={proc.returncode}); stderr: {err.decode(errors='replace')}"
+    return json.loads(lines[-1])
+
+
+class PyWs:
+    """A Python `websockets` 10.4 client running in its own thread and event loop, so it
+    answers pings by itself (probe, heartbeat) while the test blocks elsewhere. Received
+    messages land in a queue; when the connection ends, `closed` is set and
+    close_code/close_reason are kept. Made by the `pyws` fixture (conftest.py), which
+    shuts every one down at teardown."""
+
+    def __init__(self, relay: Relay, path: str, headers: Mapping[str, str], open_timeout: float = 5.0, **kw):
+        self.messages: "queue.Queue" = queue.Queue()
+        self.closed = threading.Event()
+        self.close_code: Optional[int] = None
+        self.close_reason: Optional[str] = None
+        self.ws = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(relay, path, headers, kw), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(open_timeout + 2):
+            raise AssertionError("python websockets client did not connect in time")
+        if self._error is not None:
+            raise AssertionError(f"python websockets client failed to connect: {self._error!r}")
+
+    def _run(self, relay, path, headers, kw) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main(relay, path, headers, kw))
+        self._loop.close()
+
+    async def _main(self, relay, path, headers, kw) -> None:
+        try:
+            self.ws = await py_ws_connect(relay, path, headers, **kw)
+        except BaseException as e:  # noqa: BLE001
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            async for msg in self.ws:
+                self.messages.put(msg)
+        except Exception:  # noqa: BLE001  (ConnectionClosedError: abrupt end)
+            pass
+        finally:
+            try:
+                await asyncio.wait_for(self.ws.wait_closed(), 6)
+            except Exception:  # noqa: BLE001
+                pass
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            self.closed.set()
+
+    def _call(self, coro, timeout: float = 5.0):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def send(self, data, timeout: float = 5.0) -> None:
+        self._call(self.ws.send(data), timeout)
+
+    def recv(self, timeout: float = 5.0):
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"python client: no message within {timeout}s "
+                                 f"(closed={self.closed.is_set()}, code={self.close_code})") from None
+
+    def recv_json(self, timeout: float = 5.0):
+        m = self.recv(timeout)
+        assert isinstance(m, str), f"python client got a binary message {m[:100]!r}"
+        return json.loads(m)
+
+    def ping(self, data: bytes = b"py", timeout: float = 3.0) -> None:
+        """Ping the relay and wait for the matching pong."""
+        async def go():
+            waiter = await self.ws.ping(data)
+            await asyncio.wait_for(waiter, timeout)
+        self._call(go(), timeout + 1)
+
+    def close(self, code: int = 1000, timeout: float = 8.0) -> None:
+        if not self.closed.is_set():
+            try:
+                self._call(self.ws.close(code), timeout)
+            except Exception:  # noqa: BLE001
+                pass
+        self.closed.wait(timeout)
+
+    def abort(self) -> None:
+        """Drop TCP without a close handshake (a crashed peer)."""
+        self._loop.call_soon_threadsafe(self.ws.transport.abort)
+        self.closed.wait(8)
+
+    def wait_closed(self, timeout: float) -> tuple:
+        assert self.closed.wait(timeout), f"python client still open after {timeout}s"
+        return self.close_code, self.close_reason
+
+    def is_open(self) -> bool:
+        return not self.closed.is_set()
+
+    def shutdown(self) -> None:
+        """Teardown: drop the connection if still open, join the thread."""
+        if self.ws is not None and not self.closed.is_set():
+            try:
+                self._loop.call_soon_threadsafe(self.ws.transport.abort)
+            except RuntimeError:
+                pass
+        self._thread.join(8)

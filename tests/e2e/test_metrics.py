@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from e2eproto import (AT_CAP, CONFLICT, NO_SERVER, abort, barrier, claim, close_and_wait, expect_close, read_text,
-                      read_wrapped, register, route, directive)
-from relayctl import (OP_CLOSE, OP_PING, OP_PONG, REPO_ROOT, RawConn, build_frame, client_headers, close_payload,
-                      free_port, server_headers, wait_until)
+from relayctl import (AT_CAP, CONFLICT, NO_SERVER, OP_CLOSE, OP_PING, OP_PONG, REPO_ROOT, RawConn, abort, barrier,
+                      build_frame, claim, client_headers, close_and_wait, close_payload, directive, expect_close,
+                      free_port, read_text, read_wrapped, register, route, server_headers, wait_until)
 
 PROM_CT = "text/plain; version=0.0.4; charset=utf-8"
 
