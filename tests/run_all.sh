@@ -20,8 +20,8 @@ stage() {
   fi
 }
 
-e2e() { # $1: relay binary
-  RELAY_BIN="$PWD/$1" "$PY" -m pytest -q -p no:cacheprovider tests/e2e
+e2e() { # $1: relay binary, $2: --workers for every relay the suite starts
+  RELAY_BIN="$PWD/$1" RELAY_WORKERS="$2" "$PY" -m pytest -q -p no:cacheprovider tests/e2e
 }
 
 stage "build gcc"             make --no-print-directory CC=gcc all
@@ -31,11 +31,14 @@ stage "unit asan+ubsan"       make --no-print-directory CC="$CLANG" SAN=asan uni
 stage "unit tsan"             setarch -R make --no-print-directory CC="$CLANG" SAN=tsan unit
 stage "build asan relay"      make --no-print-directory CC="$CLANG" SAN=asan all
 stage "build tsan relay"      make --no-print-directory CC="$CLANG" SAN=tsan all
-stage "e2e gcc"               e2e build/gcc/pyrycode-relay
-stage "e2e asan+ubsan"        e2e build/"$CLANG"-asan/pyrycode-relay
+# One worker is the single-ring relay; four (more workers than this machine's cores)
+# hand most upgrades to another worker's ring, so every test crosses the handoff.
+stage "e2e gcc, 1 worker"     e2e build/gcc/pyrycode-relay 1
+stage "e2e gcc, 4 workers"    e2e build/gcc/pyrycode-relay 4
+stage "e2e asan+ubsan, 4 workers" e2e build/"$CLANG"-asan/pyrycode-relay 4
 # TSan needs a fixed address layout on this kernel (high mmap entropy); a report makes
 # the relay exit 66, which the harness's teardown turns into a failure.
-stage "e2e tsan"              setarch -R bash -c "$(declare -f e2e); PY=$PY; e2e build/$CLANG-tsan/pyrycode-relay"
+stage "e2e tsan, 4 workers"   setarch -R bash -c "$(declare -f e2e); PY=$PY; e2e build/$CLANG-tsan/pyrycode-relay 4"
 stage "fuzz smoke"            make --no-print-directory fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
 for check in tests/checks/*.sh; do
   [[ -e $check ]] || continue

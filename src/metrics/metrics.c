@@ -23,6 +23,10 @@ static const char *const close_class_names[CLOSE_CLASS_COUNT] = {
 	"normal", "going_away", "protocol_error", "internal_error", "application", "no_status", "abnormal",
 };
 static const char *const handler_error_names[METRICS_ERR_COUNT] = { "encoding", "gathering" };
+/* enum handoff_result past HANDOFF_OK */
+static const char *const handoff_failure_names[HANDOFF_RESULT_COUNT - 1] = {
+	"owner_full", "owner_gone", "send_failed", "owner_pool_full",
+};
 
 /* ------------------------------------------------------------------ sums */
 
@@ -68,6 +72,8 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 	SUM(t->outbox_bytes, e->outbox_bytes);
 	for (int k = 0; k < CLOSE_CLASS_COUNT; k++)
 		SUM(t->closes[k], e->closes[k]);
+	for (int k = 0; k < HANDOFF_RESULT_COUNT; k++)
+		SUM(t->handoff_failures[k], e->handoff_failures[k]);
 	/* The exposition's _count is the +Inf bucket (the sum of the buckets read), so a
 	 * scrape racing an observation still shows a consistent histogram. */
 	for (uint32_t b = 0; b <= LATENCY_BOUNDS_COUNT; b++)
@@ -232,6 +238,10 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 	labelled(o, "pyrycode_relay_frames_dropped_total", "Frames not delivered, by reason.", PROM_COUNTER, "reason",
 		 drop_names, t->relay.dropped, RELAY_DROP_COUNT);
 
+	labelled(o, "pyrycode_relay_handoff_failures_total",
+		 "Upgrades that could not be handed to their server-id's worker (the connection was closed), by reason.",
+		 PROM_COUNTER, "reason", handoff_failure_names, e->handoff_failures + 1, HANDOFF_RESULT_COUNT - 1);
+
 	scalar(o, "pyrycode_relay_outbox_bytes", "Bytes queued for sending on client sockets, not yet written.",
 	       PROM_GAUGE, (double)e->outbox_bytes);
 	scalar(o, "pyrycode_relay_phone_pauses_total",
@@ -257,8 +267,17 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 	       "Sends submitted as io_uring send_zc (those of at least --zerocopy-min-bytes).", PROM_COUNTER,
 	       (double)e->zc_sends);
 
+	per_worker(o, "pyrycode_relay_worker_accepts_total", "TCP connections accepted, per worker.", in,
+		   offsetof(struct worker_stats, accepts));
 	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
 		   offsetof(struct worker_stats, cqes));
+	per_worker(o, "pyrycode_relay_worker_handoffs_received_total",
+		   "Upgrades taken from other workers (their server-id is this worker's), per worker.", in,
+		   offsetof(struct worker_stats, handoffs_received));
+	per_worker(o, "pyrycode_relay_worker_handoffs_sent_total",
+		   "Upgrades sent to the worker that owns their server-id: the only messages between workers, "
+		   "one per handed-off connection and none per frame.",
+		   in, offsetof(struct worker_stats, handoffs_sent));
 	per_worker(o, "pyrycode_relay_worker_io_uring_enters_total",
 		   "io_uring_enter system calls, per worker (CQEs per enter: divide).", in,
 		   offsetof(struct worker_stats, enters));
