@@ -48,6 +48,10 @@
 #define CONFIG_HEARTBEAT_TIMEOUT_MS_DEFAULT 30000u
 #define CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT 10000u
 #define CONFIG_MAX_CONNECTIONS_LIMIT 16000000u
+/* --batch-wait-us: default and bound (a worker wakes at most this late for a batch;
+ * the default is measured in docs/benchmarks.md). */
+#define CONFIG_BATCH_WAIT_US_DEFAULT 50u
+#define CONFIG_BATCH_WAIT_US_MAX 1000u
 /* --workers: at most this many (the metrics exposition is sized for it). */
 #define CONFIG_WORKERS_MAX 256u
 
@@ -78,6 +82,7 @@ struct config {
 	/* our flags (issue: settable limits and timers; Go duration syntax, e.g. 30s, 1m30s, 250ms) */
 	uint32_t rate_limit_burst; /* 0 turns the per-IP limiter off */
 	uint32_t zerocopy_min_bytes; /* sends of at least this many bytes use send_zc; 0: never */
+	uint32_t batch_wait_us;      /* a worker may wait this long for more completions; 0: off */
 	uint64_t rate_limit_refill_ms;
 	uint64_t grace_period_ms;
 	uint64_t heartbeat_interval_ms;

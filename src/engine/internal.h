@@ -64,6 +64,8 @@
 #define LISTEN_BACKLOG 4096
 #define HTTP_HEAD_BUF_INITIAL_BYTES 1024u /* first head buffer; grows to HTTP_HEAD_BYTES_MAX */
 #define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
+/* --batch-wait-us: how many completions a waiting worker would like before it wakes. */
+#define WAKEUP_BATCH_COMPLETIONS 16u
 /* Heartbeat ping payloads are a decimal sequence number. */
 #define HEARTBEAT_PAYLOAD_BYTES_MAX 16u
 
@@ -165,6 +167,8 @@ struct worker {
 	uint64_t wake_value;
 	bool wake_armed;
 	bool ring_ready;
+	bool ring_registered;    /* the ring fd is registered: enter with IORING_ENTER_REGISTERED_RING */
+	uint32_t batch_wait_us;  /* --batch-wait-us when the kernel supports it, else 0 */
 
 	struct io_uring_buf_ring *br;
 	uint8_t *bufs;

@@ -41,6 +41,9 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 	w->wake_fd = -1;
 	if (!uring_probe(&w->feat, why))
 		goto fail;
+	/* Batching needs the kernel's minimum wait (6.12); without it a worker wakes at once. */
+	w->batch_wait_us = w->feat.min_wait ? cfg->batch_wait_us : 0;
+	STAT_SET(w->stats.batch_wait_us, w->batch_wait_us);
 	if (group->n > 1 && !w->feat.msg_ring) {
 		snprintf(why, URING_WHY_BYTES,
 			 "io_uring lacks IORING_OP_MSG_RING (kernel 5.18+), which hands connections between workers; use --workers 1");
@@ -163,8 +166,10 @@ static void publish_buffers(struct worker *w)
  * ring fd, only the creating task may submit, so this runs on the worker thread. */
 static bool ring_init(struct worker *w, char why[URING_WHY_BYTES])
 {
-	if (uring_setup(&w->ring, RING_ENTRIES, &w->feat, why) < 0)
+	int rc = uring_setup(&w->ring, RING_ENTRIES, &w->feat, why);
+	if (rc < 0)
 		return false;
+	w->ring_registered = rc == 1;
 	w->br = uring_setup_buf_ring(&w->ring, RECV_BUFFER_COUNT, RECV_BUFFER_GROUP, why);
 	if (w->br == NULL) {
 		io_uring_queue_exit(&w->ring);
@@ -371,6 +376,30 @@ static void shed_all(struct worker *w)
 
 /* ------------------------------------------------------------------ the loop */
 
+/*
+ * Submit what the iteration queued and wait for completions (ts: the next timer). With
+ * --batch-wait-us on a kernel that supports it, a worker that has to wait lets the
+ * kernel hold it up to that long for WAKEUP_BATCH_COMPLETIONS completions, then wakes
+ * as soon as there is one: at low load one wake-up serves several frames; at high load
+ * the batch is there at once and nothing waits. No system call at all when completions
+ * are already there and nothing is to be submitted.
+ */
+static int wait_for_completions(struct worker *w, const struct __kernel_timespec *ts)
+{
+	bool submit = io_uring_sq_ready(&w->ring) > 0;
+	bool ready = io_uring_cq_ready(&w->ring) > 0;
+	if (ready && !submit && w->feat.ext_arg)
+		return 0;
+	STAT_INC(w->stats.enters);
+	if (!ready)
+		STAT_INC(w->stats.waits);
+	if (w->batch_wait_us && !ready)
+		return uring_submit_and_wait_batch(&w->ring, w->ring_registered, ts, WAKEUP_BATCH_COMPLETIONS,
+						   w->batch_wait_us);
+	struct io_uring_cqe *cqe = NULL;
+	return io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, (struct __kernel_timespec *)ts, NULL);
+}
+
 static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 {
 	arm_wake(w);
@@ -398,13 +427,7 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 			ts.tv_nsec = (wait_ms % 1000) * 1000000;
 			tsp = &ts;
 		}
-		/* liburing enters the kernel only to submit, or to wait when no completion is
-		 * ready yet (and always without EXT_ARG: the timeout is then an SQE). */
-		bool enters = !w->feat.ext_arg || io_uring_sq_ready(&w->ring) > 0 || io_uring_cq_ready(&w->ring) == 0;
-		struct io_uring_cqe *cqe = NULL;
-		int rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
-		if (enters)
-			STAT_INC(w->stats.enters);
+		int rc = wait_for_completions(w, tsp);
 		STAT_INC(w->stats.loop_iterations);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
 			/* Not transient: spinning on it would burn a core and flood the log. */
@@ -415,6 +438,7 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 		w->now_ms = w->iter_ns / 1000000u;
 
 		unsigned head, seen = 0;
+		struct io_uring_cqe *cqe;
 		io_uring_for_each_cqe(&w->ring, head, cqe)
 		{
 			handle_cqe(w, cqe);

@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 
 /* struct utsname.release on Linux: 64 characters and a NUL. */
 #define KERNEL_RELEASE_BYTES 65u
@@ -46,6 +49,7 @@ bool uring_probe(struct uring_features *f, char why[URING_WHY_BYTES])
 		return false;
 	}
 	f->ext_arg = (ring.features & IORING_FEAT_EXT_ARG) != 0;
+	f->min_wait = f->ext_arg && (ring.features & IORING_FEAT_MIN_TIMEOUT) != 0;
 	struct io_uring_probe *probe = io_uring_get_probe_ring(&ring);
 	bool ops_ok = false;
 	if (probe != NULL) {
@@ -107,8 +111,44 @@ int uring_setup(struct io_uring *ring, unsigned entries, const struct uring_feat
 		return rc;
 	}
 	/* Saves an fget/fput per io_uring_enter; failure only costs that. */
-	(void)io_uring_register_ring_fd(ring);
-	return 0;
+	return io_uring_register_ring_fd(ring) == 1 ? 1 : 0;
+}
+
+/* Newer than liburing 2.3's headers: the kernel 6.12 layout of the wait argument. */
+struct uring_getevents_arg {
+	uint64_t sigmask;
+	uint32_t sigmask_sz;
+	uint32_t min_wait_usec; /* "pad" before 6.12 */
+	uint64_t ts;
+};
+
+/* What liburing's submit does before entering (its flush is private in 2.3): publish
+ * the SQEs prepared since the last flush. Returns how many the kernel has not consumed. */
+static unsigned flush_sq(struct io_uring *ring)
+{
+	struct io_uring_sq *sq = &ring->sq;
+	unsigned tail = sq->sqe_tail;
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		__atomic_store_n(sq->ktail, tail, __ATOMIC_RELEASE);
+	}
+	return tail - __atomic_load_n(sq->khead, __ATOMIC_ACQUIRE);
+}
+
+int uring_submit_and_wait_batch(struct io_uring *ring, bool registered, const struct __kernel_timespec *ts,
+				unsigned batch_nr, uint32_t min_wait_usec)
+{
+	struct uring_getevents_arg arg = {
+		.sigmask_sz = _NSIG / 8,
+		.min_wait_usec = min_wait_usec,
+		.ts = (uint64_t)(uintptr_t)ts,
+	};
+	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+	if (registered)
+		flags |= IORING_ENTER_REGISTERED_RING;
+	int fd = registered ? ring->enter_ring_fd : ring->ring_fd;
+	long rc = syscall(__NR_io_uring_enter, fd, flush_sq(ring), batch_nr, flags, &arg, sizeof arg);
+	return rc < 0 ? -errno : (int)rc;
 }
 
 static size_t buf_ring_bytes(unsigned entries)

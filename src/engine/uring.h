@@ -13,6 +13,11 @@
 
 #include "core/common.h"
 
+/* Newer than liburing 2.3's headers (kernel 6.12). */
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+
 struct uring_features {
 	bool defer_taskrun;   /* IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (6.1) */
 	bool coop_taskrun;    /* fallback (5.19) */
@@ -22,6 +27,7 @@ struct uring_features {
 	bool recv_multishot;  /* needs provided buffer rings (6.0) */
 	bool accept_multishot;
 	bool buf_ring;
+	bool min_wait;        /* io_uring_getevents_arg.min_wait_usec: wait a while for a batch (6.12) */
 };
 
 #define URING_WHY_BYTES 256
@@ -54,9 +60,20 @@ static inline struct io_uring_sqe *uring_get_sqe(struct io_uring *ring)
 bool uring_probe(struct uring_features *f, char why[URING_WHY_BYTES]);
 
 /* Create a ring with `entries` SQEs (CQ twice as big), single issuer and deferred task
- * running when available, else cooperative task running. Registers the ring fd. */
+ * running when available, else cooperative task running. Registers the ring fd.
+ * Returns 1 when the ring fd is registered, 0 when it is not, < 0 on failure. */
 int uring_setup(struct io_uring *ring, unsigned entries, const struct uring_features *f,
 		char why[URING_WHY_BYTES]);
+
+/*
+ * Submit what is queued and wait, like io_uring_submit_and_wait_timeout(ring, 1, ts),
+ * but batching wake-ups (f->min_wait): the kernel waits up to min_wait_usec for
+ * batch_nr completions and, after that, returns as soon as there is one. ts (NULL: no
+ * bound) bounds the whole wait. registered: uring_setup returned 1. Returns what
+ * io_uring_enter returns (submitted SQEs) or -errno (-ETIME when ts passed).
+ */
+int uring_submit_and_wait_batch(struct io_uring *ring, bool registered, const struct __kernel_timespec *ts,
+				unsigned batch_nr, uint32_t min_wait_usec);
 
 /* mmap a provided-buffer ring of `entries` (power of two) and register it as buffer
  * group `bgid`. Returns NULL with why filled on failure. */

@@ -46,6 +46,8 @@ enum close_class close_class_of(uint16_t code);
 struct worker_stats {
 	uint64_t loop_iterations;
 	uint64_t enters; /* io_uring_enter system calls (to submit and/or wait) */
+	uint64_t waits;  /* of those, the ones made with no completion ready: the worker slept */
+	uint64_t batch_wait_us; /* gauge: the --batch-wait-us in force (0: off or unsupported) */
 	uint64_t cqes;
 	uint64_t accepts;
 	uint64_t handoffs_sent;     /* upgrades sent to their server-id's owner (cross-worker messages) */

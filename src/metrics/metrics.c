@@ -114,9 +114,10 @@ static void labelled(struct prom_out *o, const char *name, const char *help, enu
 	}
 }
 
-/* A per-worker counter: one sample per worker, labelled by its index. */
-static void per_worker_typed(struct prom_out *o, const char *name, const char *help,
-			     const struct metrics_input *in, size_t offset, enum prom_type type)
+/* A per-worker series: one sample per worker, labelled by its index; the counter's
+ * value times `scale` (unit conversion to the base unit). */
+static void per_worker_scaled(struct prom_out *o, const char *name, const char *help,
+			      const struct metrics_input *in, size_t offset, enum prom_type type, double scale)
 {
 	prom_family(o, name, help, type);
 	for (uint32_t i = 0; i < in->nworkers; i++) {
@@ -124,8 +125,14 @@ static void per_worker_typed(struct prom_out *o, const char *name, const char *h
 		snprintf(id, sizeof id, "%u", i);
 		const uint64_t *field = (const uint64_t *)((const char *)in->workers[i].engine + offset);
 		struct prom_label l = { "worker", id };
-		prom_sample(o, name, &l, 1, (double)STAT_GET(*field));
+		prom_sample(o, name, &l, 1, (double)STAT_GET(*field) * scale);
 	}
+}
+
+static void per_worker_typed(struct prom_out *o, const char *name, const char *help,
+			     const struct metrics_input *in, size_t offset, enum prom_type type)
+{
+	per_worker_scaled(o, name, help, in, offset, type, 1.0);
 }
 
 static void per_worker(struct prom_out *o, const char *name, const char *help, const struct metrics_input *in,
@@ -269,6 +276,10 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 
 	per_worker(o, "pyrycode_relay_worker_accepts_total", "TCP connections accepted, per worker.", in,
 		   offsetof(struct worker_stats, accepts));
+	per_worker_scaled(o, "pyrycode_relay_worker_batch_wait_seconds",
+			  "How long a waiting worker lets the kernel hold it for a batch of completions "
+			  "(--batch-wait-us; 0: off, or the kernel cannot).",
+			  in, offsetof(struct worker_stats, batch_wait_us), PROM_GAUGE, 1e-6);
 	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
 		   offsetof(struct worker_stats, cqes));
 	per_worker(o, "pyrycode_relay_worker_handoffs_received_total",
@@ -286,6 +297,10 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 	per_worker(o, "pyrycode_relay_worker_recv_buffer_exhausted_total",
 		   "Multishot receives ended because the provided-buffer ring was empty (-ENOBUFS), per worker.", in,
 		   offsetof(struct worker_stats, recv_enobufs));
+	per_worker(o, "pyrycode_relay_worker_waits_total",
+		   "Times the worker had no completion ready and slept in the kernel (frames per wake-up: "
+		   "frames relayed / this).",
+		   in, offsetof(struct worker_stats, waits));
 	per_worker_gauge(o, "pyrycode_relay_worker_recv_buffers",
 			 "Provided receive buffers in the worker's ring (it starts small and doubles when a receive finds it empty).",
 			 in, offsetof(struct worker_stats, recv_buffers));
