@@ -39,19 +39,25 @@ import run as benchrun  # noqa: E402  (the harness: Child, proc_cpu_s, ports, cl
 REPO = benchrun.REPO
 
 
-def scrape_handoffs(port: int) -> float:
+def scrape(port: int) -> dict:
+    """Relay-wide sums of the per-worker handoff and wait counters."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(m.group(1)) for m in
-               re.finditer(r'^pyrycode_relay_worker_handoffs_sent_total\{[^}]*\} (\S+)$', text, re.M))
+
+    def total(family: str) -> float:
+        return sum(float(m.group(1)) for m in re.finditer(r'^' + family + r'\{[^}]*\} (\S+)$', text, re.M))
+    return {"handoffs": total("pyrycode_relay_worker_handoffs_sent_total"),
+            "waits": total("pyrycode_relay_worker_waits_total")}
 
 
-def one(args, workers: int, binaries: int, phones: int, port: int, mport: int) -> dict:
-    cpus = args.cpus
-    relay = benchrun.Child("relay", ["taskset", "-c", cpus, str(benchrun.RUN_UNPRIVILEGED), str(args.relay),
+def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str, relay_args: list,
+            loadgen_args: list, port: int, mport: int, timeout_s: float) -> dict:
+    """One run: the relay pinned to relay_cpus with relay_args, the generator pinned to
+    loadgen_cpus with loadgen_args; relay CPU over the generator's whole run, the
+    generator's JSON result, and the relay's cross-worker messages and wake-ups."""
+    relay = benchrun.Child("relay", ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
                                      "--insecure-listen", f"127.0.0.1:{port}",
-                                     f"--metrics-listen=127.0.0.1:{mport}", "--workers", str(workers),
-                                     "--max-connections", "30000", "--rate-limit-burst", "0",
-                                     "--grace-period", "0"],
+                                     f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
+                                     "--rate-limit-burst", "0", "--grace-period", "0", *relay_args],
                            None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
     try:
         deadline = time.monotonic() + 10
@@ -63,33 +69,44 @@ def one(args, workers: int, binaries: int, phones: int, port: int, mport: int) -
                 if time.monotonic() > deadline or not relay.alive():
                     raise RuntimeError("relay did not come up")
                 time.sleep(0.05)
-        threads = min(args.threads or workers, binaries)
-        lg = ["taskset", "-c", cpus, str(args.loadgen), "--quiet", "--url", f"ws://127.0.0.1:{port}",
-              "--binaries", str(binaries), "--phones", str(phones), "--size", str(args.size),
-              "--src-ips", "4", "--warmup", "1", "--duration", str(args.duration), "--drain", "1",
-              "--connect-timeout", "30", "--threads", str(threads)]
-        handoffs0 = scrape_handoffs(mport)
+        lg = ["taskset", "-c", loadgen_cpus, loadgen_bin, "--quiet", "--url", f"ws://127.0.0.1:{port}",
+              *loadgen_args]
+        before = scrape(mport)
         cpu0 = benchrun.proc_cpu_s(relay.pid)
-        t0 = time.monotonic()
-        out = benchrun.subprocess.run(lg, capture_output=True, text=True, timeout=args.duration + 60)
-        wall = time.monotonic() - t0
+        out = benchrun.subprocess.run(lg, capture_output=True, text=True, timeout=timeout_s)
         cpu1 = benchrun.proc_cpu_s(relay.pid)
-        handoffs1 = scrape_handoffs(mport)
+        after = scrape(mport)
         res = json.loads(out.stdout.strip().splitlines()[-1])
         frames = res["frames_p2b"] + res["frames_b2p"]
-        # the generator's whole run (connect, warm-up, window, drain) against the frames of
-        # its window: an upper bound that the same shape inflates equally for every row
         return {
-            "workers": workers, "topology": f"{binaries}x{phones}", "threads": threads, "ok": res["ok"],
-            "frames_per_s": res["frames_p2b_per_s"] + res["frames_b2p_per_s"],
-            "relay_cpu_s": cpu1 - cpu0, "wall_s": wall,
+            "ok": res["ok"], "result": res, "frames": frames, "relay_cpu_s": cpu1 - cpu0,
             "cpu_s_per_mframe": (cpu1 - cpu0) / frames * 1e6 if frames else None,
-            "connections_per_s": res["connections"] / res["connect_s"] if res["connect_s"] else None,
-            "handoffs": handoffs1 - handoffs0, "frames": frames,
+            "handoffs": after["handoffs"] - before["handoffs"],
+            "waits": after["waits"] - before["waits"],
             "command_relay": relay.command(), "command_loadgen": " ".join(lg),
         }
     finally:
         relay.stop()
+
+
+def one(args, workers: int, binaries: int, phones: int, port: int, mport: int) -> dict:
+    threads = min(args.threads or workers, binaries)
+    m = measure(args.relay, args.loadgen, args.cpus, args.cpus, ["--workers", str(workers)],
+                ["--binaries", str(binaries), "--phones", str(phones), "--size", str(args.size),
+                 "--src-ips", "4", "--warmup", "1", "--duration", str(args.duration), "--drain", "1",
+                 "--connect-timeout", "30", "--threads", str(threads)],
+                port, mport, args.duration + 60)
+    res = m["result"]
+    # relay CPU over the generator's whole run (connect, warm-up, window, drain) against
+    # the frames of its window: an upper bound that inflates every row alike
+    return {
+        "workers": workers, "topology": f"{binaries}x{phones}", "threads": threads, "ok": m["ok"],
+        "frames_per_s": res["frames_p2b_per_s"] + res["frames_b2p_per_s"],
+        "relay_cpu_s": m["relay_cpu_s"], "cpu_s_per_mframe": m["cpu_s_per_mframe"],
+        "connections_per_s": res["connections"] / res["connect_s"] if res["connect_s"] else None,
+        "handoffs": m["handoffs"], "frames": m["frames"],
+        "command_relay": m["command_relay"], "command_loadgen": m["command_loadgen"],
+    }
 
 
 def main() -> int:
