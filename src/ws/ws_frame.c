@@ -148,16 +148,19 @@ size_t ws_frame_header_encode(uint8_t *out, bool fin, uint8_t opcode, uint64_t p
 /* Below this many bytes the word loop's setup costs more than it saves. */
 #define WS_MASK_WORD_MIN_BYTES 16u
 
-void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset)
+bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask_key[4], uint64_t offset)
 {
-	ASSERT(p != NULL || n == 0);
+	ASSERT((dst != NULL && src != NULL) || n == 0);
 	ASSERT(mask_key != NULL);
+	ASSERT(dst == src || dst + n <= src || src + n <= dst); /* in place, or apart */
 
-	/* Rotate the key so that key[0] applies to p[0]. */
+	/* Rotate the key so that key[0] applies to src[0]. */
 	uint8_t key[WS_MASK_KEY_BYTES];
 	for (size_t i = 0; i < WS_MASK_KEY_BYTES; i++)
 		key[i] = mask_key[(offset + i) & 3u];
 
+	/* High bits of every output byte, ORed: zero iff all of it is ASCII. */
+	uint64_t high = 0;
 	size_t i = 0;
 #if defined(__SSE2__)
 	if (n >= 16) {
@@ -165,10 +168,13 @@ void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset)
 		for (size_t j = 0; j < sizeof k16; j++)
 			k16[j] = key[j & 3u];
 		__m128i kv = _mm_loadu_si128((const __m128i *)(const void *)k16);
+		__m128i acc = _mm_setzero_si128();
 		for (; n - i >= 16; i += 16) {
-			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-			_mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(v, kv));
+			__m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), kv);
+			_mm_storeu_si128((__m128i *)(void *)(dst + i), v);
+			acc = _mm_or_si128(acc, v);
 		}
+		high |= (uint64_t)_mm_movemask_epi8(acc);
 	}
 #endif
 	if (n - i >= WS_MASK_WORD_MIN_BYTES) {
@@ -176,16 +182,27 @@ void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset)
 		uint64_t k64;
 		memcpy(&k64, key, WS_MASK_KEY_BYTES);
 		memcpy((uint8_t *)&k64 + WS_MASK_KEY_BYTES, key, WS_MASK_KEY_BYTES);
+		uint64_t acc = 0;
 		for (; n - i >= sizeof(k64); i += sizeof(k64)) {
 			uint64_t w;
-			memcpy(&w, p + i, sizeof(w));
+			memcpy(&w, src + i, sizeof(w));
 			w ^= k64;
-			memcpy(p + i, &w, sizeof(w));
+			memcpy(dst + i, &w, sizeof(w));
+			acc |= w;
 		}
+		high |= acc & UINT64_C(0x8080808080808080);
 	}
 	/* i is a multiple of 8 here (16 after the vector loop), so key[i & 3] stays in phase. */
-	for (; i < n; i++)
-		p[i] ^= key[i & 3u];
+	for (; i < n; i++) {
+		dst[i] = src[i] ^ key[i & 3u];
+		high |= dst[i] & 0x80u;
+	}
+	return high == 0;
+}
+
+void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset)
+{
+	(void)ws_unmask_ascii(p, p, n, mask_key, offset);
 }
 
 bool ws_close_code_is_valid_received(uint32_t code)

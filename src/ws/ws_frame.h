@@ -78,6 +78,13 @@ size_t ws_frame_header_encode(uint8_t *out, bool fin, uint8_t opcode, uint64_t p
  */
 void ws_mask(uint8_t *p, size_t n, const uint8_t mask_key[4], uint64_t offset);
 
+/*
+ * The same XOR from src into dst (dst == src: in place; else the two must not
+ * overlap), in one pass that also says whether every byte written is ASCII (< 0x80):
+ * the reader then skips the UTF-8 check of ASCII text, the common case for JSON.
+ */
+bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask_key[4], uint64_t offset);
+
 /* True if a peer may send this code in a close frame: 1000-1003, 1007-1014, 3000-4999. */
 bool ws_close_code_is_valid_received(uint32_t code);
 

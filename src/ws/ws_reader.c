@@ -279,12 +279,12 @@ struct ws_event ws_reader_next(struct ws_reader *r, uint8_t *in, size_t n, size_
 			/* Unfragmented, and all of it is here: hand out the input itself. */
 			ASSERT(r->asm_len == 0);
 			uint8_t *p = left ? in + pos : r->ctrl;
-			ws_mask(p, left, r->mask_key, 0);
+			bool ascii = ws_unmask_ascii(p, p, left, r->mask_key, 0);
 			pos += left;
 			r->frame_payload_left = 0;
 			r->frame_payload_done = left;
 			r->in_frame = false;
-			if (text && !utf8_valid(p, left)) {
+			if (text && !ascii && !utf8_valid(p, left)) {
 				ev = fail(r, WS_CLOSE_INVALID_DATA);
 				break;
 			}
@@ -305,13 +305,15 @@ struct ws_event ws_reader_next(struct ws_reader *r, uint8_t *in, size_t n, size_
 		}
 		if (k) {
 			uint8_t *dst = r->asm_buf + r->asm_len;
-			memcpy(dst, in + pos, k);
-			ws_mask(dst, k, r->mask_key, r->frame_payload_done);
+			/* copy, unmask and the ASCII test in one pass over the payload */
+			bool ascii = ws_unmask_ascii(dst, in + pos, k, r->mask_key, r->frame_payload_done);
 			pos += k;
 			r->asm_len += k;
 			r->frame_payload_left -= k;
 			r->frame_payload_done += k;
-			if (text && !utf8_feed(&r->utf8_state, dst, k)) {
+			/* ASCII after a complete code point leaves the UTF-8 state as it is */
+			bool feed = !ascii || r->utf8_state != UTF8_STATE_INIT;
+			if (text && feed && !utf8_feed(&r->utf8_state, dst, k)) {
 				ev = fail(r, WS_CLOSE_INVALID_DATA);
 				break;
 			}

@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "rng.h"
 #include "ws/utf8.h"
 #include "ws/ws_frame.h"
 
@@ -432,6 +433,41 @@ static void test_close_payload_encode(void **state)
 	assert_int_equal(n, WS_CONTROL_PAYLOAD_BYTES_MAX);
 }
 
+/* The fused copy + unmask + ASCII test against the simple byte loop: random lengths
+ * (every vector/word/tail split), alignments, key offsets, in place and copying, with
+ * all-ASCII payloads and payloads with one high byte anywhere. */
+static void test_unmask_ascii_matches_simple_path(void **state)
+{
+	(void)state;
+	enum { MAX = 300, ROUNDS = 20000 };
+	static uint8_t src[MAX + 16], dst[MAX + 16], want[MAX];
+	rng_state = 0x5eed0017;
+	for (int round = 0; round < ROUNDS; round++) {
+		size_t n = (size_t)rng_below(MAX + 1);
+		size_t sa = (size_t)rng_below(16), da = (size_t)rng_below(16);
+		uint8_t mkey[4];
+		for (int k = 0; k < 4; k++)
+			mkey[k] = (uint8_t)rng_next();
+		uint64_t off = rng_next() >> (rng_below(64));
+		/* the plaintext: ASCII, with a high byte at a random place half the time */
+		bool want_ascii = true;
+		for (size_t j = 0; j < n; j++)
+			want[j] = (uint8_t)rng_below(0x80);
+		if (n && (round & 1)) {
+			want[rng_below(n)] |= 0x80;
+			want_ascii = false;
+		}
+		for (size_t j = 0; j < n; j++)
+			src[sa + j] = want[j] ^ mkey[(off + j) & 3u];
+		bool in_place = round % 3 == 0;
+		uint8_t *out = in_place ? src + sa : dst + da;
+		bool ascii = ws_unmask_ascii(out, src + sa, n, mkey, off);
+		assert_int_equal(ascii, want_ascii);
+		if (n)
+			assert_memory_equal(out, want, n);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -447,6 +483,7 @@ int main(void)
 		cmocka_unit_test(test_encode_parse_round_trip),
 		cmocka_unit_test(test_mask_matches_naive_at_every_offset),
 		cmocka_unit_test(test_mask_in_pieces_equals_whole),
+		cmocka_unit_test(test_unmask_ascii_matches_simple_path),
 		cmocka_unit_test(test_close_codes),
 		cmocka_unit_test(test_close_payload_parse),
 		cmocka_unit_test(test_close_payload_encode),
