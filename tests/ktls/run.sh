@@ -106,7 +106,7 @@ fetch_kernel() { # $1 pkg, $2 version, $3 destination directory
   local dl="$out/dl"
   rm -rf "$dl"; mkdir -p "$dl"
   id _apt >/dev/null 2>&1 && chown _apt "$dl" # apt's sandbox user writes the .deb
-  (cd "$dl" && apt-get download -q=2 "$1=$2") || return 1
+  (cd "$dl" && apt-get download -q=2 "$1=$2") || { rm -rf "$dl"; return 1; }
   local deb tmp="$3.tmp"
   deb=$(ls "$dl"/*.deb)
   log "extracting $(basename "$deb") ($(du -h "$deb" | cut -f1))"
