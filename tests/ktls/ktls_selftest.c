@@ -15,9 +15,12 @@
 //                    hands to the kernel after a BoringSSL handshake.
 //   KeyUpdate        TLS 1.3: a user-space client sends data, a KeyUpdate and data under
 //                    the next traffic secret (RFC 8446 7.2) in one segment; what the
-//                    kTLS receiver sees is printed and checked (on kernels without kTLS
-//                    rekey, < 6.14: the KeyUpdate arrives as record type 22, a second
-//                    TLS_RX is refused with EBUSY, the next read fails with EBADMSG).
+//                    kTLS receiver sees is printed and checked, answering at once
+//                    (close_notify + FIN) or reading on. On kernels without kTLS rekey
+//                    (< 6.14): the KeyUpdate arrives as record type 22, a second TLS_RX
+//                    is refused with EBUSY, the next read fails with EBADMSG and leaves
+//                    EBADMSG as the socket error, which fails every send until SO_ERROR
+//                    is read. docs/adr/0011-ktls-test-vm.md has the whole sequence.
 //   tls_stat         /proc/net/tls_stat counters move by what the test did.
 //
 // Exit status: 0 all checks passed, 1 a check failed, 77 this kernel has no kTLS
@@ -104,6 +107,7 @@ static const char *errname(int e) {
   case EOPNOTSUPP: return "EOPNOTSUPP";
   case ECONNRESET: return "ECONNRESET";
   case EPIPE: return "EPIPE";
+  case ENODATA: return "ENODATA";
 #ifdef EKEYEXPIRED
   case EKEYEXPIRED: return "EKEYEXPIRED";
 #endif
@@ -435,7 +439,7 @@ static int send_typed(int fd, uint8_t type, const void *p, size_t n) {
   c->cmsg_type = TLS_SET_RECORD_TYPE;
   c->cmsg_len = CMSG_LEN(sizeof(uint8_t));
   *CMSG_DATA(c) = type;
-  ssize_t r = sendmsg(fd, &m, 0);
+  ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
   return r == (ssize_t)n ? 0 : r < 0 ? errno : EIO;
 }
 
@@ -473,7 +477,7 @@ static int read_exact(int fd, uint8_t *p, size_t n) {
     if (r < 0)
       return errno;
     if (r == 0)
-      return ECONNRESET;
+      return ENODATA; // end of stream
     p += r, n -= (size_t)r;
   }
   return 0;
@@ -713,10 +717,43 @@ static void test_wire(const struct cipher *c, uint16_t v) {
 
 // TLS 1.3 KeyUpdate arriving on a kTLS receiver.
 static int g_rekey_supported = -1;
+static int g_read_on_tests;
 
-static void test_key_update(const struct cipher *c) {
+// Everything the client can still read: each record opened with the server's keys.
+static void client_drain(int client, struct keys *s2c, const char *tag) {
+  static uint8_t rec[REC_MAX], pt[REC_MAX];
+  char seen[256] = "";
+  size_t used = 0;
+  for (int i = 0; i < 8; i++) {
+    long len = read_record(client, rec);
+    if (len < 0) {
+      int cerr = 0;
+      socklen_t sl = sizeof cerr;
+      getsockopt(client, SOL_SOCKET, SO_ERROR, &cerr, &sl);
+      used += (size_t)snprintf(seen + used, sizeof seen - used, "%s (SO_ERROR %s)",
+                               -len == ENODATA ? "EOF" : errname((int)-len), errname(cerr));
+      break;
+    }
+    uint8_t type = 0;
+    uint64_t ex;
+    long m = open_record(s2c, rec, (size_t)len, &type, pt, &ex);
+    used += (size_t)snprintf(seen + used, sizeof seen - used, "%s, ",
+                             m < 0 ? "a record that does not open"
+                             : type == REC_ALERT && m == 2 && pt[0] == 1 && pt[1] == 0
+                                 ? "close_notify"
+                                 : "a record");
+    if (used >= sizeof seen)
+      break;
+  }
+  note("%s:   the client then reads: %s", tag, seen);
+}
+
+// The client sends data, a KeyUpdate and data under the next traffic secret in one
+// segment. Then the relay end either answers at once (close_notify and FIN, then tries
+// to install the next keys), or, with read_on, first reads on with the keys it has.
+static void test_key_update(const struct cipher *c, bool read_on) {
   char tag[64];
-  snprintf(tag, sizeof tag, "KeyUpdate %s", c->name);
+  snprintf(tag, sizeof tag, "KeyUpdate %s%s", c->name, read_on ? " (read on)" : "");
   struct keys c2s = make_keys(c, TLS_1_3_VERSION, 0x5000 + c->kernel_id, 0);
   struct keys s2c = make_keys(c, TLS_1_3_VERSION, 0x6000 + c->kernel_id, 0);
   int client, server;
@@ -726,11 +763,12 @@ static void test_key_update(const struct cipher *c) {
     return;
   }
   struct keys c2s_next = next_keys(&c2s);
-  static uint8_t wire[3 * REC_MAX], pt[REC_MAX];
+  static uint8_t wire[3 * REC_MAX];
   static const char before[] = "data under traffic secret 0";
   static const char after[] = "data under traffic secret 1";
   // KeyUpdate: msg_type 24, length 1, request_update = update_requested (1)
   static const uint8_t key_update[5] = {24, 0, 0, 1, 1};
+  static const uint8_t close_notify[2] = {1, 0};
   size_t n = seal_record(&c2s, REC_DATA, (const uint8_t *)before, sizeof before - 1, wire);
   n += seal_record(&c2s, REC_HANDSHAKE, key_update, sizeof key_update, wire + n);
   n += seal_record(&c2s_next, REC_DATA, (const uint8_t *)after, sizeof after - 1, wire + n);
@@ -748,92 +786,99 @@ static void test_key_update(const struct cipher *c) {
         "(%02x %02x %02x %02x %02x)",
         tag, type, r, buf[0], buf[1], buf[2], buf[3], buf[4]);
 
-  // The relay's response on a kernel without rekey: close_notify on its (still valid)
-  // TX keys and a FIN, before any further read. The client must see both.
-  static const uint8_t close_notify[2] = {1, 0};
-  int e = send_typed(server, REC_ALERT, close_notify, 2);
-  if (!e && shutdown(server, SHUT_WR))
-    e = errno;
-  static uint8_t rec[REC_MAX];
-  long rl = e ? -1 : read_record(client, rec);
-  uint8_t at = 0;
-  uint64_t ex;
-  long m = rl > 0 ? open_record(&s2c, rec, (size_t)rl, &at, pt, &ex) : -1;
-  ssize_t eof = recv(client, buf, sizeof buf, 0);
-  check(m == 2 && at == REC_ALERT && pt[0] == 1 && pt[1] == 0 && eof == 0,
-        "%s: after it the relay end can still send close_notify on its TX keys and a FIN "
-        "(client: alert %ld bytes, then recv = %zd)",
-        tag, m, eof);
+  if (!read_on) {
+    // The relay's answer on a kernel without rekey: close_notify on its (still valid)
+    // TX keys and a FIN, before any further read. The client must see both.
+    int e = send_typed(server, REC_ALERT, close_notify, 2);
+    if (!e && shutdown(server, SHUT_WR))
+      e = errno;
+    static uint8_t rec[REC_MAX], pt[REC_MAX];
+    long rl = e ? -1 : read_record(client, rec);
+    uint8_t at = 0;
+    uint64_t ex;
+    long m = rl > 0 ? open_record(&s2c, rec, (size_t)rl, &at, pt, &ex) : -1;
+    ssize_t eof = recv(client, buf, sizeof buf, 0);
+    check(m == 2 && at == REC_ALERT && pt[0] == 1 && pt[1] == 0 && eof == 0,
+          "%s: the relay end can still send close_notify on its TX keys and a FIN "
+          "(client: alert %ld bytes, then recv = %zd)",
+          tag, m, eof);
 
-  // Install the next RX keys: refused without kernel rekey support (before 6.14).
-  union crypto_info ci;
-  socklen_t cl = to_kernel(&c2s_next, &ci);
-  e = setsockopt(server, SOL_TLS, TLS_RX, &ci, cl) ? errno : 0;
-  if (g_rekey_supported < 0)
-    g_rekey_supported = e == 0;
-  note("%s: second setsockopt(TLS_RX) with the next keys = %s%s", tag, errname(e),
-       e == EBUSY ? " (this kernel cannot rekey kTLS RX)" : "");
-  check(e == 0 || e == EBUSY, "%s: a second TLS_RX is either a rekey (0) or EBUSY: %s", tag,
-        errname(e));
-  // And TX: the relay could not answer update_requested with its own KeyUpdate either.
-  struct keys s2c_next = next_keys(&s2c);
-  cl = to_kernel(&s2c_next, &ci);
-  int etx = setsockopt(server, SOL_TLS, TLS_TX, &ci, cl) ? errno : 0;
-  note("%s: second setsockopt(TLS_TX) with the next keys = %s", tag, errname(etx));
-
-  r = recv_typed(server, buf, sizeof buf, &type, 0);
-  int er = r < 0 ? errno : 0;
-  if (e == 0) {
-    check(r == (ssize_t)sizeof after - 1 && type == REC_DATA && !memcmp(buf, after, (size_t)r),
-          "%s: after the rekey the next record opens (%zd bytes)", tag, r);
-  } else {
-    note("%s: next recvmsg (record under the new secret, old keys) = %zd %s", tag, r,
-         errname(er));
-    check(r < 0 && er == EBADMSG, "%s: the record under the new keys fails with EBADMSG", tag);
-    // What the socket does afterwards, step by step (TlsDecryptError after each step).
-    struct tls_stat st;
-    int soerr = 0;
-    socklen_t sl = sizeof soerr;
-    getsockopt(server, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-    struct pollfd p = {.fd = server, .events = POLLIN};
-    poll(&p, 1, 0);
-    read_tls_stat(&st);
-    note("%s:   then SO_ERROR = %s (reading it clears it), poll revents 0x%x, "
-         "TlsDecryptError %lld",
-         tag, errname(soerr), p.revents, stat_get(&st, "TlsDecryptError"));
-    for (int i = 0; i < 2; i++) {
-      r = recv_typed(server, buf, sizeof buf, &type, MSG_DONTWAIT);
-      er = r < 0 ? errno : 0;
-      read_tls_stat(&st);
-      note("%s:   recvmsg again = %zd %s, TlsDecryptError %lld", tag, r, errname(er),
-           stat_get(&st, "TlsDecryptError"));
-      check(r < 0, "%s: a read after the failure yields no plaintext (%zd %s)", tag, r,
-            errname(er));
-      int es = send_typed(server, REC_ALERT, close_notify, 2);
-      note("%s:   then sendmsg(alert) = %s", tag, errname(es));
+    // Install the next RX keys: refused without kernel rekey support (before 6.14).
+    union crypto_info ci;
+    socklen_t cl = to_kernel(&c2s_next, &ci);
+    e = setsockopt(server, SOL_TLS, TLS_RX, &ci, cl) ? errno : 0;
+    if (g_rekey_supported < 0)
+      g_rekey_supported = e == 0;
+    note("%s: second setsockopt(TLS_RX) with the next keys = %s%s", tag, errname(e),
+         e == EBUSY ? " (this kernel cannot rekey kTLS RX)" : "");
+    check(e == 0 || e == EBUSY, "%s: a second TLS_RX is either a rekey (0) or EBUSY: %s",
+          tag, errname(e));
+    // And TX: the relay could not answer update_requested with its own KeyUpdate either.
+    struct keys s2c_next = next_keys(&s2c);
+    cl = to_kernel(&s2c_next, &ci);
+    int etx = setsockopt(server, SOL_TLS, TLS_TX, &ci, cl) ? errno : 0;
+    note("%s: second setsockopt(TLS_TX) with the next keys = %s", tag, errname(etx));
+    if (e == 0) {
+      r = recv_typed(server, buf, sizeof buf, &type, 0);
+      check(r == (ssize_t)sizeof after - 1 && type == REC_DATA &&
+                !memcmp(buf, after, (size_t)r),
+            "%s: after the rekey the next record opens (%zd bytes)", tag, r);
     }
-    // What the client sees: the close_notify and FIN it already read, then?
+    close(server); // the record under the new keys is still queued, unread
     struct pollfd pc = {.fd = client, .events = POLLIN};
-    poll(&pc, 1, 200);
-    r = recv(client, buf, sizeof buf, MSG_DONTWAIT);
-    er = r < 0 ? errno : 0;
-    note("%s:   client, before the relay end closes: poll 0x%x, recv = %zd %s", tag,
-         pc.revents, r, r < 0 ? errname(er) : "");
-    close(server);
-    server = -1;
     poll(&pc, 1, 1000);
-    r = recv(client, buf, sizeof buf, MSG_DONTWAIT);
-    er = r < 0 ? errno : 0;
     int cerr = 0;
     socklen_t csl = sizeof cerr;
     getsockopt(client, SOL_SOCKET, SO_ERROR, &cerr, &csl);
-    note("%s:   client, after close() with the unread record queued: poll 0x%x, "
-         "recv = %zd %s, SO_ERROR = %s",
-         tag, pc.revents, r, r < 0 ? errname(er) : "", errname(cerr));
+    note("%s:   client after the relay end's close(): poll revents 0x%x, SO_ERROR = %s", tag,
+         pc.revents, errname(cerr));
+    close(client);
+    return;
   }
+
+  // Reading on with the keys it has: the record under the new secret.
+  g_read_on_tests++;
+  r = recv_typed(server, buf, sizeof buf, &type, 0);
+  int er = r < 0 ? errno : 0;
+  note("%s: next recvmsg (the record under the new secret) = %zd %s", tag, r, errname(er));
+  bool rekey_kernel = g_rekey_supported == 1;
+  check(r < 0 && (er == EBADMSG || (rekey_kernel && er != EAGAIN)),
+        "%s: it yields no plaintext: %s%s", tag, errname(er),
+        er == EBADMSG ? " (decrypted with the old keys: authentication fails)" : "");
+  struct tls_stat st;
+  read_tls_stat(&st);
+  note("%s:   TlsDecryptError is now %lld", tag, stat_get(&st, "TlsDecryptError"));
+  // The failed read leaves EBADMSG as the socket error (sk_err). kTLS sends fail with it
+  // without clearing it; only reading SO_ERROR does.
+  int es1 = send_typed(server, REC_ALERT, close_notify, 2);
+  int es2 = send_typed(server, REC_ALERT, close_notify, 2);
+  note("%s:   sendmsg(close_notify) = %s, and again = %s", tag, errname(es1), errname(es2));
+  if (!rekey_kernel)
+    check(es1 == EBADMSG && es2 == EBADMSG,
+          "%s: sends fail with the read's EBADMSG while it is pending (%s, %s)", tag,
+          errname(es1), errname(es2));
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  getsockopt(server, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+  struct pollfd p = {.fd = server, .events = POLLIN};
+  poll(&p, 1, 0);
+  r = recv_typed(server, buf, sizeof buf, &type, MSG_DONTWAIT);
+  er = r < 0 ? errno : 0;
+  read_tls_stat(&st);
+  note("%s:   then SO_ERROR = %s, poll revents 0x%x; recvmsg again = %zd %s, "
+       "TlsDecryptError %lld",
+       tag, errname(soerr), p.revents, r, errname(er), stat_get(&st, "TlsDecryptError"));
+  check(r < 0, "%s: reading again yields no plaintext either (%s)", tag, errname(er));
+  getsockopt(server, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+  int es3 = send_typed(server, REC_ALERT, close_notify, 2);
+  note("%s:   then SO_ERROR = %s (reading it clears it), sendmsg(close_notify) = %s", tag,
+       errname(soerr), errname(es3));
+  if (!rekey_kernel)
+    check(es3 == 0, "%s: once SO_ERROR has been read, close_notify can be sent (%s)", tag,
+          errname(es3));
+  close(server);
+  client_drain(client, &s2c, tag);
   close(client);
-  if (server >= 0)
-    close(server);
 }
 
 static bool probe_ktls(void) {
@@ -897,9 +942,10 @@ int main(int argc, char **argv) {
       test_kernel_pair(&CIPHERS[ci], versions[vi]);
       test_wire(&CIPHERS[ci], versions[vi]);
     }
-  int key_updates = 0;
-  for (size_t ci = 0; ci < sizeof CIPHERS / sizeof *CIPHERS; ci++, key_updates++)
-    test_key_update(&CIPHERS[ci]);
+  for (size_t ci = 0; ci < sizeof CIPHERS / sizeof *CIPHERS; ci++) {
+    test_key_update(&CIPHERS[ci], false);
+    test_key_update(&CIPHERS[ci], true);
+  }
   close(ha), close(hb);
 
   read_tls_stat(&s2);
@@ -915,9 +961,9 @@ int main(int argc, char **argv) {
         "tls_stat: TlsTxSw +%lld, TlsRxSw +%lld (installed: %d TX, %d RX)", dtx, drx,
         installs_tx, installs_rx);
   if (g_rekey_supported == 0)
-    check(dde >= key_updates,
-          "tls_stat: TlsDecryptError +%lld (one per KeyUpdate test read with old keys: %d)",
-          dde, key_updates);
+    check(dde >= g_read_on_tests,
+          "tls_stat: TlsDecryptError +%lld (at least one per KeyUpdate test that read on: %d)",
+          dde, g_read_on_tests);
   check(stat_get(&s2, "TlsCurrTxSw") <= stat_get(&s0, "TlsCurrTxSw") &&
             stat_get(&s2, "TlsCurrRxSw") <= stat_get(&s0, "TlsCurrRxSw"),
         "tls_stat: the current gauges are back to %lld/%lld after close",

@@ -18,13 +18,17 @@
 #   --mem SIZE       guest memory (default 512M)
 #   -- COMMAND...    run COMMAND (joined with spaces, run by busybox sh in the VM with
 #                    PATH=/bin, cwd /tmp) instead of the self-test; its exit status is the
-#                    result. Example, for the relay once it speaks TLS:
-#       tests/ktls/run.sh --bin build/gcc/pyrycode-relay --bin build/gcc/loadgen \
-#         --file build/certs/cert.pem:/etc/relay/cert.pem \
-#         --file build/certs/key.pem:/etc/relay/key.pem -- \
-#         'pyrycode-relay --https-listen 127.0.0.1:8443 --tls-cert /etc/relay/cert.pem
-#            --tls-key /etc/relay/key.pem & sleep 2;
-#          loadgen --url wss://127.0.0.1:8443 ... && wget -qO- http://127.0.0.1:9090/metrics'
+#                    result. `unprivileged PROG ARGS` runs PROG as nobody (the relay
+#                    refuses root). The relay and loadgen over ws:// (works today, 10 s):
+#       tests/ktls/run.sh --bin build/gcc/pyrycode-relay --bin build/gcc/loadgen -- \
+#         'unprivileged pyrycode-relay --insecure-listen 127.0.0.1:8080 --metrics-listen= \
+#            --rate-limit-burst 0 2>/tmp/relay.log & sleep 2 &&
+#          unprivileged loadgen --url ws://127.0.0.1:8080 --duration 1 --quiet'
+#                    and over wss:// once the relay speaks TLS (issue #12): add
+#         --file cert.pem:/etc/relay/cert.pem --file key.pem:/etc/relay/key.pem, start it
+#         with --https-listen 127.0.0.1:8443 --tls-cert ... --tls-key ..., point loadgen
+#         at wss://127.0.0.1:8443 --ca /etc/relay/cert.pem, and check its kTLS metric
+#         and /proc/net/tls_stat (printed after every run) in the same command.
 #
 # In the VM, /init mounts proc, sys and devtmpfs, brings up lo (the only interface:
 # -nic none), insmods tls.ko and the AES-GCM / ChaCha20-Poly1305 modules in dependency
@@ -234,6 +238,16 @@ if ((${#cmd[@]})); then
 else
   echo "ktls_selftest" >"$ir/etc/ktls/test.sh"
 fi
+
+# An unprivileged user for programs that refuse root (the relay does):
+# `unprivileged PROG ARGS` runs PROG as nobody, with no capabilities.
+printf 'root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/tmp:/bin/sh\n' >"$ir/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$ir/etc/group"
+cat >"$ir/bin/unprivileged" <<'EOF'
+#!/bin/sh
+exec su -s /bin/sh -c 'exec "$0" "$@"' -- nobody "$@"
+EOF
+chmod 755 "$ir/bin/unprivileged"
 
 cat >"$ir/init" <<'EOF'
 #!/bin/sh
