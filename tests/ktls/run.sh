@@ -16,6 +16,8 @@
 #   --file SRC:DST   copy SRC into the initramfs at DST (certificates, configuration)
 #   --timeout SEC    hard limit for the VM, boot to power-off (default 120)
 #   --mem SIZE       guest memory (default 512M)
+#   KTLS_MODULES     (environment) the modules to load, before their dependencies are
+#                    added (default: the AES-GCM and ChaCha20-Poly1305 set, then tls)
 #   -- COMMAND...    run COMMAND (joined with spaces, run by busybox sh in the VM with
 #                    PATH=/bin, cwd /tmp) instead of the self-test; its exit status is the
 #                    result. `unprivileged PROG ARGS` runs PROG as nobody (the relay
@@ -163,8 +165,8 @@ krel=$(basename "$kmods")
 # otherwise request from a modprobe the initramfs does not have. The package ships no
 # modules.dep (depmod makes it at install time), so symbol dependencies are read from
 # each module's own .modinfo "depends=" entry: what `modinfo -F depends` prints.
-want_mods=(${KTLS_MODULES:-gf128mul ghash_generic ctr gcm chacha_generic poly1305_generic
-           chacha20poly1305 tls})
+read -ra want_mods <<<"${KTLS_MODULES:-gf128mul ghash_generic ctr gcm chacha_generic \
+poly1305_generic chacha20poly1305 tls}"
 declare -A path_of builtin seen
 while IFS= read -r f; do
   n=${f##*/}; n=${n%%.ko*}; path_of[${n//-/_}]=$f
