@@ -103,6 +103,18 @@ FUZZ_SECONDS ?= 10
 fuzz-smoke: fuzz
 	@tests/run_fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
+# kTLS self-test (tests/ktls/): fixed keys, no handshake; BoringSSL's libcrypto only, for
+# the user-space end of its wire-format checks. `make test-ktls` boots Debian's 6.1
+# kernel under QEMU (TCG) with it in an initramfs: this machine's kernel has no kTLS.
+KTLS_SELFTEST := $(BUILD)/ktls_selftest
+$(KTLS_SELFTEST): $(BUILD)/obj/tests/ktls/ktls_selftest.o
+	$(CC) $(SANFLAGS) $(LDFLAGS) -o $@ $^ -L$(BSSL_PREFIX) -Wl,-rpath,$(BSSL_PREFIX) -lcrypto
+
+KTLS_ARGS ?=
+.PHONY: test-ktls
+test-ktls: $(KTLS_SELFTEST)
+	@tests/ktls/run.sh --selftest $(KTLS_SELFTEST) $(KTLS_ARGS)
+
 deps:
 	@tools/deps.sh
 
