@@ -76,6 +76,12 @@ unprivileged=()
 if [[ $(id -u) -eq 0 ]]; then
 	unprivileged=(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --)
 fi
+# io_uring charges ring memory to the user's locked-memory budget (RLIMIT_MEMLOCK,
+# 8 MiB by default), shared by every process of that user: N relays with several
+# workers each, as nobody, next to other programs running as nobody, can run out
+# (io_uring_queue_init: ENOMEM). Lift it for the relays (root may; others up to the
+# hard limit), as the systemd unit does with LimitMEMLOCK=infinity.
+ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -Hl)" 2>/dev/null || true
 
 # A loopback port nothing listens on now (ss lists the listeners). A relay that loses
 # the race to another program fails to bind and is started again on another port.
