@@ -16,9 +16,9 @@
 #   pyrycode-relay --insecure-listen 127.0.0.1:PORT --metrics-listen 127.0.0.1:MPORT \
 #                  --trust-x-forwarded-for RELAY ARGS...
 # (--trust-x-forwarded-for because the config sets X-Forwarded-For: the pair the
-# systemd unit ships). As root the relays run as nobody (uid 65534) with no
-# capability: the relay refuses to start with any capability beyond
-# CAP_NET_BIND_SERVICE (as tools/run-unprivileged.sh does for `make run`).
+# systemd unit ships). As root each relay runs under a uid of its own that no account
+# or process uses (3000000000 and up, like systemd's DynamicUser), with no capability:
+# the relay refuses to start with any capability beyond CAP_NET_BIND_SERVICE.
 #
 # Once everything answers, it prints one line per process and then "ready":
 #   relay I pid PID listen 127.0.0.1:PORT metrics 127.0.0.1:MPORT log FILE
@@ -71,17 +71,39 @@ fi
 mkdir -p "$log_dir"
 # The relays (as nobody) write their logs through our redirection, not themselves.
 
-# As root, drop to nobody for the relays: the same setpriv call as tools/run-unprivileged.sh.
-unprivileged=()
-if [[ $(id -u) -eq 0 ]]; then
-	unprivileged=(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --)
-fi
 # io_uring charges ring memory to the user's locked-memory budget (RLIMIT_MEMLOCK,
-# 8 MiB by default), shared by every process of that user: N relays with several
-# workers each, as nobody, next to other programs running as nobody, can run out
-# (io_uring_queue_init: ENOMEM). Lift it for the relays (root may; others up to the
-# hard limit), as the systemd unit does with LimitMEMLOCK=infinity.
+# 8 MiB by default), which every process of that uid shares: N relays with several
+# workers each, as nobody next to other programs running as nobody, run out
+# (io_uring_queue_init: ENOMEM). Lift the limit where we may (root with
+# CAP_SYS_RESOURCE; others up to the hard limit), as the unit's LimitMEMLOCK does...
 ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -Hl)" 2>/dev/null || true
+# ...and as root give each relay a uid of its own, unused by any account or process,
+# as systemd's DynamicUser does: no capability, no home, no files, its own budget.
+# (tools/run-unprivileged.sh, for `make run`, uses nobody: one relay.)
+uid_base=""
+if [[ $(id -u) -eq 0 ]]; then
+	for _ in $(seq 50); do
+		# uids 3000000000..3899999999: far above any account range, below 2^32-1
+		cand=$((3000000000 + (RANDOM * 32768 + RANDOM) % 900000000))
+		clash=0
+		for ((i = 1; i <= relays; i++)); do
+			if getent passwd $((cand + i)) >/dev/null || pgrep -U $((cand + i)) >/dev/null 2>&1; then
+				clash=1
+				break
+			fi
+		done
+		((clash)) || { uid_base=$cand; break; }
+	done
+	[[ -n $uid_base ]] || die "no unused uid range found for the relays"
+fi
+unprivileged() { # $1: relay index; the rest: the command
+	local i=$1
+	shift
+	if [[ -n $uid_base ]]; then
+		exec setpriv --reuid=$((uid_base + i)) --regid=$((uid_base + i)) --clear-groups --inh-caps=-all -- "$@"
+	fi
+	exec "$@"
+}
 
 # A loopback port nothing listens on now (ss lists the listeners). A relay that loses
 # the race to another program fails to bind and is started again on another port.
@@ -133,8 +155,8 @@ start_relay() { # $1: index (1-based)
 	for _attempt in 1 2 3 4 5; do
 		free_port; rport=$port
 		free_port; mport=$port
-		"${unprivileged[@]}" "$relay_bin" --insecure-listen "127.0.0.1:$rport" \
-			--metrics-listen "127.0.0.1:$mport" --trust-x-forwarded-for "${relay_args[@]}" \
+		(unprivileged "$i" "$relay_bin" --insecure-listen "127.0.0.1:$rport" \
+			--metrics-listen "127.0.0.1:$mport" --trust-x-forwarded-for "${relay_args[@]}") \
 			</dev/null >>"$log_dir/relay-$i.log" 2>&1 &
 		local pid=$!
 		local deadline=$((SECONDS + READY_TIMEOUT_S))

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from relayctl import (OP_CLOSE, REPO_ROOT, ConnClosed, RawConn, barrier, client_headers, drain_to_close, free_port,
-                      read_text, read_wrapped, route, server_headers, unique_id)
+                      read_text, read_wrapped, route, server_headers, unique_id, wait_until)
 
 RUN_LOCAL = REPO_ROOT / "deploy" / "haproxy" / "run-local.sh"
 RELAYS = 3
@@ -187,7 +187,8 @@ def test_binaries_and_phones_meet_and_only_a_stopped_relays_ids_move(cluster):
             assert len(claims.get(s.sid, [])) == 1, f"{s.sid} claimed on relays {claims.get(s.sid)}"
             owner[s.sid] = claims[s.sid][0]
         per_relay = {i: sum(1 for o in owner.values() if o == i) for i in cluster.relays}
-        assert all(n >= SERVER_IDS // 10 for n in per_relay.values()), f"hash spread: {per_relay}"
+        assert all(n >= SERVER_IDS // 10 for n in per_relay.values()), \
+            f"hash spread: {per_relay}; HAProxy log:\n" + (cluster.log_dir / "haproxy.log").read_text(errors="replace")
 
         victim = max(per_relay, key=per_relay.get)
         moved = [s for s in sessions if owner[s.sid] == victim]
@@ -205,6 +206,16 @@ def test_binaries_and_phones_meet_and_only_a_stopped_relays_ids_move(cluster):
             _reconnect(s)
         recovered_s = time.monotonic() - t0
         assert recovered_s < GRACE_S, f"{len(moved)} server-ids took {recovered_s:.1f}s to recover"
+
+        # Once HAProxy's health check has marked the stopped relay down, the hash itself
+        # (no longer the redispatch) sends new phones of the moved ids to the relay that
+        # took their binary: a new phone per moved id still meets its binary.
+        hap_log = cluster.log_dir / "haproxy.log"
+        wait_until(lambda: f"relay{victim} is DOWN" in hap_log.read_text(errors="replace"), 10, 0.1,
+                   f"HAProxy to mark relay{victim} down")
+        for s in moved:
+            k = s.add_phone()
+            s.exchange(k)
 
         # Every other session never noticed: same connections, same conn_ids, and a new
         # phone of the same server-id still reaches its binary on the same relay.
@@ -235,9 +246,15 @@ def test_binaries_and_phones_meet_and_only_a_stopped_relays_ids_move(cluster):
 def test_run_local_drops_privileges_and_stops_everything(cluster):
     pids = [r["pid"] for r in cluster.relays.values()]
     if os.geteuid() == 0:
+        uids = set()
         for pid in pids:
-            uid_line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
-            assert uid_line.split()[1:] == ["65534"] * 4, uid_line
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            uid = next(l for l in status if l.startswith("Uid:")).split()[1:]
+            cap_eff = next(l for l in status if l.startswith("CapEff:")).split()[1]
+            assert len(set(uid)) == 1 and int(uid[0]) >= 3_000_000_000, uid  # a uid of its own, no account
+            assert int(cap_eff, 16) == 0, cap_eff
+            uids.add(uid[0])
+        assert len(uids) == RELAYS, uids  # one locked-memory budget each
     hap = re.search(r"haproxy pid (\d+)", "".join(cluster.lines))
     assert hap
     args = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
