@@ -65,10 +65,11 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 .PHONY: all deps deps-test run test unit fuzz fuzz-smoke clean tools install uninstall
 
 # The man page is generated from the binary's own --help (src/config/usage.c), so the
-# two cannot drift; tools/man-from-help.sh turns that text into roff.
+# two cannot drift; tools/man-from-help.sh turns that text into roff. Sanitizer builds
+# skip it in `all`: running a TSan binary needs a fixed address layout (setarch -R).
 MAN := $(BUILD)/pyrycode-relay.8
 
-all: $(RELAY) $(MAN) $(TOOL_BINS)
+all: $(RELAY) $(if $(SAN),,$(MAN)) $(TOOL_BINS)
 tools: $(TOOL_BINS)
 
 $(BUILD)/obj/%.o: %.c
