@@ -7,6 +7,8 @@
 #   make unit         unit tests for the current CC/SAN
 #   make SAN=asan     build with ASan+UBSan (SAN=tsan: ThreadSanitizer)
 #   make fuzz         build the libFuzzer targets (clang)
+#   make install      binary, man page pyrycode-relay(8) and deploy/ files under PREFIX
+#                     (default /usr/local; DESTDIR for staging; see README "Install")
 #
 # Builds go to build/<compiler>[-<sanitizer>]/ so variants never mix objects.
 # VERSION=x.y.z stamps --version and /healthz (default "dev", like the reference).
@@ -60,9 +62,14 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all deps deps-test run test unit fuzz fuzz-smoke clean tools
+.PHONY: all deps deps-test run test unit fuzz fuzz-smoke clean tools install uninstall
 
-all: $(RELAY) $(TOOL_BINS)
+# The man page is generated from the binary's own --help (src/config/usage.c), so the
+# two cannot drift; tools/man-from-help.sh turns that text into roff. Sanitizer builds
+# skip it in `all`: running a TSan binary needs a fixed address layout (setarch -R).
+MAN := $(BUILD)/pyrycode-relay.8
+
+all: $(RELAY) $(if $(SAN),,$(MAN)) $(TOOL_BINS)
 tools: $(TOOL_BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -75,6 +82,11 @@ $(LIB): $(LIB_OBJS)
 
 $(RELAY): $(BUILD)/obj/src/main.o $(LIB)
 	$(CC) $(SANFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(MAN): $(RELAY) tools/man-from-help.sh
+	$(RELAY) --help > $@.help
+	tools/man-from-help.sh $(VERSION) < $@.help > $@
+	rm -f $@.help
 
 define TOOL_RULE
 $(BUILD)/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1)/*.c)) $(LIB)
@@ -130,6 +142,43 @@ run: deps
 
 test: deps-test
 	@tests/run_all.sh
+
+# Install layout (README "Install"): DESTDIR stages into another root (packaging,
+# tests/checks/install.sh); paths written into the installed files are without it.
+# The systemd units and scripts name the binary as $(BINDIR)/pyrycode-relay.
+# SYSTEMD_UNIT_DIR=/etc/systemd/system also copies the units where systemd reads them.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share/pyrycode-relay
+SYSTEMD_UNIT_DIR ?=
+DEPLOY_FILES := $(sort $(shell find deploy -type f ! -name '*~'))
+install: $(RELAY) $(MAN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DATADIR)
+	install -m 0755 $(RELAY) $(DESTDIR)$(BINDIR)/pyrycode-relay
+	install -m 0644 $(MAN) $(DESTDIR)$(MANDIR)/man8/pyrycode-relay.8
+	@set -e; for f in $(DEPLOY_FILES); do \
+		dst=$(DESTDIR)$(DATADIR)/$${f#deploy/}; \
+		install -d "$$(dirname "$$dst")"; \
+		mode=0644; [ -x "$$f" ] && mode=0755; \
+		sed 's|/usr/local/bin/pyrycode-relay|$(BINDIR)/pyrycode-relay|g' "$$f" > "$$dst.tmp"; \
+		chmod $$mode "$$dst.tmp"; mv "$$dst.tmp" "$$dst"; \
+		echo "install $$f -> $$dst"; \
+	done
+	@if [ -n "$(SYSTEMD_UNIT_DIR)" ]; then \
+		install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR); \
+		for u in $(DESTDIR)$(DATADIR)/systemd/*.service; do \
+			install -m 0644 "$$u" $(DESTDIR)$(SYSTEMD_UNIT_DIR)/; echo "install $$u -> $(DESTDIR)$(SYSTEMD_UNIT_DIR)/"; \
+		done; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/pyrycode-relay $(DESTDIR)$(MANDIR)/man8/pyrycode-relay.8
+	rm -rf $(DESTDIR)$(DATADIR)
+	@if [ -n "$(SYSTEMD_UNIT_DIR)" ]; then \
+		for f in $(DEPLOY_FILES); do case $$f in deploy/systemd/*.service) \
+			rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$(basename $$f);; esac; done; \
+	fi
 
 clean:
 	rm -rf build

@@ -19,6 +19,7 @@
 
 #include "config/config.h"
 #include "core/log.h"
+#include "core/notify.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
 #include "relay/relay.h"
@@ -67,7 +68,7 @@ static void raise_fd_limit(uint32_t max_connections)
 		char have[32];
 		snprintf(have, sizeof have, "%llu", (unsigned long long)rl.rlim_cur);
 		LOG_WARN("file descriptor limit below --max-connections", KV_STR("value", have),
-			 KV_STR("fix", "raise LimitNOFILE in the systemd unit (deploy/pyrycode-relay.service) or ulimit -n"));
+			 KV_STR("fix", "raise LimitNOFILE in the systemd unit (deploy/systemd/) or ulimit -n"));
 	}
 }
 
@@ -134,6 +135,12 @@ static uint32_t allowed_cpus(int *cpus, uint32_t cap)
 }
 
 static void *worker_thread(void *arg);
+
+/* For the service manager (core/notify.h): READY=1 once, WATCHDOG=1 while true. */
+static bool workers_running(void *group)
+{
+	return group_all_running(group);
+}
 
 static bool start_worker(struct worker_thread *t, int cpu)
 {
@@ -222,6 +229,10 @@ int main(int argc, char **argv)
 	uint32_t nworkers = cfg.workers ? cfg.workers : ncpus;
 	char nworkers_text[16];
 	snprintf(nworkers_text, sizeof nworkers_text, "%u", nworkers);
+	if (cfg.check_only) { /* every boot check passed; bind nothing */
+		config_print_summary(STDOUT_FILENO, &cfg, nworkers);
+		return 0;
+	}
 	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
 		 KV_STR("listen", cfg.insecure_listen), KV_STR("workers", nworkers_text));
 
@@ -279,9 +290,10 @@ int main(int argc, char **argv)
 		}
 	}
 
-	int sig = 0;
-	while (sigwait(&sigs, &sig) != 0) {
-	}
+	struct notifier notifier;
+	notify_init_from_env(&notifier);
+	(void)notify_wait_signal(&notifier, &sigs, workers_running, workers_running, group);
+	notify_send(&notifier, "STOPPING=1");
 	bool worker_failed = false;
 	for (uint32_t i = 0; i < nworkers; i++)
 		worker_failed |= __atomic_load_n(&threads[i].result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
@@ -323,5 +335,6 @@ int main(int argc, char **argv)
 		worker_destroy(threads[i].w);
 	relay_shared_destroy(shared);
 	worker_group_destroy(group);
+	notify_close(&notifier);
 	return exit_code;
 }

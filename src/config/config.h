@@ -73,6 +73,7 @@ struct config {
 	bool trust_x_forwarded_for;
 	bool https_proxy_protocol;
 	bool show_version;
+	bool check_only; /* --check: run the boot checks, print what would be served, bind nothing */
 	uint32_t max_connections;
 	/* which of these were given explicitly (§1.1: refused with --insecure-listen) */
 	bool https_listen_set;
@@ -173,5 +174,11 @@ bool config_read_cap_eff(uint64_t *cap_eff);
 
 /* Usage text listing every flag with its default, for --help and usage errors. */
 void config_print_usage(int fd);
+
+/* --check's report after every boot check passed: "configuration ok", then one
+ * "key: value" line per thing the relay would serve (mode, listeners, workers, limits,
+ * environment), so an operator or a script sees what the command line means. workers is
+ * the resolved count (--workers 0 already turned into the CPU count). */
+void config_print_summary(int fd, const struct config *cfg, uint32_t workers);
 
 #endif

@@ -297,6 +297,10 @@ const struct flag_def config_flags[] = {
 	{ "workers", FLAG_U32, CFG_OFF(workers), NO_SET_FIELD, CONFIG_WORKERS_MAX, false, "N",
 	  "Worker threads, each with its own io_uring and listening socket, pinned one per\n"
 	  "CPU. 0 means one per CPU this process may run on; at most 256." },
+	{ "check", FLAG_BOOL, CFG_OFF(check_only), NO_SET_FIELD, 0, false, NULL,
+	  "Run every boot check of this command line and environment (flags, values,\n"
+	  "addresses, capabilities), bind nothing, print what would be served and exit\n"
+	  "0, or exit with the refusal's own code and fix (like nginx -t)." },
 	{ "version", FLAG_BOOL, CFG_OFF(show_version), NO_SET_FIELD, 0, false, NULL,
 	  "Print the version and exit 0." },
 };

@@ -29,6 +29,18 @@ static void text_add(struct text *t, const char *fmt, ...)
 	t->len += (size_t)n;
 }
 
+static void text_write(const struct text *t, int fd)
+{
+	for (size_t off = 0; off < t->len;) {
+		ssize_t n = write(fd, t->buf + off, t->len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return; /* a closed stdout loses the text; nothing else to do */
+		off += (size_t)n;
+	}
+}
+
 /* Help text lines indented under their flag. */
 static void text_indented(struct text *t, const char *s)
 {
@@ -85,6 +97,7 @@ void config_print_usage(int fd)
 	text_add(&t,
 		 "Usage: %s --domain FQDN [flags]\n"
 		 "       %s --insecure-listen ADDR [flags]\n"
+		 "       %s --check [the same flags]\n"
 		 "\n"
 		 "Routes WebSocket traffic between pyrycode binaries (/v1/server) and phones\n"
 		 "(/v1/client). With --domain the relay terminates TLS itself (Let's Encrypt,\n"
@@ -97,7 +110,7 @@ void config_print_usage(int fd)
 		 "30s, 1m30s, 1h). Numbers are decimal. \"--\" ends the flags; positional\n"
 		 "arguments are refused.\n"
 		 "\n",
-		 PROGRAM_NAME, PROGRAM_NAME);
+		 PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAME);
 	for (size_t i = 0; i < config_flags_count; i++) {
 		char def[96];
 		flag_default(&config_flags[i], &d, def, sizeof def);
@@ -121,17 +134,53 @@ void config_print_usage(int fd)
 		 "  FLY_APP_NAME                      set by Fly.io; marks a multi-instance platform.\n"
 		 "  HOME                              base of the default --cert-cache.\n"
 		 "\n"
+		 "Signals: SIGTERM or SIGINT drains: the listeners close, every WebSocket gets\n"
+		 "1001 \"shutting down\", and the relay exits 0 within 10 s (a second signal is\n"
+		 "ignored). Under a service manager (systemd Type=notify, $NOTIFY_SOCKET) it\n"
+		 "sends READY=1 once every worker serves, STOPPING=1 when the drain starts and\n"
+		 "WATCHDOG=1 at half of $WATCHDOG_USEC while every worker runs.\n"
+		 "\n"
 		 "Exit status: 0 after --version, --help or a signal-triggered drain; 1 on a\n"
 		 "listener failure or a failed certificate-cache setup; 2 on a usage error or a\n"
 		 "configuration refused at boot (logged as \"refusing to start: ...\").\n"
 		 "See docs/configuration.md.\n");
 
-	for (size_t off = 0; off < t.len;) {
-		ssize_t n = write(fd, t.buf + off, t.len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return; /* a closed stdout loses the text; nothing else to do */
-		off += (size_t)n;
+	text_write(&t, fd);
+}
+
+void config_print_summary(int fd, const struct config *cfg, uint32_t workers)
+{
+	struct text t;
+	char d[32];
+	bool insecure = cfg->insecure_listen[0] != '\0';
+
+	t.len = 0;
+	text_add(&t, "%s: configuration ok (checked only: nothing was bound)\n", PROGRAM_NAME);
+	if (insecure) {
+		text_add(&t, "mode: insecure (plain HTTP behind a TLS-terminating proxy)\n");
+		text_add(&t, "listen: %s\n", cfg->insecure_listen);
+	} else {
+		text_add(&t, "mode: autocert (TLS for %s)\n", cfg->domain);
+		text_add(&t, "https-listen: %s%s\n", cfg->https_listen,
+			 cfg->https_proxy_protocol ? " (PROXY protocol v2 required)" : "");
+		text_add(&t, "http-listen: %s (ACME HTTP-01)\n", cfg->http_listen);
+		text_add(&t, "cert-cache: %s\n", cfg->cert_cache);
 	}
+	text_add(&t, "metrics-listen: %s\n", cfg->metrics_listen[0] ? cfg->metrics_listen : "off");
+	text_add(&t, "workers: %u%s\n", workers, cfg->workers == 0 ? " (one per CPU)" : "");
+	text_add(&t, "max-connections: %u\n", cfg->max_connections);
+	text_add(&t, "client address: %s\n",
+		 cfg->trust_x_forwarded_for ? "left-most X-Forwarded-For entry (--trust-x-forwarded-for)"
+		 : !insecure && cfg->https_proxy_protocol ? "PROXY protocol source" : "TCP peer");
+	config_format_duration_ms(d, sizeof d, cfg->rate_limit_refill_ms);
+	if (cfg->rate_limit_burst == 0)
+		text_add(&t, "rate-limit: off\n");
+	else
+		text_add(&t, "rate-limit: burst %u, one more every %s per client address\n",
+			 cfg->rate_limit_burst, d);
+	config_format_duration_ms(d, sizeof d, cfg->grace_period_ms);
+	text_add(&t, "grace-period: %s\n", d);
+	text_add(&t, "production: %s\n", cfg->production ? "yes (PYRYCODE_RELAY_PRODUCTION=1)" : "no");
+	text_add(&t, "push wake: %s\n", cfg->fcm_credentials ? "credentials given (this build has no FCM sender: off)" : "off");
+	text_write(&t, fd);
 }

@@ -52,6 +52,14 @@ void group_stop_accepting(struct worker_group *g, uint32_t id)
 	__atomic_store_n(&g->member[id].accepting, false, __ATOMIC_RELEASE);
 }
 
+bool group_all_running(const struct worker_group *g)
+{
+	for (uint32_t i = 0; i < g->n; i++)
+		if (__atomic_load_n(&g->member[i].ring_fd, __ATOMIC_ACQUIRE) < 0)
+			return false;
+	return true;
+}
+
 enum handoff_result group_reserve(struct worker_group *g, uint32_t owner, int *ring_fd)
 {
 	ASSERT(owner < g->n);

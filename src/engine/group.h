@@ -57,6 +57,9 @@ uint32_t group_owner(const struct worker_group *g, struct span key);
 /* A worker's ring is ready (fd) or gone (-1); whether it takes connections. */
 void group_publish(struct worker_group *g, uint32_t id, int ring_fd, bool accepting);
 void group_stop_accepting(struct worker_group *g, uint32_t id);
+/* Every worker has its ring and its loop has not ended (for readiness and the service
+ * manager's watchdog: the listeners were bound before the rings, so this is "serving"). */
+bool group_all_running(const struct worker_group *g);
 /* The owner's ring fd for a handoff, with one in-flight place reserved (*ring_fd), or
  * why not. */
 enum handoff_result group_reserve(struct worker_group *g, uint32_t owner, int *ring_fd);

@@ -270,7 +270,7 @@ def test_version_prints_and_exits_0(relay_factory):
 ALL_FLAGS = ["domain", "cert-cache", "insecure-listen", "https-listen", "http-listen", "metrics-listen",
              "trust-x-forwarded-for", "https-proxy-protocol", "max-connections", "version",
              "rate-limit-burst", "rate-limit-refill", "grace-period", "heartbeat-interval",
-             "heartbeat-timeout", "conflict-probe-timeout"]
+             "heartbeat-timeout", "conflict-probe-timeout", "workers", "zerocopy-min-bytes", "check"]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -119,6 +119,7 @@ static void test_defaults(void **state)
 	assert_false(cfg.trust_x_forwarded_for);
 	assert_false(cfg.https_proxy_protocol);
 	assert_false(cfg.show_version);
+	assert_false(cfg.check_only);
 	assert_false(cfg.https_listen_set);
 	assert_false(cfg.http_listen_set);
 	assert_false(cfg.https_proxy_protocol_set);
@@ -254,6 +255,10 @@ static void test_bool_forms(void **state)
 	assert_true(cfg.show_version);
 	assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV("--version")), CONFIG_OK);
 	assert_true(cfg.show_version);
+	assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV("--check", "--insecure-listen", ":1")), CONFIG_OK);
+	assert_true(cfg.check_only);
+	assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV("-check=false")), CONFIG_OK);
+	assert_false(cfg.check_only);
 	for (size_t i = 0; i < 6; i++) {
 		snprintf(buf, sizeof buf, "--trust-x-forwarded-for=%s", yes[i]);
 		assert_int_equal(parse(&cfg, &r, NO_ENV, ARGV(buf)), CONFIG_OK);

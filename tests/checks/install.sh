@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# `make install` into a temporary DESTDIR, then every installed piece checked as an
+# operator would use it:
+#   - the installed binary runs (--version) and the installed man page renders (man -l,
+#     groff warnings are failures) and names every flag --help lists;
+#   - the installed systemd unit passes `systemd-analyze verify` (its ExecStart binary
+#     and man page resolved inside the DESTDIR) and `systemd-analyze security --offline`
+#     under a fixed exposure threshold, and its ExecStart flags pass the installed
+#     binary's --check;
+#   - the installed unit run for real: systemd booted in a container (systemd-nspawn,
+#     --volatile=yes: the host's /usr read-only, everything else a tmpfs, its own
+#     network namespace) with the DESTDIR's /usr/local bound in. The relay must reach
+#     READY (Type=notify), answer /healthz and a WebSocket upgrade under the unit's
+#     SystemCallFilter and sandbox, keep a 2 s watchdog fed, and stop with exit 0.
+#     Skipped (said so) when this machine cannot boot a container.
+# Last line: "install: N passed, N failed[, N skipped]".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export LC_ALL=C.UTF-8
+
+pass=0; fail=0; skip=0
+ok() { pass=$((pass + 1)); echo "ok: $*"; }
+bad() { fail=$((fail + 1)); echo "FAILED: $*"; }
+finish() {
+	local s=""
+	((skip)) && s=", $skip skipped"
+	echo "install: $pass passed, $fail failed$s"
+	((fail == 0))
+	exit $?
+}
+
+CC=${CC:-gcc}
+tmp=$(mktemp -d /tmp/pyrelay-install.XXXXXX)
+nspawn_pid=""
+cleanup() {
+	if [[ -n $nspawn_pid ]] && kill -0 "$nspawn_pid" 2>/dev/null; then
+		kill -TERM "$nspawn_pid" 2>/dev/null
+		for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+		kill -KILL "$nspawn_pid" 2>/dev/null
+	fi
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+root=$tmp/root
+if make --no-print-directory -s CC="$CC" install DESTDIR="$root" SYSTEMD_UNIT_DIR=/etc/systemd/system \
+	>"$tmp/install.log" 2>&1; then
+	ok "make install DESTDIR=$root"
+else
+	cat "$tmp/install.log"; bad "make install"; finish
+fi
+bin=$root/usr/local/bin/pyrycode-relay
+man8=$root/usr/local/share/man/man8/pyrycode-relay.8
+share=$root/usr/local/share/pyrycode-relay
+unit=$share/systemd/pyrycode-relay.service
+
+# ---- the binary
+ver=$("$bin" --version 2>&1) && [[ -n $ver ]] && ok "installed --version: $ver" || bad "installed --version: $ver"
+for f in systemd/pyrycode-relay.service sysctl/pyrycode-relay.conf prometheus/prometheus.yml \
+	prometheus/pyrycode-relay-rules.yml haproxy/pyrycode-relay-tls.cfg haproxy/pyrycode-relay-scaleout.cfg; do
+	[[ -f $share/$f ]] && ok "installed $f" || bad "missing $share/$f"
+done
+[[ -x $share/haproxy/run-local.sh ]] && ok "run-local.sh installed executable" || bad "run-local.sh not executable"
+[[ -f $root/etc/systemd/system/pyrycode-relay.service ]] && ok "SYSTEMD_UNIT_DIR copy" || bad "no unit in SYSTEMD_UNIT_DIR"
+grep -q "^ExecStart=/usr/local/bin/pyrycode-relay " "$unit" && ok "unit names the installed binary" \
+	|| bad "unit ExecStart does not name /usr/local/bin/pyrycode-relay"
+
+# ---- the man page
+if MANWIDTH=100 man -l "$man8" >"$tmp/man.txt" 2>"$tmp/man.err" && [[ ! -s $tmp/man.err ]] &&
+	grep -q "pyrycode-relay $ver" "$tmp/man.txt"; then
+	ok "man -l renders pyrycode-relay(8) for version $ver"
+else
+	cat "$tmp/man.err"; bad "man -l"
+fi
+if groff -man -Tutf8 -ww -z "$man8" 2>"$tmp/groff.err" && [[ ! -s $tmp/groff.err ]]; then
+	ok "groff -man -ww: no warnings"
+else
+	cat "$tmp/groff.err"; bad "groff warnings"
+fi
+missing=()
+while read -r flag; do
+	grep -q -- "$flag" "$tmp/man.txt" || missing+=("$flag")
+done < <("$bin" --help | sed -n 's/^  \(--[a-z-]*\).*/\1/p')
+((${#missing[@]} == 0)) && ok "man page names every --help flag" || bad "man page lacks ${missing[*]}"
+for s in SYNOPSIS OPTIONS ENVIRONMENT SIGNALS "EXIT STATUS"; do
+	grep -q "^$s" "$tmp/man.txt" || bad "man page has no $s section"
+done
+
+# ---- the unit, statically
+# verify resolves ExecStart= and Documentation=man: on this host, so check a copy whose
+# /usr/local/ points into the DESTDIR, with MANPATH there too.
+mkdir -p "$tmp/verify"
+sed "s|/usr/local/|$root/usr/local/|g" "$unit" >"$tmp/verify/pyrycode-relay.service"
+if (cd "$tmp" && MANPATH=$root/usr/local/share/man systemd-analyze verify "$tmp/verify/pyrycode-relay.service") \
+	>"$tmp/verify.log" 2>&1; then
+	ok "systemd-analyze verify (installed unit)"
+else
+	cat "$tmp/verify.log"; bad "systemd-analyze verify"
+fi
+# 20 = exposure 2.0 of 10: the shipped hardening scores 1.6; a weakened edit fails here.
+if systemd-analyze security --offline=yes --threshold=20 "$tmp/verify/pyrycode-relay.service" >"$tmp/sec.log" 2>&1; then
+	ok "systemd-analyze security: $(grep -o 'exposure level.*' "$tmp/sec.log")"
+else
+	tail -3 "$tmp/sec.log"; bad "systemd-analyze security over threshold 2.0"
+fi
+flags=$(sed -n 's/^Environment="RELAY_FLAGS=\(.*\)"$/\1/p' "$unit")
+# shellcheck disable=SC2086 # word splitting as systemd splits $RELAY_FLAGS
+if tools/run-unprivileged.sh "$bin" --check $flags >"$tmp/check.out" 2>&1; then
+	ok "unit flags pass --check: $flags"
+else
+	cat "$tmp/check.out"; bad "unit flags refused by --check"
+fi
+
+# ---- the unit, run by systemd in a container
+if ! command -v systemd-nspawn >/dev/null || ! command -v nsenter >/dev/null; then
+	skip=$((skip + 1)); echo "skipped: systemd-nspawn not installed (tools/deps.sh test installs it)"; finish
+fi
+target=pyrelay-install-check-$$.target
+printf '[Unit]\nDescription=pyrycode-relay install check\nRequires=pyrycode-relay.service\nAfter=pyrycode-relay.service\n' \
+	>"$tmp/$target"
+# A 2 s watchdog instead of 30 s, so the check sees several intervals pass.
+printf '[Service]\nWatchdogSec=2s\n' >"$tmp/watchdog.conf"
+# Only the relay and what it needs: no network-online wait (no network here), no
+# first-boot questions.
+timeout 180 systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes --private-network \
+	--bind-ro="$root/usr/local:/usr/local" \
+	--bind-ro="$root/etc/systemd/system/pyrycode-relay.service:/etc/systemd/system/pyrycode-relay.service" \
+	--bind-ro="$tmp/watchdog.conf:/etc/systemd/system/pyrycode-relay.service.d/watchdog.conf" \
+	--bind-ro="$tmp/$target:/etc/systemd/system/$target" \
+	--bind-ro=/dev/null:/etc/systemd/system/systemd-networkd-wait-online.service \
+	-b -- "systemd.unit=$target" systemd.firstboot=off systemd.show_status=false \
+	>"$tmp/nspawn.log" 2>&1 </dev/null &
+nspawn_pid=$!
+init=""
+for _ in $(seq 100); do
+	init=$(pgrep -f "systemd.unit=$target" -x -n 2>/dev/null || pgrep -f "^/usr/lib/systemd/systemd systemd.unit=$target" | head -1)
+	[[ -n $init ]] && break
+	kill -0 "$nspawn_pid" 2>/dev/null || break
+	sleep 0.1
+done
+inside() { nsenter -t "$init" -a "$@"; }
+state=""
+if [[ -n $init ]]; then
+	for _ in $(seq 300); do
+		state=$(inside systemctl is-active pyrycode-relay.service 2>/dev/null)
+		[[ $state == active || $state == failed ]] && break
+		sleep 0.1
+	done
+fi
+if [[ -z $init || -z $state ]]; then
+	tail -5 "$tmp/nspawn.log"
+	skip=$((skip + 1)); echo "skipped: systemd could not be booted in a container on this machine"; finish
+fi
+if [[ $state == active ]]; then
+	ok "systemd started the installed unit: ExecStartPre --check, then READY=1 (Type=notify)"
+else
+	inside journalctl -u pyrycode-relay --no-pager | tail -20; bad "unit state: $state"; finish
+fi
+probe='
+import socket, sys
+def ask(req):
+    s = socket.create_connection(("127.0.0.1", 8080), timeout=5)
+    s.sendall(req)
+    data = s.recv(4096)
+    s.close()
+    return data.split(b"\r\n", 1)[0].decode()
+h = ask(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+u = ask(b"GET /v1/server HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"X-Pyrycode-Server: install-check\r\nX-Pyrycode-Version: 1\r\nUser-Agent: install-check\r\n\r\n")
+print(h); print(u)
+sys.exit(0 if h.endswith("200 OK") and u.startswith("HTTP/1.1 101") else 1)
+'
+if inside /usr/bin/python3 -c "$probe" >"$tmp/probe.log" 2>&1; then
+	ok "under the unit's sandbox and SystemCallFilter: /healthz 200, WebSocket upgrade 101"
+else
+	cat "$tmp/probe.log"; bad "the relay does not serve under the unit"
+fi
+sleep 5 # 2.5 watchdog intervals
+restarts=$(inside systemctl show -P NRestarts pyrycode-relay.service)
+wd=$(inside systemctl show -P WatchdogUSec pyrycode-relay.service)
+[[ $(inside systemctl is-active pyrycode-relay.service) == active && $restarts == 0 && $wd == 2s ]] \
+	&& ok "watchdog ($wd) fed: still active after 5 s, $restarts restarts" \
+	|| bad "watchdog: WatchdogUSec=$wd, NRestarts=$restarts"
+inside systemctl stop pyrycode-relay.service
+result=$(inside systemctl show -P Result pyrycode-relay.service)
+status=$(inside systemctl show -P ExecMainStatus pyrycode-relay.service)
+if [[ $result == success && $status == 0 ]] && inside journalctl -u pyrycode-relay --no-pager | grep -q 'shutdown complete'; then
+	ok "systemctl stop: drained, exit 0"
+else
+	inside journalctl -u pyrycode-relay --no-pager | tail -10; bad "stop: Result=$result ExecMainStatus=$status"
+fi
+finish
