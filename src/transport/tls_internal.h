@@ -1,6 +1,7 @@
 /*
- * tls_internal.h - what the transport's own files share (tls.c, tls_cert.c, ktls.c),
- * and nothing else includes: the BoringSSL types behind the opaque handles of tls.h.
+ * tls_internal.h - what the transport's own files share (tls.c, tls_cert.c, ktls.c):
+ * the BoringSSL types behind the opaque handles of tls.h. Nothing outside
+ * src/transport/ includes it but the transport's own white-box tests.
  */
 #ifndef PYRELAY_TRANSPORT_TLS_INTERNAL_H
 #define PYRELAY_TRANSPORT_TLS_INTERNAL_H

@@ -25,6 +25,9 @@
 
 #include "transport/tls.h"
 
+/* Each test file uses some of these helpers. */
+#define TLS_PEER_FN static __attribute__((unused))
+
 /* ------------------------------------------------------------------ TLS 1.3 suites
  *
  * A BoringSSL client cannot be told which TLS 1.3 suites to offer (its list is fixed:
@@ -58,7 +61,7 @@ enum key_kind { KEY_EC_P256, KEY_EC_P521, KEY_RSA_2048, KEY_RSA_1024 };
 
 #define DAY_S (24L * 60 * 60)
 
-static EVP_PKEY *make_key(enum key_kind kind)
+TLS_PEER_FN EVP_PKEY *make_key(enum key_kind kind)
 {
 	EVP_PKEY *pkey = EVP_PKEY_new();
 	if (kind == KEY_EC_P256 || kind == KEY_EC_P521) {
@@ -79,7 +82,7 @@ static EVP_PKEY *make_key(enum key_kind kind)
 
 /* A self-signed certificate for key, named name (CN and a DNS subjectAltName), valid
  * from now + not_before_s to now + not_after_s. */
-static X509 *make_cert(EVP_PKEY *key, const char *name, long not_before_s, long not_after_s)
+TLS_PEER_FN X509 *make_cert(EVP_PKEY *key, const char *name, long not_before_s, long not_after_s)
 {
 	static long serial = 1;
 	X509 *x = X509_new();
@@ -103,7 +106,7 @@ static X509 *make_cert(EVP_PKEY *key, const char *name, long not_before_s, long 
 	return x;
 }
 
-static char *bio_take_string(BIO *b, size_t *len)
+TLS_PEER_FN char *bio_take_string(BIO *b, size_t *len)
 {
 	const uint8_t *p;
 	size_t n;
@@ -116,14 +119,14 @@ static char *bio_take_string(BIO *b, size_t *len)
 	return s;
 }
 
-static char *pem_of_cert(X509 *x, size_t *len)
+TLS_PEER_FN char *pem_of_cert(X509 *x, size_t *len)
 {
 	BIO *b = BIO_new(BIO_s_mem());
 	assert_int_equal(PEM_write_bio_X509(b, x), 1);
 	return bio_take_string(b, len);
 }
 
-static char *pem_of_key(EVP_PKEY *k, size_t *len)
+TLS_PEER_FN char *pem_of_key(EVP_PKEY *k, size_t *len)
 {
 	BIO *b = BIO_new(BIO_s_mem());
 	assert_int_equal(PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL), 1);
@@ -140,7 +143,7 @@ struct test_cert {
 	size_t key_len;
 };
 
-static void test_cert_make(struct test_cert *tc, EVP_PKEY *key, const char *name, long nb_s, long na_s)
+TLS_PEER_FN void test_cert_make(struct test_cert *tc, EVP_PKEY *key, const char *name, long nb_s, long na_s)
 {
 	tc->key = key;
 	EVP_PKEY_up_ref(key);
@@ -149,7 +152,7 @@ static void test_cert_make(struct test_cert *tc, EVP_PKEY *key, const char *name
 	tc->key_pem = pem_of_key(key, &tc->key_len);
 }
 
-static void test_cert_free(struct test_cert *tc)
+TLS_PEER_FN void test_cert_free(struct test_cert *tc)
 {
 	EVP_PKEY_free(tc->key);
 	X509_free(tc->x509);
@@ -158,7 +161,7 @@ static void test_cert_free(struct test_cert *tc)
 	memset(tc, 0, sizeof *tc);
 }
 
-static struct tls_cert *load_test_cert(const struct test_cert *tc)
+TLS_PEER_FN struct tls_cert *load_test_cert(const struct test_cert *tc)
 {
 	struct tls_load_error err;
 	struct tls_cert *c = tls_cert_from_pem(tc->cert_pem, tc->cert_len, tc->key_pem, tc->key_len,
@@ -184,14 +187,14 @@ struct client_opts {
 /* The session the client saw last (its new-session callback), for resumption. */
 static SSL_SESSION *client_last_session;
 
-static int client_new_session(SSL *ssl, SSL_SESSION *sess)
+TLS_PEER_FN int client_new_session(SSL *ssl, SSL_SESSION *sess)
 {
 	SSL_SESSION_free(client_last_session);
 	client_last_session = sess; /* we keep the reference */
 	return 1;
 }
 
-static SSL *client_new(const struct client_opts *o, SSL_SESSION *resume)
+TLS_PEER_FN SSL *client_new(const struct client_opts *o, SSL_SESSION *resume)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_method());
 	assert_non_null(ctx);
@@ -234,7 +237,7 @@ struct pair {
 	uint64_t ciphertext_to_server; /* bytes */
 };
 
-static void pair_init(struct pair *p, struct tls_server *srv, struct tls_stats *st, const struct client_opts *o,
+TLS_PEER_FN void pair_init(struct pair *p, struct tls_server *srv, struct tls_stats *st, const struct client_opts *o,
 		      SSL_SESSION *resume)
 {
 	memset(p, 0, sizeof *p);
@@ -246,7 +249,7 @@ static void pair_init(struct pair *p, struct tls_server *srv, struct tls_stats *
 	p->sv_chunk = TLS_RECORD_PLAINTEXT_BYTES_MAX;
 }
 
-static void pair_free(struct pair *p)
+TLS_PEER_FN void pair_free(struct pair *p)
 {
 	SSL_free(p->cl);
 	tls_conn_free(p->sv);
@@ -255,7 +258,7 @@ static void pair_free(struct pair *p)
 }
 
 /* Feed n ciphertext bytes to the server as the engine will: loop while TLS_AGAIN. */
-static enum tls_status server_feed(struct pair *p, const uint8_t *in, size_t n)
+TLS_PEER_FN enum tls_status server_feed(struct pair *p, const uint8_t *in, size_t n)
 {
 	uint8_t chunk[TLS_RECORD_PLAINTEXT_BYTES_MAX];
 	size_t cap = MIN(p->sv_chunk, sizeof chunk);
@@ -277,7 +280,7 @@ static enum tls_status server_feed(struct pair *p, const uint8_t *in, size_t n)
 }
 
 /* Client's pending ciphertext -> server. */
-static enum tls_status to_server(struct pair *p)
+TLS_PEER_FN enum tls_status to_server(struct pair *p)
 {
 	BIO *w = SSL_get_wbio(p->cl);
 	const uint8_t *data;
@@ -294,7 +297,7 @@ static enum tls_status to_server(struct pair *p)
 }
 
 /* Server's pending ciphertext -> client (taken in odd-sized pieces). Returns bytes. */
-static size_t to_client(struct pair *p)
+TLS_PEER_FN size_t to_client(struct pair *p)
 {
 	uint8_t buf[3001];
 	size_t total = 0, n;
@@ -307,7 +310,7 @@ static size_t to_client(struct pair *p)
 }
 
 /* One step of the client's handshake, with the TLS 1.3 suite override on its first. */
-static int client_step(struct pair *p)
+TLS_PEER_FN int client_step(struct pair *p)
 {
 	if (!p->cl_started)
 		force_tls13_suite = p->opts.tls13_suite;
@@ -323,7 +326,7 @@ static int client_step(struct pair *p)
  * reaches the server in the same input as the last handshake bytes. Returns true when
  * both sides completed; false when the server failed (see tls_conn_error).
  */
-static bool handshake_with(struct pair *p, const void *request, size_t request_len)
+TLS_PEER_FN bool handshake_with(struct pair *p, const void *request, size_t request_len)
 {
 	bool sent = request == NULL;
 	for (int round = 0; round < 16; round++) {
@@ -354,13 +357,13 @@ static bool handshake_with(struct pair *p, const void *request, size_t request_l
 	return false;
 }
 
-static bool handshake(struct pair *p)
+TLS_PEER_FN bool handshake(struct pair *p)
 {
 	return handshake_with(p, NULL, 0);
 }
 
 /* Let the client read what the server sent (tickets, data): returns plaintext bytes. */
-static size_t client_read(struct pair *p, uint8_t *out, size_t cap)
+TLS_PEER_FN size_t client_read(struct pair *p, uint8_t *out, size_t cap)
 {
 	size_t total = 0;
 	for (;;) {
@@ -378,7 +381,7 @@ static size_t client_read(struct pair *p, uint8_t *out, size_t cap)
 }
 
 /* Server writes all of p..n (taking output when the bound stops it), client reads it. */
-static void server_send_all(struct pair *p, const uint8_t *data, size_t n)
+TLS_PEER_FN void server_send_all(struct pair *p, const uint8_t *data, size_t n)
 {
 	uint8_t *got = malloc(n + 1);
 	size_t off = 0, have = 0;
@@ -398,7 +401,7 @@ static void server_send_all(struct pair *p, const uint8_t *data, size_t n)
 }
 
 /* Client writes data, server delivers it. */
-static void client_send_all(struct pair *p, const uint8_t *data, size_t n)
+TLS_PEER_FN void client_send_all(struct pair *p, const uint8_t *data, size_t n)
 {
 	size_t before = p->sv_plain_len;
 	assert_int_equal(SSL_write(p->cl, data, (int)n), (int)n);
@@ -407,7 +410,7 @@ static void client_send_all(struct pair *p, const uint8_t *data, size_t n)
 	assert_memory_equal(p->sv_plain + before, data, n);
 }
 
-static void fill_pattern(uint8_t *p, size_t n, uint32_t seed)
+TLS_PEER_FN void fill_pattern(uint8_t *p, size_t n, uint32_t seed)
 {
 	for (size_t i = 0; i < n; i++) {
 		seed = seed * 1103515245u + 12345u;
