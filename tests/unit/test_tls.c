@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -969,6 +970,64 @@ static void test_byte_at_a_time(void **state)
 	tls_server_free(s);
 }
 
+/* ------------------------------------------------------------------ threads */
+
+#define THREAD_WORKERS 3
+#define THREAD_CONNS 12
+
+struct worker_arg {
+	struct tls_server *s;
+	struct tls_stats st; /* one per worker, as in the engine */
+	int id;
+};
+
+static void *worker_run(void *argp)
+{
+	struct worker_arg *a = argp;
+	for (int i = 0; i < THREAD_CONNS; i++) {
+		struct client_opts o = { .max_version = (i + a->id) % 2 ? TLS1_2_VERSION : TLS1_3_VERSION,
+					 .alpn = ALPN_H11 };
+		struct pair p;
+		pair_init(&p, a->s, &a->st, &o, client_last_session);
+		SSL_SESSION_free(client_last_session);
+		client_last_session = NULL;
+		assert_true(handshake(&p));
+		uint8_t b[16];
+		client_read(&p, b, sizeof b);
+		client_send_all(&p, (const uint8_t *)"ping", 4);
+		server_send_all(&p, (const uint8_t *)"pong", 4);
+		pair_free(&p);
+	}
+	SSL_SESSION_free(client_last_session);
+	client_last_session = NULL;
+	return NULL;
+}
+
+/* Workers share one server while another thread swaps certificates and rotates
+ * ticket keys, as SIGHUP and the rotation timer will (TSan watches this one). */
+static void test_threads_share_a_server(void **state)
+{
+	struct tls_server *s = server_with(&fx.ec_good, TLS_SNI_ANY);
+	struct worker_arg args[THREAD_WORKERS];
+	pthread_t th[THREAD_WORKERS];
+	for (int i = 0; i < THREAD_WORKERS; i++) {
+		args[i] = (struct worker_arg){ .s = s, .id = i };
+		assert_int_equal(pthread_create(&th[i], NULL, worker_run, &args[i]), 0);
+	}
+	for (int k = 0; k < 20; k++) {
+		tls_server_swap_cert(s, load_test_cert(k % 2 ? &fx.ec_good : &fx.ec_second));
+		tls_server_rotate_ticket_keys(s, T0_MS + (uint64_t)(k + 1) * TLS_TICKET_KEY_ROTATE_MS);
+		usleep(1000);
+	}
+	uint64_t done = 0;
+	for (int i = 0; i < THREAD_WORKERS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		done += args[i].st.handshakes;
+	}
+	assert_int_equal(done, THREAD_WORKERS * THREAD_CONNS);
+	tls_server_free(s);
+}
+
 /* ------------------------------------------------------------------ memory */
 
 static size_t heap_in_use(void)
@@ -1078,6 +1137,7 @@ int main(void)
 		cmocka_unit_test(test_output_bound),
 		cmocka_unit_test(test_small_plaintext_buffer),
 		cmocka_unit_test(test_byte_at_a_time),
+		cmocka_unit_test(test_threads_share_a_server),
 		cmocka_unit_test(test_idle_connection_memory),
 	};
 	return cmocka_run_group_tests(tests, setup_all, teardown_all);

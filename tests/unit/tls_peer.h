@@ -39,7 +39,7 @@
  * value (0x1301..0x1303) into the wanted one; the client hashes the bytes it wrote,
  * so the transcript stays consistent and the handshake is genuine.
  */
-static uint16_t force_tls13_suite; /* 0: off */
+static _Thread_local uint16_t force_tls13_suite; /* 0: off; per thread, like the client */
 
 int CBB_add_u16(CBB *cbb, uint16_t value)
 {
@@ -184,8 +184,9 @@ struct client_opts {
 	bool verify;          /* verify the server's certificate against an empty store */
 };
 
-/* The session the client saw last (its new-session callback), for resumption. */
-static SSL_SESSION *client_last_session;
+/* The session the client saw last (its new-session callback), for resumption; per
+ * thread, so concurrent clients do not share it. */
+static _Thread_local SSL_SESSION *client_last_session;
 
 TLS_PEER_FN int client_new_session(SSL *ssl, SSL_SESSION *sess)
 {
