@@ -531,6 +531,11 @@ void tls_conn_free(struct tls_conn *c)
 	free(c);
 }
 
+void tls_conn_set_stats(struct tls_conn *c, struct tls_stats *stats)
+{
+	c->stats = stats;
+}
+
 SSL *tls_conn_ssl(const struct tls_conn *c)
 {
 	return c->ssl;

@@ -215,6 +215,9 @@ enum tls_status {
  * out of memory. */
 struct tls_conn *tls_conn_new(struct tls_server *s, struct tls_stats *stats);
 void tls_conn_free(struct tls_conn *c);
+/* Count into another worker's stats from now on: a connection handed to another worker
+ * (ADR 9) travels with its tls_conn and must stop writing the old worker's counters. */
+void tls_conn_set_stats(struct tls_conn *c, struct tls_stats *stats);
 
 /*
  * Feed ciphertext in[0..in_len) and get plaintext in out[0..out_cap) (out_cap >= 1).

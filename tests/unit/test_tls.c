@@ -687,11 +687,17 @@ static void test_garbage_after_handshake_is_protocol_error(void **state)
 	struct client_opts o = { 0 };
 	pair_init(&p, s, &st, &o, NULL);
 	assert_true(handshake(&p));
+	/* Handed to another worker after the handshake: its counters from now on. */
+	struct tls_stats other = { 0 };
+	tls_conn_set_stats(p.sv, &other);
 	/* A well-framed record that does not authenticate. */
 	uint8_t rec[5 + 40] = { 0x17, 0x03, 0x03, 0x00, 40 };
 	fill_pattern(rec + 5, 40, 9);
 	assert_int_equal(server_feed(&p, rec, sizeof rec), TLS_FAILED);
 	assert_int_equal(tls_conn_error(p.sv), TLS_ERR_PROTOCOL);
+	assert_int_equal(other.failed_after_handshake[TLS_ERR_PROTOCOL], 1);
+	assert_int_equal(st.failed_after_handshake[TLS_ERR_PROTOCOL], 0);
+	assert_int_equal(st.handshakes, 1);
 	/* The server tells the client (bad_record_mac). */
 	assert_true(tls_conn_out_pending(p.sv) > 0);
 	pair_free(&p);
