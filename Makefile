@@ -46,9 +46,25 @@ endif
 
 LIBS := $(URING_LIBS) $(BSSL_LIBS) -lpthread -lm
 
+# C++ for the one file that needs it (src/transport/tls13_secrets.cc: this BoringSSL
+# has SSL_get_traffic_secrets in its C++ API only), from the same toolchain as CC:
+# gcc -> g++, clang-14 -> clang++-14, cc -> c++. CXX=... overrides. The shim uses no
+# C++ runtime (no exceptions, no RTTI, no new), so every link stays a C link.
+ifeq ($(origin CXX),default)
+  CXX := $(dir $(firstword $(CC)))$(if $(findstring clang,$(COMPILER)),$(subst clang,clang++,$(COMPILER)),$(if $(findstring gcc,$(COMPILER)),$(subst gcc,g++,$(COMPILER)),$(if $(filter cc,$(COMPILER)),c++,g++)))
+  CXX := $(patsubst ./%,%,$(CXX))
+endif
+CXXWARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -Wmissing-declarations -Wno-unused-parameter
+CXXFLAGS_ALL := -std=gnu++17 -g $(OPT) -fno-omit-frame-pointer -fno-exceptions -fno-rtti $(CXXWARN) -MMD -MP
+# clang's UBSan -fsanitize=function (C++ only) tags each C++ function with its type's
+# RTTI, which would pull libstdc++'s ABI library into every C link. The shim is only
+# ever called directly from C: that check has nothing to catch there.
+CXX_SANFLAGS := $(SANFLAGS) $(if $(and $(findstring clang,$(COMPILER)),$(findstring undefined,$(SANFLAGS))),-fno-sanitize=function)
+
 MAIN_SRC := src/main.c
 LIB_SRCS := $(filter-out $(MAIN_SRC),$(sort $(wildcard src/*.c src/*/*.c)))
-LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+LIB_CXX_SRCS := $(sort $(wildcard src/*/*.cc))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(LIB_CXX_SRCS:%.cc=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libpyrelay.a
 RELAY    := $(BUILD)/pyrycode-relay
 
@@ -75,6 +91,10 @@ tools: $(TOOL_BINS)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(SANFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS_ALL) $(CXXFLAGS_ALL) $(CXX_SANFLAGS) $(CXXFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJS)
 	@mkdir -p $(dir $@)

@@ -2,7 +2,7 @@
 # Install what building, running and testing the relay needs, when it is missing.
 # Idempotent and quiet when everything is present. Debian 12 (bookworm), as root.
 #
-#   tools/deps.sh          build + run dependencies
+#   tools/deps.sh          build + run dependencies (gcc, g++, liburing, BoringSSL)
 #   tools/deps.sh test     also the test tools (cmocka, clang + sanitizer runtimes,
 #                          Python websockets/pytest/yaml, Node + npm's ws; for the
 #                          deploy/ checks: HAProxy + openssl (scale-out and the unit's
@@ -14,7 +14,9 @@
 #                          charts, taskset from util-linux)
 set -euo pipefail
 
-want=(make gcc liburing-dev android-libboringssl-dev util-linux)
+# g++: src/transport/tls13_secrets.cc, the one C++ file (BoringSSL's traffic-secret API
+# is C++ only); clang++-14 comes with clang-14 and uses g++'s libstdc++ headers.
+want=(make gcc g++ liburing-dev android-libboringssl-dev util-linux)
 if [[ "${1:-}" == "test" ]]; then
   want+=(clang-14 libclang-rt-14-dev libcmocka-dev python3 python3-websockets
          python3-pytest python3-yaml prometheus haproxy openssl systemd systemd-container

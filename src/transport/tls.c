@@ -1,0 +1,785 @@
+/*
+ * tls.c - the TLS server context and connections: BoringSSL over a span, no I/O.
+ *
+ * BoringSSL talks to one BIO per connection whose read side is the span the current
+ * tls_conn_input call was given and whose write side appends to the connection's
+ * output buffer. BoringSSL reads records exactly (no read-ahead: a 5-byte header, then
+ * the body it announces), so whatever it has not asked for stays in the caller's span
+ * and the record boundary is known (tls_conn_rx_record_remaining), which the kernel
+ * key handover needs (ktls.c). Contract in tls.h.
+ */
+#include "transport/tls_internal.h"
+
+#include <limits.h>
+#include <openssl/bio.h>
+#include <openssl/cipher.h>
+#include <openssl/digest.h>
+#include <openssl/err.h>
+#include <openssl/hmac.h>
+#include <openssl/mem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* TLS 1.2: forward-secret AEAD suites only, the ones kTLS can take over. Bracketed
+ * groups are equal preference: the client picks ChaCha20 over AES when it lacks AES
+ * hardware (BoringSSL's recommendation); otherwise our order wins. TLS 1.3 suites are
+ * not configurable in BoringSSL; its three are the same AEADs. */
+#define TLS12_CIPHERS \
+	"[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]:" \
+	"[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]:" \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+
+/* One ticket per handshake: a phone resumes one connection at a time, and each
+ * resumption brings a fresh ticket. BoringSSL's default of two doubles the cost. */
+#define TLS13_TICKETS_PER_HANDSHAKE 1u
+
+#define TLS_CONTENT_HANDSHAKE 0x16u
+
+static const char ALPN_HTTP11[] = "http/1.1";
+
+/* The output buffer: first allocation, and the hard ceiling. Writes stop at
+ * TLS_OUT_BYTES_MAX; above it only BoringSSL's own messages may land (a handshake
+ * flight, an alert, a ticket, a KeyUpdate), which this slack covers. */
+#define OUT_BUF_MIN_BYTES 1024u
+#define OUT_SLACK_BYTES (8u * 1024u)
+#define OUT_HARD_BYTES_MAX (TLS_OUT_BYTES_MAX + TLS_CERT_CHAIN_BYTES_MAX + OUT_SLACK_BYTES)
+_Static_assert(OUT_HARD_BYTES_MAX < UINT32_MAX / 2, "output offsets are 32-bit");
+
+/* Ticket protection, RFC 5077's recommended layout: a 16-byte key name, AES-256-CBC and
+ * HMAC-SHA256 (BoringSSL's ticket callback form). */
+#define TICKET_NAME_BYTES 16u
+#define TICKET_AES_KEY_BYTES 32u
+#define TICKET_HMAC_KEY_BYTES 32u
+
+struct ticket_key {
+	uint8_t name[TICKET_NAME_BYTES];
+	uint8_t aes[TICKET_AES_KEY_BYTES];
+	uint8_t hmac[TICKET_HMAC_KEY_BYTES];
+};
+
+struct tls_server {
+	SSL_CTX *ctx;
+	enum tls_sni_policy sni;
+	/* Guards cert and the ticket keys: taken once per new connection and twice per
+	 * handshake that issues or reads a ticket, never on the data path. */
+	pthread_mutex_t lock;
+	struct tls_cert *cert;
+	struct ticket_key current;
+	struct ticket_key previous; /* decrypts (and renews) only */
+	bool have_previous;
+	uint64_t keys_at_ms;
+};
+
+struct tls_conn {
+	SSL *ssl;
+	struct tls_server *srv;
+	struct tls_stats *stats;
+	struct tls_cert *cert; /* during the handshake: what the server-name check matches */
+
+	/* The span the current tls_conn_input reads (the BIO's read side). */
+	const uint8_t *in;
+	size_t in_len;
+	size_t in_off;
+
+	/* Ciphertext not yet taken: out[out_off, out_len). NULL when empty. */
+	uint8_t *out;
+	uint32_t out_off;
+	uint32_t out_len;
+	uint32_t out_cap;
+
+	/* Where BoringSSL's reads stand in the record stream: a header being read
+	 * (rec_hdr_have of 5 bytes), or rec_body_left bytes of a body. */
+	uint32_t rec_body_left;
+	uint8_t rec_hdr[TLS_RECORD_HEADER_BYTES];
+	uint8_t rec_hdr_have;
+
+	/* First bytes that are not a handshake record, kept until they say HTTP or not. */
+	uint8_t first[TLS_RECORD_HEADER_BYTES];
+	uint8_t first_have;
+
+	uint8_t error;   /* enum tls_error: the first reason this connection failed */
+	uint8_t refusal; /* enum tls_error: set by our callbacks when they refuse a hello */
+	bool first_checked : 1;
+	bool established : 1;
+	bool peer_closed : 1;
+	bool close_sent : 1;
+	bool drained : 1;
+};
+
+static const char *const error_names[TLS_ERR_COUNT] = {
+	[TLS_ERR_NONE] = "none",
+	[TLS_ERR_PLAINTEXT_HTTP] = "plaintext_http",
+	[TLS_ERR_NOT_TLS] = "not_tls",
+	[TLS_ERR_VERSION] = "no_shared_version",
+	[TLS_ERR_CIPHER] = "no_shared_cipher",
+	[TLS_ERR_ALPN] = "alpn",
+	[TLS_ERR_SNI] = "sni",
+	[TLS_ERR_PEER_ALERT] = "peer_alert",
+	[TLS_ERR_RECORD_TOO_LARGE] = "record_too_large",
+	[TLS_ERR_PROTOCOL] = "protocol",
+	[TLS_ERR_TIMEOUT] = "timeout",
+	[TLS_ERR_EOF] = "eof",
+	[TLS_ERR_INTERNAL] = "internal",
+};
+
+const char *tls_error_name(enum tls_error e)
+{
+	ASSERT((unsigned)e < TLS_ERR_COUNT);
+	return error_names[e];
+}
+
+/* ------------------------------------------------------------------ first bytes */
+
+enum tls_first_bytes tls_first_bytes_kind(const uint8_t *p, size_t n)
+{
+	/* net/http's tlsRecordHeaderLooksLikeHTTP: the reference answers these five. */
+	static const char *const http[] = { "GET /", "HEAD ", "POST ", "PUT /", "OPTIO" };
+	if (n == 0)
+		return TLS_FIRST_NEED_MORE;
+	if (p[0] == TLS_CONTENT_HANDSHAKE)
+		return TLS_FIRST_TLS;
+	size_t k = MIN(n, (size_t)TLS_RECORD_HEADER_BYTES);
+	bool could_be_http = false;
+	for (size_t i = 0; i < ARRAY_LEN(http); i++) {
+		if (memcmp(p, http[i], k) == 0) {
+			if (k == TLS_RECORD_HEADER_BYTES)
+				return TLS_FIRST_HTTP;
+			could_be_http = true;
+		}
+	}
+	return could_be_http ? TLS_FIRST_NEED_MORE : TLS_FIRST_OTHER;
+}
+
+/* ------------------------------------------------------------------ failures */
+
+static void conn_fail(struct tls_conn *c, enum tls_error why)
+{
+	ASSERT(why != TLS_ERR_NONE && why < TLS_ERR_COUNT);
+	if (c->error != TLS_ERR_NONE)
+		return;
+	c->error = (uint8_t)why;
+	if (c->established)
+		c->stats->failed_after_handshake[why]++;
+	else
+		c->stats->handshake_failed[why]++;
+}
+
+/* Why BoringSSL failed, from the first error it queued. Callers clear the queue: it is
+ * per thread, and a stale entry would be misread by the next connection. */
+static enum tls_error classify(const struct tls_conn *c, uint32_t e)
+{
+	if (c->refusal != TLS_ERR_NONE)
+		return (enum tls_error)c->refusal;
+	if (e == 0)
+		return TLS_ERR_INTERNAL; /* our BIO refused a write: output over its bound */
+	if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+		return ERR_GET_LIB(e) == ERR_LIB_CIPHER || ERR_GET_LIB(e) == ERR_LIB_EC ? TLS_ERR_PROTOCOL
+											  : TLS_ERR_INTERNAL;
+	int r = ERR_GET_REASON(e);
+	switch (r) {
+	case SSL_R_UNSUPPORTED_PROTOCOL:
+	case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+		return TLS_ERR_VERSION;
+	case SSL_R_NO_SHARED_CIPHER:
+	case SSL_R_NO_SHARED_GROUP:
+	case SSL_R_NO_COMMON_SIGNATURE_ALGORITHMS:
+		return TLS_ERR_CIPHER;
+	case SSL_R_ENCRYPTED_LENGTH_TOO_LONG:
+	case SSL_R_DATA_LENGTH_TOO_LONG:
+	case SSL_R_RECORD_TOO_LARGE:
+	case SSL_R_EXCESSIVE_MESSAGE_SIZE:
+	case SSL_R_TLSV1_ALERT_RECORD_OVERFLOW:
+		return TLS_ERR_RECORD_TOO_LARGE;
+	case SSL_R_HTTP_REQUEST:
+		return TLS_ERR_PLAINTEXT_HTTP;
+	default:
+		break;
+	}
+	/* BoringSSL reports a received alert as SSL_AD_REASON_OFFSET + its code. */
+	if (r >= SSL_AD_REASON_OFFSET && r < SSL_AD_REASON_OFFSET + 256)
+		return TLS_ERR_PEER_ALERT;
+	return TLS_ERR_PROTOCOL;
+}
+
+/* Record a failed BoringSSL call (rc from it) and clear the thread's error queue. */
+static void fail_from_ssl(struct tls_conn *c, int rc)
+{
+	int kind = SSL_get_error(c->ssl, rc);
+	uint32_t e = kind == SSL_ERROR_SSL ? ERR_peek_error() : 0;
+	conn_fail(c, classify(c, e));
+	ERR_clear_error();
+}
+
+/* ------------------------------------------------------------------ the BIO */
+
+static struct tls_conn *conn_of_bio(BIO *b)
+{
+	return BIO_get_data(b);
+}
+
+static struct tls_conn *conn_of(const SSL *ssl)
+{
+	return conn_of_bio(SSL_get_rbio(ssl));
+}
+
+/* Follow the record framing over bytes BoringSSL consumed (headers are in clear in
+ * every TLS version), so the boundary is known without asking BoringSSL. */
+static void track_records(struct tls_conn *c, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		if (c->rec_body_left > 0) {
+			size_t t = MIN(n, (size_t)c->rec_body_left);
+			c->rec_body_left -= (uint32_t)t;
+			p += t;
+			n -= t;
+			continue;
+		}
+		size_t t = MIN(n, (size_t)(TLS_RECORD_HEADER_BYTES - c->rec_hdr_have));
+		memcpy(c->rec_hdr + c->rec_hdr_have, p, t);
+		c->rec_hdr_have += (uint8_t)t;
+		p += t;
+		n -= t;
+		if (c->rec_hdr_have == TLS_RECORD_HEADER_BYTES) {
+			c->rec_body_left = (uint32_t)c->rec_hdr[3] << 8 | c->rec_hdr[4];
+			c->rec_hdr_have = 0;
+		}
+	}
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+	struct tls_conn *c = conn_of_bio(b);
+	BIO_clear_retry_flags(b);
+	size_t avail = c->in_len - c->in_off;
+	if (avail == 0 || len <= 0) {
+		BIO_set_retry_read(b);
+		return -1;
+	}
+	size_t n = MIN(avail, (size_t)len);
+	memcpy(buf, c->in + c->in_off, n);
+	c->in_off += n;
+	track_records(c, (const uint8_t *)buf, n);
+	return (int)n;
+}
+
+static bool out_append(struct tls_conn *c, const uint8_t *p, size_t n)
+{
+	size_t pending = c->out_len - c->out_off;
+	if (n > OUT_HARD_BYTES_MAX - pending)
+		return false;
+	if (c->out_len + n > c->out_cap && c->out_off > 0) {
+		memmove(c->out, c->out + c->out_off, pending);
+		c->out_len = (uint32_t)pending;
+		c->out_off = 0;
+	}
+	if (c->out_len + n > c->out_cap) {
+		size_t cap = MAX((size_t)c->out_cap, (size_t)OUT_BUF_MIN_BYTES);
+		while (cap < c->out_len + n)
+			cap *= 2;
+		cap = MIN(cap, (size_t)OUT_HARD_BYTES_MAX);
+		uint8_t *grown = realloc(c->out, cap);
+		if (grown == NULL)
+			return false;
+		c->out = grown;
+		c->out_cap = (uint32_t)cap;
+	}
+	memcpy(c->out + c->out_len, p, n);
+	c->out_len += (uint32_t)n;
+	return true;
+}
+
+static int bio_write(BIO *b, const char *buf, int len)
+{
+	BIO_clear_retry_flags(b);
+	if (len <= 0)
+		return 0;
+	/* Never "retry": a refused write fails the connection (TLS_ERR_INTERNAL). */
+	return out_append(conn_of_bio(b), (const uint8_t *)buf, (size_t)len) ? len : -1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long larg, void *parg)
+{
+	return cmd == BIO_CTRL_FLUSH ? 1 : 0; /* output is flushed by tls_conn_out_take */
+}
+
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+static BIO_METHOD *bio_method; /* one per process, never freed */
+
+static void bio_method_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pyrelay-span");
+	if (m == NULL || !BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
+	    !BIO_meth_set_ctrl(m, bio_ctrl)) {
+		BIO_meth_free(m);
+		return;
+	}
+	bio_method = m;
+}
+
+/* ------------------------------------------------------------------ callbacks */
+
+static int alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in, unsigned in_len,
+		       void *arg)
+{
+	/* in: the client's list of length-prefixed protocol names. */
+	for (unsigned i = 0; i < in_len;) {
+		unsigned n = in[i];
+		if (n > in_len - i - 1)
+			break;
+		if (n == sizeof ALPN_HTTP11 - 1 && memcmp(in + i + 1, ALPN_HTTP11, n) == 0) {
+			*out = in + i + 1;
+			*out_len = (uint8_t)n;
+			return SSL_TLSEXT_ERR_OK;
+		}
+		i += 1 + n;
+	}
+	conn_of(ssl)->refusal = TLS_ERR_ALPN;
+	return SSL_TLSEXT_ERR_ALERT_FATAL; /* BoringSSL sends no_application_protocol */
+}
+
+static int servername_check(SSL *ssl, int *out_alert, void *arg)
+{
+	struct tls_conn *c = conn_of(ssl);
+	const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	bool ok;
+	switch (c->srv->sni) {
+	case TLS_SNI_ANY:
+		ok = true;
+		break;
+	case TLS_SNI_MATCH_IF_SENT:
+	case TLS_SNI_REQUIRED:
+		if (name == NULL)
+			ok = c->srv->sni == TLS_SNI_MATCH_IF_SENT;
+		else
+			ok = c->cert != NULL && X509_check_host(c->cert->leaf, name, strlen(name), 0, NULL) == 1;
+		break;
+	default:
+		ok = false;
+		break;
+	}
+	if (ok)
+		return SSL_TLSEXT_ERR_OK;
+	c->refusal = TLS_ERR_SNI;
+	*out_alert = SSL_AD_UNRECOGNIZED_NAME;
+	return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+static void ticket_key_new(struct ticket_key *k)
+{
+	RAND_bytes((uint8_t *)k, sizeof *k);
+}
+
+static int ticket_key_cb(SSL *ssl, uint8_t *key_name, uint8_t *iv, EVP_CIPHER_CTX *cctx, HMAC_CTX *hctx,
+			 int encrypt)
+{
+	struct tls_server *s = conn_of(ssl)->srv;
+	struct ticket_key k;
+	int ok = 1; /* decrypt: 1 found (current key), 2 found and renew (previous key), 0 unknown */
+	pthread_mutex_lock(&s->lock);
+	if (encrypt) {
+		k = s->current;
+	} else if (memcmp(key_name, s->current.name, TICKET_NAME_BYTES) == 0) {
+		k = s->current;
+	} else if (s->have_previous && memcmp(key_name, s->previous.name, TICKET_NAME_BYTES) == 0) {
+		k = s->previous;
+		ok = 2;
+	} else {
+		ok = 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (ok == 0)
+		return 0; /* an unknown or retired key: full handshake */
+	const EVP_CIPHER *cipher = EVP_aes_256_cbc();
+	int done;
+	if (encrypt) {
+		memcpy(key_name, k.name, TICKET_NAME_BYTES);
+		RAND_bytes(iv, EVP_CIPHER_iv_length(cipher));
+		done = EVP_EncryptInit_ex(cctx, cipher, NULL, k.aes, iv);
+	} else {
+		done = EVP_DecryptInit_ex(cctx, cipher, NULL, k.aes, iv);
+	}
+	done = done && HMAC_Init_ex(hctx, k.hmac, sizeof k.hmac, EVP_sha256(), NULL);
+	OPENSSL_cleanse(&k, sizeof k);
+	if (!done)
+		return -1;
+	return encrypt ? 1 : ok;
+}
+
+/* ------------------------------------------------------------------ server */
+
+struct tls_server *tls_server_new(struct tls_cert *cert, enum tls_sni_policy sni, uint64_t now_ms)
+{
+	ASSERT(cert != NULL);
+	pthread_once(&bio_once, bio_method_init);
+	struct tls_server *s = calloc(1, sizeof *s);
+	if (s == NULL || bio_method == NULL) {
+		free(s);
+		tls_cert_put(cert);
+		return NULL;
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	s->cert = cert;
+	s->sni = sni;
+	s->ctx = SSL_CTX_new(TLS_method());
+	SSL_CTX *ctx = s->ctx;
+	bool ok = ctx != NULL && SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) &&
+		  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
+		  SSL_CTX_set_strict_cipher_list(ctx, TLS12_CIPHERS) &&
+		  SSL_CTX_set_num_tickets(ctx, TLS13_TICKETS_PER_HANDSHAKE) &&
+		  SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_key_cb);
+	if (!ok) {
+		ERR_clear_error();
+		tls_server_free(s);
+		return NULL;
+	}
+	SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/* Tickets only: a server-side cache would hold every session in memory. */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_timeout(ctx, TLS_TICKET_LIFETIME_S);
+	SSL_CTX_set_session_psk_dhe_timeout(ctx, TLS_TICKET_LIFETIME_S);
+	SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+	SSL_CTX_set_tlsext_servername_callback(ctx, servername_check);
+	ticket_key_new(&s->current);
+	s->keys_at_ms = now_ms;
+	return s;
+}
+
+void tls_server_free(struct tls_server *s)
+{
+	if (s == NULL)
+		return;
+	SSL_CTX_free(s->ctx);
+	tls_cert_put(s->cert);
+	OPENSSL_cleanse(&s->current, sizeof s->current);
+	OPENSSL_cleanse(&s->previous, sizeof s->previous);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+void tls_server_swap_cert(struct tls_server *s, struct tls_cert *cert)
+{
+	ASSERT(cert != NULL);
+	pthread_mutex_lock(&s->lock);
+	struct tls_cert *old = s->cert;
+	s->cert = cert;
+	pthread_mutex_unlock(&s->lock);
+	/* Connections in their handshake hold their own reference to the old one. */
+	tls_cert_put(old);
+}
+
+bool tls_server_rotate_ticket_keys(struct tls_server *s, uint64_t now_ms)
+{
+	bool rotate;
+	pthread_mutex_lock(&s->lock);
+	rotate = now_ms >= s->keys_at_ms && now_ms - s->keys_at_ms >= TLS_TICKET_KEY_ROTATE_MS;
+	if (rotate) {
+		s->previous = s->current;
+		s->have_previous = true;
+		ticket_key_new(&s->current);
+		s->keys_at_ms = now_ms;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rotate;
+}
+
+/* ------------------------------------------------------------------ connections */
+
+struct tls_conn *tls_conn_new(struct tls_server *s, struct tls_stats *stats)
+{
+	struct tls_conn *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return NULL;
+	c->srv = s;
+	c->stats = stats;
+	c->ssl = SSL_new(s->ctx);
+	BIO *b = BIO_new(bio_method);
+	if (c->ssl == NULL || b == NULL) {
+		BIO_free(b);
+		goto fail;
+	}
+	BIO_set_data(b, c);
+	BIO_set_init(b, 1);
+	SSL_set_bio(c->ssl, b, b); /* one BIO both ways: SSL takes its one reference */
+	SSL_set_accept_state(c->ssl);
+	/* Free the certificate references and other configuration once the handshake
+	 * ends: an established connection never needs them again. */
+	SSL_set_shed_handshake_config(c->ssl, 1);
+
+	pthread_mutex_lock(&s->lock);
+	c->cert = tls_cert_get(s->cert);
+	pthread_mutex_unlock(&s->lock);
+	if (!SSL_set_chain_and_key(c->ssl, c->cert->chain, c->cert->chain_len, c->cert->key, NULL))
+		goto fail;
+	return c;
+fail:
+	ERR_clear_error();
+	tls_conn_free(c);
+	return NULL;
+}
+
+void tls_conn_free(struct tls_conn *c)
+{
+	if (c == NULL)
+		return;
+	SSL_free(c->ssl);
+	tls_cert_put(c->cert);
+	free(c->out);
+	free(c);
+}
+
+void tls_conn_set_stats(struct tls_conn *c, struct tls_stats *stats)
+{
+	c->stats = stats;
+}
+
+SSL *tls_conn_ssl(const struct tls_conn *c)
+{
+	return c->ssl;
+}
+
+bool tls_conn_rx_drained(const struct tls_conn *c)
+{
+	return c->drained;
+}
+
+void tls_conn_flush(struct tls_conn *c)
+{
+	if (!c->established || c->error != TLS_ERR_NONE || c->close_sent)
+		return;
+	/* A zero-byte write seals and emits what BoringSSL queued for "the next write"
+	 * (TLS 1.3 tickets, a KeyUpdate answer) and nothing else. */
+	int rc = SSL_write(c->ssl, NULL, 0);
+	if (rc < 0)
+		fail_from_ssl(c, rc);
+	ERR_clear_error();
+}
+
+static void on_established(struct tls_conn *c)
+{
+	c->established = true;
+	c->stats->handshakes++;
+	if (SSL_session_reused(c->ssl))
+		c->stats->handshakes_resumed++;
+	if (SSL_version(c->ssl) == TLS1_3_VERSION)
+		c->stats->handshakes_tls13++;
+	else
+		c->stats->handshakes_tls12++;
+	tls_cert_put(c->cert);
+	c->cert = NULL;
+	/* Send the session tickets now, with the handshake's last flight, rather than
+	 * at the first response: the write sequence then already counts them when
+	 * the keys are handed to the kernel (ktls.c), and the client can resume even if
+	 * the connection dies before we answer. */
+	tls_conn_flush(c);
+}
+
+/* Decide on the first bytes; false when the connection failed or needs more. */
+static bool check_first_bytes(struct tls_conn *c, const uint8_t *in, size_t in_len, size_t *in_used)
+{
+	if (c->first_have == 0 && in_len > 0 && in[0] == TLS_CONTENT_HANDSHAKE) {
+		c->first_checked = true;
+		return true;
+	}
+	/* Not a handshake record: whatever it is, the connection fails, so these bytes
+	 * are kept only long enough to tell HTTP from the rest, never replayed. */
+	size_t t = MIN(in_len, (size_t)(TLS_RECORD_HEADER_BYTES - c->first_have));
+	memcpy(c->first + c->first_have, in, t);
+	c->first_have += (uint8_t)t;
+	*in_used = in_len;
+	switch (tls_first_bytes_kind(c->first, c->first_have)) {
+	case TLS_FIRST_NEED_MORE:
+		ASSERT(t == in_len);
+		return false;
+	case TLS_FIRST_HTTP:
+		conn_fail(c, TLS_ERR_PLAINTEXT_HTTP);
+		return false;
+	default:
+		conn_fail(c, TLS_ERR_NOT_TLS);
+		return false;
+	}
+}
+
+enum tls_status tls_conn_input(struct tls_conn *c, const uint8_t *in, size_t in_len, size_t *in_used,
+			       uint8_t *out, size_t out_cap, size_t *out_len)
+{
+	ASSERT(out_cap > 0);
+	*in_used = 0;
+	*out_len = 0;
+	c->drained = false;
+	if (c->error != TLS_ERR_NONE || c->peer_closed) {
+		*in_used = in_len;
+		return c->error != TLS_ERR_NONE ? TLS_FAILED : TLS_PEER_CLOSED;
+	}
+	if (!c->first_checked) {
+		if (in_len == 0) {
+			c->drained = true;
+			return TLS_WANT_INPUT;
+		}
+		if (!check_first_bytes(c, in, in_len, in_used)) {
+			c->drained = c->error == TLS_ERR_NONE;
+			return c->error != TLS_ERR_NONE ? TLS_FAILED : TLS_WANT_INPUT;
+		}
+	}
+
+	c->in = in;
+	c->in_len = in_len;
+	c->in_off = 0;
+	enum tls_status st = TLS_AGAIN;
+	if (!c->established) {
+		int rc = SSL_do_handshake(c->ssl);
+		if (rc == 1) {
+			on_established(c);
+		} else if (SSL_get_error(c->ssl, rc) == SSL_ERROR_WANT_READ) {
+			ERR_clear_error();
+			st = TLS_WANT_INPUT;
+		} else {
+			fail_from_ssl(c, rc);
+			st = TLS_FAILED;
+		}
+	}
+	while (st == TLS_AGAIN && c->error == TLS_ERR_NONE && *out_len < out_cap) {
+		int rc = SSL_read(c->ssl, out + *out_len, (int)MIN(out_cap - *out_len, (size_t)INT_MAX));
+		if (rc > 0) {
+			*out_len += (size_t)rc;
+			continue;
+		}
+		int kind = SSL_get_error(c->ssl, rc);
+		if (kind == SSL_ERROR_WANT_READ) {
+			ERR_clear_error();
+			st = TLS_WANT_INPUT;
+		} else if (kind == SSL_ERROR_ZERO_RETURN) {
+			ERR_clear_error();
+			c->peer_closed = true;
+			st = TLS_PEER_CLOSED;
+		} else {
+			fail_from_ssl(c, rc);
+		}
+	}
+	if (c->error != TLS_ERR_NONE)
+		st = TLS_FAILED;
+	if (st == TLS_WANT_INPUT) {
+		/* A memory BIO is never "would block": BoringSSL asked for more than there is. */
+		ASSERT(c->in_off == c->in_len);
+		c->drained = true;
+	}
+	if (st == TLS_FAILED || st == TLS_PEER_CLOSED)
+		c->in_off = c->in_len; /* the rest of the input is discarded */
+	*in_used = c->in_off;
+	c->in = NULL;
+	c->in_len = c->in_off = 0;
+	if (st != TLS_FAILED)
+		tls_conn_flush(c); /* a KeyUpdate we must answer, read just now */
+	return st;
+}
+
+bool tls_conn_established(const struct tls_conn *c)
+{
+	return c->established && c->error == TLS_ERR_NONE;
+}
+
+struct tls_conn_info tls_conn_info(const struct tls_conn *c)
+{
+	struct tls_conn_info info = { 0 };
+	if (!c->established)
+		return info;
+	info.version = (uint16_t)SSL_version(c->ssl);
+	const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+	info.cipher_id = cipher ? SSL_CIPHER_get_protocol_id(cipher) : 0;
+	info.resumed = SSL_session_reused(c->ssl) == 1;
+	const uint8_t *alpn = NULL;
+	unsigned alpn_len = 0;
+	SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
+	info.alpn_http11 = alpn_len == sizeof ALPN_HTTP11 - 1 && memcmp(alpn, ALPN_HTTP11, alpn_len) == 0;
+	return info;
+}
+
+size_t tls_conn_write(struct tls_conn *c, const struct iovec *iov, size_t iovcnt)
+{
+	if (c->error != TLS_ERR_NONE || c->close_sent)
+		return 0;
+	ASSERT(c->established);
+	uint8_t stage[TLS_RECORD_PLAINTEXT_BYTES_MAX];
+	size_t overhead = SSL_max_seal_overhead(c->ssl);
+	size_t accepted = 0, i = 0, off = 0;
+	for (;;) {
+		size_t pending = c->out_len - c->out_off;
+		if (pending + overhead >= TLS_OUT_BYTES_MAX)
+			break;
+		size_t room = MIN(TLS_OUT_BYTES_MAX - pending - overhead, sizeof stage);
+		/* Gather small pieces into one record: a record per frame would cost a
+		 * header, a tag and an AEAD call each. */
+		size_t n = 0;
+		while (n < room && i < iovcnt) {
+			size_t t = MIN(room - n, iov[i].iov_len - off);
+			if (t > 0)
+				memcpy(stage + n, (const uint8_t *)iov[i].iov_base + off, t);
+			n += t;
+			off += t;
+			if (off == iov[i].iov_len) {
+				i++;
+				off = 0;
+			}
+		}
+		if (n == 0)
+			break;
+		int rc = SSL_write(c->ssl, stage, (int)n);
+		if (rc != (int)n) {
+			fail_from_ssl(c, rc);
+			break;
+		}
+		accepted += n;
+	}
+	return accepted;
+}
+
+size_t tls_conn_out_pending(const struct tls_conn *c)
+{
+	return c->out_len - c->out_off;
+}
+
+size_t tls_conn_out_take(struct tls_conn *c, uint8_t *dst, size_t cap)
+{
+	size_t n = MIN(cap, (size_t)(c->out_len - c->out_off));
+	if (n > 0)
+		memcpy(dst, c->out + c->out_off, n);
+	c->out_off += (uint32_t)n;
+	if (c->out_off == c->out_len) {
+		/* Drained: an idle connection keeps no output buffer. */
+		free(c->out);
+		c->out = NULL;
+		c->out_off = c->out_len = c->out_cap = 0;
+	}
+	return n;
+}
+
+void tls_conn_close_notify(struct tls_conn *c)
+{
+	if (c->close_sent || c->error != TLS_ERR_NONE)
+		return;
+	c->close_sent = true;
+	if (!c->established)
+		return; /* nothing to protect yet: the owner just closes */
+	SSL_shutdown(c->ssl); /* queues the alert; 0 means "the peer's is not here yet" */
+	ERR_clear_error();
+}
+
+void tls_conn_fail(struct tls_conn *c, enum tls_error why)
+{
+	conn_fail(c, why);
+}
+
+enum tls_error tls_conn_error(const struct tls_conn *c)
+{
+	return (enum tls_error)c->error;
+}
+
+size_t tls_conn_rx_record_remaining(const struct tls_conn *c)
+{
+	if (c->rec_body_left > 0)
+		return c->rec_body_left;
+	return c->rec_hdr_have > 0 ? TLS_RECORD_HEADER_BYTES - c->rec_hdr_have : 0;
+}
