@@ -45,7 +45,7 @@
  *     they are empty (its SSL_MODE_RELEASE_BUFFERS is always on), the output buffer is
  *     freed when drained, and the handshake configuration (certificate references) is
  *     shed when the handshake ends. What stays is measured in tests/unit/test_tls.c
- *     and recorded in ADR 10.
+ *     and recorded in ADR 12.
  */
 #ifndef PYRELAY_TRANSPORT_TLS_H
 #define PYRELAY_TRANSPORT_TLS_H
