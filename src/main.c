@@ -18,11 +18,13 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/notify.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
 #include "relay/relay.h"
+#include "transport/tls.h"
 #include "ws/ws_handshake.h"
 
 #ifndef PYRELAY_VERSION
@@ -30,6 +32,27 @@
 #endif
 
 extern char **environ;
+
+/* The served certificate's earliest notAfter (certificate-files mode), for the metrics
+ * thread: written here at boot and on every reload. */
+static int64_t served_cert_not_after_s;
+
+/* SIGHUP in certificate-files mode: load and check the files again; a good pair is
+ * served to new handshakes (live connections keep theirs), a bad one is logged and the
+ * old certificate stays. */
+static void reload_certificate(const struct config *cfg, struct tls_server *tls)
+{
+	struct tls_load_error err;
+	struct tls_cert *cert = tls_cert_load(cfg->tls_cert, cfg->tls_key, (int64_t)time(NULL), &err);
+	if (cert == NULL) {
+		LOG_WARN("tls certificate reload failed; keeping the current one", KV_STR("err", err.reason),
+			 KV_STR("reason", tls_load_result_name(err.result)), KV_STR("fix", err.fix));
+		return;
+	}
+	__atomic_store_n(&served_cert_not_after_s, tls_cert_not_after_s(cert), __ATOMIC_RELAXED);
+	tls_server_swap_cert(tls, cert);
+	LOG_INFO("tls certificate reloaded");
+}
 
 /* Message and queue bytes may use at most this share of physical memory; the pool
  * takes it on demand and it is a ceiling, never a reservation. */
@@ -195,10 +218,22 @@ int main(int argc, char **argv)
 		log_refusal(&refusal);
 		return rc;
 	}
-	if (cfg.insecure_listen[0] == '\0') {
-		/* Autocert mode passed every check, but this build terminates no TLS yet. */
-		LOG_ERROR("autocert setup failed", KV_STR("err", "TLS termination (--domain) is not available in this build"),
-			  KV_STR("fix", "terminate TLS in front of the relay (deploy/haproxy) and use --insecure-listen"));
+	const char *listen = config_public_listen(&cfg);
+	struct tls_cert *cert = NULL;
+	if (config_mode(&cfg) == CONFIG_MODE_TLS_FILES) {
+		struct tls_load_error err;
+		cert = tls_cert_load(cfg.tls_cert, cfg.tls_key, (int64_t)time(NULL), &err);
+		if (cert == NULL) {
+			LOG_ERROR("refusing to start: invalid TLS certificate", KV_STR("err", err.reason),
+				  KV_STR("reason", tls_load_result_name(err.result)), KV_STR("fix", err.fix));
+			return CONFIG_EXIT_USAGE;
+		}
+		__atomic_store_n(&served_cert_not_after_s, tls_cert_not_after_s(cert), __ATOMIC_RELAXED);
+	}
+	if (config_mode(&cfg) == CONFIG_MODE_AUTOCERT) {
+		/* Autocert mode passed every check, but this build has no ACME client yet. */
+		LOG_ERROR("autocert setup failed", KV_STR("err", "ACME (--domain) is not available in this build"),
+			  KV_STR("fix", "use --tls-cert and --tls-key with certificate files, or terminate TLS in front of the relay (deploy/haproxy) and use --insecure-listen"));
 		return CONFIG_EXIT_RUNTIME;
 	}
 
@@ -207,6 +242,8 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
+	if (config_mode(&cfg) == CONFIG_MODE_TLS_FILES)
+		sigaddset(&sigs, SIGHUP); /* reloads the certificate files; elsewhere it ends us, as Go's */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -231,15 +268,24 @@ int main(int argc, char **argv)
 	snprintf(nworkers_text, sizeof nworkers_text, "%u", nworkers);
 	if (cfg.check_only) { /* every boot check passed; bind nothing */
 		config_print_summary(STDOUT_FILENO, &cfg, nworkers);
+		tls_cert_put(cert);
 		return 0;
 	}
-	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
-		 KV_STR("listen", cfg.insecure_listen), KV_STR("workers", nworkers_text));
+	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", cert ? "tls" : "insecure"),
+		 KV_STR("listen", listen), KV_STR("workers", nworkers_text));
+	struct tls_server *tls = NULL;
+	if (cert != NULL) {
+		tls = tls_server_new(cert, TLS_SNI_ANY, monotonic_ms());
+		if (tls == NULL) {
+			LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", "out of memory for TLS"));
+			return CONFIG_EXIT_RUNTIME;
+		}
+	}
 
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
 	struct relay_shared *shared = relay_shared_create(&cfg, nworkers);
 	if (group == NULL || shared == NULL) {
-		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "out of memory for the workers"));
+		LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", "out of memory for the workers"));
 		return CONFIG_EXIT_RUNTIME;
 	}
 	/* One ceiling for the relay, split evenly: a worker's pool never takes another's share. */
@@ -248,10 +294,10 @@ int main(int argc, char **argv)
 	static struct metrics_source sources[CONFIG_WORKERS_MAX];
 	char why[URING_WHY_BYTES];
 	for (uint32_t i = 0; i < nworkers; i++) {
-		struct worker *w = worker_create(&cfg, group, i, cfg.insecure_listen, budget_per_worker, &relay_hooks,
-						 shared, why);
+		struct worker *w = worker_create(&cfg, group, i, listen, tls, budget_per_worker, &relay_hooks, shared,
+						 why);
 		if (w == NULL) {
-			LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", why));
+			LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", why));
 			return CONFIG_EXIT_RUNTIME;
 		}
 		threads[i].w = w;
@@ -270,6 +316,8 @@ int main(int argc, char **argv)
 			return CONFIG_EXIT_RUNTIME;
 		}
 		mt.addr = cfg.metrics_listen;
+		if (tls != NULL)
+			metrics_server_set_tls(mt.m, &served_cert_not_after_s);
 		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0) {
 			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen),
 				  KV_STR("err", "cannot start metrics thread"));
@@ -285,14 +333,18 @@ int main(int argc, char **argv)
 		if (!start_worker(&threads[i], cpus[i % ncpus])) {
 			/* The started workers wait at the start barrier for this one: nothing can
 			 * drain, so leave at once. */
-			LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "cannot start worker thread"));
+			LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", "cannot start worker thread"));
 			_exit(CONFIG_EXIT_RUNTIME);
 		}
 	}
 
 	struct notifier notifier;
 	notify_init_from_env(&notifier);
-	(void)notify_wait_signal(&notifier, &sigs, workers_running, workers_running, group);
+	while (notify_wait_signal(&notifier, &sigs, workers_running, workers_running, group) == SIGHUP) {
+		notify_send(&notifier, "RELOADING=1");
+		reload_certificate(&cfg, tls);
+		notify_send(&notifier, "READY=1");
+	}
 	notify_send(&notifier, "STOPPING=1");
 	bool worker_failed = false;
 	for (uint32_t i = 0; i < nworkers; i++)
@@ -319,7 +371,7 @@ int main(int argc, char **argv)
 	}
 	int exit_code = 0;
 	if (fatal_why != NULL) {
-		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", fatal_why));
+		LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", fatal_why));
 		LOG_ERROR("listener error; draining");
 		exit_code = CONFIG_EXIT_RUNTIME;
 	} else if (mt.failed) {
@@ -335,6 +387,8 @@ int main(int argc, char **argv)
 		worker_destroy(threads[i].w);
 	relay_shared_destroy(shared);
 	worker_group_destroy(group);
+	if (tls != NULL)
+		tls_server_free(tls);
 	notify_close(&notifier);
 	return exit_code;
 }

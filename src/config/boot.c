@@ -196,17 +196,66 @@ static int check_listener(const char *addr, bool allow_empty_host, struct boot_r
 	return CONFIG_EXIT_USAGE;
 }
 
+enum config_mode config_mode(const struct config *cfg)
+{
+	if (cfg->insecure_listen[0] != '\0')
+		return CONFIG_MODE_INSECURE;
+	if (cfg->tls_cert[0] != '\0' || cfg->tls_key[0] != '\0')
+		return CONFIG_MODE_TLS_FILES;
+	return CONFIG_MODE_AUTOCERT;
+}
+
+const char *config_public_listen(const struct config *cfg)
+{
+	return config_mode(cfg) == CONFIG_MODE_INSECURE ? cfg->insecure_listen : cfg->https_listen;
+}
+
+/* Certificate-files mode (our addition): both files, and none of the other modes'
+ * flags. Their contents are checked by main (transport/tls.h), after these. */
+static int check_tls_files_mode(const struct config *cfg, struct boot_refusal *r)
+{
+	bool files = cfg->tls_cert[0] != '\0' || cfg->tls_key[0] != '\0';
+	if (!files)
+		return CONFIG_OK;
+	if (cfg->insecure_listen[0] != '\0' || cfg->domain[0] != '\0') {
+		refusal_begin(r, CONFIG_EXIT_USAGE,
+			      "refusing to start: --tls-cert / --tls-key are mutually exclusive with --insecure-listen and --domain");
+		field_add(r, "err", "relay: --tls-cert/--tls-key given with%s%s",
+			  cfg->insecure_listen[0] ? " --insecure-listen" : "", cfg->domain[0] ? " --domain" : "");
+		field_add(r, "fix", "use --tls-cert and --tls-key with --https-listen (certificate files), OR "
+				    "--domain (autocert), OR --insecure-listen behind a TLS proxy");
+		return CONFIG_EXIT_USAGE;
+	}
+	if (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0' || cfg->http_listen_set) {
+		refusal_begin(r, CONFIG_EXIT_USAGE, "refusing to start: invalid certificate-files mode");
+		if (cfg->http_listen_set)
+			field_add(r, "err", "relay: --http-listen is the ACME challenge listener; certificate-files mode opens none");
+		else
+			field_add(r, "err", "relay: %s given without %s", cfg->tls_cert[0] ? "--tls-cert" : "--tls-key",
+				  cfg->tls_cert[0] ? "--tls-key" : "--tls-cert");
+		field_add(r, "fix", "pass both --tls-cert PATH and --tls-key PATH, and no --http-listen");
+		return CONFIG_EXIT_USAGE;
+	}
+	return CONFIG_OK;
+}
+
 int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
 		 struct boot_refusal *r)
 {
 	bool insecure = cfg->insecure_listen[0] != '\0';
+	bool files = config_mode(cfg) == CONFIG_MODE_TLS_FILES;
 	char q[QUOTE_BYTES];
 	int rc;
 
 	refusal_begin(r, CONFIG_OK, NULL);
 
+	/* our certificate-files mode first: its flags decide what a mode is */
+	rc = check_tls_files_mode(cfg, r);
+	if (rc != CONFIG_OK)
+		return rc;
+
 	/* 3. a mode */
-	if (!insecure && cfg->domain[0] == '\0') {
+	if (!insecure && !files && cfg->domain[0] == '\0') {
 		refusal_begin(r, CONFIG_EXIT_USAGE,
 			      "either --domain (for autocert) or --insecure-listen (for behind-proxy mode) must be set");
 		field_add(r, "err", "relay: neither --domain nor --insecure-listen is set");
@@ -325,6 +374,8 @@ int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, ui
 	 * listener that is not a flag; what can fail here is the address itself. */
 	if (insecure) {
 		rc = check_listener(cfg->insecure_listen, true, r);
+	} else if (files) {
+		rc = check_listener(cfg->https_listen, true, r);
 	} else {
 		rc = check_listener(cfg->https_listen, true, r);
 		if (rc == CONFIG_OK)

@@ -62,6 +62,13 @@ enum config_exit {
 	CONFIG_EXIT_USAGE = 2, /* also: configuration refused at boot */
 };
 
+/* Which listener the relay serves, from the flags (config_mode). */
+enum config_mode {
+	CONFIG_MODE_INSECURE = 0, /* --insecure-listen: plaintext behind a TLS proxy */
+	CONFIG_MODE_TLS_FILES,    /* --tls-cert/--tls-key on --https-listen (our addition) */
+	CONFIG_MODE_AUTOCERT,     /* --domain: ACME (reference §1.3) */
+};
+
 struct config {
 	/* flags (§7.1) */
 	const char *domain;          /* "" when unset */
@@ -70,6 +77,8 @@ struct config {
 	const char *https_listen;
 	const char *http_listen;
 	const char *metrics_listen;  /* "" disables */
+	const char *tls_cert;        /* certificate-files mode: PEM chain, "" when unset */
+	const char *tls_key;         /* and its private key, "" when unset */
 	bool trust_x_forwarded_for;
 	bool https_proxy_protocol;
 	bool show_version;
@@ -123,6 +132,10 @@ struct boot_refusal {
 	size_t nfields;
 	struct boot_field fields[BOOT_FIELDS_MAX];
 };
+
+enum config_mode config_mode(const struct config *cfg);
+/* The public listener's address in cfg's mode. */
+const char *config_public_listen(const struct config *cfg);
 
 /* Fill defaults, then apply argv (argv[0] is the program name) and envp. On
  * CONFIG_EXIT_USAGE, refusal->msg / fields say why (key "err"). */

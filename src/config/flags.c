@@ -247,8 +247,16 @@ const struct flag_def config_flags[] = {
 	  "behind a TLS-terminating reverse proxy, or for development." },
 	{ "https-listen", FLAG_STRING, CFG_OFF(https_listen), CFG_OFF(https_listen_set), 0, false,
 	  "ADDR",
-	  "TLS listener address (autocert mode only). Use a high port such as :8443\n"
-	  "when the host forwards 443 to it. Refused together with --insecure-listen." },
+	  "TLS listener address (autocert or certificate-files mode). Use a high port\n"
+	  "such as :8443 when the host forwards 443 to it. Refused together with\n"
+	  "--insecure-listen." },
+	{ "tls-cert", FLAG_STRING, CFG_OFF(tls_cert), NO_SET_FIELD, 0, false, "PATH",
+	  "Certificate-files mode: terminate TLS on --https-listen with this PEM\n"
+	  "certificate chain (leaf first) and --tls-key. Checked at boot; SIGHUP\n"
+	  "reloads both without dropping connections. Not with --insecure-listen or\n"
+	  "--domain." },
+	{ "tls-key", FLAG_STRING, CFG_OFF(tls_key), NO_SET_FIELD, 0, false, "PATH",
+	  "The private key (PEM, unencrypted) of --tls-cert." },
 	{ "http-listen", FLAG_STRING, CFG_OFF(http_listen), CFG_OFF(http_listen_set), 0, false,
 	  "ADDR",
 	  "ACME HTTP-01 challenge listener address (autocert mode only); every other\n"
@@ -322,6 +330,8 @@ void config_defaults(struct config *cfg)
 	cfg->domain = "";
 	cfg->cert_cache = "";
 	cfg->insecure_listen = "";
+	cfg->tls_cert = "";
+	cfg->tls_key = "";
 	cfg->https_listen = CONFIG_HTTPS_LISTEN_DEFAULT;
 	cfg->http_listen = CONFIG_HTTP_LISTEN_DEFAULT;
 	cfg->metrics_listen = CONFIG_METRICS_LISTEN_DEFAULT;

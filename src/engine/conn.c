@@ -56,6 +56,17 @@ struct conn *conn_alloc(struct worker *w, int fd, const struct peer_addr *remote
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		read_peer(fd, &c->remote);
+		if (w->tls_server) {
+			/* TLS_HANDSHAKE_TIMEOUT_MS: the read deadline below bounds the handshake */
+			_Static_assert(TLS_HANDSHAKE_TIMEOUT_MS <= HTTP_HEADER_READ_TIMEOUT_MS, "handshake bound");
+			(void)tls_server_rotate_ticket_keys(w->tls_server, w->now_ms);
+			c->tls = tls_conn_new(w->tls_server, &w->stats.tls);
+			if (c->tls == NULL) {
+				conn_move(c, CONN_DEAD);
+				conn_maybe_free(w, c);
+				return NULL;
+			}
+		}
 	}
 	c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
 	conn_timer_update(w, c);
@@ -78,9 +89,9 @@ struct conn *conn_at(struct worker *w, struct conn_ref ref)
 
 /* ------------------------------------------------------------------ bytes in */
 
-void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+/* Plaintext for the phase the connection is in. */
+static void phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 {
-	STAT_ADD(w->stats.bytes_in, n);
 	switch (c->state) {
 	case CONN_HTTP:
 		http_phase_input(w, c, p, n);
@@ -95,6 +106,80 @@ void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 	default:
 		break; /* draining: input is discarded */
 	}
+}
+
+/* A TLS connection's failure: an HTTP request on the TLS port gets the reference's
+ * plaintext answer (§1.4), anything else the alert BoringSSL queued; then close. */
+static void tls_failed(struct worker *w, struct conn *c)
+{
+	if (tls_conn_error(c->tls) == TLS_ERR_PLAINTEXT_HTTP) {
+		/* the connection speaks plaintext from here on: no TLS state, one answer */
+		tls_conn_free(c->tls);
+		c->tls = NULL;
+		static const char answer[] = TLS_PLAINTEXT_HTTP_RESPONSE;
+		if (!send_queue_bytes(w, c, answer, sizeof answer - 1)) {
+			conn_kill(w, c);
+			return;
+		}
+	}
+	c->tls_closing = true; /* nothing more will be encrypted */
+	conn_drain(w, c);
+}
+
+/* Ciphertext in: decrypt into a buffer on the stack and hand the plaintext on, a
+ * record's worth at a time. Bounded: every pass consumes input or drains the
+ * plaintext buffer. */
+static void tls_input(struct worker *w, struct conn *c, const uint8_t *p, size_t n)
+{
+	uint8_t plain[TLS_RECORD_PLAINTEXT_BYTES_MAX];
+	for (;;) {
+		size_t used = 0, out = 0;
+		enum tls_status st = tls_conn_input(c->tls, p, n, &used, plain, sizeof plain, &out);
+		ASSERT(used <= n);
+		p += used;
+		n -= used;
+		if (out)
+			phase_input(w, c, plain, out); /* the reader unmasks in place: plain is ours */
+		if (c->state == CONN_DEAD || c->state == CONN_FREE || c->tls == NULL)
+			return;
+		if (tls_conn_out_pending(c->tls))
+			send_mark_dirty(w, c); /* handshake flights, tickets, alerts */
+		if (!c->counted_tls_path && tls_conn_established(c->tls)) {
+			c->counted_tls_path = true;
+			STAT_INC(w->stats.tls_paths[w->ktls_available ? TLS_PATH_USER_NOT_INSTALLED
+									: TLS_PATH_USER_NO_KERNEL_TLS]);
+		}
+		switch (st) {
+		case TLS_AGAIN:
+			continue;
+		case TLS_WANT_INPUT:
+			return;
+		case TLS_PEER_CLOSED:
+			conn_kill(w, c); /* close_notify: the peer is gone, as at EOF */
+			return;
+		case TLS_FAILED:
+			tls_failed(w, c);
+			return;
+		}
+	}
+}
+
+void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
+{
+	STAT_ADD(w->stats.bytes_in, n);
+	if (c->tls != NULL && c->state != CONN_DRAINING)
+		tls_input(w, c, p, n);
+	else
+		phase_input(w, c, p, n);
+}
+
+bool conn_has_output(const struct conn *c)
+{
+	if (!outq_empty(&c->out))
+		return true;
+	if (c->tls == NULL)
+		return false;
+	return tls_conn_out_pending(c->tls) > 0 || (c->state == CONN_DRAINING && !c->tls_closing);
 }
 
 bool conn_reads(const struct conn *c)
@@ -143,8 +228,10 @@ void conn_timer_fire(struct worker *w, struct conn *c)
 		return;
 	}
 	if (c->read_deadline_ms && now >= c->read_deadline_ms) {
-		/* HTTP header/idle timeout, or a WebSocket message that did not finish within
-		 * 30 s of its first header (§5.3): torn down without a close frame. */
+		/* TLS handshake, HTTP header/idle timeout, or a WebSocket message that did not
+		 * finish within 30 s of its first header (§5.3): torn down without a close frame. */
+		if (c->tls != NULL && !tls_conn_established(c->tls))
+			tls_conn_fail(c->tls, TLS_ERR_TIMEOUT);
 		conn_kill(w, c);
 		return;
 	}
@@ -229,6 +316,8 @@ void conn_maybe_free(struct worker *w, struct conn *c)
 	release_buffers(w, c);
 	send_put_ctx(w, c);
 	handoff_drop(w, c);
+	tls_conn_free(c->tls);
+	c->tls = NULL;
 	count_close(w, c);
 	if (!c->handed_off)
 		close(c->fd);
@@ -273,9 +362,11 @@ void conn_drain(struct worker *w, struct conn *c)
 	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;
 	c->recv_paused = false;
 	release_buffers(w, c);
-	if (outq_empty(&c->out) && !c->send_inflight) {
+	if (!conn_has_output(c) && !c->send_inflight) {
 		shutdown(c->fd, SHUT_WR);
 		c->wr_shut = true;
+	} else if (c->tls != NULL) {
+		send_mark_dirty(w, c); /* the close_notify goes out after what is queued */
 	}
 	conn_arm_recv(w, c);
 	conn_timer_update(w, c);

@@ -45,7 +45,10 @@ struct conn_ref {
 /* How bytes travel on the connection's socket below the HTTP and WebSocket phases. */
 enum transport_kind {
 	TRANSPORT_PLAIN = 0, /* the socket carries the bytes as they are */
+	TRANSPORT_TLS,       /* user-space TLS: struct upgraded carries its state */
 };
+
+struct tls_conn;
 
 /* Peer address as the socket reported it. */
 struct peer_addr {
@@ -69,7 +72,8 @@ struct upgraded {
 	uint32_t server_id_len; /* X-Pyrycode-Server */
 	uint32_t version_len;   /* X-Pyrycode-Version ("" for phones) */
 	uint32_t device_len;    /* X-Pyrycode-Device-Name ("" when absent) */
-	uint32_t early_len;     /* bytes after the request head: the first WebSocket frames */
+	uint32_t early_len;     /* bytes after the request head: the first WebSocket frames (plaintext) */
+	struct tls_conn *tls;   /* TRANSPORT_TLS: the connection's TLS state, owned by the value */
 	uint8_t bytes[];
 };
 
@@ -84,6 +88,7 @@ struct upgraded *upgraded_new(const struct http_request *req, struct span early_
  * stop): appended to the early bytes. False, with *u unchanged, when out of memory or
  * the early bytes would pass UPGRADED_EARLY_BYTES_MAX. */
 bool upgraded_append(struct upgraded **u, struct span more);
+/* Frees the value and what it owns (its TLS state; the fd is the holder's to close). */
 void upgraded_free(struct upgraded *u);
 struct span upgraded_server_id(const struct upgraded *u);
 struct span upgraded_version(const struct upgraded *u);

@@ -83,7 +83,7 @@ void handoff_drop(struct worker *w, struct conn *c)
 
 void handoff_progress(struct worker *w, struct conn *c)
 {
-	if (c->state != CONN_HANDOFF || c->recv_armed || c->send_inflight || !outq_empty(&c->out))
+	if (c->state != CONN_HANDOFF || c->recv_armed || c->send_inflight || conn_has_output(c))
 		return;
 	struct upgraded *u = c->handoff;
 	uint32_t owner = group_owner(w->group, upgraded_server_id(u));
@@ -99,7 +99,9 @@ void handoff_progress(struct worker *w, struct conn *c)
 	io_uring_prep_msg_ring(sqe, ring_fd, owner, HANDOFF_UD(OP_HANDOFF, u), 0);
 	io_uring_sqe_set_data64(sqe, HANDOFF_UD(OP_HANDOFF_SENT, u));
 	STAT_INC(w->stats.handoffs_sent);
-	/* The upgrade, the fd and the cap slot are the message's now. */
+	/* The upgrade, the fd, its TLS state and the cap slot are the message's now. */
+	u->tls = c->tls;
+	c->tls = NULL;
 	c->handoff = NULL;
 	c->counted = false;
 	c->handed_off = true;
@@ -123,6 +125,12 @@ static void adopt(struct worker *w, struct upgraded *u)
 	}
 	STAT_INC(w->stats.handoffs_received);
 	c->counted = true;
+	if (u->tls != NULL) {
+		c->tls = u->tls; /* established: the first worker ran the handshake */
+		u->tls = NULL;
+		c->counted_tls_path = true; /* counted where the handshake completed */
+		tls_conn_set_stats(c->tls, &w->stats.tls);
+	}
 	ws_phase_start(w, c, u);
 	upgraded_free(u);
 	conn_arm_recv(w, c); /* after the early bytes: the socket holds what came next */

@@ -136,7 +136,7 @@ static void hand_on(struct worker *w, struct conn *c, const struct http_request 
 	}
 	u->fd = c->fd;
 	u->route = (uint8_t)route;
-	u->transport = TRANSPORT_PLAIN;
+	u->transport = c->tls ? TRANSPORT_TLS : TRANSPORT_PLAIN;
 	u->remote = c->remote;
 	memcpy(u->accept, accept, sizeof u->accept);
 	uint32_t owner = group_owner(w->group, upgraded_server_id(u));

@@ -11,9 +11,10 @@
  *   send.c        the outbox to send/send_zc, completions, p2b latency
  *   group.c       what the workers share: owners, the cap count, handoff bounds
  *
- * Two seams carry every byte, so a transport (TLS) can sit under the phases without
- * touching them: bytes in enter at conn_input (conn.c), bytes out leave at
- * send_submit (send.c).
+ * Two seams carry every byte, so a transport (TLS) sits under the phases without
+ * touching them: bytes in enter at conn_input (conn.c), which decrypts them for a TLS
+ * connection; bytes out leave at send_submit (send.c), which encrypts the outbox for
+ * one. The outbox of a TLS connection always holds plaintext.
  *
  * Every connection moves through enum conn_state in one direction only: HTTP ->
  * [HANDOFF ->] WS_OPEN -> WS_CLOSING -> DRAINING -> DEAD -> FREE (any state may jump
@@ -40,6 +41,7 @@
 #include "http/http_head.h"
 #include "http/http_parse.h"
 #include "http/http_respond.h"
+#include "transport/tls.h"
 #include "ws/ws_reader.h"
 
 /* Reference §5.3 / §5.4 and RFC 6455 close handshake bounds (HTTP's are in http_head.h). */
@@ -48,7 +50,12 @@
 #define WS_CLOSE_HANDSHAKE_TIMEOUT_MS 5000u
 #define SHUTDOWN_DRAIN_TIMEOUT_MS 10000u
 
-#define RING_ENTRIES 4096u
+/* SQEs per worker ring (the CQ has 4x as many). Ring memory counts against the
+ * user's RLIMIT_MEMLOCK (8 MiB by default): at 1024 a worker's rings take about 130 KiB,
+ * so one worker per CPU of a 32-core host fits the default. A fuller SQ is submitted
+ * early (uring_get_sqe), a fuller CQ overflows into the kernel's list: both only cost
+ * time, and only under bursts larger than a thousand operations per iteration. */
+#define RING_ENTRIES 1024u
 #define RECV_BUFFER_BYTES (16u * 1024u)
 #define RECV_BUFFER_COUNT 1024u /* per worker: 16 MiB of address space, shared by all its connections */
 /* Buffers handed to the kernel at start. The ring doubles (to RECV_BUFFER_COUNT) after
@@ -113,6 +120,7 @@ struct conn {
 	struct conn *dirty_next; /* on the worker's flush list */
 	struct conn *ended_next; /* on the worker's "tell the application" list */
 	struct upgraded *handoff; /* HANDOFF: the upgrade, until it is sent to its owner */
+	struct tls_conn *tls;     /* user-space TLS state, NULL for plaintext (transport/tls.h) */
 
 	uint64_t read_deadline_ms;  /* HTTP head, or current WS message */
 	uint64_t write_deadline_ms; /* 10 s without send progress */
@@ -145,6 +153,8 @@ struct conn {
 	bool recv_paused : 1;
 	bool counted : 1;             /* holds a --max-connections slot */
 	bool handed_off : 1;          /* the fd went to another worker: never closed here */
+	bool tls_closing : 1;         /* our close_notify is queued: nothing more to encrypt */
+	bool counted_tls_path : 1;    /* its TLS path (worker_stats.tls_paths) is counted */
 	bool wr_shut : 1;
 	bool close_sent : 1;          /* close_code is set */
 	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
@@ -159,6 +169,8 @@ struct worker {
 	const struct engine_hooks *hooks;
 	void *app;
 	struct worker_group *group;
+	struct tls_server *tls_server; /* NULL: the listener is plaintext */
+	bool ktls_available;           /* the kernel has kTLS (ktls_probe at start) */
 	uint32_t id;
 	int listen_fd;
 	bool accept_armed;
@@ -215,6 +227,9 @@ static inline struct conn_ref conn_ref_of(const struct conn *c)
 /* The one entrance of received bytes into the phases (the transport seam). */
 void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
 bool conn_reads(const struct conn *c);
+/* Bytes still to leave for the socket: the outbox, and for TLS the ciphertext and the
+ * close_notify a draining connection still owes. */
+bool conn_has_output(const struct conn *c);
 /* The peer's IP as text (conn_remote_ip for the engine's own logs). */
 size_t conn_ip_text(const struct conn *c, char *out, size_t cap);
 void conn_arm_recv(struct worker *w, struct conn *c);

@@ -19,12 +19,13 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "engine/net.h"
+#include "transport/ktls.h"
 #include "ws/ws_frame.h"
 
 /* ------------------------------------------------------------------ set-up */
 
 struct worker *worker_create(const struct config *cfg, struct worker_group *group, uint32_t id,
-			     const char *listen_addr, uint64_t buffer_budget_bytes,
+			     const char *listen_addr, struct tls_server *tls, uint64_t buffer_budget_bytes,
 			     const struct engine_hooks *hooks, void *app_shared, char why[URING_WHY_BYTES])
 {
 	ASSERT(id < group->n);
@@ -36,6 +37,9 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 	w->cfg = cfg;
 	w->hooks = hooks;
 	w->group = group;
+	w->tls_server = tls;
+	int ktls_err;
+	w->ktls_available = tls != NULL && ktls_probe(&ktls_err) == KTLS_OK;
 	w->id = id;
 	w->listen_fd = -1;
 	w->wake_fd = -1;
@@ -257,6 +261,8 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 		return_buffer(w, bid);
 	} else if (res == 0) {
 		/* EOF. A draining connection was waiting for exactly this. */
+		if (c->tls != NULL && !tls_conn_established(c->tls))
+			tls_conn_fail(c->tls, TLS_ERR_EOF);
 		conn_kill(w, c);
 	} else if (res == -ENOBUFS) {
 		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */

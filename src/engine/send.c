@@ -19,20 +19,46 @@
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
 
-/* A sendmsg's header and iovecs: they must live until the send completes. Taken from
- * the pool only while a multi-segment send is in flight. */
+/* A sendmsg's header and iovecs, or a TLS connection's ciphertext being sent: they
+ * must live until the send completes. Taken from the pool only while needed. */
 struct send_ctx {
 	struct msghdr msg;
 	struct iovec iov[OUTQ_IOV_MAX];
 	uint32_t alloc_bytes;
+	uint8_t *cipher;      /* TLS: records taken from the TLS state, a pool buffer */
+	uint32_t cipher_cap;
+	uint32_t cipher_len;
+	uint32_t cipher_off;  /* sent so far */
 };
+
+static void put_cipher(struct worker *w, struct send_ctx *s)
+{
+	if (s->cipher) {
+		bufpool_put(&w->pool, s->cipher, s->cipher_cap);
+		s->cipher = NULL;
+		s->cipher_cap = s->cipher_len = s->cipher_off = 0;
+	}
+}
 
 void send_put_ctx(struct worker *w, struct conn *c)
 {
 	if (c->send) {
+		put_cipher(w, c->send);
 		bufpool_put(&w->pool, c->send, c->send->alloc_bytes);
 		c->send = NULL;
 	}
+}
+
+static bool get_ctx(struct worker *w, struct conn *c)
+{
+	if (c->send)
+		return true;
+	uint32_t cap;
+	c->send = bufpool_get(&w->pool, sizeof *c->send, &cap);
+	if (c->send == NULL)
+		return false;
+	*c->send = (struct send_ctx){ .alloc_bytes = cap };
+	return true;
 }
 
 void send_mark_dirty(struct worker *w, struct conn *c)
@@ -88,6 +114,69 @@ static void record_latency(struct worker *w, struct conn *c)
 	c->lat_frames = 0;
 }
 
+/* The outbox bytes the TLS layer took: they leave the outbox now, and the frames among
+ * them count as written (their ciphertext is ours to send from here on). */
+static void plaintext_taken(struct worker *w, struct conn *c, size_t n)
+{
+	uint64_t before = c->out.bytes;
+	uint32_t items = outq_consume(&c->out, &w->pool, n);
+	STAT_SUB(w->stats.outbox_bytes, before - c->out.bytes);
+	if (items) {
+		ASSERT(c->items_pending >= items);
+		c->items_pending -= items;
+		if (c->upgraded)
+			w->hooks->items_written(w->app, conn_ref_of(c), items);
+	}
+}
+
+/*
+ * The TLS side of the send seam: encrypt what the outbox holds (as much as the TLS
+ * state takes), owe a draining connection its close_notify once the outbox is empty,
+ * then send the ciphertext waiting, from one pool buffer that lives until it is sent.
+ */
+static void tls_submit(struct worker *w, struct conn *c)
+{
+	if (!get_ctx(w, c)) {
+		conn_kill(w, c);
+		return;
+	}
+	struct send_ctx *s = c->send;
+	if (s->cipher_off == s->cipher_len) {
+		put_cipher(w, s);
+		if (!outq_empty(&c->out) && tls_conn_established(c->tls) && !c->tls_closing) {
+			struct iovec iov[OUTQ_IOV_MAX];
+			size_t n = outq_iov(&c->out, iov, OUTQ_IOV_MAX);
+			size_t took = tls_conn_write(c->tls, iov, n);
+			if (took)
+				plaintext_taken(w, c, took);
+		}
+		if (c->state == CONN_DRAINING && outq_empty(&c->out) && !c->tls_closing) {
+			if (tls_conn_established(c->tls))
+				tls_conn_close_notify(c->tls);
+			c->tls_closing = true;
+		}
+		size_t pending = tls_conn_out_pending(c->tls);
+		if (pending == 0)
+			return;
+		uint32_t cap;
+		s->cipher = bufpool_get(&w->pool, pending, &cap);
+		if (s->cipher == NULL) {
+			conn_kill(w, c);
+			return;
+		}
+		s->cipher_cap = cap;
+		s->cipher_len = (uint32_t)tls_conn_out_take(c->tls, s->cipher, MIN((size_t)cap, pending));
+		s->cipher_off = 0;
+	}
+	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+	io_uring_prep_send(sqe, c->fd, s->cipher + s->cipher_off, s->cipher_len - s->cipher_off, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, UD(OP_SEND, c->idx, c->gen));
+	c->send_inflight = true;
+	STAT_INC(w->stats.sends);
+	if (c->lat_frames)
+		record_latency(w, c);
+}
+
 static void send_submit(struct worker *w, struct conn *c)
 {
 	struct iovec iov[OUTQ_IOV_MAX];
@@ -106,14 +195,9 @@ static void send_submit(struct worker *w, struct conn *c)
 		else
 			io_uring_prep_send(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
 	} else {
-		if (c->send == NULL) {
-			uint32_t cap;
-			c->send = bufpool_get(&w->pool, sizeof *c->send, &cap);
-			if (c->send == NULL) {
-				conn_kill(w, c);
-				return;
-			}
-			c->send->alloc_bytes = cap;
+		if (!get_ctx(w, c)) {
+			conn_kill(w, c);
+			return;
 		}
 		memcpy(c->send->iov, iov, n * sizeof iov[0]);
 		c->send->msg = (struct msghdr){ .msg_iov = c->send->iov, .msg_iovlen = n };
@@ -142,8 +226,12 @@ void send_flush(struct worker *w)
 		struct conn *c = w->dirty_head;
 		w->dirty_head = c->dirty_next;
 		c->in_dirty = false;
-		if (c->state != CONN_DEAD && c->state != CONN_FREE && !c->send_inflight && !outq_empty(&c->out))
-			send_submit(w, c);
+		if (c->state != CONN_DEAD && c->state != CONN_FREE && !c->send_inflight && conn_has_output(c)) {
+			if (c->tls)
+				tls_submit(w, c);
+			else
+				send_submit(w, c);
+		}
 		conn_maybe_free(w, c);
 	}
 }
@@ -160,16 +248,15 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	STAT_ADD(w->stats.bytes_out, (uint64_t)res);
-	uint64_t before = c->out.bytes;
-	uint32_t items = outq_consume(&c->out, &w->pool, (size_t)res);
-	STAT_SUB(w->stats.outbox_bytes, before - c->out.bytes);
-	if (items) {
-		ASSERT(c->items_pending >= items);
-		c->items_pending -= items;
-		if (c->upgraded)
-			w->hooks->items_written(w->app, conn_ref_of(c), items);
+	if (c->tls) {
+		/* ciphertext: the outbox already gave its bytes up when they were encrypted */
+		struct send_ctx *s = c->send;
+		ASSERT(s != NULL && s->cipher_off + (uint32_t)res <= s->cipher_len);
+		s->cipher_off += (uint32_t)res;
+	} else {
+		plaintext_taken(w, c, (size_t)res);
 	}
-	if (outq_empty(&c->out)) {
+	if (!conn_has_output(c) && (c->send == NULL || c->send->cipher_off == c->send->cipher_len)) {
 		c->write_deadline_ms = 0;
 		send_put_ctx(w, c);
 		if (c->state == CONN_DRAINING && !c->wr_shut) {

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "transport/tls.h"
+
 static struct span header_or_empty(const struct http_request *req, const char *name)
 {
 	struct span v;
@@ -63,6 +65,8 @@ bool upgraded_append(struct upgraded **u, struct span more)
 
 void upgraded_free(struct upgraded *u)
 {
+	if (u != NULL)
+		tls_conn_free(u->tls);
 	free(u);
 }
 

@@ -107,7 +107,10 @@ int uring_setup(struct io_uring *ring, unsigned entries, const struct uring_feat
 		p.flags |= IORING_SETUP_COOP_TASKRUN;
 	int rc = io_uring_queue_init_params(entries, ring, &p);
 	if (rc < 0) {
-		snprintf(why, URING_WHY_BYTES, "io_uring_queue_init(%u entries): %s", entries, strerror(-rc));
+		snprintf(why, URING_WHY_BYTES, "io_uring_queue_init(%u entries): %s%s", entries, strerror(-rc),
+			 rc == -ENOMEM ? " (fix: the user's locked-memory limit is spent by its rings: raise "
+					 "RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity in the systemd unit, or use fewer --workers)"
+				       : "");
 		return rc;
 	}
 	/* Saves an fget/fput per io_uring_enter; failure only costs that. */
@@ -175,7 +178,9 @@ struct io_uring_buf_ring *uring_setup_buf_ring(struct io_uring *ring, unsigned e
 	};
 	int rc = io_uring_register_buf_ring(ring, &reg, 0);
 	if (rc < 0) {
-		snprintf(why, URING_WHY_BYTES, "io_uring_register_buf_ring: %s", strerror(-rc));
+		snprintf(why, URING_WHY_BYTES, "io_uring_register_buf_ring: %s%s", strerror(-rc),
+			 rc == -ENOMEM ? " (fix: raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity, or use fewer --workers)"
+				       : "");
 		munmap(mem, buf_ring_bytes(entries));
 		return NULL;
 	}

@@ -22,6 +22,16 @@
 #include "engine/engine.h"
 #include "engine/group.h"
 #include "engine/uring.h"
+#include "transport/tls.h"
+
+/* Which path a TLS connection's records took after its handshake, and why. Labels of
+ * pyrycode_relay_tls_connections_total. */
+enum tls_path {
+	TLS_PATH_KTLS = 0,             /* keys installed in the kernel (TCP_ULP tls) */
+	TLS_PATH_USER_NO_KERNEL_TLS,   /* user space: the kernel has no kTLS (TCP_ULP: ENOENT) */
+	TLS_PATH_USER_NOT_INSTALLED,   /* user space: the kernel has kTLS, this build keeps records in user space */
+	TLS_PATH_COUNT,
+};
 
 /* Connections still in the HTTP phase (not yet upgraded) are not counted against
  * --max-connections (reference §4.7); they get their own pool slots, bounded too. A
@@ -53,6 +63,8 @@ struct worker_stats {
 	uint64_t handoffs_sent;     /* upgrades sent to their server-id's owner (cross-worker messages) */
 	uint64_t handoffs_received; /* upgrades taken from other workers */
 	uint64_t handoff_failures[HANDOFF_RESULT_COUNT]; /* [HANDOFF_OK] unused */
+	uint64_t tls_paths[TLS_PATH_COUNT];
+	struct tls_stats tls; /* written by this worker's TLS connections (transport/tls.h) */
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
 	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
@@ -71,10 +83,11 @@ struct worker_stats {
 } STAT_ALIGNED;
 
 /* Start-up (control plane). group: the workers of this relay (engine/group.h), id <
- * group->n; hooks: the application (engine/engine.h), app_shared passed to its create.
+ * group->n; tls: the TLS server every worker shares (NULL: a plaintext listener);
+ * hooks: the application (engine/engine.h), app_shared passed to its create.
  * Returns NULL with a reason in why. */
 struct worker *worker_create(const struct config *cfg, struct worker_group *group, uint32_t id,
-			     const char *listen_addr, uint64_t buffer_budget_bytes,
+			     const char *listen_addr, struct tls_server *tls, uint64_t buffer_budget_bytes,
 			     const struct engine_hooks *hooks, void *app_shared, char why[URING_WHY_BYTES]);
 enum worker_exit {
 	WORKER_EXIT_DRAINED = 0,

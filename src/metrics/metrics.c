@@ -74,6 +74,16 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 		SUM(t->closes[k], e->closes[k]);
 	for (int k = 0; k < HANDOFF_RESULT_COUNT; k++)
 		SUM(t->handoff_failures[k], e->handoff_failures[k]);
+	for (int k = 0; k < TLS_PATH_COUNT; k++)
+		SUM(t->tls_paths[k], e->tls_paths[k]);
+	SUM(t->tls.handshakes, e->tls.handshakes);
+	SUM(t->tls.handshakes_resumed, e->tls.handshakes_resumed);
+	SUM(t->tls.handshakes_tls12, e->tls.handshakes_tls12);
+	SUM(t->tls.handshakes_tls13, e->tls.handshakes_tls13);
+	for (int k = 0; k < TLS_ERR_COUNT; k++) {
+		SUM(t->tls.handshake_failed[k], e->tls.handshake_failed[k]);
+		SUM(t->tls.failed_after_handshake[k], e->tls.failed_after_handshake[k]);
+	}
 	/* The exposition's _count is the +Inf bucket (the sum of the buckets read), so a
 	 * scrape racing an observation still shows a consistent histogram. */
 	for (uint32_t b = 0; b <= LATENCY_BOUNDS_COUNT; b++)
@@ -306,6 +316,42 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 			 in, offsetof(struct worker_stats, recv_buffers));
 }
 
+/* TLS termination (certificate-files mode): handshakes, failures by reason, the path
+ * records took, the served certificate's expiry. Only when TLS is on. */
+static void tls_families(struct prom_out *o, const struct totals *t, const struct metrics_input *in)
+{
+	const struct worker_stats *e = &t->engine;
+	static const char *const paths[TLS_PATH_COUNT][2] = {
+		[TLS_PATH_KTLS] = { "ktls", "installed" },
+		[TLS_PATH_USER_NO_KERNEL_TLS] = { "userspace", "no_kernel_tls" },
+		[TLS_PATH_USER_NOT_INSTALLED] = { "userspace", "not_installed" },
+	};
+	const char *name = "pyrycode_relay_tls_connections_total";
+	prom_family(o, name, "TLS connections past their handshake, by where their records are encrypted and why.",
+		    PROM_COUNTER);
+	for (int k = 0; k < TLS_PATH_COUNT; k++) {
+		struct prom_label l[2] = { { "path", paths[k][0] }, { "reason", paths[k][1] } };
+		prom_sample(o, name, l, 2, (double)e->tls_paths[k]);
+	}
+	scalar(o, "pyrycode_relay_tls_certificate_expiry_timestamp_seconds",
+	       "notAfter of the served certificate chain (the earliest), seconds since the epoch.", PROM_GAUGE,
+	       (double)__atomic_load_n(in->tls_cert_not_after_s, __ATOMIC_RELAXED));
+	const char *errs[TLS_ERR_COUNT - 1];
+	for (int k = 1; k < TLS_ERR_COUNT; k++)
+		errs[k - 1] = tls_error_name((enum tls_error)k);
+	labelled(o, "pyrycode_relay_tls_errors_after_handshake_total",
+		 "TLS connections failed after their handshake, by reason.", PROM_COUNTER, "reason", errs,
+		 e->tls.failed_after_handshake + 1, TLS_ERR_COUNT - 1);
+	labelled(o, "pyrycode_relay_tls_handshake_failures_total", "TLS handshakes that failed, by reason.",
+		 PROM_COUNTER, "reason", errs, e->tls.handshake_failed + 1, TLS_ERR_COUNT - 1);
+	static const char *const versions[] = { "1.2", "1.3" };
+	const uint64_t by_version[] = { e->tls.handshakes_tls12, e->tls.handshakes_tls13 };
+	labelled(o, "pyrycode_relay_tls_handshakes_total", "Completed TLS handshakes, by protocol version.",
+		 PROM_COUNTER, "version", versions, by_version, ARRAY_LEN(by_version));
+	scalar(o, "pyrycode_relay_tls_resumptions_total", "Completed TLS handshakes that resumed a session (ticket).",
+	       PROM_COUNTER, (double)e->tls.handshakes_resumed);
+}
+
 void metrics_render(struct prom_out *o, const struct metrics_input *in)
 {
 	ASSERT(in->nworkers <= METRICS_WORKERS_MAX);
@@ -317,5 +363,7 @@ void metrics_render(struct prom_out *o, const struct metrics_input *in)
 		 "Total number of internal errors encountered by the metrics handler.", PROM_COUNTER, "cause",
 		 handler_error_names, in->handler_errors, METRICS_ERR_COUNT);
 	own_families(o, &t, in);
+	if (in->tls_cert_not_after_s != NULL)
+		tls_families(o, &t, in);
 	reference_families(o, &t);
 }

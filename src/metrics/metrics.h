@@ -54,6 +54,7 @@ struct metrics_input {
 	const char *version;
 	const struct metrics_process *process;
 	const uint64_t *handler_errors; /* METRICS_ERR_COUNT entries */
+	const int64_t *tls_cert_not_after_s; /* TLS on: the served certificate's expiry; NULL: off */
 };
 
 /* Write the whole exposition. On overflow o->overflow is set and the body is unusable. */

@@ -57,6 +57,7 @@ struct metrics_server {
 	double start_time_seconds;
 	uint64_t handler_errors[METRICS_ERR_COUNT];
 	struct metrics_source workers[METRICS_WORKERS_MAX];
+	const int64_t *tls_cert_not_after_s; /* NULL: TLS off */
 	uint32_t nworkers;
 	char *body; /* METRICS_BODY_BYTES_MAX scratch for one exposition */
 	struct mconn conns[METRICS_CONNECTIONS_MAX];
@@ -156,6 +157,11 @@ struct metrics_server *metrics_server_create(const char *addr, const struct metr
 		return NULL;
 	}
 	return m;
+}
+
+void metrics_server_set_tls(struct metrics_server *m, const int64_t *cert_not_after_s)
+{
+	m->tls_cert_not_after_s = cert_not_after_s;
 }
 
 void metrics_server_destroy(struct metrics_server *m)
@@ -275,6 +281,7 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 		.version = m->version,
 		.process = &proc,
 		.handler_errors = m->handler_errors,
+		.tls_cert_not_after_s = m->tls_cert_not_after_s,
 	};
 	metrics_render(&o, &in);
 	char head[METRICS_HEAD_BYTES_MAX];

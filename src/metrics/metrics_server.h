@@ -35,6 +35,9 @@ struct metrics_server;
 struct metrics_server *metrics_server_create(const char *addr, const struct metrics_source *workers,
 					     uint32_t nworkers, const char *version, double start_time_seconds,
 					     char why[URING_WHY_BYTES]);
+/* TLS is on (before metrics_server_run): the TLS families are rendered, with the
+ * certificate expiry read from *cert_not_after_s (an atomic the caller updates). */
+void metrics_server_set_tls(struct metrics_server *m, const int64_t *cert_not_after_s);
 /* On the server's own thread: serve until metrics_server_stop. False (why filled) if
  * the ring could not be set up or failed. */
 bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES]);

@@ -10,6 +10,8 @@
  */
 #include "transport/tls_internal.h"
 
+#include "core/stat.h"
+
 #include <limits.h>
 #include <openssl/bio.h>
 #include <openssl/cipher.h>
@@ -163,9 +165,9 @@ static void conn_fail(struct tls_conn *c, enum tls_error why)
 		return;
 	c->error = (uint8_t)why;
 	if (c->established)
-		c->stats->failed_after_handshake[why]++;
+		STAT_INC(c->stats->failed_after_handshake[why]);
 	else
-		c->stats->handshake_failed[why]++;
+		STAT_INC(c->stats->handshake_failed[why]);
 }
 
 /* Why BoringSSL failed, from the first error it queued. Callers clear the queue: it is
@@ -561,13 +563,13 @@ void tls_conn_flush(struct tls_conn *c)
 static void on_established(struct tls_conn *c)
 {
 	c->established = true;
-	c->stats->handshakes++;
+	STAT_INC(c->stats->handshakes);
 	if (SSL_session_reused(c->ssl))
-		c->stats->handshakes_resumed++;
+		STAT_INC(c->stats->handshakes_resumed);
 	if (SSL_version(c->ssl) == TLS1_3_VERSION)
-		c->stats->handshakes_tls13++;
+		STAT_INC(c->stats->handshakes_tls13);
 	else
-		c->stats->handshakes_tls12++;
+		STAT_INC(c->stats->handshakes_tls12);
 	tls_cert_put(c->cert);
 	c->cert = NULL;
 	/* Send the session tickets now, with the handshake's last flight, rather than

@@ -31,7 +31,9 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
+import tempfile
 import subprocess
 import threading
 import time
@@ -70,6 +72,44 @@ def unique_id(prefix: str = "e2e") -> str:
     """A server-id (or any name) unique to this call: prefix + 12 random hex digits."""
     prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", prefix)[:60]
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# --------------------------------------------------------------------------------------
+# TLS: RELAY_TLS=1 runs every relay the factory starts in certificate-files mode
+# (--https-listen, --tls-cert, --tls-key) and every client over TLS, so the whole suite
+# runs over wss:// as over ws://. One self-signed P-256 certificate per test session,
+# made with the openssl command (names localhost, 127.0.0.1 and ::1).
+
+_TLS_DIR: Optional[Path] = None
+
+
+def tls_enabled() -> bool:
+    return os.environ.get("RELAY_TLS", "") not in ("", "0")
+
+
+def tls_material() -> tuple:
+    """(cert.pem, key.pem) paths of the session's test certificate, made on first use."""
+    global _TLS_DIR
+    if _TLS_DIR is None:
+        d = Path(tempfile.mkdtemp(prefix="relay-e2e-tls-"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2",
+                        "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+                       check=True, capture_output=True, timeout=30)
+        os.chmod(d, 0o755)  # the relay runs as nobody
+        for f in ("key.pem", "cert.pem"):
+            os.chmod(d / f, 0o644)
+        _TLS_DIR = d
+        atexit.register(shutil.rmtree, str(d), True)
+    return str(_TLS_DIR / "cert.pem"), str(_TLS_DIR / "key.pem")
+
+
+def tls_client_context() -> ssl.SSLContext:
+    """A client context trusting the session's certificate (and nothing else)."""
+    ctx = ssl.create_default_context(cafile=tls_material()[0])
+    ctx.check_hostname = True
+    return ctx
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -341,12 +381,14 @@ class RawConn:
     """
 
     def __init__(self, host: str, port: int, timeout: float = 5.0, nodelay: bool = True,
-                 source: Optional[str] = None):
+                 source: Optional[str] = None, tls: Optional[ssl.SSLContext] = None):
         self.host, self.port, self.timeout = host, port, timeout
         self.sock = socket.create_connection((host, port), timeout=timeout,
                                              source_address=(source, 0) if source else None)
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:  # the handshake happens here, bounded by timeout
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.buf = bytearray()
         self.eof = False
         self.reset = False
@@ -769,6 +811,7 @@ class Relay:
         self._threads: list = []
         self._conns: list = []
         self.started_at = None
+        self.tls = "--tls-cert" in args  # certificate-files mode: clients speak TLS
 
     # -- lifecycle
     def _spawn(self) -> None:
@@ -814,7 +857,8 @@ class Relay:
                 self._join_pumps()
                 raise RelayExited(self.proc.returncode, self.log_tail(), self.stdout_text())
             try:
-                with RawConn(self.host, self.port, timeout=1.0) as c:
+                with RawConn(self.host, self.port, timeout=1.0,
+                             tls=tls_client_context() if self.tls else None) as c:
                     r = c.request("GET", "/healthz", headers={"Connection": "close"})
                 if r.status == 200:
                     return
@@ -924,13 +968,19 @@ class Relay:
     # -- connections
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self._netloc()}"
+
+    def _netloc(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def ws_url(self, path: str = "/v1/server") -> str:
-        return f"ws://{self.host}:{self.port}{path}"
+        return f"{'wss' if self.tls else 'ws'}://{self._netloc()}{path}"
 
     def connect(self, timeout: float = 5.0, **kw) -> RawConn:
-        """A raw TCP connection to the public listener, closed at teardown."""
+        """A connection to the public listener (over TLS in certificate-files mode),
+        closed at teardown."""
+        if self.tls and "tls" not in kw:
+            kw["tls"] = tls_client_context()
         c = RawConn(self.host, self.port, timeout=timeout, **kw)
         self._conns.append(c)
         return c
@@ -1014,20 +1064,30 @@ class RelayFactory:
 
     def start(self, args: Sequence[str] = (), env: Optional[Mapping[str, Optional[str]]] = None,
               host: str = "127.0.0.1", metrics: bool = False, ready_timeout: float = READY_TIMEOUT_S,
-              expect_exit_code: Optional[int] = 0, inherit_env: bool = False) -> Relay:
+              expect_exit_code: Optional[int] = 0, inherit_env: bool = False,
+              tls: Optional[bool] = None) -> Relay:
         """Start `RELAY_BIN --insecure-listen host:<free port> --metrics-listen=[127.0.0.1:<free port>]
         <args>` through tools/run-unprivileged.sh and wait for /healthz.
 
         expect_exit_code: what teardown asserts after SIGTERM (None: do not check).
+        tls: None follows RELAY_TLS (the whole suite over TLS); False keeps this relay
+        plaintext (a test of something TLS has no part in: a proxy in front, zero-copy).
         A bind race on the chosen port (exit before ready with code 1) is retried."""
         last: Optional[RelayExited] = None
         workers = os.environ.get("RELAY_WORKERS")
         if workers and not any(a == "--workers" or a.startswith("--workers=") for a in args):
             args = ["--workers", workers, *args]  # the whole suite runs with N workers
+        listen_flag = "--insecure-listen"
+        if (tls if tls is not None else tls_enabled()) and not any(a.startswith("--tls-") for a in args):
+            cert, key = tls_material()
+            listen_flag = "--https-listen"
+            args = ["--tls-cert", cert, "--tls-key", key, *args]
+        elif any(a.startswith("--tls-cert") for a in args):
+            listen_flag = "--https-listen"
         for _attempt in range(5):
             port = free_port(host)
             mport = free_port("127.0.0.1") if metrics else None
-            argv = ["--insecure-listen", f"{host}:{port}",
+            argv = [listen_flag, f"{host}:{port}",
                     f"--metrics-listen={'127.0.0.1:%d' % mport if mport else ''}", *args]
             r = Relay(self.binary, argv, relay_env(env, inherit_env), host, port, mport)
             r.expect_exit_code = expect_exit_code
@@ -1065,6 +1125,16 @@ class RelayFactory:
 # Node `ws` client
 
 
+def wsclient_spec(url: str, headers: Optional[Mapping[str, str]], steps: Sequence[dict], timeout: float,
+                  options: Optional[dict] = None) -> dict:
+    """wsclient.mjs's input; a wss:// URL trusts the session's test certificate."""
+    options = dict(options or {})
+    if url.startswith("wss:"):
+        options.setdefault("ca", Path(tls_material()[0]).read_text())
+    return {"url": url, "headers": dict(headers or {}), "steps": list(steps),
+            "options": options, "timeout_ms": int(timeout * 1000) - 500}
+
+
 def run_wsclient(url: str, headers: Optional[Mapping[str, str]] = None, steps: Sequence[dict] = (),
                  timeout: float = 15.0, options: Optional[dict] = None) -> dict:
     """Run tests/e2e/wsclient.mjs (npm ws) with a JSON script; return its JSON result:
@@ -1072,8 +1142,7 @@ def run_wsclient(url: str, headers: Optional[Mapping[str, str]] = None, steps: S
     See wsclient.mjs for the step vocabulary."""
     node = shutil.which("node")
     assert node, "node not found on PATH"
-    spec = {"url": url, "headers": dict(headers or {}), "steps": list(steps),
-            "options": options or {}, "timeout_ms": int(timeout * 1000) - 500}
+    spec = wsclient_spec(url, headers, steps, timeout, options)
     try:
         p = subprocess.run([node, str(WSCLIENT_MJS)], input=json.dumps(spec).encode(), capture_output=True,
                            timeout=timeout, cwd=str(E2E_DIR))
@@ -1106,6 +1175,8 @@ def py_ws_connect(relay: Relay, path: str, headers: Mapping[str, str], **kw):
     kw.setdefault("max_size", 2 * MAX_MESSAGE_BYTES)
     if ua is not None:
         kw["user_agent_header"] = ua
+    if relay.tls:
+        kw.setdefault("ssl", tls_client_context())
     return websockets.connect(relay.ws_url(path), extra_headers=list(hdrs.items()), **kw)
 
 
@@ -1322,8 +1393,7 @@ async def wsclient_async(url: str, headers: Mapping[str, str], steps: Sequence[d
     """Like run_wsclient, but as a coroutine (many Node clients run concurrently)."""
     node = shutil.which("node")
     assert node, "node not found on PATH"
-    spec = {"url": url, "headers": dict(headers), "steps": list(steps), "options": {},
-            "timeout_ms": int(timeout * 1000) - 500}
+    spec = wsclient_spec(url, headers, steps, timeout)
     proc = await asyncio.create_subprocess_exec(node, str(WSCLIENT_MJS), cwd=str(E2E_DIR),
                                                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)

@@ -149,7 +149,7 @@ def proxies():
 @pytest.mark.parametrize("kind", ["tls", "scaleout"])
 def test_two_client_addresses_get_two_buckets(relay_factory, proxies, tmp_path, kind):
     _, flags = split_listen(unit_relay_flags())
-    relay = relay_factory.start(args=flags)
+    relay = relay_factory.start(args=flags, tls=False)  # the proxy in front terminates TLS
     proxy = Proxy(kind, tmp_path, relay.port)
     proxies.append(proxy)
     # The client's own X-Forwarded-For (203.0.113.9) is replaced by HAProxy: were it
@@ -162,7 +162,7 @@ def test_two_client_addresses_get_two_buckets(relay_factory, proxies, tmp_path, 
 
 def test_control_without_the_flag_every_client_shares_one_bucket(relay_factory, proxies, tmp_path):
     _, flags = split_listen(unit_relay_flags())
-    relay = relay_factory.start(args=[f for f in flags if f != "--trust-x-forwarded-for"])
+    relay = relay_factory.start(args=[f for f in flags if f != "--trust-x-forwarded-for"], tls=False)
     proxy = Proxy("scaleout", tmp_path, relay.port)
     proxies.append(proxy)
     got = [proxy.status("/v1/server", "127.0.0.2") for _ in range(BURST)]

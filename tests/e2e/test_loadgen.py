@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from relayctl import REPO_ROOT, free_port, unique_id
+from relayctl import REPO_ROOT, free_port, tls_material, unique_id
 
 LOADGEN_TIMEOUT_S = 30.0  # loadgen stops by itself after ~3 s; this only guards a hang
 RAWFWD_READY_TIMEOUT_S = 5.0
@@ -61,6 +61,8 @@ def run_loadgen_with_stderr(loadgen: str, url: str, binaries: int, phones: int, 
     """Run loadgen to its end; (its JSON line, its stderr). Fails unless it exits 0."""
     argv = [loadgen, "--url", url, "--binaries", str(binaries), "--phones", str(phones),
             "--server-prefix", unique_id("lg") + "-", *base, *extra]
+    if url.startswith("wss:"):
+        argv += ["--ca", tls_material()[0]]
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=LOADGEN_TIMEOUT_S)
     err = p.stderr.decode("utf-8", "replace")
     lines = [l for l in p.stdout.decode("utf-8", "replace").splitlines() if l.startswith("{")]
@@ -88,9 +90,9 @@ def check_result(js: dict, binaries: int, phones: int):
 @pytest.mark.parametrize("binaries,phones", SHAPES, ids=[f"{b}x{p}" for b, p in SHAPES])
 def test_loadgen_through_relay(relay_factory, loadgen_bin, binaries, phones):
     relay = relay_factory.start(args=["--rate-limit-burst", "0"])
-    js = run_loadgen(loadgen_bin, f"ws://{relay.host}:{relay.port}", binaries, phones)
+    js = run_loadgen(loadgen_bin, relay.ws_url(""), binaries, phones)
     check_result(js, binaries, phones)
-    assert js["transport"] == "ws" and js["mode"] == "closed"
+    assert js["transport"] == ("wss" if relay.tls else "ws") and js["mode"] == "closed"
 
 
 @pytest.fixture
@@ -144,7 +146,7 @@ def test_open_loop_overload_is_latency_not_errors(relay_factory, loadgen_bin):
     more than the relay's 4 MiB per-phone delivery budget in flight (which gets a phone
     closed with 1011). The overload shows as held frames and latency, not as errors."""
     relay = relay_factory.start(args=["--rate-limit-burst", "0"])
-    js = run_loadgen(loadgen_bin, f"ws://{relay.host}:{relay.port}", 1, 1,
+    js = run_loadgen(loadgen_bin, relay.ws_url(""), 1, 1,
                      extra=["--mode", "open", "--rate", "500000", "--size", "16384"], base=TIME_ARGS)
     assert js["connections"] == js["connections_target"] == 2, js
     for k in ("errors", "errors_closed", "lost", "reordered", "corrupted"):
@@ -164,7 +166,7 @@ def test_threads_merge_exactly_through_relay(relay_factory, loadgen_bin):
     with a ThreadSanitizer loadgen as LOADGEN_BIN to check it for races)."""
     relay = relay_factory.start(args=["--rate-limit-burst", "0"])
     binaries, phones = 4, 2
-    js, err = run_loadgen_with_stderr(loadgen_bin, f"ws://{relay.host}:{relay.port}", binaries, phones,
+    js, err = run_loadgen_with_stderr(loadgen_bin, relay.ws_url(""), binaries, phones,
                                       extra=["--threads", "2"], base=RUN_ARGS_PROGRESS)
     check_result(js, binaries, phones)
     assert ", 2 threads" in err, err[-2000:]
@@ -179,7 +181,7 @@ def test_threads_split_open_loop_rate(relay_factory, loadgen_bin):
     as a whole intends exactly --rate frames per second of the window."""
     relay = relay_factory.start(args=["--rate-limit-burst", "0"])
     rate, duration_s, threads = 4000, 2, 2
-    js = run_loadgen(loadgen_bin, f"ws://{relay.host}:{relay.port}", 4, 2,
+    js = run_loadgen(loadgen_bin, relay.ws_url(""), 4, 2,
                      extra=["--mode", "open", "--rate", str(rate), "--threads", str(threads)], base=TIME_ARGS)
     check_result(js, 4, 2)
     # each loop rounds its own count of frames down at the window's end

@@ -252,7 +252,7 @@ def test_receive_ring_starts_small_and_grows_under_a_burst(relay_factory):
     receives are armed in one go and each finds data at once, several times 64 buffers'
     worth. Every request is answered."""
     # one worker: the whole burst lands on worker 0's ring, the one these series name
-    mrelay = relay_factory.start(metrics=True, args=["--rate-limit-burst", "0", "--workers", "1"])
+    mrelay = relay_factory.start(metrics=True, args=["--rate-limit-burst", "0", "--workers", "1"], tls=False)
     s = scrape(mrelay)
     assert s[RECV_BUFFERS] == 64 and s[RECV_EXHAUSTED] == 0
     socks = []
@@ -602,7 +602,9 @@ ZC_SENDS, ZC_COPIED = "pyrycode_relay_zerocopy_sends_total", "pyrycode_relay_zer
 def test_zero_copy_sends_counted_and_intact(relay_factory, server_id):
     """--zerocopy-min-bytes: large sends go out as send_zc; on loopback the kernel copies
     (the fallback is counted), and every byte still arrives in order."""
-    relay = relay_factory.start(metrics=True, args=["--zerocopy-min-bytes", "4096", "--rate-limit-burst", "0"])
+    # zero-copy is for plaintext sockets only (a TLS socket's records are ours or the kernel's)
+    relay = relay_factory.start(metrics=True, args=["--zerocopy-min-bytes", "4096", "--rate-limit-burst", "0"],
+                                tls=False)
     b = claim(relay, server_id)
     p, cid = register(relay, server_id)
     before = scrape(relay)
