@@ -72,7 +72,8 @@ static size_t render(uint32_t nworkers, bool *overflow)
 	struct metrics_process proc = { .start_time_seconds = 1700000000.5, .fds_ok = true, .open_fds = 7,
 					.max_fds = 1024, .rss_ok = true, .resident_bytes = 4096,
 					.virtual_bytes = 8192, .cpu_seconds = 0.25 };
-	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs };
+	static const int64_t cert_expiry_s = 1800000000; /* TLS on: its families are rendered too */
+	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s };
 	struct prom_out o;
 	prom_out_init(&o, body, METRICS_BODY_BYTES_MAX);
 	metrics_render(&o, &in);
