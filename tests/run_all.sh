@@ -24,8 +24,8 @@ stage() {
   fi
 }
 
-e2e() { # $1: relay binary, $2: --workers for every relay the suite starts
-  RELAY_BIN="$PWD/$1" RELAY_WORKERS="$2" "$PY" -m pytest -q -p no:cacheprovider tests/e2e
+e2e() { # $1: relay binary, $2: --workers for every relay the suite starts, $3: 1 = over TLS
+  RELAY_BIN="$PWD/$1" RELAY_WORKERS="$2" RELAY_TLS="${3:-0}" "$PY" -m pytest -q -p no:cacheprovider tests/e2e
 }
 
 stage "build gcc"             make --no-print-directory CC=gcc all
@@ -46,6 +46,9 @@ stage "build tsan relay"      make --no-print-directory CC="$CLANG" SAN=tsan all
 # hand most upgrades to another worker's ring, so every test crosses the handoff.
 stage "e2e gcc, 1 worker"     e2e build/gcc/pyrycode-relay 1
 stage "e2e gcc, 4 workers"    e2e build/gcc/pyrycode-relay 4
+# The whole suite again with every relay terminating TLS (certificate files) and every
+# client (raw sockets, Python websockets, Node ws, loadgen) speaking it.
+stage "e2e gcc over TLS, 4 workers" e2e build/gcc/pyrycode-relay 4 1
 stage "e2e asan+ubsan, 4 workers" e2e build/"$CLANG"-asan/pyrycode-relay 4
 # TSan needs a fixed address layout on this kernel (high mmap entropy); a report makes
 # the relay exit 66, which the harness's teardown turns into a failure.

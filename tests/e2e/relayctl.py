@@ -105,9 +105,9 @@ def tls_material() -> tuple:
     return str(_TLS_DIR / "cert.pem"), str(_TLS_DIR / "key.pem")
 
 
-def tls_client_context() -> ssl.SSLContext:
-    """A client context trusting the session's certificate (and nothing else)."""
-    ctx = ssl.create_default_context(cafile=tls_material()[0])
+def tls_client_context(cafile: Optional[str] = None) -> ssl.SSLContext:
+    """A client context trusting cafile (default: the session's certificate) alone."""
+    ctx = ssl.create_default_context(cafile=cafile or tls_material()[0])
     ctx.check_hostname = True
     return ctx
 
@@ -811,7 +811,9 @@ class Relay:
         self._threads: list = []
         self._conns: list = []
         self.started_at = None
-        self.tls = "--tls-cert" in args  # certificate-files mode: clients speak TLS
+        # certificate-files mode: clients speak TLS and trust the relay's own certificate
+        self.tls_cert = args[args.index("--tls-cert") + 1] if "--tls-cert" in args else None
+        self.tls = self.tls_cert is not None
 
     # -- lifecycle
     def _spawn(self) -> None:
@@ -858,7 +860,7 @@ class Relay:
                 raise RelayExited(self.proc.returncode, self.log_tail(), self.stdout_text())
             try:
                 with RawConn(self.host, self.port, timeout=1.0,
-                             tls=tls_client_context() if self.tls else None) as c:
+                             tls=tls_client_context(self.tls_cert) if self.tls else None) as c:
                     r = c.request("GET", "/healthz", headers={"Connection": "close"})
                 if r.status == 200:
                     return
@@ -980,7 +982,7 @@ class Relay:
         """A connection to the public listener (over TLS in certificate-files mode),
         closed at teardown."""
         if self.tls and "tls" not in kw:
-            kw["tls"] = tls_client_context()
+            kw["tls"] = tls_client_context(self.tls_cert)
         c = RawConn(self.host, self.port, timeout=timeout, **kw)
         self._conns.append(c)
         return c
@@ -1176,7 +1178,7 @@ def py_ws_connect(relay: Relay, path: str, headers: Mapping[str, str], **kw):
     if ua is not None:
         kw["user_agent_header"] = ua
     if relay.tls:
-        kw.setdefault("ssl", tls_client_context())
+        kw.setdefault("ssl", tls_client_context(relay.tls_cert))
     return websockets.connect(relay.ws_url(path), extra_headers=list(hdrs.items()), **kw)
 
 
