@@ -27,13 +27,14 @@ static void respond(struct worker *w, struct conn *c, const char *buf, size_t n,
 		conn_drain(w, c);
 }
 
-static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, bool close)
+/* flags: enum http_resp_flags (HEAD answers carry no body). */
+static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, unsigned flags)
 {
 	char buf[HTTP_RESPONSE_BYTES_MAX];
-	respond(w, c, buf, http_write_canned(buf, sizeof buf, which, close), close);
+	respond(w, c, buf, http_write_canned(buf, sizeof buf, which, flags), flags & HTTP_RESP_CLOSE);
 }
 
-static void respond_healthz(struct worker *w, struct conn *c, bool close)
+static void respond_healthz(struct worker *w, struct conn *c, unsigned flags)
 {
 	struct healthz h = {
 		.version = PYRELAY_VERSION,
@@ -41,7 +42,7 @@ static void respond_healthz(struct worker *w, struct conn *c, bool close)
 	};
 	w->hooks->healthz(w->app, &h);
 	char buf[HTTP_RESPONSE_BYTES_MAX];
-	respond(w, c, buf, http_write_healthz(buf, sizeof buf, &h, close), close);
+	respond(w, c, buf, http_write_healthz(buf, sizeof buf, &h, flags), flags & HTTP_RESP_CLOSE);
 }
 
 /* ------------------------------------------------------------------ requests */
@@ -76,7 +77,7 @@ static bool upgrade_check(struct worker *w, struct conn *c, const struct http_re
 	enum ws_upgrade_verdict v = ws_upgrade_check(req, &key);
 	if (v != WS_UPGRADE_OK) {
 		ASSERT((size_t)v < ARRAY_LEN(refusal));
-		respond_canned(w, c, refusal[v], true);
+		respond_canned(w, c, refusal[v], http_resp_flags_for(req, true));
 		return false;
 	}
 	bool ok = ws_handshake_accept(key, accept);
@@ -89,14 +90,14 @@ static bool upgrade_check(struct worker *w, struct conn *c, const struct http_re
 static bool http_request(struct worker *w, struct conn *c, const struct http_request *req,
 			 char accept[WS_ACCEPT_KEY_LEN + 1])
 {
-	bool close = http_head_closes(req, ++c->requests, w->stopping);
+	unsigned flags = http_resp_flags_for(req, http_head_closes(req, ++c->requests, w->stopping));
 	enum http_route route = http_route_of(req->path);
 	switch (route) {
 	case HTTP_ROUTE_HEALTHZ:
-		respond_healthz(w, c, close);
+		respond_healthz(w, c, flags);
 		return false;
 	case HTTP_ROUTE_NOT_FOUND:
-		respond_canned(w, c, HTTP_CANNED_NOT_FOUND, close);
+		respond_canned(w, c, HTTP_CANNED_NOT_FOUND, flags);
 		return false;
 	case HTTP_ROUTE_SERVER:
 	case HTTP_ROUTE_CLIENT:
@@ -104,16 +105,16 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 	}
 	int verdict = w->hooks->admit(w->app, conn_ref_of(c), route, req);
 	if (verdict >= 0) {
-		respond_canned(w, c, (enum http_canned)verdict, close);
+		respond_canned(w, c, (enum http_canned)verdict, flags);
 		return false;
 	}
 	if (!take_cap_slot(w, c, route)) {
-		respond_canned(w, c, HTTP_CANNED_EMPTY_503, close);
+		respond_canned(w, c, HTTP_CANNED_EMPTY_503, flags);
 		return false;
 	}
 	if (!http_required_headers_ok(req, route)) {
 		w->hooks->rejected_headers(w->app, route);
-		respond_canned(w, c, HTTP_CANNED_EMPTY_400, close);
+		respond_canned(w, c, HTTP_CANNED_EMPTY_400, flags);
 		return false;
 	}
 	return upgrade_check(w, c, req, accept);
@@ -184,7 +185,7 @@ void http_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 		if (st == HTTP_HEAD_INCOMPLETE)
 			break; /* wait for more */
 		if (st == HTTP_HEAD_REFUSED) {
-			respond_canned(w, c, refusal, true);
+			respond_canned(w, c, refusal, HTTP_RESP_CLOSE);
 			return;
 		}
 		char accept[WS_ACCEPT_KEY_LEN + 1];
