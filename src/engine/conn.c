@@ -232,8 +232,10 @@ void conn_maybe_free(struct worker *w, struct conn *c)
 	count_close(w, c);
 	if (!c->handed_off)
 		close(c->fd);
-	if (c->counted)
+	if (c->counted) {
+		c->counted = false;
 		group_put_cap(w->group);
+	}
 	c->state = CONN_FREE; /* the one move back: the slot starts a new life */
 	c->gen++;
 	ASSERT(w->live > 0);

@@ -47,12 +47,14 @@ static void respond_healthz(struct worker *w, struct conn *c, unsigned flags)
 
 /* ------------------------------------------------------------------ requests */
 
-/* §1.7 step 8: the global connection cap (503), after the application's admission.
- * A kept-alive connection that already holds a slot keeps it. */
+/* §1.7 step 8: the global connection cap (503), after the application's admission and
+ * before the header gate. The slot is held from here until the request is done
+ * (§4.7: until the handler returns): for an upgrade, the WebSocket's whole life; for a
+ * request answered without one (400, 405, 426), only until its answer is queued
+ * (put_cap_slot), so a kept-alive connection between requests holds none. */
 static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route route)
 {
-	if (c->counted)
-		return true;
+	ASSERT(!c->counted);
 	if (!group_take_cap(w->group)) {
 		char ip[INET6_ADDRSTRLEN];
 		conn_ip_text(c, ip, sizeof ip);
@@ -63,7 +65,18 @@ static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route rout
 	return true;
 }
 
-/* The RFC 6455 checks; on success *accept is the Sec-WebSocket-Accept value. */
+/* The request ends without a WebSocket: its slot goes back before the answer is
+ * queued (queuing may tear the connection down, which would release it too). */
+static void put_cap_slot(struct worker *w, struct conn *c)
+{
+	if (c->counted) {
+		c->counted = false;
+		group_put_cap(w->group);
+	}
+}
+
+/* The RFC 6455 checks; on success *accept is the Sec-WebSocket-Accept value, else the
+ * request is answered (and its cap slot given back). */
 static bool upgrade_check(struct worker *w, struct conn *c, const struct http_request *req,
 			  char accept[WS_ACCEPT_KEY_LEN + 1])
 {
@@ -77,6 +90,7 @@ static bool upgrade_check(struct worker *w, struct conn *c, const struct http_re
 	enum ws_upgrade_verdict v = ws_upgrade_check(req, &key);
 	if (v != WS_UPGRADE_OK) {
 		ASSERT((size_t)v < ARRAY_LEN(refusal));
+		put_cap_slot(w, c);
 		respond_canned(w, c, refusal[v], http_resp_flags_for(req, true));
 		return false;
 	}
@@ -113,6 +127,7 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 		return false;
 	}
 	if (!http_required_headers_ok(req, route)) {
+		put_cap_slot(w, c);
 		w->hooks->rejected_headers(w->app, route);
 		respond_canned(w, c, HTTP_CANNED_EMPTY_400, flags);
 		return false;

@@ -262,6 +262,48 @@ def test_connection_cap_503_then_slot_frees(relay_factory, server_id):
     barrier(c)
 
 
+# Requests that pass the cap and are then answered without a WebSocket (§1.7 steps 9-10).
+NON_WEBSOCKET_ANSWERS = {
+    # header gate: 400, the connection stays open for the next request
+    "400-header-gate": (lambda sid: build_upgrade("/v1/client", {"User-Agent": "x"}), 400, True),
+    # handshake checks: 405 / 426, the relay closes after the answer (it waits for our FIN)
+    "405-method": (lambda sid: build_upgrade("/v1/server", server_headers(sid), method="POST"), 405, False),
+    "426-no-upgrade": (lambda sid: build_upgrade("/v1/server", merge_headers(server_headers(sid), {"Upgrade": None})),
+                       426, False),
+}
+
+
+@pytest.mark.parametrize("answer", list(NON_WEBSOCKET_ANSWERS))
+def test_request_answered_without_websocket_gives_its_slot_back(relay_factory, server_id, answer):
+    """§4.7: the slot is held until the handler returns. A request answered with a
+    4xx gives it back with its answer, also when the connection stays open (keep-alive,
+    or a client that never closes its end): two such connections must not make a
+    legitimate upgrade get 503 with --max-connections 2."""
+    build, status, kept_alive = NON_WEBSOCKET_ANSWERS[answer]
+    relay = relay_factory.start(args=["--max-connections", "2", "--rate-limit-burst", "0"])
+    held = []
+    for i in range(2):
+        c = relay.connect()
+        c.send(build(f"{server_id}-{i}"))
+        r = c.read_http_response()
+        assert r.status == status, r
+        if kept_alive:
+            c.send(build(f"{server_id}-{i}"))  # a second request on the same connection
+            assert c.read_http_response().status == status
+            assert c.is_open(0.05)
+        held.append(c)  # never closed by us during the test
+    b = claim(relay, server_id)  # 101 at once: neither connection holds a slot
+    p, _ = register(relay, server_id)
+    # the cap still counts the two WebSockets
+    _, r = _attempt(relay, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 503)
+    if kept_alive:
+        for c in held:  # and the kept-alive connections still serve requests
+            assert c.request("GET", "/healthz").status == 200
+    barrier(b)
+    barrier(p)
+
+
 @pytest.mark.parametrize("who", ["phone-initiated", "relay-initiated", "registry-reject"])
 def test_connection_slot_freed_when_close_handshake_completes(relay_factory, server_id, who):
     """The cap slot is held until the WebSocket ends (the handler returns, §4.7): once the
