@@ -31,8 +31,16 @@ static void read_peer(int fd, struct peer_addr *out)
 		out->port = ntohs(sin->sin_port);
 	} else if (ss.ss_family == AF_INET6) {
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-		out->family = AF_INET6;
-		memcpy(out->bytes, &sin6->sin6_addr, 16);
+		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+			/* An IPv4 client on the all-address listener (an IPv6 socket with
+			 * V6ONLY off) is a.b.c.d, as Go prints it, not ::ffff:a.b.c.d: in the
+			 * logs, the rate-limit key and the X-Forwarded-For fallback alike. */
+			out->family = AF_INET;
+			memcpy(out->bytes, &sin6->sin6_addr.s6_addr[12], 4);
+		} else {
+			out->family = AF_INET6;
+			memcpy(out->bytes, &sin6->sin6_addr, 16);
+		}
 		out->port = ntohs(sin6->sin6_port);
 	}
 }

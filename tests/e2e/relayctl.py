@@ -1018,18 +1018,22 @@ class RelayFactory:
         """Start `RELAY_BIN --insecure-listen host:<free port> --metrics-listen=[127.0.0.1:<free port>]
         <args>` through tools/run-unprivileged.sh and wait for /healthz.
 
+        host: "" listens on every address (`:PORT`); the test then connects over 127.0.0.1.
         expect_exit_code: what teardown asserts after SIGTERM (None: do not check).
         A bind race on the chosen port (exit before ready with code 1) is retried."""
         last: Optional[RelayExited] = None
+        # host "" listens on every address (":PORT", an IPv6 socket taking IPv4 too); the
+        # test connects to it over IPv4 loopback.
+        connect_host = host or "127.0.0.1"
         workers = os.environ.get("RELAY_WORKERS")
         if workers and not any(a == "--workers" or a.startswith("--workers=") for a in args):
             args = ["--workers", workers, *args]  # the whole suite runs with N workers
         for _attempt in range(5):
-            port = free_port(host)
+            port = free_port(host or "0.0.0.0")
             mport = free_port("127.0.0.1") if metrics else None
             argv = ["--insecure-listen", f"{host}:{port}",
                     f"--metrics-listen={'127.0.0.1:%d' % mport if mport else ''}", *args]
-            r = Relay(self.binary, argv, relay_env(env, inherit_env), host, port, mport)
+            r = Relay(self.binary, argv, relay_env(env, inherit_env), connect_host, port, mport)
             r.expect_exit_code = expect_exit_code
             self.relays.append(r)
             r._spawn()

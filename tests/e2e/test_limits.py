@@ -227,6 +227,33 @@ def test_rate_limit_burst_0_disables_limiter(relay_factory, server_id):
     barrier(b)
 
 
+def test_ipv4_client_on_all_address_listener_is_plain_ipv4(relay_factory, server_id):
+    """On `:PORT` (an IPv6 socket that takes IPv4 too) an IPv4 client is a.b.c.d, as Go
+    prints it, not ::ffff:a.b.c.d: in the logs, and as the rate-limit key, so the
+    socket's key and an X-Forwarded-For entry naming the same address share a bucket."""
+    relay = relay_factory.start(host="", args=["--rate-limit-burst", "1", "--rate-limit-refill", "1m",
+                                               "--trust-x-forwarded-for"])
+    assert relay.args[1].startswith(":"), relay.args
+    mark = relay.log_mark()
+    claim(relay, server_id)  # no X-Forwarded-For: keyed on the socket address, the only token
+    assert relay.wait_log("server_claimed", since=mark, server_id=server_id)["remote"] == LOCAL_IP
+    _, r = _attempt(relay, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 429)
+    assert relay.wait_log("rate_limited", since=mark)["remote"] == f'"{LOCAL_IP}"'
+    _, r = _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), {"X-Forwarded-For": LOCAL_IP}))
+    _assert_empty_error(r, 429)  # the same key: the same, spent bucket
+    _, r = _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), {"X-Forwarded-For": "10.9.8.7"}))
+    assert r.status == 101, r
+    assert not [rec for rec in relay.log_records(mark) if "::ffff:" in rec["_raw"]]
+
+    capped = relay_factory.start(host="", args=["--max-connections", "1", "--rate-limit-burst", "0"])
+    mark = capped.log_mark()
+    claim(capped, server_id)  # the cap is 1: no phone fits
+    _, r = _attempt(capped, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 503)
+    assert capped.wait_log("conn_cap_reached", since=mark)["remote"] == LOCAL_IP
+
+
 # --------------------------------------------------------------------------------------
 # global connection cap
 
