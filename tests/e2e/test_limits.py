@@ -227,6 +227,39 @@ def test_rate_limit_burst_0_disables_limiter(relay_factory, server_id):
     barrier(b)
 
 
+XFF_FALLS_BACK = {
+    "header-empty": "",
+    "left-most-empty": " , 203.0.113.9",
+    "left-most-blank": "   ,198.51.100.4",
+    "only-a-comma": ",",
+}
+
+
+@pytest.mark.parametrize("case", list(XFF_FALLS_BACK))
+def test_x_forwarded_for_without_a_left_most_entry_keys_on_the_socket(relay_factory, server_id, case):
+    """§6.1 with --trust-x-forwarded-for: the left-most entry, trimmed, is the key; a header
+    that yields no non-empty left-most entry falls back to the socket address, exactly as
+    the Go relay's ClientIP (its test XFF_Enabled_WhitespaceOnlyFirstEntry_FallsBackToRemoteAddr):
+    it is not an empty key, so it is not refused as one."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "1", "--rate-limit-refill", "1m",
+                                      "--trust-x-forwarded-for"])
+    xff = {"X-Forwarded-For": XFF_FALLS_BACK[case]}
+    mark = relay.log_mark()
+    # the socket address's one token: the first attempt passes, the second does not
+    _attempt(relay, "/v1/server", merge_headers(server_headers(server_id), xff), 101)
+    assert relay.wait_log("server_claimed", since=mark, server_id=server_id)["remote"] == LOCAL_IP
+    _, r = _attempt(relay, "/v1/server", merge_headers(server_headers(server_id + "-2"), xff))
+    _assert_empty_error(r, 429)
+    assert relay.wait_log("rate_limited", since=mark)["remote"] == f'"{LOCAL_IP}"'
+    # a real left-most entry is its own key; the spent socket bucket does not matter
+    _attempt(relay, "/v1/server", merge_headers(server_headers(server_id + "-3"),
+                                                 {"X-Forwarded-For": " 203.0.113.7 , 10.0.0.1"}), 101)
+    _, r = _attempt(relay, "/v1/server", merge_headers(server_headers(server_id + "-4"),
+                                                        {"X-Forwarded-For": "203.0.113.7"}))
+    _assert_empty_error(r, 429)
+    assert relay.wait_log("rate_limited", since=mark, remote='"203.0.113.7"')
+
+
 def test_ipv4_client_on_all_address_listener_is_plain_ipv4(relay_factory, server_id):
     """On `:PORT` (an IPv6 socket that takes IPv4 too) an IPv4 client is a.b.c.d, as Go
     prints it, not ::ffff:a.b.c.d: in the logs, and as the rate-limit key, so the
