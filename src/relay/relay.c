@@ -9,6 +9,7 @@
 #include "relay/shard.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -128,6 +129,32 @@ static void install_binary(struct relay_shard *s, struct relay_slot *sl, struct 
 	conn_heartbeat_start(s->w, c);
 }
 
+/* c waits for the probe of sl's incumbent (§2.2); its version is kept for the
+ * server_claimed line a takeover logs (on no memory, that line's version is empty). */
+static void claimant_set(struct relay_shard *s, struct relay_slot *sl, struct conn_ref c, struct span version)
+{
+	ASSERT(sl->claimant == RELAY_NO_CONN && sl->claimant_version == NULL);
+	sl->claimant = c.idx;
+	rc_of(s, c)->role = RELAY_ROLE_CLAIMANT;
+	size_t n = MIN(version.len, (size_t)LOG_VALUE_BYTES_MAX + 1);
+	sl->claimant_version = n ? malloc(n) : NULL;
+	if (sl->claimant_version != NULL) {
+		memcpy(sl->claimant_version, version.ptr, n);
+		sl->claimant_version_len = (uint32_t)n;
+	}
+	worker_schedule(s->w, &sl->probe, worker_now_ms(s->w) + s->cfg->conflict_probe_timeout_ms);
+}
+
+/* The probe is over (takeover, live incumbent, or the claimant left). */
+static void claimant_clear(struct relay_shard *s, struct relay_slot *sl)
+{
+	sl->claimant = RELAY_NO_CONN;
+	worker_cancel_timer(s->w, &sl->probe);
+	free(sl->claimant_version);
+	sl->claimant_version = NULL;
+	sl->claimant_version_len = 0;
+}
+
 static void open_binary(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
 {
 	struct relay_conn *rc = rc_of(s, c);
@@ -162,17 +189,17 @@ static void open_binary(struct relay_shard *s, struct conn_ref c, const struct u
 		conn_ws_close(s->w, c, RELAY_CLOSE_ID_CONFLICT, "server-id already claimed");
 		return;
 	}
-	sl->claimant = c.idx;
-	rc->role = RELAY_ROLE_CLAIMANT;
-	worker_schedule(s->w, &sl->probe, worker_now_ms(s->w) + s->cfg->conflict_probe_timeout_ms);
+	claimant_set(s, sl, c, upgraded_version(u));
 }
 
 static void takeover(struct relay_shard *s, struct relay_slot *sl)
 {
 	ASSERT(sl->claimant != RELAY_NO_CONN);
 	struct conn_ref c = ref_at(s, sl->claimant);
-	sl->claimant = RELAY_NO_CONN;
-	worker_cancel_timer(s->w, &sl->probe);
+	uint8_t *version = sl->claimant_version;
+	uint32_t version_len = sl->claimant_version_len;
+	sl->claimant_version = NULL; /* ours until logged */
+	claimant_clear(s, sl);
 	if (sl->binary != RELAY_NO_CONN) {
 		struct conn_ref old = ref_at(s, sl->binary);
 		detach(rc_of(s, old));
@@ -184,8 +211,9 @@ static void takeover(struct relay_shard *s, struct relay_slot *sl)
 	char ip[INET6_ADDRSTRLEN];
 	conn_remote_ip(s->w, c, ip, sizeof ip);
 	LOG_INFO("server_id_takeover", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
-	LOG_INFO("server_claimed", KV_SPAN("server_id", slot_id(sl)), KV_STR("binary_version", ""),
-		 KV_STR("remote", ip));
+	/* §2.2 step 5: the claimant's own version, as on an uncontested claim */
+	log_claimed(s, c, sl, span_make(version, version ? version_len : 0));
+	free(version);
 }
 
 static void open_phone(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
@@ -420,8 +448,7 @@ static void on_pong(void *app, struct conn_ref c, struct span payload)
 		return;
 	/* The incumbent is alive: the claimant loses (§2.2). */
 	struct conn_ref claimant = ref_at(s, sl->claimant);
-	sl->claimant = RELAY_NO_CONN;
-	worker_cancel_timer(s->w, &sl->probe);
+	claimant_clear(s, sl);
 	detach(rc_of(s, claimant));
 	char ip[INET6_ADDRSTRLEN];
 	conn_remote_ip(s->w, claimant, ip, sizeof ip);
@@ -528,8 +555,7 @@ static void on_end(void *app, struct conn_ref c, uint16_t peer_close_code)
 		break;
 	case RELAY_ROLE_CLAIMANT: {
 		struct relay_slot *sl = rc->slot;
-		sl->claimant = RELAY_NO_CONN;
-		worker_cancel_timer(s->w, &sl->probe);
+		claimant_clear(s, sl);
 		detach(rc);
 		slot_maybe_free(s, sl);
 		break;

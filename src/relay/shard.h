@@ -54,6 +54,11 @@ struct relay_slot {
 	uint32_t claimant; /* binary waiting for the probe of `binary`, or RELAY_NO_CONN */
 	struct tw_node grace;  /* armed while the released binary's grace runs */
 	struct tw_node probe;  /* armed while a conflict probe waits for a pong */
+	/* The claimant's X-Pyrycode-Version while it waits (malloc'd, NULL otherwise), for
+	 * its server_claimed line after a takeover: at most LOG_VALUE_BYTES_MAX + 1 bytes,
+	 * which the logger cuts exactly as it would cut the whole value. */
+	uint8_t *claimant_version;
+	uint32_t claimant_version_len;
 	uint32_t epoch;        /* bumped at every claim: identity of "the binary" */
 	bool gracing;
 	bool phones_paused;
