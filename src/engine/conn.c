@@ -147,12 +147,14 @@ void conn_timer_fire(struct worker *w, struct conn *c)
 		return;
 	}
 	if (c->write_deadline_ms && now >= c->write_deadline_ms) {
+		conn_note_end(c, CONN_END_WRITE_TIMEOUT);
 		conn_kill(w, c); /* reference §5.4: no write progress for 10 s */
 		return;
 	}
 	if (c->read_deadline_ms && now >= c->read_deadline_ms) {
 		/* HTTP header/idle timeout, or a WebSocket message that did not finish within
 		 * 30 s of its first header (§5.3): torn down without a close frame. */
+		conn_note_end(c, CONN_END_READ_TIMEOUT);
 		conn_kill(w, c);
 		return;
 	}
@@ -185,7 +187,7 @@ void conn_run_ended(struct worker *w)
 		w->ended_head = c->ended_next;
 		c->in_ended = false;
 		c->ended_reported = true;
-		w->hooks->end(w->app, conn_ref_of(c), c->peer_close_code);
+		w->hooks->end(w->app, conn_ref_of(c), c->peer_close_code, (enum conn_end_cause)c->end_cause);
 		/* §4.7: the cap slot is held until the handler returns, i.e. until the
 		 * WebSocket ended, not until the TCP drain that follows finishes. */
 		if (c->counted) {
@@ -354,7 +356,9 @@ bool conn_pool_regrow(struct worker *w, uint8_t **buf, uint32_t *cap, uint32_t k
 
 void conn_abort(struct worker *w, struct conn_ref ref)
 {
-	conn_kill(w, conn_at(w, ref));
+	struct conn *c = conn_at(w, ref);
+	conn_note_end(c, CONN_END_CLOSED);
+	conn_kill(w, c);
 }
 
 void conn_pause_recv(struct worker *w, struct conn_ref ref)

@@ -90,6 +90,52 @@ struct span upgraded_version(const struct upgraded *u);
 struct span upgraded_device(const struct upgraded *u);
 struct span upgraded_early(const struct upgraded *u);
 
+/* Why a WebSocket connection stopped being usable: the first cause wins (a peer's close
+ * echo after the relay's own close is still the relay's close). */
+enum conn_end_cause {
+	CONN_END_UNKNOWN = 0,
+	CONN_END_PEER_CLOSE,    /* the peer sent a close frame */
+	CONN_END_EOF,           /* the peer closed TCP without a close frame */
+	CONN_END_IO_ERROR,      /* a receive or a send failed (reset, broken pipe) */
+	CONN_END_PROTOCOL,      /* the peer broke RFC 6455 or a limit (1002, 1007, 1009) */
+	CONN_END_READ_TIMEOUT,  /* a message did not arrive whole within 30 s (§5.3) */
+	CONN_END_WRITE_TIMEOUT, /* queued frames were not written in time (§5.4) */
+	CONN_END_HEARTBEAT,     /* no pong in time (§5.2) */
+	CONN_END_CLOSED,        /* the application closed or aborted it */
+	CONN_END_SHUTDOWN,      /* the relay is shutting down (§7.6) */
+	CONN_END_NO_MEMORY,     /* the buffer pool refused */
+	CONN_END_CAUSES
+};
+
+/* A fixed text for a cause (log `err` values): never request data. */
+static inline const char *conn_end_cause_text(enum conn_end_cause why)
+{
+	switch (why) {
+	case CONN_END_PEER_CLOSE:
+		return "peer sent a close frame";
+	case CONN_END_EOF:
+		return "EOF";
+	case CONN_END_IO_ERROR:
+		return "connection reset or write failed";
+	case CONN_END_PROTOCOL:
+		return "protocol error";
+	case CONN_END_READ_TIMEOUT:
+		return "message read deadline exceeded";
+	case CONN_END_WRITE_TIMEOUT:
+		return "write deadline exceeded";
+	case CONN_END_HEARTBEAT:
+		return "heartbeat timeout";
+	case CONN_END_CLOSED:
+		return "closed by the relay";
+	case CONN_END_SHUTDOWN:
+		return "shutting down";
+	case CONN_END_NO_MEMORY:
+		return "out of buffer memory";
+	default:
+		return "connection closed";
+	}
+}
+
 /* The application, as the engine calls it. app is what create returned. */
 struct engine_hooks {
 	/* Start-up (control plane): the application's state for worker w, NULL on failure.
@@ -110,8 +156,9 @@ struct engine_hooks {
 	/* n frames sent with CONN_SEND_COUNTED reached the socket. */
 	void (*items_written)(void *app, struct conn_ref c, uint32_t n);
 	/* The connection stopped being usable. peer_close_code: the status of the peer's
-	 * close frame, 0 if it sent none. The ref is dead when this returns. */
-	void (*end)(void *app, struct conn_ref c, uint16_t peer_close_code);
+	 * close frame, 0 if it sent none; why: the first cause. The ref is dead when this
+	 * returns. */
+	void (*end)(void *app, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why);
 	/* A timer the application scheduled fired (node->kind >= TW_KIND_APP). */
 	void (*timer)(void *app, struct tw_node *n);
 	/* Graceful shutdown began; the engine then closes every open WebSocket with

@@ -146,6 +146,7 @@ struct conn {
 	bool wr_shut : 1;
 	bool close_sent : 1;          /* close_code is set */
 	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
+	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
 	struct peer_addr remote;
 };
@@ -195,6 +196,13 @@ struct worker {
 };
 
 /* ---- conn.c: pool and lifecycle ---- */
+
+/* Note why c is ending, unless a cause is noted already (the first one wins). */
+static inline void conn_note_end(struct conn *c, enum conn_end_cause why)
+{
+	if (c->end_cause == CONN_END_UNKNOWN)
+		c->end_cause = (uint8_t)why;
+}
 
 /* A pool slot for fd in the HTTP phase, NULL when the pool is exhausted. remote: the
  * peer address when known (a handoff), else NULL to ask the socket. The receive is

@@ -110,6 +110,7 @@ static void send_submit(struct worker *w, struct conn *c)
 			uint32_t cap;
 			c->send = bufpool_get(&w->pool, sizeof *c->send, &cap);
 			if (c->send == NULL) {
+				conn_note_end(c, CONN_END_NO_MEMORY);
 				conn_kill(w, c);
 				return;
 			}
@@ -156,6 +157,7 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	if (res <= 0) {
+		conn_note_end(c, CONN_END_IO_ERROR);
 		conn_kill(w, c);
 		return;
 	}

@@ -39,6 +39,7 @@ static void queue_close_frame(struct worker *w, struct conn *c, uint16_t code, c
 	size_t n = ws_close_payload_encode(payload, code, reason, reason ? strlen(reason) : 0);
 	struct iovec iov = { .iov_base = payload, .iov_len = n };
 	if (!queue_frame(w, c, WS_OP_CLOSE, &iov, 1)) {
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}
@@ -103,7 +104,10 @@ bool conn_ws_ping(struct worker *w, struct conn_ref ref, const void *payload, si
 
 void conn_ws_close(struct worker *w, struct conn_ref ref, uint16_t code, const char *reason)
 {
-	close_frame_first(w, conn_at(w, ref), code, reason);
+	struct conn *c = conn_at(w, ref);
+	if (c->state == CONN_WS_OPEN)
+		conn_note_end(c, CONN_END_CLOSED);
+	close_frame_first(w, c, code, reason);
 }
 
 /* ------------------------------------------------------------------ heartbeat */
@@ -129,6 +133,7 @@ void ws_phase_heartbeat_due(struct worker *w, struct conn *c)
 	uint64_t now = w->now_ms;
 	if (c->pong_deadline_ms && now >= c->pong_deadline_ms) {
 		c->pong_deadline_ms = 0;
+		conn_note_end(c, CONN_END_HEARTBEAT);
 		close_frame_first(w, c, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 		return;
 	}
@@ -141,6 +146,7 @@ void ws_phase_heartbeat_due(struct worker *w, struct conn *c)
 		c->ping_sent_ms = now;
 		c->pong_deadline_ms = now + w->cfg->heartbeat_timeout_ms;
 	} else {
+		conn_note_end(c, CONN_END_HEARTBEAT);
 		close_frame_first(w, c, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 	}
 }
@@ -219,6 +225,7 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 			break;
 		case WS_EV_NEED_SPACE:
 			if (!grow_asm(w, r, ev.need)) {
+				conn_note_end(c, CONN_END_NO_MEMORY);
 				close_frame_first(w, c, WS_CLOSE_INTERNAL_ERROR, "");
 				conn_drain(w, c);
 				return;
@@ -227,8 +234,10 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 		case WS_EV_PING:
 			if (c->state == CONN_WS_OPEN) {
 				struct iovec iov = { .iov_base = (void *)ev.data.ptr, .iov_len = ev.data.len };
-				if (!queue_frame(w, c, WS_OP_PONG, &iov, 1))
+				if (!queue_frame(w, c, WS_OP_PONG, &iov, 1)) {
+					conn_note_end(c, CONN_END_NO_MEMORY);
 					conn_kill(w, c);
+				}
 			}
 			break;
 		case WS_EV_PONG:
@@ -237,9 +246,11 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 				w->hooks->pong(w->app, conn_ref_of(c), ev.data);
 			break;
 		case WS_EV_CLOSE:
+			conn_note_end(c, CONN_END_PEER_CLOSE);
 			close_and_drain(w, c, ev.close_code, true);
 			return;
 		case WS_EV_ERROR:
+			conn_note_end(c, CONN_END_PROTOCOL);
 			close_and_drain(w, c, ev.close_code, false);
 			return;
 		}
@@ -277,6 +288,7 @@ void ws_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 	struct ws_reader *held = bufpool_get(&w->pool, sizeof *held, &cap);
 	if (held == NULL) {
 		conn_put_asm_buf(w, r);
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}
@@ -293,6 +305,7 @@ void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u)
 	char buf[HTTP_RESPONSE_BYTES_MAX];
 	size_t n = http_write_switching(buf, sizeof buf, u->accept);
 	if (!send_queue_bytes(w, c, buf, n)) {
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}

@@ -303,6 +303,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
 		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "phone frame is not valid JSON"));
+		rc->flags |= RELAY_F_FORWARDER_ENDED;
 		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
@@ -310,6 +311,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		STAT_INC(s->stats.dropped[RELAY_DROP_NO_BINARY]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary connection closed"));
+		rc->flags |= RELAY_F_FORWARDER_ENDED;
 		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
@@ -329,6 +331,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary outbox refused the frame"));
+		rc->flags |= RELAY_F_FORWARDER_ENDED;
 		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
@@ -497,10 +500,15 @@ static void send_close_notice(struct relay_shard *s, struct relay_conn *rc, uint
 		bufpool_put(pool, buf, cap);
 }
 
-static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_close_code)
+static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why)
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
+	/* §3.2 step 1: the phone's reading ended, unless the forwarder ended it itself
+	 * (invalid JSON, no binary to send to) and logged that instead. */
+	if (!(rc->flags & RELAY_F_FORWARDER_ENDED))
+		LOG_INFO("phone_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", conn_end_cause_text(why)));
 	/* Unless the binary itself asked for this close; the notice carries the phone's
 	 * own close status, or 1001 when it sent none. */
 	if (!(rc->flags & RELAY_F_CLOSED_BY_BINARY) && sl->epoch == rc->epoch)
@@ -517,10 +525,14 @@ static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_cl
 	slot_maybe_free(s, sl);
 }
 
-static void binary_end(struct relay_shard *s, struct conn_ref c)
+static void binary_end(struct relay_shard *s, struct conn_ref c, enum conn_end_cause why)
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
+	char bid[BINARY_CONN_ID_BYTES_MAX];
+	/* §3.3 step 1, before the release (§2.2 step 8) */
+	LOG_INFO("binary_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
+		 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", conn_end_cause_text(why)));
 	detach(rc);
 	if (!is_conn(sl->binary, c)) {
 		slot_maybe_free(s, sl);
@@ -541,17 +553,17 @@ static void binary_end(struct relay_shard *s, struct conn_ref c)
 	LOG_INFO("server_released", KV_SPAN("server_id", slot_id(sl)));
 }
 
-static void on_end(void *app, struct conn_ref c, uint16_t peer_close_code)
+static void on_end(void *app, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why)
 {
 	struct relay_shard *s = app;
 	struct relay_conn *rc = rc_of(s, c);
 	ASSERT(rc->gen == c.gen);
 	switch (rc->role) {
 	case RELAY_ROLE_PHONE:
-		phone_end(s, c, peer_close_code);
+		phone_end(s, c, peer_close_code, why);
 		break;
 	case RELAY_ROLE_BINARY:
-		binary_end(s, c);
+		binary_end(s, c, why);
 		break;
 	case RELAY_ROLE_CLAIMANT: {
 		struct relay_slot *sl = rc->slot;

@@ -26,6 +26,7 @@ enum relay_role {
 enum relay_flags {
 	RELAY_F_CLOSED_BY_BINARY = 1u << 0, /* a close directive was handed to this phone */
 	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
+	RELAY_F_FORWARDER_ENDED = 1u << 2,  /* the relay ended this phone's forwarding (and said why) */
 };
 
 /*

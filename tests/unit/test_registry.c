@@ -94,6 +94,7 @@ struct fconn {
 	bool recv_paused;
 	struct peer_addr remote;
 	uint16_t peer_close_code;
+	uint8_t end_cause; /* enum conn_end_cause, first one wins (as the engine) */
 	struct outq out;
 	uint32_t items_pending;
 
@@ -164,6 +165,12 @@ static struct fconn *at(struct worker *w, struct conn_ref r)
 	return c;
 }
 
+static void note_end(struct fconn *c, enum conn_end_cause why)
+{
+	if (c->end_cause == CONN_END_UNKNOWN)
+		c->end_cause = (uint8_t)why;
+}
+
 static void queue_end(struct fconn *c)
 {
 	if (!c->upgraded || c->end_queued || c->ends)
@@ -220,6 +227,7 @@ void conn_ws_close(struct worker *w, struct conn_ref ref, uint16_t code, const c
 	struct fconn *c = at(w, ref);
 	if (c->state != FC_OPEN)
 		return; /* first close wins */
+	note_end(c, CONN_END_CLOSED);
 	c->ncloses++;
 	c->close_code = code; /* as asked: the engine's own 1011 fallback is not applied */
 	snprintf(c->close_reason, sizeof c->close_reason, "%s", reason ? reason : "");
@@ -235,6 +243,7 @@ void conn_abort(struct worker *w, struct conn_ref ref)
 	if (c->state == FC_DEAD)
 		return;
 	c->naborts++;
+	note_end(c, CONN_END_CLOSED);
 	queue_end(c);
 	c->state = FC_DEAD;
 }
@@ -345,7 +354,7 @@ static void pump(void)
 		c->ends++;
 		assert_null(F->ending); /* never re-entrant */
 		F->ending = c;
-		relay_hooks.end(app(), ref_of(c), c->peer_close_code);
+		relay_hooks.end(app(), ref_of(c), c->peer_close_code, (enum conn_end_cause)c->end_cause);
 		F->ending = NULL;
 	}
 	F->npending = 0;
@@ -388,6 +397,7 @@ static void peer_end(struct fconn *c, uint16_t code)
 {
 	assert_int_equal(c->state, FC_OPEN);
 	c->peer_close_code = code;
+	note_end(c, code ? CONN_END_PEER_CLOSE : CONN_END_EOF);
 	c->state = FC_CLOSING;
 	queue_end(c);
 	pump();
@@ -401,8 +411,10 @@ static void engine_shutdown(void)
 	F->timers_after_shutdown = w->tw.count; /* the fakes schedule none: all the relay's */
 	for (uint32_t i = 0; i < w->nconns; i++) {
 		struct fconn *c = &w->conns[i];
-		if (c->state == FC_OPEN)
+		if (c->state == FC_OPEN) {
+			note_end(c, CONN_END_SHUTDOWN);
 			conn_ws_close(w, ref_of(c), WS_CLOSE_GOING_AWAY, "shutting down");
+		}
 	}
 	pump();
 }
