@@ -147,9 +147,19 @@ void conn_timer_fire(struct worker *w, struct conn *c)
 		return;
 	}
 	if (c->write_deadline_ms && now >= c->write_deadline_ms) {
+		/* Reference §5.4: the outbox's head segment was not written within 10 s. An
+		 * open WebSocket goes to the application, which closes it (a close frame may
+		 * still get out, bounded by the close handshake's deadline) or aborts it;
+		 * anything else, or what the application leaves open, is cut. */
 		conn_note_end(c, CONN_END_WRITE_TIMEOUT);
-		conn_kill(w, c); /* reference §5.4: no write progress for 10 s */
-		return;
+		bool was_open = c->state == CONN_WS_OPEN;
+		if (was_open)
+			w->hooks->write_timeout(w->app, conn_ref_of(c));
+		if (!was_open || c->state != CONN_WS_CLOSING) {
+			conn_kill(w, c);
+			return;
+		}
+		c->write_deadline_ms = 0; /* the close handshake's deadline bounds it now */
 	}
 	if (c->read_deadline_ms && now >= c->read_deadline_ms) {
 		/* HTTP header/idle timeout, or a WebSocket message that did not finish within

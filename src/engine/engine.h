@@ -153,11 +153,19 @@ struct engine_hooks {
 	void (*message)(void *app, struct conn_ref c, uint8_t opcode, struct span data);
 	/* A pong (the engine also checks it against its own heartbeat). */
 	void (*pong)(void *app, struct conn_ref c, struct span payload);
+	/* c is open and the head of its outbox was not written within the write timeout
+	 * (10 s, reference §5.4): close it (conn_ws_close: its close frame goes out after
+	 * what is queued, within the close handshake's 5 s) or abort it. The engine cuts a
+	 * connection the hook leaves open. */
+	void (*write_timeout)(void *app, struct conn_ref c);
 	/* n frames sent with CONN_SEND_COUNTED reached the socket. */
 	void (*items_written)(void *app, struct conn_ref c, uint32_t n);
 	/* The connection stopped being usable. peer_close_code: the status of the peer's
-	 * close frame, 0 if it sent none; why: the first cause. The ref is dead when this
-	 * returns. */
+	 * close frame, 0 if it sent none; why: the first cause. After a close the relay
+	 * started (conn_ws_close, heartbeat, shutdown), it comes once the counted frames
+	 * queued before the close are written, or when the connection is cut or the peer
+	 * closes first: conn_queued_items then says how many were not written. The ref is
+	 * dead when this returns. */
 	void (*end)(void *app, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why);
 	/* A timer the application scheduled fired (node->kind >= TW_KIND_APP). */
 	void (*timer)(void *app, struct tw_node *n);

@@ -113,7 +113,7 @@ struct conn {
 	struct upgraded *handoff; /* HANDOFF: the upgrade, until it is sent to its owner */
 
 	uint64_t read_deadline_ms;  /* HTTP head, or current WS message */
-	uint64_t write_deadline_ms; /* 10 s without send progress */
+	uint64_t write_deadline_ms; /* the outbox's head segment must be written by then (§5.4) */
 	uint64_t close_deadline_ms; /* close handshake / drain bound */
 	uint64_t ping_at_ms;        /* next heartbeat ping */
 	uint64_t pong_deadline_ms;  /* heartbeat pong due */

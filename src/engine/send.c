@@ -162,6 +162,7 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	STAT_ADD(w->stats.bytes_out, (uint64_t)res);
+	bool head_done = (size_t)res >= outq_head_bytes(&c->out);
 	uint64_t before = c->out.bytes;
 	uint32_t items = outq_consume(&c->out, &w->pool, (size_t)res);
 	STAT_SUB(w->stats.outbox_bytes, before - c->out.bytes);
@@ -170,6 +171,8 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 		c->items_pending -= items;
 		if (c->upgraded)
 			w->hooks->items_written(w->app, conn_ref_of(c), items);
+		if (c->items_pending == 0 && c->state == CONN_WS_CLOSING)
+			conn_report_end(w, c); /* the frames queued before its close are out */
 	}
 	if (outq_empty(&c->out)) {
 		c->write_deadline_ms = 0;
@@ -183,7 +186,12 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 			return;
 		}
 	} else {
-		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
+		/* Reference §5.4 bounds each write to 10 s. The outbox is written in
+		 * segments (16 KiB of frames, or one larger message): each gets 10 s from
+		 * reaching the head of the queue. Progress inside the head segment does not
+		 * move its deadline, so a peer that reads a byte a second is cut off. */
+		if (head_done)
+			c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
 		send_mark_dirty(w, c);
 	}
 	conn_timer_update(w, c);

@@ -55,7 +55,12 @@ static void close_frame_first(struct worker *w, struct conn *c, uint16_t code, c
 		return; /* first close wins */
 	if (!ws_close_code_is_sendable(code))
 		code = WS_CLOSE_INTERNAL_ERROR;
-	conn_report_end(w, c);
+	/* The application hears of the end once the counted frames queued before this
+	 * close are written (send.c), or the connection is cut, or the peer closes: like
+	 * the reference's handler, which returns after its writer delivered or failed, so a
+	 * close directive's frame that never reaches the phone is still known to it. */
+	if (c->items_pending == 0)
+		conn_report_end(w, c);
 	conn_move(c, CONN_WS_CLOSING);
 	c->ping_at_ms = c->pong_deadline_ms = 0;
 	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;

@@ -422,6 +422,9 @@ static void binary_message(struct relay_shard *s, struct conn_ref c, struct span
 		}
 	}
 	if (directive) {
+		prc->directive_code = code;
+		if (env.has_frame)
+			prc->flags |= RELAY_F_DIRECTIVE_FRAME;
 		/* Queued after the frame: FIFO makes it take effect after every earlier frame. */
 		conn_ws_close(s->w, p, code, "");
 		LOG_INFO("binary_forwarder_phone_closed", KV_SPAN("server_id", slot_id(sl)),
@@ -458,6 +461,24 @@ static void on_pong(void *app, struct conn_ref c, struct span payload)
 	count_reject(s, RELAY_EP_SERVER, RELAY_OUT_REJECT_409, RELAY_FAIL_SERVER_IN_USE);
 	LOG_INFO("server_id_conflict", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
 	conn_ws_close(s->w, claimant, RELAY_CLOSE_ID_CONFLICT, "server-id already claimed");
+}
+
+/* §5.7: a write to a phone that fails (here: the head of its outbox was not written
+ * within 10 s, §5.4) closes it 1011 "phone write failed"; that close frame goes out
+ * after what is already queued if the phone takes it within the close handshake's
+ * 5 s. Any other connection is cut, as the reference's WebSocket library cuts a
+ * connection whose write timed out (a binary then gets its grace period). */
+static void on_write_timeout(void *app, struct conn_ref c)
+{
+	struct relay_shard *s = app;
+	struct relay_conn *rc = rc_of(s, c);
+	if (rc->role != RELAY_ROLE_PHONE) {
+		conn_abort(s->w, c);
+		return;
+	}
+	LOG_INFO("binary_forwarder_phone_send_failed", KV_SPAN("server_id", slot_id(rc->slot)),
+		 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", conn_end_cause_text(CONN_END_WRITE_TIMEOUT)));
+	conn_ws_close(s->w, c, WS_CLOSE_INTERNAL_ERROR, "phone write failed");
 }
 
 static void on_items_written(void *app, struct conn_ref c, uint32_t n)
@@ -506,6 +527,12 @@ static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_cl
 	struct relay_slot *sl = rc->slot;
 	/* §3.2 step 1: the phone's reading ended, unless the forwarder ended it itself
 	 * (invalid JSON, no binary to send to) and logged that instead. */
+	/* §5.7: the directive's frame never reached the phone (it did not take what was
+	 * queued before the connection ended): the writer's failure line. */
+	if ((rc->flags & RELAY_F_DIRECTIVE_FRAME) && conn_queued_items(s->w, c) > 0)
+		LOG_INFO("binary_forwarder_close_frame_send_failed", KV_SPAN("server_id", slot_id(sl)),
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_UINT("close_code", rc->directive_code),
+			 KV_STR("err", "connection ended before the frame was written"));
 	if (!(rc->flags & RELAY_F_FORWARDER_ENDED))
 		LOG_INFO("phone_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", conn_end_cause_text(why)));
@@ -642,6 +669,7 @@ const struct engine_hooks relay_hooks = {
 	.open = on_open,
 	.message = on_message,
 	.pong = on_pong,
+	.write_timeout = on_write_timeout,
 	.items_written = on_items_written,
 	.end = on_end,
 	.timer = on_timer,

@@ -27,6 +27,7 @@ enum relay_flags {
 	RELAY_F_CLOSED_BY_BINARY = 1u << 0, /* a close directive was handed to this phone */
 	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
 	RELAY_F_FORWARDER_ENDED = 1u << 2,  /* the relay ended this phone's forwarding (and said why) */
+	RELAY_F_DIRECTIVE_FRAME = 1u << 3,  /* the close directive's frame was queued (directive_code) */
 };
 
 /*
@@ -44,7 +45,10 @@ struct relay_conn {
 	uint8_t phone_index;     /* phone: position in slot->phones */
 	uint8_t flags;           /* enum relay_flags */
 	char hex[RELAY_CONN_HEX_LEN];
+	uint16_t directive_code; /* phone: the close code of the directive it was handed */
 };
+
+_Static_assert(sizeof(struct relay_conn) <= 32, "a relay cell per pool slot: keep it small");
 
 #define RELAY_NO_CONN UINT32_MAX
 

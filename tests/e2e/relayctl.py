@@ -341,10 +341,24 @@ class RawConn:
     """
 
     def __init__(self, host: str, port: int, timeout: float = 5.0, nodelay: bool = True,
-                 source: Optional[str] = None):
+                 source: Optional[str] = None, rcvbuf: Optional[int] = None, mss: Optional[int] = None):
+        """rcvbuf / mss: SO_RCVBUF / TCP_MAXSEG set before connecting, so the relay sees a
+        small window and keeps what the test does not read in its own outbox (a slow
+        reader), instead of in loopback's megabytes of socket buffers."""
         self.host, self.port, self.timeout = host, port, timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+        if rcvbuf is None and mss is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout,
+                                                 source_address=(source, 0) if source else None)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if mss is not None:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+            if source:
+                self.sock.bind((source, 0))
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()

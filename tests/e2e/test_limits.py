@@ -2,6 +2,7 @@
 rate limiter (§6.1), the global connection cap (§4.7) and their order (§1.7)."""
 
 import json
+import socket
 import threading
 import time
 
@@ -120,6 +121,100 @@ def test_stalled_phone_closed_backlog_full_sibling_keeps_receiving(relay, server
     sib.send_json({"up": 1})
     assert read_wrapped(b) == (cid, b'{"up":1}')
     assert relay.healthz()["connected_binaries"] == 1
+
+
+def _small_window_phone(relay, server_id):
+    """A phone whose socket advertises a tiny window (4 KiB receive buffer, 536-byte
+    segments), so what it does not read stays in the relay's outbox rather than in
+    loopback's megabytes of socket buffers. Returns (phone, conn_id)."""
+    mark = relay.log_mark()
+    p = relay.ws("/v1/client", client_headers(server_id), rcvbuf=4096, mss=536)
+    return p, relay.wait_log("phone_registered", since=mark, server_id=server_id)["conn_id"]
+
+
+def _route_many(b, cid, n, size):
+    head = b'{"conn_id":' + json.dumps(cid).encode() + b',"frame":'
+    frames = [b'"%04d' % i + b"s" * size + b'"' for i in range(n)]
+    b.send(b"".join(build_frame(OP_TEXT, head + f + b"}") for f in frames), timeout=15)
+    return frames
+
+
+def test_slow_reading_phone_cut_by_write_deadline_with_1011(relay_factory, server_id):
+    """§5.4: each write to a phone has 10 s. A phone that keeps reading, but a few hundred
+    bytes a second, does not get its outbox's head segment written within 10 s: it is
+    closed 1011 "phone write failed" (§5.7), the close frame going out after what was
+    queued, so a phone that catches up sees it; its sibling is untouched."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    slow, scid = _small_window_phone(relay, server_id)
+    sib, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    frames = _route_many(b, scid, 300, 2000)  # 600 KB: well inside the 4 MiB budget
+    route(b, cid, b'"sib-before"')
+    assert read_text(sib) == b'"sib-before"'
+    t0 = time.monotonic()
+    got = bytearray()
+    while not relay.find_logs("binary_forwarder_phone_send_failed", since=mark, conn_id=scid):
+        assert time.monotonic() - t0 < 30, "a phone reading 1.25 KB/s was never cut off"
+        slow.sock.settimeout(0.2)
+        try:
+            chunk = slow.sock.recv(256)  # "very slowly": 256 bytes every 0.2 s
+        except socket.timeout:
+            chunk = b""
+        assert chunk or not slow.eof, "closed before the write deadline was logged"
+        got += chunk
+        time.sleep(0.2)
+    took = time.monotonic() - t0
+    assert took >= 8, f"cut after {took:.1f}s: the write deadline is 10 s"
+    rec = relay.find_logs("binary_forwarder_phone_send_failed", since=mark, conn_id=scid)[0]
+    assert rec["err"] == "write deadline exceeded" and rec["server_id"] == server_id, rec
+    # it catches up now: the frames queued before the failure, in order, then the 1011
+    slow.buf[:0] = got
+    n = 0
+    while True:
+        f = slow.read_frame(timeout=5)
+        if f.opcode == 0x8:
+            break
+        if f.opcode in (0x9, 0xA):
+            continue
+        assert f.payload == frames[n], f"frame {n} damaged or out of order"
+        n += 1
+    assert (f.close_code, f.close_reason) == (1011, b"phone write failed"), f
+    slow.send_quietly(build_frame(0x8, b"\x03\xf3"))
+    slow.wait_closed(6, allow_data=True)
+    rec = relay.wait_log("phone_forwarder_read_end", since=mark, conn_id=scid)
+    assert rec["err"] == "write deadline exceeded", rec
+    # the binary and the sibling are unaffected
+    barrier_skipping_notices(b, [scid])
+    route(b, cid, b'"sib-after"')
+    assert read_text(sib) == b'"sib-after"'
+    sib.send_json({"up": 1})
+    assert read_wrapped(b) == (cid, b'{"up":1}')
+
+
+def test_close_directive_frame_not_taken_logs_close_frame_send_failed(relay_factory, server_id):
+    """§5.7: the writer that cannot deliver a close directive's frame logs
+    binary_forwarder_close_frame_send_failed with the directive's code. Here the phone
+    does not take what is queued before the directive's close within the close
+    handshake's 5 s, so it is cut with the frame unwritten."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    stuck, scid = _small_window_phone(relay, server_id)  # never reads
+    mark = relay.log_mark()
+    _route_many(b, scid, 150, 2000)
+    directive(b, scid, 4401, b'{"bye":1}')
+    rec = relay.wait_log("binary_forwarder_close_frame_send_failed", since=mark, timeout=9, conn_id=scid)
+    assert rec["close_code"] == "4401" and rec["server_id"] == server_id, rec
+    stuck.wait_closed(3, allow_data=True)
+    relay.wait_log("phone_unregistered", since=mark, conn_id=scid)
+    # a directive whose frame does get out logs no such line
+    p, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    directive(b, cid, 4402, b'{"bye":2}')
+    assert read_text(p) == b'{"bye":2}'
+    expect_close(p, (4402, b""))
+    relay.wait_log("phone_unregistered", since=mark, conn_id=cid)
+    assert not relay.find_logs("binary_forwarder_close_frame_send_failed", since=mark)
 
 
 # --------------------------------------------------------------------------------------
