@@ -377,6 +377,7 @@ void conn_pause_recv(struct worker *w, struct conn_ref ref)
 	if (c->recv_paused || c->state != CONN_WS_OPEN)
 		return;
 	c->recv_paused = true;
+	ws_phase_heartbeat_suspend(w, c);
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
 		io_uring_prep_cancel64(sqe, UD(OP_RECV, c->idx, c->gen), 0);
@@ -390,6 +391,7 @@ void conn_resume_recv(struct worker *w, struct conn_ref ref)
 	if (!c->recv_paused)
 		return;
 	c->recv_paused = false;
+	ws_phase_heartbeat_resume(w, c);
 	conn_arm_recv(w, c);
 }
 

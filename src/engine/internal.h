@@ -146,6 +146,8 @@ struct conn {
 	bool wr_shut : 1;
 	bool close_sent : 1;          /* close_code is set */
 	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
+	bool hb_suspended : 1;        /* heartbeat on hold while reading is paused (conn_pause_recv) */
+	bool hb_awaiting : 1;         /* ... with the ping hb_seq still unanswered */
 	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
 	struct peer_addr remote;
@@ -274,6 +276,10 @@ void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u);
 void ws_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
 /* A heartbeat deadline of c passed (conn_timer_fire). */
 void ws_phase_heartbeat_due(struct worker *w, struct conn *c);
+/* Reading c pauses / resumes: its pongs cannot be read while paused, so its heartbeat
+ * waits (conn_pause_recv, conn_resume_recv). */
+void ws_phase_heartbeat_suspend(struct worker *w, struct conn *c);
+void ws_phase_heartbeat_resume(struct worker *w, struct conn *c);
 
 _Static_assert(sizeof(struct conn) <= CONN_SLOT_BYTES_MAX, "struct conn grew past its budget");
 

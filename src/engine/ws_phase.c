@@ -122,7 +122,41 @@ void conn_heartbeat_start(struct worker *w, struct conn_ref ref)
 	struct conn *c = conn_at(w, ref);
 	if (c->state != CONN_WS_OPEN)
 		return;
+	if (c->recv_paused) {
+		c->hb_suspended = true; /* starts when reading resumes */
+		c->hb_awaiting = false;
+		return;
+	}
 	c->ping_at_ms = w->now_ms + w->cfg->heartbeat_interval_ms;
+	conn_timer_update(w, c);
+}
+
+/* A connection whose reading is paused (its binary is backed up) cannot have its pong
+ * read: it is not pinged, and a ping it was sent waits with its deadline. */
+void ws_phase_heartbeat_suspend(struct worker *w, struct conn *c)
+{
+	if (c->ping_at_ms == 0 && c->pong_deadline_ms == 0)
+		return; /* no heartbeat running */
+	c->hb_suspended = true;
+	c->hb_awaiting = c->pong_deadline_ms != 0;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	conn_timer_update(w, c);
+}
+
+/* Reading resumes: an unanswered ping gets a whole timeout from now (its pong is read
+ * now, behind what waited in the socket); otherwise the next ping is an interval away. */
+void ws_phase_heartbeat_resume(struct worker *w, struct conn *c)
+{
+	if (!c->hb_suspended)
+		return;
+	c->hb_suspended = false;
+	if (c->state != CONN_WS_OPEN)
+		return;
+	if (c->hb_awaiting)
+		c->pong_deadline_ms = w->now_ms + w->cfg->heartbeat_timeout_ms;
+	else
+		c->ping_at_ms = w->now_ms + w->cfg->heartbeat_interval_ms;
+	c->hb_awaiting = false;
 	conn_timer_update(w, c);
 }
 
@@ -166,6 +200,8 @@ static void heartbeat_pong(struct worker *w, struct conn *c, struct span payload
 		return;
 	c->pong_deadline_ms = 0;
 	uint64_t next = c->ping_sent_ms + w->cfg->heartbeat_interval_ms;
+	/* after a pause the ping may be old: the next one an interval after its pong at most */
+	next = MIN(next, w->now_ms + w->cfg->heartbeat_interval_ms);
 	c->ping_at_ms = next > w->now_ms ? next : w->now_ms + 1;
 	conn_timer_update(w, c);
 }

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from relayctl import (BACKLOG, LOCAL_IP, OP_TEXT, barrier, barrier_skipping_notices, build_frame, build_upgrade,
-                      claim, client_headers, close_and_wait, directive, expect_close, merge_headers, read_notice,
-                      read_text, read_wrapped, register, route, server_headers, unique_id, wait_until)
+from relayctl import (BACKLOG, LOCAL_IP, OP_PING, OP_PONG, OP_TEXT, answer_pings_for, barrier, barrier_skipping_notices,
+                      build_frame, build_upgrade, claim, client_headers, close_and_wait, directive, expect_close,
+                      merge_headers, read_notice, read_text, read_wrapped, register, route, server_headers, unique_id,
+                      wait_until, wrapped)
 
 # --------------------------------------------------------------------------------------
 # back-pressure
@@ -121,6 +122,82 @@ def test_stalled_phone_closed_backlog_full_sibling_keeps_receiving(relay, server
     sib.send_json({"up": 1})
     assert read_wrapped(b) == (cid, b'{"up":1}')
     assert relay.healthz()["connected_binaries"] == 1
+
+
+def _phone_pauses(relay) -> int:
+    for line in relay.metrics_text().splitlines():
+        if line.startswith("pyrycode_relay_phone_pauses_total"):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no pyrycode_relay_phone_pauses_total in the scrape")
+
+
+def test_phone_paused_by_back_pressure_longer_than_heartbeat_timeout_stays(relay_factory, server_id):
+    """A phone whose reading is paused because its binary is backed up cannot have its
+    pongs read: the heartbeat is suspended while it is paused and resumes after, so a
+    pause longer than the heartbeat timeout does not close a live phone as dead."""
+    interval, timeout = 5.0, 1.0
+    relay = relay_factory.start(metrics=True, args=["--rate-limit-burst", "0", "--heartbeat-interval", "5s",
+                                                    "--heartbeat-timeout", "1s"])
+    mark = relay.log_mark()
+    t_claim = time.monotonic()
+    # a binary with a small window, so what it does not read stays in the relay's outbox
+    b = relay.ws("/v1/server", server_headers(server_id), rcvbuf=65536, mss=1400)
+    relay.wait_log("server_claimed", since=mark, server_id=server_id)
+    time.sleep(max(0.0, t_claim + interval / 2 - time.monotonic()))
+    t_reg = time.monotonic()  # the phones' pings fall half an interval after the binary's
+    pusher, pcid = register(relay, server_id)
+    watched, wcid = register(relay, server_id)
+    ping = b.read_frame(timeout=interval + 2)  # the binary's first heartbeat ping
+    assert ping.opcode == OP_PING, ping
+    b.send_frame(OP_PONG, ping.payload)
+    t_ping = time.monotonic()
+    # the pusher fills the binary's outbox past its high-water mark (4 MiB): every phone
+    # of the server-id is paused, and stays paused while the binary does not read
+    frame = b'"' + b"p" * (200 * 1024) + b'"'
+    pusher.send_in_background(build_frame(OP_TEXT, frame) * 30, timeout=30)
+    wait_until(lambda: _phone_pauses(relay) >= 1, 3, what="the phones' pause")
+    due = t_reg + interval  # the watched phone's first ping would be due here
+    assert time.monotonic() < due - 0.3, "too slow to test: paused after the phone's ping was due"
+    # hold the pause past that ping's pong deadline; a ping that came would be answered
+    answer_pings_for(watched, due + timeout + 0.8 - time.monotonic())
+    assert time.monotonic() < t_ping + interval, "too slow to test: the binary's next ping is due"
+    # the binary reads again: the phones resume and the watched one is still there
+    got = []
+    while True:
+        f = b.read_frame(timeout=5)
+        if f.opcode == OP_PING:
+            b.send_frame(OP_PONG, f.payload)
+            continue
+        got.append(f.payload)
+        if len(got) == 1:
+            watched.send_json({"alive": 1})
+        if wcid.encode() in f.payload:
+            break
+    assert f.payload == wrapped(wcid, b'{"alive":1}'), f.payload[:200]
+    assert all(g == wrapped(pcid, frame) for g in got[:-1])
+    route(b, wcid, b'"still-here"')
+    assert read_text(watched) == b'"still-here"'
+    # its heartbeat runs again (the binary keeps reading the pusher's rest meanwhile)
+    stop = threading.Event()
+
+    def binary_reads():
+        while not stop.is_set():
+            try:
+                f = b.read_frame(timeout=0.5)
+            except TimeoutError:
+                continue
+            if f.opcode == OP_PING:
+                b.send_frame(OP_PONG, f.payload)
+
+    t = threading.Thread(target=binary_reads, daemon=True)
+    t.start()
+    try:
+        assert answer_pings_for(watched, interval + timeout + 0.5) >= 1
+    finally:
+        stop.set()
+        t.join(3)
+    assert not relay.find_logs("phone_forwarder_read_end", since=mark, conn_id=wcid)
+    assert not relay.find_logs("binary_forwarder_read_end", since=mark)
 
 
 def _small_window_phone(relay, server_id):
