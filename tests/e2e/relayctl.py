@@ -1061,10 +1061,11 @@ class RelayFactory:
         raise last  # type: ignore[misc]
 
     def boot(self, args: Sequence[str], env: Optional[Mapping[str, Optional[str]]] = None,
-             timeout: float = 10.0, inherit_env: bool = False) -> BootResult:
+             timeout: float = 10.0, inherit_env: bool = False, wrapper: Sequence[str] = ()) -> BootResult:
         """Run the relay with exactly `args` (nothing added) and wait for it to exit by
-        itself, e.g. a configuration refusal. Fails if it is still running at `timeout`."""
-        proc = subprocess.Popen([str(RUN_UNPRIVILEGED), self.binary, *args], env=relay_env(env, inherit_env),
+        itself, e.g. a configuration refusal. Fails if it is still running at `timeout`.
+        wrapper: a command the relay runs under, e.g. ["prlimit", "--nofile=8:8"]."""
+        proc = subprocess.Popen([str(RUN_UNPRIVILEGED), *wrapper, self.binary, *args], env=relay_env(env, inherit_env),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         try:
             out, err = proc.communicate(timeout=timeout)
