@@ -54,21 +54,35 @@ static uint64_t buffer_budget_bytes(void)
 	return budget < BUFFER_BUDGET_BYTES_MIN ? BUFFER_BUDGET_BYTES_MIN : budget;
 }
 
-/* Each connection is a descriptor: lift the soft limit to the hard one. */
+/* Each connection is a descriptor. The soft RLIMIT_NOFILE is raised to what
+ * --max-connections needs (its WebSockets, the connections still in their HTTP phase,
+ * and the relay's own descriptors) when the hard limit allows; otherwise as far as it
+ * allows, with a warning that names the numbers to change. */
 static void raise_fd_limit(uint32_t max_connections)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
 		return;
-	rl.rlim_cur = rl.rlim_max;
-	(void)setrlimit(RLIMIT_NOFILE, &rl);
 	uint64_t want = (uint64_t)max_connections + HTTP_PHASE_CONNECTIONS_MAX + FD_RESERVE;
 	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-		char have[32];
-		snprintf(have, sizeof have, "%llu", (unsigned long long)rl.rlim_cur);
-		LOG_WARN("file descriptor limit below --max-connections", KV_STR("value", have),
-			 KV_STR("fix", "raise LimitNOFILE in the systemd unit (deploy/pyrycode-relay.service) or ulimit -n"));
+		rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : (rlim_t)want;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
 	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	uint64_t have = rl.rlim_cur;
+	uint64_t reserved = (uint64_t)HTTP_PHASE_CONNECTIONS_MAX + FD_RESERVE;
+	char value[32], fix[256];
+	snprintf(value, sizeof value, "%llu", (unsigned long long)have);
+	int n = snprintf(fix, sizeof fix,
+			 "raise the hard limit to %llu (LimitNOFILE=%llu in the systemd unit, deploy/pyrycode-relay.service; "
+			 "or ulimit -Hn %llu before starting)",
+			 (unsigned long long)want, (unsigned long long)want, (unsigned long long)want);
+	if (have > reserved && n > 0 && (size_t)n < sizeof fix)
+		snprintf(fix + n, sizeof fix - (size_t)n, ", or lower --max-connections to %llu",
+			 (unsigned long long)(have - reserved));
+	LOG_WARN("file descriptor limit below --max-connections", KV_STR("value", value), KV_STR("fix", fix));
 }
 
 struct worker_thread {

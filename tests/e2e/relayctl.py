@@ -773,8 +773,8 @@ class Relay:
     (full argv after the binary), env, proc (Popen), returncode (None while running)."""
 
     def __init__(self, binary: str, args: list, env: dict, host: str, port: int,
-                 metrics_port: Optional[int]):
-        self.binary, self.args, self.env = binary, args, env
+                 metrics_port: Optional[int], wrapper: Sequence[str] = ()):
+        self.binary, self.args, self.env, self.wrapper = binary, args, env, list(wrapper)
         self.host, self.port, self.metrics_port = host, port, metrics_port
         self.proc: Optional[subprocess.Popen] = None
         self._lines: list = []
@@ -786,7 +786,7 @@ class Relay:
 
     # -- lifecycle
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen([str(RUN_UNPRIVILEGED), self.binary, *self.args], env=self.env,
+        self.proc = subprocess.Popen([str(RUN_UNPRIVILEGED), *self.wrapper, self.binary, *self.args], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, cwd="/")
         self.started_at = time.monotonic()
@@ -1028,11 +1028,13 @@ class RelayFactory:
 
     def start(self, args: Sequence[str] = (), env: Optional[Mapping[str, Optional[str]]] = None,
               host: str = "127.0.0.1", metrics: bool = False, ready_timeout: float = READY_TIMEOUT_S,
-              expect_exit_code: Optional[int] = 0, inherit_env: bool = False) -> Relay:
+              expect_exit_code: Optional[int] = 0, inherit_env: bool = False,
+              wrapper: Sequence[str] = ()) -> Relay:
         """Start `RELAY_BIN --insecure-listen host:<free port> --metrics-listen=[127.0.0.1:<free port>]
         <args>` through tools/run-unprivileged.sh and wait for /healthz.
 
         host: "" listens on every address (`:PORT`); the test then connects over 127.0.0.1.
+        wrapper: a command the relay runs under (e.g. ["prlimit", "--nofile=256:4096"]).
         expect_exit_code: what teardown asserts after SIGTERM (None: do not check).
         A bind race on the chosen port (exit before ready with code 1) is retried."""
         last: Optional[RelayExited] = None
@@ -1047,7 +1049,7 @@ class RelayFactory:
             mport = free_port("127.0.0.1") if metrics else None
             argv = ["--insecure-listen", f"{host}:{port}",
                     f"--metrics-listen={'127.0.0.1:%d' % mport if mport else ''}", *args]
-            r = Relay(self.binary, argv, relay_env(env, inherit_env), connect_host, port, mport)
+            r = Relay(self.binary, argv, relay_env(env, inherit_env), connect_host, port, mport, wrapper)
             r.expect_exit_code = expect_exit_code
             self.relays.append(r)
             r._spawn()

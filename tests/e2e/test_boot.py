@@ -2,6 +2,8 @@
 (reference §7.4, §7.6). The config issue owns the full flag/env table; these check the
 harness's boot path and the basics every relay build must get right."""
 
+import re
+import resource
 import signal
 import socket
 
@@ -81,3 +83,41 @@ def test_worker_failure_logged_when_it_happens_then_drained_exit_1(relay_factory
         pytest.fail(f"no descriptor limit made the worker's ring fail: {tried}")
     rec = _after_failure(res)
     assert rec["addr"] == f"127.0.0.1:{port}", rec
+
+
+# --------------------------------------------------------------------------------------
+# RLIMIT_NOFILE: raised to what --max-connections needs, or a warning naming the numbers
+
+
+def _nofile(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no Max open files line")
+
+
+def test_fd_limit_raised_to_what_max_connections_needs_or_named(relay_factory):
+    # a hard limit too low: the soft one goes up to it, and the warning says what to set
+    low = relay_factory.start(args=["--max-connections", "100"], wrapper=["prlimit", "--nofile=256:4096"])
+    assert _nofile(low.proc.pid) == (4096, 4096)
+    rec = low.find_logs("file descriptor limit below --max-connections")
+    assert len(rec) == 1 and rec[0]["level"] == "WARN" and rec[0]["value"] == "4096", rec
+    m = re.search(r"raise the hard limit to (\d+) \(LimitNOFILE=(\d+) ", rec[0]["fix"])
+    assert m and m.group(1) == m.group(2), rec
+    want = int(m.group(1))
+    assert want > 4096 + 100
+    # a hard limit that allows it: the soft limit becomes exactly what is needed, quietly
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"this host's hard RLIMIT_NOFILE ({hard}) is below {want}")
+    ok = relay_factory.start(args=["--max-connections", "100"], wrapper=["prlimit", f"--nofile=256:{want + 10}"])
+    assert _nofile(ok.proc.pid) == (want, want + 10)
+    assert not ok.find_logs("file descriptor limit below --max-connections")
+    # more connections need more: the same hard limit falls short by 100
+    short = relay_factory.start(args=["--max-connections", "200"], wrapper=["prlimit", f"--nofile=256:{want + 10}"])
+    assert _nofile(short.proc.pid) == (want + 10, want + 10)
+    rec = short.find_logs("file descriptor limit below --max-connections")
+    assert rec and f"raise the hard limit to {want + 100} " in rec[0]["fix"], rec
+    assert rec[0]["fix"].endswith("or lower --max-connections to 110"), rec
