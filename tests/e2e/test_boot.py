@@ -99,8 +99,10 @@ def _nofile(pid):
 
 
 def test_fd_limit_raised_to_what_max_connections_needs_or_named(relay_factory):
+    # one worker each: every io_uring counts against the unprivileged user's locked memory
+    args = ["--workers", "1", "--max-connections"]
     # a hard limit too low: the soft one goes up to it, and the warning says what to set
-    low = relay_factory.start(args=["--max-connections", "100"], wrapper=["prlimit", "--nofile=256:4096"])
+    low = relay_factory.start(args=args + ["100"], wrapper=["prlimit", "--nofile=256:4096"])
     assert _nofile(low.proc.pid) == (4096, 4096)
     rec = low.find_logs("file descriptor limit below --max-connections")
     assert len(rec) == 1 and rec[0]["level"] == "WARN" and rec[0]["value"] == "4096", rec
@@ -108,15 +110,17 @@ def test_fd_limit_raised_to_what_max_connections_needs_or_named(relay_factory):
     assert m and m.group(1) == m.group(2), rec
     want = int(m.group(1))
     assert want > 4096 + 100
+    assert low.stop() == 0
     # a hard limit that allows it: the soft limit becomes exactly what is needed, quietly
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < want:
         pytest.skip(f"this host's hard RLIMIT_NOFILE ({hard}) is below {want}")
-    ok = relay_factory.start(args=["--max-connections", "100"], wrapper=["prlimit", f"--nofile=256:{want + 10}"])
+    ok = relay_factory.start(args=args + ["100"], wrapper=["prlimit", f"--nofile=256:{want + 10}"])
     assert _nofile(ok.proc.pid) == (want, want + 10)
     assert not ok.find_logs("file descriptor limit below --max-connections")
+    assert ok.stop() == 0
     # more connections need more: the same hard limit falls short by 100
-    short = relay_factory.start(args=["--max-connections", "200"], wrapper=["prlimit", f"--nofile=256:{want + 10}"])
+    short = relay_factory.start(args=args + ["200"], wrapper=["prlimit", f"--nofile=256:{want + 10}"])
     assert _nofile(short.proc.pid) == (want + 10, want + 10)
     rec = short.find_logs("file descriptor limit below --max-connections")
     assert rec and f"raise the hard limit to {want + 100} " in rec[0]["fix"], rec
