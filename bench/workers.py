@@ -50,7 +50,8 @@ def one(args, workers: int, binaries: int, phones: int, port: int, mport: int) -
     relay = benchrun.Child("relay", ["taskset", "-c", cpus, str(benchrun.RUN_UNPRIVILEGED), str(args.relay),
                                      "--insecure-listen", f"127.0.0.1:{port}",
                                      f"--metrics-listen=127.0.0.1:{mport}", "--workers", str(workers),
-                                     "--max-connections", "30000", "--rate-limit-burst", "0",
+                                     "--max-connections", "30000", "--max-connections-per-ip", "0",
+                                     "--rate-limit-burst", "0",
                                      "--grace-period", "0"],
                            None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
     try:

@@ -19,6 +19,7 @@
 
 #include "config/config.h"
 #include "core/log.h"
+#include "engine/group.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
 #include "relay/relay.h"
@@ -254,7 +255,7 @@ int main(int argc, char **argv)
 
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
 	struct relay_shared *shared = relay_shared_create(&cfg, nworkers);
-	if (group == NULL || shared == NULL)
+	if (group == NULL || shared == NULL || !group_set_ip_cap(group, cfg.max_connections_per_ip))
 		return boot_listener_failed(cfg.insecure_listen, "out of memory for the workers");
 	/* One ceiling for the relay, split evenly: a worker's pool never takes another's share. */
 	uint64_t budget_per_worker = buffer_budget_bytes() / nworkers;

@@ -48,6 +48,12 @@
 #define CONFIG_HEARTBEAT_TIMEOUT_MS_DEFAULT 30000u
 #define CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT 10000u
 #define CONFIG_MAX_CONNECTIONS_LIMIT 16000000u
+/* --max-connections-per-ip default: a tenth of --max-connections, at least
+ * CONFIG_PER_IP_DEFAULT_MIN and at most CONFIG_PER_IP_DEFAULT_MAX, never above the cap
+ * (config_per_ip_default): one address cannot take the relay. 0 turns it off. */
+#define CONFIG_PER_IP_DEFAULT_DIVISOR 10u
+#define CONFIG_PER_IP_DEFAULT_MIN 16u
+#define CONFIG_PER_IP_DEFAULT_MAX 1000u
 /* --workers: at most this many (the metrics exposition is sized for it). */
 #define CONFIG_WORKERS_MAX 256u
 
@@ -70,6 +76,8 @@ struct config {
 	bool https_proxy_protocol;
 	bool show_version;
 	uint32_t max_connections;
+	uint32_t max_connections_per_ip; /* 0: off; config_check sets the default when not given */
+	bool max_connections_per_ip_set;
 	/* which of these were given explicitly (§1.1: refused with --insecure-listen) */
 	bool https_listen_set;
 	bool http_listen_set;
@@ -168,5 +176,14 @@ bool config_read_cap_eff(uint64_t *cap_eff);
 
 /* Usage text listing every flag with its default, for --help and usage errors. */
 void config_print_usage(int fd);
+
+/* The --max-connections-per-ip a relay with this --max-connections gets by default. */
+static inline uint32_t config_per_ip_default(uint32_t max_connections)
+{
+	uint32_t n = max_connections / CONFIG_PER_IP_DEFAULT_DIVISOR;
+	n = MAX(n, CONFIG_PER_IP_DEFAULT_MIN);
+	n = MIN(n, CONFIG_PER_IP_DEFAULT_MAX);
+	return MIN(n, max_connections);
+}
 
 #endif

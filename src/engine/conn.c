@@ -200,10 +200,7 @@ void conn_run_ended(struct worker *w)
 		w->hooks->end(w->app, conn_ref_of(c), c->peer_close_code, (enum conn_end_cause)c->end_cause);
 		/* §4.7: the cap slot is held until the handler returns, i.e. until the
 		 * WebSocket ended, not until the TCP drain that follows finishes. */
-		if (c->counted) {
-			c->counted = false;
-			group_put_cap(w->group);
-		}
+		conn_put_cap(w, c);
 		conn_maybe_free(w, c);
 	}
 }
@@ -252,16 +249,23 @@ void conn_maybe_free(struct worker *w, struct conn *c)
 	count_close(w, c);
 	if (!c->handed_off)
 		close(c->fd);
-	if (c->counted) {
-		c->counted = false;
-		group_put_cap(w->group);
-	}
+	conn_put_cap(w, c);
 	c->state = CONN_FREE; /* the one move back: the slot starts a new life */
 	c->gen++;
 	ASSERT(w->live > 0);
 	w->live--;
 	STAT_SET(w->stats.connections_open, w->live);
 	w->free_idx[w->free_top++] = c->idx;
+}
+
+void conn_put_cap(struct worker *w, struct conn *c)
+{
+	if (!c->counted)
+		return;
+	c->counted = false;
+	group_put_cap(w->group);
+	group_put_ip(w->group, c->client_key);
+	c->client_key = 0;
 }
 
 void conn_kill(struct worker *w, struct conn *c)

@@ -65,6 +65,7 @@ struct upgraded {
 	uint8_t route;     /* enum http_route: an upgrade route */
 	uint8_t transport; /* enum transport_kind */
 	struct peer_addr remote;
+	uint64_t client_key; /* its --max-connections-per-ip count (worker_client_key), 0: none */
 	char accept[WS_ACCEPT_KEY_LEN + 1]; /* Sec-WebSocket-Accept for the 101 */
 	uint32_t server_id_len; /* X-Pyrycode-Server */
 	uint32_t version_len;   /* X-Pyrycode-Version ("" for phones) */
@@ -143,8 +144,11 @@ struct engine_hooks {
 	void *(*create)(struct worker *w, const struct config *cfg, void *shared);
 	void (*destroy)(void *app);
 	/* An upgrade request passed routing, before the header gate (reference §1.7
-	 * steps 6-7): -1 to proceed, or an enum http_canned to answer with. */
-	int (*admit)(void *app, struct conn_ref c, enum http_route route, const struct http_request *req);
+	 * steps 6-7): -1 to proceed, or an enum http_canned to answer with. On -1,
+	 * *client_key may name the client for --max-connections-per-ip
+	 * (worker_client_key); it stays 0 for none. */
+	int (*admit)(void *app, struct conn_ref c, enum http_route route, const struct http_request *req,
+		     uint64_t *client_key);
 	/* The header gate refused an upgrade request (400). */
 	void (*rejected_headers)(void *app, enum http_route route);
 	/* The 101 is queued and the connection reads frames. u is valid during the call. */
@@ -221,6 +225,9 @@ void worker_cancel_timer(struct worker *w, struct tw_node *n);
 uint64_t worker_now_ms(const struct worker *w);
 /* The worker's buffer pool (scratch bytes for the application, returned at once). */
 struct bufpool *worker_pool(struct worker *w);
+/* The key under which --max-connections-per-ip counts a client (its rate-limit key:
+ * address text or X-Forwarded-For entry); the same on every worker, never 0. */
+uint64_t worker_client_key(const struct worker *w, struct span client);
 /* The worker's index in its group, 0 .. workers - 1. */
 uint32_t worker_id(const struct worker *w);
 /* Connection pool size: conn_ref.idx < this. */

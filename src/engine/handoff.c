@@ -50,6 +50,7 @@ static void drop_upgrade(struct worker *w, struct upgraded *u)
 {
 	close(u->fd);
 	group_put_cap(w->group);
+	group_put_ip(w->group, u->client_key);
 	upgraded_free(u);
 }
 
@@ -102,6 +103,7 @@ void handoff_progress(struct worker *w, struct conn *c)
 	/* The upgrade, the fd and the cap slot are the message's now. */
 	c->handoff = NULL;
 	c->counted = false;
+	c->client_key = 0;
 	c->handed_off = true;
 	conn_kill(w, c);
 }
@@ -123,6 +125,7 @@ static void adopt(struct worker *w, struct upgraded *u)
 	}
 	STAT_INC(w->stats.handoffs_received);
 	c->counted = true;
+	c->client_key = u->client_key;
 	ws_phase_start(w, c, u);
 	upgraded_free(u);
 	conn_arm_recv(w, c); /* after the early bytes: the socket holds what came next */

@@ -52,16 +52,26 @@ static void respond_healthz(struct worker *w, struct conn *c, unsigned flags)
  * (§4.7: until the handler returns): for an upgrade, the WebSocket's whole life; for a
  * request answered without one (400, 405, 426), only until its answer is queued
  * (put_cap_slot), so a kept-alive connection between requests holds none. */
-static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route route)
+static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route route, uint64_t client_key)
 {
 	ASSERT(!c->counted);
+	char ip[INET6_ADDRSTRLEN];
 	if (!group_take_cap(w->group)) {
-		char ip[INET6_ADDRSTRLEN];
 		conn_ip_text(c, ip, sizeof ip);
 		LOG_WARN("conn_cap_reached", KV_STR("path", http_route_path(route)), KV_STR("remote", ip));
 		return false;
 	}
+	/* Then the client's share of it (--max-connections-per-ip, ours): 503 too. Its
+	 * stripe of the table being full of other clients also refuses (fail closed). */
+	if (group_take_ip(w->group, client_key) != IP_TAKE_OK) {
+		group_put_cap(w->group);
+		STAT_INC(w->stats.ip_cap_rejects);
+		conn_ip_text(c, ip, sizeof ip);
+		LOG_WARN("conn_ip_cap_reached", KV_STR("path", http_route_path(route)), KV_STR("remote", ip));
+		return false;
+	}
 	c->counted = true;
+	c->client_key = client_key;
 	return true;
 }
 
@@ -69,10 +79,7 @@ static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route rout
  * queued (queuing may tear the connection down, which would release it too). */
 static void put_cap_slot(struct worker *w, struct conn *c)
 {
-	if (c->counted) {
-		c->counted = false;
-		group_put_cap(w->group);
-	}
+	conn_put_cap(w, c);
 }
 
 /* The RFC 6455 checks; on success *accept is the Sec-WebSocket-Accept value, else the
@@ -117,12 +124,13 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 	case HTTP_ROUTE_CLIENT:
 		break;
 	}
-	int verdict = w->hooks->admit(w->app, conn_ref_of(c), route, req);
+	uint64_t client_key = 0;
+	int verdict = w->hooks->admit(w->app, conn_ref_of(c), route, req, &client_key);
 	if (verdict >= 0) {
 		respond_canned(w, c, (enum http_canned)verdict, flags);
 		return false;
 	}
-	if (!take_cap_slot(w, c, route)) {
+	if (!take_cap_slot(w, c, route, client_key)) {
 		respond_canned(w, c, HTTP_CANNED_EMPTY_503, flags);
 		return false;
 	}
@@ -154,6 +162,7 @@ static void hand_on(struct worker *w, struct conn *c, const struct http_request 
 	u->route = (uint8_t)route;
 	u->transport = TRANSPORT_PLAIN;
 	u->remote = c->remote;
+	u->client_key = c->client_key;
 	memcpy(u->accept, accept, sizeof u->accept);
 	uint32_t owner = group_owner(w->group, upgraded_server_id(u));
 	if (owner != w->id) {

@@ -149,6 +149,7 @@ struct conn {
 	bool hb_suspended : 1;        /* heartbeat on hold while reading is paused (conn_pause_recv) */
 	bool hb_awaiting : 1;         /* ... with the ping hb_seq still unanswered */
 	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
+	uint64_t client_key;      /* counted: its --max-connections-per-ip key, 0 for none */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
 	struct peer_addr remote;
 };
@@ -229,6 +230,8 @@ void conn_timer_fire(struct worker *w, struct conn *c);
 void conn_report_end(struct worker *w, struct conn *c);
 void conn_run_ended(struct worker *w);
 void conn_maybe_free(struct worker *w, struct conn *c);
+/* Give back c's --max-connections slot and its per-IP share, if it holds them. */
+void conn_put_cap(struct worker *w, struct conn *c);
 void conn_kill(struct worker *w, struct conn *c);
 void conn_drain(struct worker *w, struct conn *c);
 void conn_outq_clear(struct worker *w, struct conn *c);

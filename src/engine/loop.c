@@ -484,6 +484,11 @@ void *worker_app(const struct worker *w)
 	return w->app;
 }
 
+uint64_t worker_client_key(const struct worker *w, struct span client)
+{
+	return group_ip_key(w->group, client);
+}
+
 uint32_t worker_id(const struct worker *w)
 {
 	return w->id;

@@ -53,6 +53,7 @@ struct worker_stats {
 	uint64_t handoff_failures[HANDOFF_RESULT_COUNT]; /* [HANDOFF_OK] unused */
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
+	uint64_t ip_cap_rejects; /* upgrades refused 503 by --max-connections-per-ip */
 	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
 	uint64_t recv_buffers; /* gauge: provided receive buffers handed to the ring so far */
 	uint64_t bytes_in;

@@ -33,7 +33,8 @@ static void count_reject(struct relay_shard *s, enum relay_endpoint ep, enum rel
 
 /* §1.7 step 7: the per-IP rate limit (429). The connection cap (step 8) is the
  * engine's. */
-static int on_admit(void *app, struct conn_ref c, enum http_route route, const struct http_request *req)
+static int on_admit(void *app, struct conn_ref c, enum http_route route, const struct http_request *req,
+		    uint64_t *client_key)
 {
 	struct relay_shard *s = app;
 	char ip[INET6_ADDRSTRLEN + 8];
@@ -45,8 +46,11 @@ static int on_admit(void *app, struct conn_ref c, enum http_route route, const s
 		if (ratelimit_key_from_xff(xff, &left))
 			key = left;
 	}
-	if (relay_shared_allow(s->shared, key, worker_now_ms(s->w)))
+	if (relay_shared_allow(s->shared, key, worker_now_ms(s->w))) {
+		/* --max-connections-per-ip counts the client under the same key */
+		*client_key = worker_client_key(s->w, key);
 		return -1;
+	}
 	char quoted[RATE_LIMIT_KEY_QUOTED_BYTES];
 	int n = snprintf(quoted, sizeof quoted, "\"%.*s\"", (int)MIN(key.len, (size_t)RATE_LIMIT_KEY_LOGGED_MAX),
 			 (const char *)key.ptr);

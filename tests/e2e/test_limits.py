@@ -10,8 +10,8 @@ import pytest
 
 from relayctl import (BACKLOG, LOCAL_IP, OP_PING, OP_PONG, OP_TEXT, answer_pings_for, barrier, barrier_skipping_notices,
                       build_frame, build_upgrade, claim, client_headers, close_and_wait, directive, expect_close,
-                      merge_headers, read_notice, read_text, read_wrapped, register, route, server_headers, unique_id,
-                      wait_until, wrapped)
+                      merge_headers, RawConn, read_notice, read_text, read_wrapped, register, route, server_headers,
+                      unique_id, wait_until, wrapped)
 
 # --------------------------------------------------------------------------------------
 # back-pressure
@@ -535,6 +535,74 @@ def test_request_answered_without_websocket_gives_its_slot_back(relay_factory, s
             assert c.request("GET", "/healthz").status == 200
     barrier(b)
     barrier(p)
+
+
+def _metric(relay, name):
+    for line in relay.metrics_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def test_max_connections_per_ip_caps_one_address(relay_factory, server_id):
+    """--max-connections-per-ip (ours; the reference's deferred per-IP connection cap):
+    WebSockets from one client IP beyond it get 503 (after the rate limit and the
+    relay-wide cap, before the header gate), counted in
+    pyrycode_relay_ip_cap_rejects_total; another address is not affected; a slot frees
+    when one of them ends; exact across workers."""
+    relay = relay_factory.start(metrics=True, args=["--max-connections-per-ip", "3", "--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    p1, cid1 = register(relay, server_id)
+    register(relay, server_id)
+    mark = relay.log_mark()
+    for hdrs in (client_headers(server_id), {"User-Agent": "no-other-headers"}):  # before the header gate
+        _, r = _attempt(relay, "/v1/client", hdrs)
+        _assert_empty_error(r, 503)
+    rec = relay.wait_log("conn_ip_cap_reached", since=mark, path="/v1/client")
+    assert rec["level"] == "WARN" and rec["remote"] == LOCAL_IP, rec
+    assert not relay.find_logs("conn_cap_reached", since=mark)
+    assert _metric(relay, "pyrycode_relay_ip_cap_rejects_total") == 2
+    # another source address has its own count
+    other = RawConn(relay.host, relay.port, source="127.0.0.2")
+    try:
+        other.upgrade("/v1/client", client_headers(server_id))
+        barrier(other)
+    finally:
+        other.close()
+    # a slot frees when one of the address's WebSockets ends
+    close_and_wait(p1)
+    assert cid1 in (read_notice(b)[0], read_notice(b)[0])  # the other address's phone left too
+    wait_until(lambda: _attempt(relay, "/v1/client", client_headers(server_id))[1].status == 101, 3,
+               what="the freed per-IP slot")
+    assert _metric(relay, "pyrycode_relay_ip_cap_rejects_total") >= 2
+
+
+def test_max_connections_per_ip_keys_on_x_forwarded_for_when_trusted(relay_factory, server_id):
+    """Behind a trusted proxy every client arrives from the proxy's address: the per-IP
+    count uses the rate limiter's key, the left-most X-Forwarded-For entry."""
+    relay = relay_factory.start(args=["--max-connections-per-ip", "2", "--rate-limit-burst", "0",
+                                      "--trust-x-forwarded-for"])
+    xff = lambda ip: {"X-Forwarded-For": f"{ip}, 127.0.0.1"}  # noqa: E731
+    _attempt(relay, "/v1/server", merge_headers(server_headers(server_id), xff("198.51.100.1")), 101)
+    _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), xff("198.51.100.1")), 101)
+    _, r = _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), xff("198.51.100.1")))
+    _assert_empty_error(r, 503)
+    assert relay.wait_log("conn_ip_cap_reached")["remote"] == LOCAL_IP  # the socket's, as conn_cap_reached
+    for _ in range(2):
+        _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), xff("198.51.100.2")), 101)
+
+
+def test_max_connections_per_ip_default_follows_the_cap(relay_factory, server_id):
+    """Unset, it is a tenth of --max-connections, at least 16 and at most 1000: with
+    --max-connections 40 one address gets 16 and the 17th is refused."""
+    relay = relay_factory.start(args=["--max-connections", "40", "--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    phones = [register(relay, server_id)[0] for _ in range(15)]
+    _, r = _attempt(relay, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 503)
+    relay.wait_log("conn_ip_cap_reached")
+    barrier(b)
+    barrier(phones[-1])
 
 
 @pytest.mark.parametrize("who", ["phone-initiated", "relay-initiated", "registry-reject"])
