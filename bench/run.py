@@ -428,6 +428,7 @@ def start_server(sc: Scenario, env: Env, port: int, logf) -> tuple[Child, Option
     max_conns = max(1000, min(30000, env.nofile - 1000))
     relay_args = [str(RUN_UNPRIVILEGED), str(env.relay), "--insecure-listen", f"127.0.0.1:{port}",
                   "--metrics-listen=", "--workers", "1", "--max-connections", str(max_conns),
+                  "--max-connections-per-ip", "0",  # every connection comes from 127.0.0.x
                   "--rate-limit-burst", "0", "--grace-period", "0"]
     srv = Child("relay", relay_args, env.cpu_server, stdout=logf, stderr=logf)
     cmds["server"] = srv.command()

@@ -57,7 +57,8 @@ def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str
     relay = benchrun.Child("relay", ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
                                      "--insecure-listen", f"127.0.0.1:{port}",
                                      f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
-                                     "--rate-limit-burst", "0", "--grace-period", "0", *relay_args],
+                                     "--max-connections-per-ip", "0", "--rate-limit-burst", "0", "--grace-period", "0",
+                                     *relay_args],
                            None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
     try:
         deadline = time.monotonic() + 10

@@ -21,6 +21,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/notify.h"
+#include "engine/group.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
 #include "relay/relay.h"
@@ -78,25 +79,40 @@ static uint64_t buffer_budget_bytes(void)
 	return budget < BUFFER_BUDGET_BYTES_MIN ? BUFFER_BUDGET_BYTES_MIN : budget;
 }
 
-/* Each connection is a descriptor: lift the soft limit to the hard one. */
+/* Each connection is a descriptor. The soft RLIMIT_NOFILE is raised to what
+ * --max-connections needs (its WebSockets, the connections still in their HTTP phase,
+ * and the relay's own descriptors) when the hard limit allows; otherwise as far as it
+ * allows, with a warning that names the numbers to change. */
 static void raise_fd_limit(uint32_t max_connections)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
 		return;
-	rl.rlim_cur = rl.rlim_max;
-	(void)setrlimit(RLIMIT_NOFILE, &rl);
 	uint64_t want = (uint64_t)max_connections + HTTP_PHASE_CONNECTIONS_MAX + FD_RESERVE;
 	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
-		char have[32];
-		snprintf(have, sizeof have, "%llu", (unsigned long long)rl.rlim_cur);
-		LOG_WARN("file descriptor limit below --max-connections", KV_STR("value", have),
-			 KV_STR("fix", "raise LimitNOFILE in the systemd unit (deploy/systemd/) or ulimit -n"));
+		rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : (rlim_t)want;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
 	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	uint64_t have = rl.rlim_cur;
+	uint64_t reserved = (uint64_t)HTTP_PHASE_CONNECTIONS_MAX + FD_RESERVE;
+	char value[32], fix[256];
+	snprintf(value, sizeof value, "%llu", (unsigned long long)have);
+	int n = snprintf(fix, sizeof fix,
+			 "raise the hard limit to %llu (LimitNOFILE=%llu in the systemd unit, deploy/systemd/pyrycode-relay.service; "
+			 "or ulimit -Hn %llu before starting)",
+			 (unsigned long long)want, (unsigned long long)want, (unsigned long long)want);
+	if (have > reserved && n > 0 && (size_t)n < sizeof fix)
+		snprintf(fix + n, sizeof fix - (size_t)n, ", or lower --max-connections to %llu",
+			 (unsigned long long)(have - reserved));
+	LOG_WARN("file descriptor limit below --max-connections", KV_STR("value", value), KV_STR("fix", fix));
 }
 
 struct worker_thread {
 	struct worker *w;
+	const char *addr;
 	pthread_t tid;
 	int result;
 	char why[URING_WHY_BYTES];
@@ -165,6 +181,16 @@ static bool workers_running(void *group)
 	return group_all_running(group);
 }
 
+/* A listener failed before any worker ran (bind error and the like): the reference logs
+ * the failure, then drains (nothing to drain yet) and exits 1 (§7.6). */
+static int boot_listener_failed(const char *addr, const char *err)
+{
+	LOG_ERROR("listener failed", KV_STR("addr", addr), KV_STR("err", err));
+	LOG_ERROR("listener error; draining");
+	LOG_INFO("shutdown complete");
+	return CONFIG_EXIT_RUNTIME;
+}
+
 static bool start_worker(struct worker_thread *t, int cpu)
 {
 	pthread_attr_t attr;
@@ -185,7 +211,9 @@ static void *worker_thread(void *arg)
 	int result = worker_run(t->w, t->why);
 	__atomic_store_n(&t->result, result, __ATOMIC_RELEASE);
 	if (result == WORKER_EXIT_FATAL) {
-		/* Wake main out of sigwait: a dead worker means a dead relay (exit 1). */
+		/* Reference §7.6: the listener's failure is logged when it happens, then main
+		 * wakes from sigwait and drains (a dead worker means a dead relay: exit 1). */
+		LOG_ERROR("listener failed", KV_STR("addr", t->addr), KV_STR("err", t->why));
 		kill(getpid(), SIGTERM);
 	}
 	return NULL;
@@ -284,10 +312,8 @@ int main(int argc, char **argv)
 
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
 	struct relay_shared *shared = relay_shared_create(&cfg, nworkers);
-	if (group == NULL || shared == NULL) {
-		LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", "out of memory for the workers"));
-		return CONFIG_EXIT_RUNTIME;
-	}
+	if (group == NULL || shared == NULL || !group_set_ip_cap(group, cfg.max_connections_per_ip))
+		return boot_listener_failed(listen, "out of memory for the workers");
 	/* One ceiling for the relay, split evenly: a worker's pool never takes another's share. */
 	uint64_t budget_per_worker = buffer_budget_bytes() / nworkers;
 	static struct worker_thread threads[CONFIG_WORKERS_MAX];
@@ -296,11 +322,10 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < nworkers; i++) {
 		struct worker *w = worker_create(&cfg, group, i, listen, tls, budget_per_worker, &relay_hooks, shared,
 						 why);
-		if (w == NULL) {
-			LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", why));
-			return CONFIG_EXIT_RUNTIME;
-		}
+		if (w == NULL)
+			return boot_listener_failed(listen, why);
 		threads[i].w = w;
+		threads[i].addr = listen;
 		sources[i] = (struct metrics_source){
 			.engine = worker_stats_of(w),
 			.relay = relay_stats_of(worker_app(w)),
@@ -310,21 +335,17 @@ int main(int argc, char **argv)
 
 	static struct metrics_thread mt;
 	if (cfg.metrics_listen[0] != '\0') {
+		/* The reference says so before its listeners start, so also before a bind failure. */
+		LOG_INFO("starting metrics listener", KV_STR("listen", cfg.metrics_listen));
 		mt.m = metrics_server_create(cfg.metrics_listen, sources, nworkers, PYRELAY_VERSION, start_time_seconds, why);
-		if (mt.m == NULL) {
-			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen), KV_STR("err", why));
-			return CONFIG_EXIT_RUNTIME;
-		}
+		if (mt.m == NULL)
+			return boot_listener_failed(cfg.metrics_listen, why);
 		mt.addr = cfg.metrics_listen;
 		if (tls != NULL)
 			metrics_server_set_tls(mt.m, &served_cert_not_after_s);
-		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0) {
-			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen),
-				  KV_STR("err", "cannot start metrics thread"));
-			return CONFIG_EXIT_RUNTIME;
-		}
+		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0)
+			return boot_listener_failed(cfg.metrics_listen, "cannot start metrics thread");
 		mt.started = true;
-		LOG_INFO("starting metrics listener", KV_STR("listen", cfg.metrics_listen));
 	}
 
 	for (uint32_t i = 0; i < nworkers; i++) {
@@ -350,7 +371,10 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < nworkers; i++)
 		worker_failed |= __atomic_load_n(&threads[i].result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
 	bool listener_failed = worker_failed || __atomic_load_n(&mt.failed, __ATOMIC_ACQUIRE);
-	if (!listener_failed)
+	/* §7.6: the trigger is logged before the drain; the failing listener logged itself. */
+	if (listener_failed)
+		LOG_ERROR("listener error; draining");
+	else
 		LOG_INFO("shutdown signal received; draining");
 	/* A second signal is ignored (reference §7.6): it stays blocked and pending. */
 	for (uint32_t i = 0; i < nworkers; i++)
@@ -364,20 +388,17 @@ int main(int argc, char **argv)
 		if (threads[i].result == WORKER_EXIT_FATAL && fatal_why == NULL)
 			fatal_why = threads[i].why;
 		incomplete |= threads[i].result == WORKER_EXIT_DRAIN_INCOMPLETE;
+		/* a worker whose loop failed could not close what it held */
+		incomplete |= threads[i].result == WORKER_EXIT_FATAL &&
+			      STAT_GET(worker_stats_of(threads[i].w)->connections_open) > 0;
 	}
 	if (mt.started) {
 		pthread_join(mt.tid, NULL);
 		metrics_server_destroy(mt.m);
 	}
-	int exit_code = 0;
-	if (fatal_why != NULL) {
-		LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", fatal_why));
-		LOG_ERROR("listener error; draining");
-		exit_code = CONFIG_EXIT_RUNTIME;
-	} else if (mt.failed) {
-		LOG_ERROR("listener error; draining"); /* the metrics thread logged which */
-		exit_code = CONFIG_EXIT_RUNTIME;
-	} else if (incomplete) {
+	/* Every failed worker logged itself; the exit code says a listener failed. */
+	int exit_code = (fatal_why != NULL || mt.failed) ? CONFIG_EXIT_RUNTIME : 0;
+	if (incomplete) {
 		LOG_WARN("shutdown deadline exceeded; force-closed listeners");
 		LOG_WARN("drain incomplete");
 	} else {

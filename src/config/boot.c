@@ -293,6 +293,18 @@ int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, ui
 		return CONFIG_EXIT_USAGE;
 	}
 
+	/* 5b. the per-IP connection cap (ours): 0 is off (config_parse set the default) */
+	if (cfg->max_connections_per_ip > CONFIG_MAX_CONNECTIONS_LIMIT) {
+		refusal_begin(r, CONFIG_EXIT_USAGE, "refusing to start: invalid --max-connections-per-ip");
+		field_add(r, "err", "max-connections-per-ip %u: relay: per-IP cap must be at most %u",
+			  cfg->max_connections_per_ip, CONFIG_MAX_CONNECTIONS_LIMIT);
+		field_add(r, "value", "%u", cfg->max_connections_per_ip);
+		field_add(r, "fix", "pass 0 (off) to %u, or omit the flag for the default (a tenth of "
+				    "--max-connections, %u to %u)", CONFIG_MAX_CONNECTIONS_LIMIT,
+			  CONFIG_PER_IP_DEFAULT_MIN, CONFIG_PER_IP_DEFAULT_MAX);
+		return CONFIG_EXIT_USAGE;
+	}
+
 	/* 6. environment */
 	rc = check_env(cfg, r);
 	if (rc != CONFIG_OK)

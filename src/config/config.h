@@ -52,6 +52,12 @@
  * the default is measured in docs/benchmarks.md). */
 #define CONFIG_BATCH_WAIT_US_DEFAULT 50u
 #define CONFIG_BATCH_WAIT_US_MAX 1000u
+/* --max-connections-per-ip default: a tenth of --max-connections, at least
+ * CONFIG_PER_IP_DEFAULT_MIN and at most CONFIG_PER_IP_DEFAULT_MAX, never above the cap
+ * (config_per_ip_default): one address cannot take the relay. 0 turns it off. */
+#define CONFIG_PER_IP_DEFAULT_DIVISOR 10u
+#define CONFIG_PER_IP_DEFAULT_MIN 16u
+#define CONFIG_PER_IP_DEFAULT_MAX 1000u
 /* --workers: at most this many (the metrics exposition is sized for it). */
 #define CONFIG_WORKERS_MAX 256u
 
@@ -84,6 +90,8 @@ struct config {
 	bool show_version;
 	bool check_only; /* --check: run the boot checks, print what would be served, bind nothing */
 	uint32_t max_connections;
+	uint32_t max_connections_per_ip; /* 0: off; config_check sets the default when not given */
+	bool max_connections_per_ip_set;
 	/* which of these were given explicitly (§1.1: refused with --insecure-listen) */
 	bool https_listen_set;
 	bool http_listen_set;
@@ -193,5 +201,13 @@ void config_print_usage(int fd);
  * environment), so an operator or a script sees what the command line means. workers is
  * the resolved count (--workers 0 already turned into the CPU count). */
 void config_print_summary(int fd, const struct config *cfg, uint32_t workers);
+/* The --max-connections-per-ip a relay with this --max-connections gets by default. */
+static inline uint32_t config_per_ip_default(uint32_t max_connections)
+{
+	uint32_t n = max_connections / CONFIG_PER_IP_DEFAULT_DIVISOR;
+	n = MAX(n, CONFIG_PER_IP_DEFAULT_MIN);
+	n = MIN(n, CONFIG_PER_IP_DEFAULT_MAX);
+	return MIN(n, max_connections);
+}
 
 #endif

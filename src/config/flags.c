@@ -276,6 +276,12 @@ const struct flag_def config_flags[] = {
 	{ "max-connections", FLAG_U32, CFG_OFF(max_connections), NO_SET_FIELD, UINT32_MAX, false, "N",
 	  "Relay-wide cap on live WebSocket connections (/v1/server and /v1/client\n"
 	  "together); upgrades beyond it get 503. 1 to 16000000." },
+	{ "max-connections-per-ip", FLAG_U32, CFG_OFF(max_connections_per_ip), CFG_OFF(max_connections_per_ip_set),
+	  UINT32_MAX, false, "N",
+	  "Cap on live WebSocket connections from one client IP (the rate limiter's\n"
+	  "key: the peer address, or the X-Forwarded-For entry when trusted); beyond it\n"
+	  "503. By default a tenth of --max-connections, at least 16 and at most\n"
+	  "1000, never above the cap. 0 turns it off." },
 	{ "zerocopy-min-bytes", FLAG_U32, CFG_OFF(zerocopy_min_bytes), NO_SET_FIELD, UINT32_MAX, false, "N",
 	  "Sends of at least N bytes use io_uring zero-copy (send_zc); 0 (default)\n"
 	  "never. Pays off only for large sends on real NICs: loopback always copies,\n"
@@ -503,6 +509,9 @@ int config_parse(struct config *cfg, int argc, char *const argv[], char *const e
 		return usage_error(r, "unexpected positional argument %s: every setting is a flag",
 				   config_quote(q, sizeof q, argv[i]));
 
+	/* the per-IP cap follows the relay-wide one unless given */
+	if (!cfg->max_connections_per_ip_set)
+		cfg->max_connections_per_ip = config_per_ip_default(cfg->max_connections);
 	if (!cert_cache_given)
 		return default_cert_cache(cfg, r);
 	return CONFIG_OK;

@@ -77,6 +77,9 @@ static void flag_default(const struct flag_def *def, const struct config *d, cha
 		uint32_t v = *(const uint32_t *)(const void *)field;
 		if (def->off == CFG_OFF(workers) && v == 0)
 			snprintf(out, cap, "0, one per online CPU");
+		else if (def->off == CFG_OFF(max_connections_per_ip))
+			snprintf(out, cap, "%u with the default --max-connections",
+				 config_per_ip_default(d->max_connections));
 		else
 			snprintf(out, cap, "%u", v);
 		break;

@@ -31,8 +31,16 @@ static void read_peer(int fd, struct peer_addr *out)
 		out->port = ntohs(sin->sin_port);
 	} else if (ss.ss_family == AF_INET6) {
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-		out->family = AF_INET6;
-		memcpy(out->bytes, &sin6->sin6_addr, 16);
+		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+			/* An IPv4 client on the all-address listener (an IPv6 socket with
+			 * V6ONLY off) is a.b.c.d, as Go prints it, not ::ffff:a.b.c.d: in the
+			 * logs, the rate-limit key and the X-Forwarded-For fallback alike. */
+			out->family = AF_INET;
+			memcpy(out->bytes, &sin6->sin6_addr.s6_addr[12], 4);
+		} else {
+			out->family = AF_INET6;
+			memcpy(out->bytes, &sin6->sin6_addr, 16);
+		}
 		out->port = ntohs(sin6->sin6_port);
 	}
 }
@@ -224,14 +232,26 @@ void conn_timer_fire(struct worker *w, struct conn *c)
 		return;
 	}
 	if (c->write_deadline_ms && now >= c->write_deadline_ms) {
-		conn_kill(w, c); /* reference §5.4: no write progress for 10 s */
-		return;
+		/* Reference §5.4: the outbox's head segment was not written within 10 s. An
+		 * open WebSocket goes to the application, which closes it (a close frame may
+		 * still get out, bounded by the close handshake's deadline) or aborts it;
+		 * anything else, or what the application leaves open, is cut. */
+		conn_note_end(c, CONN_END_WRITE_TIMEOUT);
+		bool was_open = c->state == CONN_WS_OPEN;
+		if (was_open)
+			w->hooks->write_timeout(w->app, conn_ref_of(c));
+		if (!was_open || c->state != CONN_WS_CLOSING) {
+			conn_kill(w, c);
+			return;
+		}
+		c->write_deadline_ms = 0; /* the close handshake's deadline bounds it now */
 	}
 	if (c->read_deadline_ms && now >= c->read_deadline_ms) {
 		/* TLS handshake, HTTP header/idle timeout, or a WebSocket message that did not
 		 * finish within 30 s of its first header (§5.3): torn down without a close frame. */
 		if (c->tls != NULL && !tls_conn_established(c->tls))
 			tls_conn_fail(c->tls, TLS_ERR_TIMEOUT);
+		conn_note_end(c, CONN_END_READ_TIMEOUT);
 		conn_kill(w, c);
 		return;
 	}
@@ -264,13 +284,10 @@ void conn_run_ended(struct worker *w)
 		w->ended_head = c->ended_next;
 		c->in_ended = false;
 		c->ended_reported = true;
-		w->hooks->end(w->app, conn_ref_of(c), c->peer_close_code);
+		w->hooks->end(w->app, conn_ref_of(c), c->peer_close_code, (enum conn_end_cause)c->end_cause);
 		/* §4.7: the cap slot is held until the handler returns, i.e. until the
 		 * WebSocket ended, not until the TCP drain that follows finishes. */
-		if (c->counted) {
-			c->counted = false;
-			group_put_cap(w->group);
-		}
+		conn_put_cap(w, c);
 		conn_maybe_free(w, c);
 	}
 }
@@ -321,14 +338,23 @@ void conn_maybe_free(struct worker *w, struct conn *c)
 	count_close(w, c);
 	if (!c->handed_off)
 		close(c->fd);
-	if (c->counted)
-		group_put_cap(w->group);
+	conn_put_cap(w, c);
 	c->state = CONN_FREE; /* the one move back: the slot starts a new life */
 	c->gen++;
 	ASSERT(w->live > 0);
 	w->live--;
 	STAT_SET(w->stats.connections_open, w->live);
 	w->free_idx[w->free_top++] = c->idx;
+}
+
+void conn_put_cap(struct worker *w, struct conn *c)
+{
+	if (!c->counted)
+		return;
+	c->counted = false;
+	group_put_cap(w->group);
+	group_put_ip(w->group, c->client_key);
+	c->client_key = 0;
 }
 
 void conn_kill(struct worker *w, struct conn *c)
@@ -435,7 +461,9 @@ bool conn_pool_regrow(struct worker *w, uint8_t **buf, uint32_t *cap, uint32_t k
 
 void conn_abort(struct worker *w, struct conn_ref ref)
 {
-	conn_kill(w, conn_at(w, ref));
+	struct conn *c = conn_at(w, ref);
+	conn_note_end(c, CONN_END_CLOSED);
+	conn_kill(w, c);
 }
 
 void conn_pause_recv(struct worker *w, struct conn_ref ref)
@@ -444,6 +472,7 @@ void conn_pause_recv(struct worker *w, struct conn_ref ref)
 	if (c->recv_paused || c->state != CONN_WS_OPEN)
 		return;
 	c->recv_paused = true;
+	ws_phase_heartbeat_suspend(w, c);
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
 		io_uring_prep_cancel64(sqe, UD(OP_RECV, c->idx, c->gen), 0);
@@ -457,6 +486,7 @@ void conn_resume_recv(struct worker *w, struct conn_ref ref)
 	if (!c->recv_paused)
 		return;
 	c->recv_paused = false;
+	ws_phase_heartbeat_resume(w, c);
 	conn_arm_recv(w, c);
 }
 

@@ -68,6 +68,7 @@ struct upgraded {
 	uint8_t route;     /* enum http_route: an upgrade route */
 	uint8_t transport; /* enum transport_kind */
 	struct peer_addr remote;
+	uint64_t client_key; /* its --max-connections-per-ip count (worker_client_key), 0: none */
 	char accept[WS_ACCEPT_KEY_LEN + 1]; /* Sec-WebSocket-Accept for the 101 */
 	uint32_t server_id_len; /* X-Pyrycode-Server */
 	uint32_t version_len;   /* X-Pyrycode-Version ("" for phones) */
@@ -95,6 +96,52 @@ struct span upgraded_version(const struct upgraded *u);
 struct span upgraded_device(const struct upgraded *u);
 struct span upgraded_early(const struct upgraded *u);
 
+/* Why a WebSocket connection stopped being usable: the first cause wins (a peer's close
+ * echo after the relay's own close is still the relay's close). */
+enum conn_end_cause {
+	CONN_END_UNKNOWN = 0,
+	CONN_END_PEER_CLOSE,    /* the peer sent a close frame */
+	CONN_END_EOF,           /* the peer closed TCP without a close frame */
+	CONN_END_IO_ERROR,      /* a receive or a send failed (reset, broken pipe) */
+	CONN_END_PROTOCOL,      /* the peer broke RFC 6455 or a limit (1002, 1007, 1009) */
+	CONN_END_READ_TIMEOUT,  /* a message did not arrive whole within 30 s (§5.3) */
+	CONN_END_WRITE_TIMEOUT, /* queued frames were not written in time (§5.4) */
+	CONN_END_HEARTBEAT,     /* no pong in time (§5.2) */
+	CONN_END_CLOSED,        /* the application closed or aborted it */
+	CONN_END_SHUTDOWN,      /* the relay is shutting down (§7.6) */
+	CONN_END_NO_MEMORY,     /* the buffer pool refused */
+	CONN_END_CAUSES
+};
+
+/* A fixed text for a cause (log `err` values): never request data. */
+static inline const char *conn_end_cause_text(enum conn_end_cause why)
+{
+	switch (why) {
+	case CONN_END_PEER_CLOSE:
+		return "peer sent a close frame";
+	case CONN_END_EOF:
+		return "EOF";
+	case CONN_END_IO_ERROR:
+		return "connection reset or write failed";
+	case CONN_END_PROTOCOL:
+		return "protocol error";
+	case CONN_END_READ_TIMEOUT:
+		return "message read deadline exceeded";
+	case CONN_END_WRITE_TIMEOUT:
+		return "write deadline exceeded";
+	case CONN_END_HEARTBEAT:
+		return "heartbeat timeout";
+	case CONN_END_CLOSED:
+		return "closed by the relay";
+	case CONN_END_SHUTDOWN:
+		return "shutting down";
+	case CONN_END_NO_MEMORY:
+		return "out of buffer memory";
+	default:
+		return "connection closed";
+	}
+}
+
 /* The application, as the engine calls it. app is what create returned. */
 struct engine_hooks {
 	/* Start-up (control plane): the application's state for worker w, NULL on failure.
@@ -102,8 +149,11 @@ struct engine_hooks {
 	void *(*create)(struct worker *w, const struct config *cfg, void *shared);
 	void (*destroy)(void *app);
 	/* An upgrade request passed routing, before the header gate (reference §1.7
-	 * steps 6-7): -1 to proceed, or an enum http_canned to answer with. */
-	int (*admit)(void *app, struct conn_ref c, enum http_route route, const struct http_request *req);
+	 * steps 6-7): -1 to proceed, or an enum http_canned to answer with. On -1,
+	 * *client_key may name the client for --max-connections-per-ip
+	 * (worker_client_key); it stays 0 for none. */
+	int (*admit)(void *app, struct conn_ref c, enum http_route route, const struct http_request *req,
+		     uint64_t *client_key);
 	/* The header gate refused an upgrade request (400). */
 	void (*rejected_headers)(void *app, enum http_route route);
 	/* The 101 is queued and the connection reads frames. u is valid during the call. */
@@ -112,11 +162,20 @@ struct engine_hooks {
 	void (*message)(void *app, struct conn_ref c, uint8_t opcode, struct span data);
 	/* A pong (the engine also checks it against its own heartbeat). */
 	void (*pong)(void *app, struct conn_ref c, struct span payload);
+	/* c is open and the head of its outbox was not written within the write timeout
+	 * (10 s, reference §5.4): close it (conn_ws_close: its close frame goes out after
+	 * what is queued, within the close handshake's 5 s) or abort it. The engine cuts a
+	 * connection the hook leaves open. */
+	void (*write_timeout)(void *app, struct conn_ref c);
 	/* n frames sent with CONN_SEND_COUNTED reached the socket. */
 	void (*items_written)(void *app, struct conn_ref c, uint32_t n);
 	/* The connection stopped being usable. peer_close_code: the status of the peer's
-	 * close frame, 0 if it sent none. The ref is dead when this returns. */
-	void (*end)(void *app, struct conn_ref c, uint16_t peer_close_code);
+	 * close frame, 0 if it sent none; why: the first cause. After a close the relay
+	 * started (conn_ws_close, heartbeat, shutdown), it comes once the counted frames
+	 * queued before the close are written, or when the connection is cut or the peer
+	 * closes first: conn_queued_items then says how many were not written. The ref is
+	 * dead when this returns. */
+	void (*end)(void *app, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why);
 	/* A timer the application scheduled fired (node->kind >= TW_KIND_APP). */
 	void (*timer)(void *app, struct tw_node *n);
 	/* Graceful shutdown began; the engine then closes every open WebSocket with
@@ -171,6 +230,9 @@ void worker_cancel_timer(struct worker *w, struct tw_node *n);
 uint64_t worker_now_ms(const struct worker *w);
 /* The worker's buffer pool (scratch bytes for the application, returned at once). */
 struct bufpool *worker_pool(struct worker *w);
+/* The key under which --max-connections-per-ip counts a client (its rate-limit key:
+ * address text or X-Forwarded-For entry); the same on every worker, never 0. */
+uint64_t worker_client_key(const struct worker *w, struct span client);
 /* The worker's index in its group, 0 .. workers - 1. */
 uint32_t worker_id(const struct worker *w);
 /* Connection pool size: conn_ref.idx < this. */

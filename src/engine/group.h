@@ -13,6 +13,11 @@
  *   takes connections (draining, or its loop ended).
  * - The cap count is exact across workers: group_take_cap never lets more than
  *   max_connections slots be held at once.
+ * - So is the per-IP count (group_set_ip_cap): one table of (client key, connections)
+ *   split into GROUP_IP_STRIPES stripes, each behind a mutex; a key always lands in the
+ *   same stripe, so every decision about one client is made under one lock. Keys are
+ *   64-bit keyed hashes of the client's address (group_ip_key): clients cannot aim
+ *   many addresses at one stripe or one probe sequence.
  */
 #ifndef PYRELAY_ENGINE_GROUP_H
 #define PYRELAY_ENGINE_GROUP_H
@@ -39,9 +44,34 @@ struct group_member {
 	uint32_t inflight;    /* atomic; handoffs sent to it and not yet taken */
 } __attribute__((aligned(CACHE_LINE_BYTES)));
 
+#define GROUP_IP_STRIPES 64u
+
+struct ip_slot {
+	uint64_t key; /* 0: free */
+	uint32_t count;
+	uint32_t pad;
+};
+
+struct ip_stripe {
+	pthread_mutex_t lock;
+	struct ip_slot *slots;
+	uint32_t mask;     /* slot count - 1 */
+	uint32_t used;     /* keys held */
+	uint32_t capacity; /* keys allowed: at most 3/4 of the slots */
+} __attribute__((aligned(CACHE_LINE_BYTES)));
+
+enum ip_take {
+	IP_TAKE_OK = 0,
+	IP_TAKE_FULL,       /* the client holds max_per_ip connections */
+	IP_TAKE_TABLE_FULL, /* its stripe holds as many clients as it can (fail closed) */
+};
+
 struct worker_group {
 	uint32_t n;
 	uint32_t max_connections;
+	uint32_t max_per_ip;       /* 0: no per-IP cap */
+	uint64_t ip_hash_key[2];
+	struct ip_stripe *ip;      /* GROUP_IP_STRIPES, NULL when off */
 	uint64_t owner_key[2];
 	uint32_t counted __attribute__((aligned(CACHE_LINE_BYTES))); /* atomic: cap slots held */
 	pthread_barrier_t start; /* every worker's ring exists before any loop runs */
@@ -71,5 +101,19 @@ uint32_t group_inflight(const struct worker_group *g, uint32_t owner);
 bool group_take_cap(struct worker_group *g);
 void group_put_cap(struct worker_group *g);
 uint32_t group_counted(const struct worker_group *g);
+
+/* Turn the per-IP cap on (max_per_ip > 0), for a relay of max_connections: every
+ * stripe gets room for its share of max_connections clients, and then some. Before
+ * the workers start. False when out of memory. */
+bool group_set_ip_cap(struct worker_group *g, uint32_t max_per_ip);
+/* The table key of a client (its rate-limit key: address or X-Forwarded-For entry);
+ * never 0. */
+uint64_t group_ip_key(const struct worker_group *g, struct span client);
+/* One of the client's max_per_ip connections (always OK when the cap is off, or for
+ * key 0); group_put_ip gives it back. */
+enum ip_take group_take_ip(struct worker_group *g, uint64_t key);
+void group_put_ip(struct worker_group *g, uint64_t key);
+/* The client's connections now (0 when the cap is off): for tests. */
+uint32_t group_ip_count(struct worker_group *g, uint64_t key);
 
 #endif

@@ -50,6 +50,7 @@ static void drop_upgrade(struct worker *w, struct upgraded *u)
 {
 	close(u->fd);
 	group_put_cap(w->group);
+	group_put_ip(w->group, u->client_key);
 	upgraded_free(u);
 }
 
@@ -104,6 +105,7 @@ void handoff_progress(struct worker *w, struct conn *c)
 	c->tls = NULL;
 	c->handoff = NULL;
 	c->counted = false;
+	c->client_key = 0;
 	c->handed_off = true;
 	conn_kill(w, c);
 }
@@ -131,6 +133,7 @@ static void adopt(struct worker *w, struct upgraded *u)
 		c->counted_tls_path = true; /* counted where the handshake completed */
 		tls_conn_set_stats(c->tls, &w->stats.tls);
 	}
+	c->client_key = u->client_key;
 	ws_phase_start(w, c, u);
 	upgraded_free(u);
 	conn_arm_recv(w, c); /* after the early bytes: the socket holds what came next */

@@ -27,13 +27,14 @@ static void respond(struct worker *w, struct conn *c, const char *buf, size_t n,
 		conn_drain(w, c);
 }
 
-static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, bool close)
+/* flags: enum http_resp_flags (HEAD answers carry no body). */
+static void respond_canned(struct worker *w, struct conn *c, enum http_canned which, unsigned flags)
 {
 	char buf[HTTP_RESPONSE_BYTES_MAX];
-	respond(w, c, buf, http_write_canned(buf, sizeof buf, which, close), close);
+	respond(w, c, buf, http_write_canned(buf, sizeof buf, which, flags), flags & HTTP_RESP_CLOSE);
 }
 
-static void respond_healthz(struct worker *w, struct conn *c, bool close)
+static void respond_healthz(struct worker *w, struct conn *c, unsigned flags)
 {
 	struct healthz h = {
 		.version = PYRELAY_VERSION,
@@ -41,28 +42,48 @@ static void respond_healthz(struct worker *w, struct conn *c, bool close)
 	};
 	w->hooks->healthz(w->app, &h);
 	char buf[HTTP_RESPONSE_BYTES_MAX];
-	respond(w, c, buf, http_write_healthz(buf, sizeof buf, &h, close), close);
+	respond(w, c, buf, http_write_healthz(buf, sizeof buf, &h, flags), flags & HTTP_RESP_CLOSE);
 }
 
 /* ------------------------------------------------------------------ requests */
 
-/* §1.7 step 8: the global connection cap (503), after the application's admission.
- * A kept-alive connection that already holds a slot keeps it. */
-static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route route)
+/* §1.7 step 8: the global connection cap (503), after the application's admission and
+ * before the header gate. The slot is held from here until the request is done
+ * (§4.7: until the handler returns): for an upgrade, the WebSocket's whole life; for a
+ * request answered without one (400, 405, 426), only until its answer is queued
+ * (put_cap_slot), so a kept-alive connection between requests holds none. */
+static bool take_cap_slot(struct worker *w, struct conn *c, enum http_route route, uint64_t client_key)
 {
-	if (c->counted)
-		return true;
+	ASSERT(!c->counted);
+	char ip[INET6_ADDRSTRLEN];
 	if (!group_take_cap(w->group)) {
-		char ip[INET6_ADDRSTRLEN];
 		conn_ip_text(c, ip, sizeof ip);
 		LOG_WARN("conn_cap_reached", KV_STR("path", http_route_path(route)), KV_STR("remote", ip));
 		return false;
 	}
+	/* Then the client's share of it (--max-connections-per-ip, ours): 503 too. Its
+	 * stripe of the table being full of other clients also refuses (fail closed). */
+	if (group_take_ip(w->group, client_key) != IP_TAKE_OK) {
+		group_put_cap(w->group);
+		STAT_INC(w->stats.ip_cap_rejects);
+		conn_ip_text(c, ip, sizeof ip);
+		LOG_WARN("conn_ip_cap_reached", KV_STR("path", http_route_path(route)), KV_STR("remote", ip));
+		return false;
+	}
 	c->counted = true;
+	c->client_key = client_key;
 	return true;
 }
 
-/* The RFC 6455 checks; on success *accept is the Sec-WebSocket-Accept value. */
+/* The request ends without a WebSocket: its slot goes back before the answer is
+ * queued (queuing may tear the connection down, which would release it too). */
+static void put_cap_slot(struct worker *w, struct conn *c)
+{
+	conn_put_cap(w, c);
+}
+
+/* The RFC 6455 checks; on success *accept is the Sec-WebSocket-Accept value, else the
+ * request is answered (and its cap slot given back). */
 static bool upgrade_check(struct worker *w, struct conn *c, const struct http_request *req,
 			  char accept[WS_ACCEPT_KEY_LEN + 1])
 {
@@ -76,7 +97,8 @@ static bool upgrade_check(struct worker *w, struct conn *c, const struct http_re
 	enum ws_upgrade_verdict v = ws_upgrade_check(req, &key);
 	if (v != WS_UPGRADE_OK) {
 		ASSERT((size_t)v < ARRAY_LEN(refusal));
-		respond_canned(w, c, refusal[v], true);
+		put_cap_slot(w, c);
+		respond_canned(w, c, refusal[v], http_resp_flags_for(req, true));
 		return false;
 	}
 	bool ok = ws_handshake_accept(key, accept);
@@ -89,31 +111,33 @@ static bool upgrade_check(struct worker *w, struct conn *c, const struct http_re
 static bool http_request(struct worker *w, struct conn *c, const struct http_request *req,
 			 char accept[WS_ACCEPT_KEY_LEN + 1])
 {
-	bool close = http_head_closes(req, ++c->requests, w->stopping);
+	unsigned flags = http_resp_flags_for(req, http_head_closes(req, ++c->requests, w->stopping));
 	enum http_route route = http_route_of(req->path);
 	switch (route) {
 	case HTTP_ROUTE_HEALTHZ:
-		respond_healthz(w, c, close);
+		respond_healthz(w, c, flags);
 		return false;
 	case HTTP_ROUTE_NOT_FOUND:
-		respond_canned(w, c, HTTP_CANNED_NOT_FOUND, close);
+		respond_canned(w, c, HTTP_CANNED_NOT_FOUND, flags);
 		return false;
 	case HTTP_ROUTE_SERVER:
 	case HTTP_ROUTE_CLIENT:
 		break;
 	}
-	int verdict = w->hooks->admit(w->app, conn_ref_of(c), route, req);
+	uint64_t client_key = 0;
+	int verdict = w->hooks->admit(w->app, conn_ref_of(c), route, req, &client_key);
 	if (verdict >= 0) {
-		respond_canned(w, c, (enum http_canned)verdict, close);
+		respond_canned(w, c, (enum http_canned)verdict, flags);
 		return false;
 	}
-	if (!take_cap_slot(w, c, route)) {
-		respond_canned(w, c, HTTP_CANNED_EMPTY_503, close);
+	if (!take_cap_slot(w, c, route, client_key)) {
+		respond_canned(w, c, HTTP_CANNED_EMPTY_503, flags);
 		return false;
 	}
 	if (!http_required_headers_ok(req, route)) {
+		put_cap_slot(w, c);
 		w->hooks->rejected_headers(w->app, route);
-		respond_canned(w, c, HTTP_CANNED_EMPTY_400, close);
+		respond_canned(w, c, HTTP_CANNED_EMPTY_400, flags);
 		return false;
 	}
 	return upgrade_check(w, c, req, accept);
@@ -138,6 +162,7 @@ static void hand_on(struct worker *w, struct conn *c, const struct http_request 
 	u->route = (uint8_t)route;
 	u->transport = c->tls ? TRANSPORT_TLS : TRANSPORT_PLAIN;
 	u->remote = c->remote;
+	u->client_key = c->client_key;
 	memcpy(u->accept, accept, sizeof u->accept);
 	uint32_t owner = group_owner(w->group, upgraded_server_id(u));
 	if (owner != w->id) {
@@ -184,7 +209,7 @@ void http_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 		if (st == HTTP_HEAD_INCOMPLETE)
 			break; /* wait for more */
 		if (st == HTTP_HEAD_REFUSED) {
-			respond_canned(w, c, refusal, true);
+			respond_canned(w, c, refusal, HTTP_RESP_CLOSE);
 			return;
 		}
 		char accept[WS_ACCEPT_KEY_LEN + 1];

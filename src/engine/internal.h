@@ -123,7 +123,7 @@ struct conn {
 	struct tls_conn *tls;     /* user-space TLS state, NULL for plaintext (transport/tls.h) */
 
 	uint64_t read_deadline_ms;  /* HTTP head, or current WS message */
-	uint64_t write_deadline_ms; /* 10 s without send progress */
+	uint64_t write_deadline_ms; /* the outbox's head segment must be written by then (§5.4) */
 	uint64_t close_deadline_ms; /* close handshake / drain bound */
 	uint64_t ping_at_ms;        /* next heartbeat ping */
 	uint64_t pong_deadline_ms;  /* heartbeat pong due */
@@ -158,6 +158,10 @@ struct conn {
 	bool wr_shut : 1;
 	bool close_sent : 1;          /* close_code is set */
 	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
+	bool hb_suspended : 1;        /* heartbeat on hold while reading is paused (conn_pause_recv) */
+	bool hb_awaiting : 1;         /* ... with the ping hb_seq still unanswered */
+	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
+	uint64_t client_key;      /* counted: its --max-connections-per-ip key, 0 for none */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
 	struct peer_addr remote;
 };
@@ -212,6 +216,13 @@ struct worker {
 
 /* ---- conn.c: pool and lifecycle ---- */
 
+/* Note why c is ending, unless a cause is noted already (the first one wins). */
+static inline void conn_note_end(struct conn *c, enum conn_end_cause why)
+{
+	if (c->end_cause == CONN_END_UNKNOWN)
+		c->end_cause = (uint8_t)why;
+}
+
 /* A pool slot for fd in the HTTP phase, NULL when the pool is exhausted. remote: the
  * peer address when known (a handoff), else NULL to ask the socket. The receive is
  * armed by the caller (conn_arm_recv). */
@@ -238,6 +249,8 @@ void conn_timer_fire(struct worker *w, struct conn *c);
 void conn_report_end(struct worker *w, struct conn *c);
 void conn_run_ended(struct worker *w);
 void conn_maybe_free(struct worker *w, struct conn *c);
+/* Give back c's --max-connections slot and its per-IP share, if it holds them. */
+void conn_put_cap(struct worker *w, struct conn *c);
 void conn_kill(struct worker *w, struct conn *c);
 void conn_drain(struct worker *w, struct conn *c);
 void conn_outq_clear(struct worker *w, struct conn *c);
@@ -285,6 +298,10 @@ void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u);
 void ws_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
 /* A heartbeat deadline of c passed (conn_timer_fire). */
 void ws_phase_heartbeat_due(struct worker *w, struct conn *c);
+/* Reading c pauses / resumes: its pongs cannot be read while paused, so its heartbeat
+ * waits (conn_pause_recv, conn_resume_recv). */
+void ws_phase_heartbeat_suspend(struct worker *w, struct conn *c);
+void ws_phase_heartbeat_resume(struct worker *w, struct conn *c);
 
 _Static_assert(sizeof(struct conn) <= CONN_SLOT_BYTES_MAX, "struct conn grew past its budget");
 

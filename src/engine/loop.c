@@ -263,11 +263,13 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 		/* EOF. A draining connection was waiting for exactly this. */
 		if (c->tls != NULL && !tls_conn_established(c->tls))
 			tls_conn_fail(c->tls, TLS_ERR_EOF);
+		conn_note_end(c, CONN_END_EOF);
 		conn_kill(w, c);
 	} else if (res == -ENOBUFS) {
 		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
 		w->br_starved_hist |= 1u;
 	} else if (res != -ECANCELED) {
+		conn_note_end(c, CONN_END_IO_ERROR);
 		conn_kill(w, c);
 	}
 	if (!c->recv_armed && conn_reads(c))
@@ -363,8 +365,10 @@ static void begin_shutdown(struct worker *w)
 	 * idle ones now. */
 	for (uint32_t i = 0; i < w->conn_cap; i++) {
 		struct conn *c = &w->conns[i];
-		if (c->state == CONN_WS_OPEN)
+		if (c->state == CONN_WS_OPEN) {
+			conn_note_end(c, CONN_END_SHUTDOWN);
 			conn_ws_close(w, conn_ref_of(c), WS_CLOSE_GOING_AWAY, "shutting down");
+		}
 		else if (c->state == CONN_HTTP)
 			conn_drain(w, c);
 	}
@@ -374,8 +378,11 @@ static void begin_shutdown(struct worker *w)
 static void shed_all(struct worker *w)
 {
 	w->drain_incomplete = true;
-	for (uint32_t i = 0; i < w->conn_cap; i++)
+	for (uint32_t i = 0; i < w->conn_cap; i++) {
+		if (w->conns[i].state != CONN_FREE)
+			conn_note_end(&w->conns[i], CONN_END_SHUTDOWN);
 		conn_kill(w, &w->conns[i]);
+	}
 	conn_run_ended(w);
 	send_flush(w);
 }
@@ -505,6 +512,11 @@ const struct bufpool *worker_pool_of(const struct worker *w)
 void *worker_app(const struct worker *w)
 {
 	return w->app;
+}
+
+uint64_t worker_client_key(const struct worker *w, struct span client)
+{
+	return group_ip_key(w->group, client);
 }
 
 uint32_t worker_id(const struct worker *w)

@@ -58,6 +58,11 @@ void outq_mark_item(struct outq *q);
 size_t outq_iov(const struct outq *q, struct iovec *iov, size_t max);
 /* n bytes were written: advance, free finished segments, return completed items. */
 uint32_t outq_consume(struct outq *q, struct bufpool *pool, size_t n);
+/* Unsent bytes of the first segment: a write of at least this many finishes it. */
+static inline size_t outq_head_bytes(const struct outq *q)
+{
+	return q->first ? (size_t)(q->first->tail - q->first->head) : 0;
+}
 /* Drop everything queued (connection teardown). */
 void outq_clear(struct outq *q, struct bufpool *pool);
 

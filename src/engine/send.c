@@ -126,6 +126,8 @@ static void plaintext_taken(struct worker *w, struct conn *c, size_t n)
 		c->items_pending -= items;
 		if (c->upgraded)
 			w->hooks->items_written(w->app, conn_ref_of(c), items);
+		if (c->items_pending == 0 && c->state == CONN_WS_CLOSING)
+			conn_report_end(w, c); /* the frames queued before its close are out */
 	}
 }
 
@@ -137,6 +139,7 @@ static void plaintext_taken(struct worker *w, struct conn *c, size_t n)
 static void tls_submit(struct worker *w, struct conn *c)
 {
 	if (!get_ctx(w, c)) {
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}
@@ -161,6 +164,7 @@ static void tls_submit(struct worker *w, struct conn *c)
 		uint32_t cap;
 		s->cipher = bufpool_get(&w->pool, pending, &cap);
 		if (s->cipher == NULL) {
+			conn_note_end(c, CONN_END_NO_MEMORY);
 			conn_kill(w, c);
 			return;
 		}
@@ -196,6 +200,7 @@ static void send_submit(struct worker *w, struct conn *c)
 			io_uring_prep_send(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
 	} else {
 		if (!get_ctx(w, c)) {
+			conn_note_end(c, CONN_END_NO_MEMORY);
 			conn_kill(w, c);
 			return;
 		}
@@ -244,16 +249,21 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	if (res <= 0) {
+		conn_note_end(c, CONN_END_IO_ERROR);
 		conn_kill(w, c);
 		return;
 	}
 	STAT_ADD(w->stats.bytes_out, (uint64_t)res);
+	bool head_done;
 	if (c->tls) {
-		/* ciphertext: the outbox already gave its bytes up when they were encrypted */
+		/* ciphertext: the outbox gave its bytes up when they were encrypted; the batch
+		 * in flight is the head of the queue the write deadline bounds */
 		struct send_ctx *s = c->send;
 		ASSERT(s != NULL && s->cipher_off + (uint32_t)res <= s->cipher_len);
 		s->cipher_off += (uint32_t)res;
+		head_done = s->cipher_off == s->cipher_len;
 	} else {
+		head_done = (size_t)res >= outq_head_bytes(&c->out);
 		plaintext_taken(w, c, (size_t)res);
 	}
 	if (!conn_has_output(c) && (c->send == NULL || c->send->cipher_off == c->send->cipher_len)) {
@@ -268,7 +278,12 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 			return;
 		}
 	} else {
-		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
+		/* Reference §5.4 bounds each write to 10 s. The outbox is written in
+		 * segments (16 KiB of frames, or one larger message): each gets 10 s from
+		 * reaching the head of the queue. Progress inside the head segment does not
+		 * move its deadline, so a peer that reads a byte a second is cut off. */
+		if (head_done)
+			c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
 		send_mark_dirty(w, c);
 	}
 	conn_timer_update(w, c);

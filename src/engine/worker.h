@@ -67,6 +67,7 @@ struct worker_stats {
 	struct tls_stats tls; /* written by this worker's TLS connections (transport/tls.h) */
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
+	uint64_t ip_cap_rejects; /* upgrades refused 503 by --max-connections-per-ip */
 	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
 	uint64_t recv_buffers; /* gauge: provided receive buffers handed to the ring so far */
 	uint64_t bytes_in;

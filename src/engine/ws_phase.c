@@ -39,6 +39,7 @@ static void queue_close_frame(struct worker *w, struct conn *c, uint16_t code, c
 	size_t n = ws_close_payload_encode(payload, code, reason, reason ? strlen(reason) : 0);
 	struct iovec iov = { .iov_base = payload, .iov_len = n };
 	if (!queue_frame(w, c, WS_OP_CLOSE, &iov, 1)) {
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}
@@ -54,7 +55,12 @@ static void close_frame_first(struct worker *w, struct conn *c, uint16_t code, c
 		return; /* first close wins */
 	if (!ws_close_code_is_sendable(code))
 		code = WS_CLOSE_INTERNAL_ERROR;
-	conn_report_end(w, c);
+	/* The application hears of the end once the counted frames queued before this
+	 * close are written (send.c), or the connection is cut, or the peer closes: like
+	 * the reference's handler, which returns after its writer delivered or failed, so a
+	 * close directive's frame that never reaches the phone is still known to it. */
+	if (c->items_pending == 0)
+		conn_report_end(w, c);
 	conn_move(c, CONN_WS_CLOSING);
 	c->ping_at_ms = c->pong_deadline_ms = 0;
 	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;
@@ -103,7 +109,10 @@ bool conn_ws_ping(struct worker *w, struct conn_ref ref, const void *payload, si
 
 void conn_ws_close(struct worker *w, struct conn_ref ref, uint16_t code, const char *reason)
 {
-	close_frame_first(w, conn_at(w, ref), code, reason);
+	struct conn *c = conn_at(w, ref);
+	if (c->state == CONN_WS_OPEN)
+		conn_note_end(c, CONN_END_CLOSED);
+	close_frame_first(w, c, code, reason);
 }
 
 /* ------------------------------------------------------------------ heartbeat */
@@ -113,7 +122,41 @@ void conn_heartbeat_start(struct worker *w, struct conn_ref ref)
 	struct conn *c = conn_at(w, ref);
 	if (c->state != CONN_WS_OPEN)
 		return;
+	if (c->recv_paused) {
+		c->hb_suspended = true; /* starts when reading resumes */
+		c->hb_awaiting = false;
+		return;
+	}
 	c->ping_at_ms = w->now_ms + w->cfg->heartbeat_interval_ms;
+	conn_timer_update(w, c);
+}
+
+/* A connection whose reading is paused (its binary is backed up) cannot have its pong
+ * read: it is not pinged, and a ping it was sent waits with its deadline. */
+void ws_phase_heartbeat_suspend(struct worker *w, struct conn *c)
+{
+	if (c->ping_at_ms == 0 && c->pong_deadline_ms == 0)
+		return; /* no heartbeat running */
+	c->hb_suspended = true;
+	c->hb_awaiting = c->pong_deadline_ms != 0;
+	c->ping_at_ms = c->pong_deadline_ms = 0;
+	conn_timer_update(w, c);
+}
+
+/* Reading resumes: an unanswered ping gets a whole timeout from now (its pong is read
+ * now, behind what waited in the socket); otherwise the next ping is an interval away. */
+void ws_phase_heartbeat_resume(struct worker *w, struct conn *c)
+{
+	if (!c->hb_suspended)
+		return;
+	c->hb_suspended = false;
+	if (c->state != CONN_WS_OPEN)
+		return;
+	if (c->hb_awaiting)
+		c->pong_deadline_ms = w->now_ms + w->cfg->heartbeat_timeout_ms;
+	else
+		c->ping_at_ms = w->now_ms + w->cfg->heartbeat_interval_ms;
+	c->hb_awaiting = false;
 	conn_timer_update(w, c);
 }
 
@@ -129,6 +172,7 @@ void ws_phase_heartbeat_due(struct worker *w, struct conn *c)
 	uint64_t now = w->now_ms;
 	if (c->pong_deadline_ms && now >= c->pong_deadline_ms) {
 		c->pong_deadline_ms = 0;
+		conn_note_end(c, CONN_END_HEARTBEAT);
 		close_frame_first(w, c, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 		return;
 	}
@@ -141,6 +185,7 @@ void ws_phase_heartbeat_due(struct worker *w, struct conn *c)
 		c->ping_sent_ms = now;
 		c->pong_deadline_ms = now + w->cfg->heartbeat_timeout_ms;
 	} else {
+		conn_note_end(c, CONN_END_HEARTBEAT);
 		close_frame_first(w, c, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 	}
 }
@@ -155,6 +200,8 @@ static void heartbeat_pong(struct worker *w, struct conn *c, struct span payload
 		return;
 	c->pong_deadline_ms = 0;
 	uint64_t next = c->ping_sent_ms + w->cfg->heartbeat_interval_ms;
+	/* after a pause the ping may be old: the next one an interval after its pong at most */
+	next = MIN(next, w->now_ms + w->cfg->heartbeat_interval_ms);
 	c->ping_at_ms = next > w->now_ms ? next : w->now_ms + 1;
 	conn_timer_update(w, c);
 }
@@ -219,6 +266,7 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 			break;
 		case WS_EV_NEED_SPACE:
 			if (!grow_asm(w, r, ev.need)) {
+				conn_note_end(c, CONN_END_NO_MEMORY);
 				close_frame_first(w, c, WS_CLOSE_INTERNAL_ERROR, "");
 				conn_drain(w, c);
 				return;
@@ -227,8 +275,10 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 		case WS_EV_PING:
 			if (c->state == CONN_WS_OPEN) {
 				struct iovec iov = { .iov_base = (void *)ev.data.ptr, .iov_len = ev.data.len };
-				if (!queue_frame(w, c, WS_OP_PONG, &iov, 1))
+				if (!queue_frame(w, c, WS_OP_PONG, &iov, 1)) {
+					conn_note_end(c, CONN_END_NO_MEMORY);
 					conn_kill(w, c);
+				}
 			}
 			break;
 		case WS_EV_PONG:
@@ -237,9 +287,11 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 				w->hooks->pong(w->app, conn_ref_of(c), ev.data);
 			break;
 		case WS_EV_CLOSE:
+			conn_note_end(c, CONN_END_PEER_CLOSE);
 			close_and_drain(w, c, ev.close_code, true);
 			return;
 		case WS_EV_ERROR:
+			conn_note_end(c, CONN_END_PROTOCOL);
 			close_and_drain(w, c, ev.close_code, false);
 			return;
 		}
@@ -277,6 +329,7 @@ void ws_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 	struct ws_reader *held = bufpool_get(&w->pool, sizeof *held, &cap);
 	if (held == NULL) {
 		conn_put_asm_buf(w, r);
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}
@@ -293,6 +346,7 @@ void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u)
 	char buf[HTTP_RESPONSE_BYTES_MAX];
 	size_t n = http_write_switching(buf, sizeof buf, u->accept);
 	if (!send_queue_bytes(w, c, buf, n)) {
+		conn_note_end(c, CONN_END_NO_MEMORY);
 		conn_kill(w, c);
 		return;
 	}

@@ -106,23 +106,30 @@ static const struct canned canned[] = {
 				      "505 HTTP Version Not Supported" },
 };
 
-size_t http_write_canned(char *out, size_t cap, enum http_canned which, bool close)
+bool http_request_is_head(const struct http_request *req)
+{
+	return span_eq_cstr(req->method, "HEAD");
+}
+
+unsigned http_resp_flags_for(const struct http_request *req, bool close)
+{
+	return (close ? HTTP_RESP_CLOSE : 0u) | (http_request_is_head(req) ? HTTP_RESP_HEAD : 0u);
+}
+
+size_t http_write_canned(char *out, size_t cap, enum http_canned which, unsigned flags)
 {
 	ASSERT((size_t)which < ARRAY_LEN(canned));
 	const struct canned *c = &canned[which];
-	int n;
-	if (c->body == NULL) {
-		n = snprintf(out, cap, "HTTP/1.1 %s\r\n%s%sContent-Length: 0\r\n\r\n", c->status, c->headers,
-			     close ? "Connection: close\r\n" : "");
-	} else {
-		n = snprintf(out, cap, "HTTP/1.1 %s\r\n%s%sContent-Length: %zu\r\n\r\n%s", c->status, c->headers,
-			     close ? "Connection: close\r\n" : "", strlen(c->body), c->body);
-	}
+	const char *body = c->body ? c->body : "";
+	/* HEAD: Content-Length as for GET (Go's server does the same), no body. */
+	int n = snprintf(out, cap, "HTTP/1.1 %s\r\n%s%sContent-Length: %zu\r\n\r\n%s", c->status, c->headers,
+			 (flags & HTTP_RESP_CLOSE) ? "Connection: close\r\n" : "", strlen(body),
+			 (flags & HTTP_RESP_HEAD) ? "" : body);
 	ASSERT(n > 0 && (size_t)n < cap);
 	return (size_t)n;
 }
 
-size_t http_write_healthz(char *out, size_t cap, const struct healthz *h, bool close)
+size_t http_write_healthz(char *out, size_t cap, const struct healthz *h, unsigned flags)
 {
 	char body[256];
 	/* The version is a build-time constant of safe characters, never request data. */
@@ -135,7 +142,8 @@ size_t http_write_healthz(char *out, size_t cap, const struct healthz *h, bool c
 	int n = snprintf(out, cap,
 			 "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
 			 "Content-Type: application/json; charset=utf-8\r\n%sContent-Length: %d\r\n\r\n%s",
-			 close ? "Connection: close\r\n" : "", blen, body);
+			 (flags & HTTP_RESP_CLOSE) ? "Connection: close\r\n" : "", blen,
+			 (flags & HTTP_RESP_HEAD) ? "" : body);
 	ASSERT(n > 0 && (size_t)n < cap);
 	return (size_t)n;
 }

@@ -61,7 +61,19 @@ enum http_canned {
 	HTTP_CANNED_BAD_VERSION,      /* 505 */
 };
 
-size_t http_write_canned(char *out, size_t cap, enum http_canned which, bool close);
+/* How a response is written (bits). */
+enum http_resp_flags {
+	HTTP_RESP_CLOSE = 1u << 0, /* "Connection: close": the last response on the connection */
+	HTTP_RESP_HEAD = 1u << 1,  /* answering HEAD: the headers a GET gets (Content-Length
+				    * included), no body */
+};
+
+/* The request is a HEAD (its response carries no body, RFC 9110 §9.3.2). */
+bool http_request_is_head(const struct http_request *req);
+/* HTTP_RESP_CLOSE if close, plus HTTP_RESP_HEAD if req is a HEAD. */
+unsigned http_resp_flags_for(const struct http_request *req, bool close);
+
+size_t http_write_canned(char *out, size_t cap, enum http_canned which, unsigned flags);
 
 struct healthz {
 	const char *version;
@@ -70,8 +82,8 @@ struct healthz {
 	uint64_t uptime_seconds;
 };
 
-/* 200 with the reference §8.1 body and headers. */
-size_t http_write_healthz(char *out, size_t cap, const struct healthz *h, bool close);
+/* 200 with the reference §8.1 body and headers (flags: enum http_resp_flags). */
+size_t http_write_healthz(char *out, size_t cap, const struct healthz *h, unsigned flags);
 
 /* 101 Switching Protocols for an accepted WebSocket upgrade. */
 size_t http_write_switching(char *out, size_t cap, const char accept[WS_ACCEPT_KEY_LEN + 1]);

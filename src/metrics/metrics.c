@@ -63,6 +63,7 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 	SUM(t->accepts, e->accepts);
 	SUM(t->accept_pool_full, e->accept_pool_full);
 	SUM(t->accept_errors, e->accept_errors);
+	SUM(t->ip_cap_rejects, e->ip_cap_rejects);
 	SUM(t->bytes_in, e->bytes_in);
 	SUM(t->bytes_out, e->bytes_out);
 	SUM(t->sends, e->sends);
@@ -258,6 +259,10 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 	labelled(o, "pyrycode_relay_handoff_failures_total",
 		 "Upgrades that could not be handed to their server-id's worker (the connection was closed), by reason.",
 		 PROM_COUNTER, "reason", handoff_failure_names, e->handoff_failures + 1, HANDOFF_RESULT_COUNT - 1);
+
+	scalar(o, "pyrycode_relay_ip_cap_rejects_total",
+	       "Upgrades refused 503 because their client IP held --max-connections-per-ip WebSocket connections.",
+	       PROM_COUNTER, (double)e->ip_cap_rejects);
 
 	scalar(o, "pyrycode_relay_outbox_bytes", "Bytes queued for sending on client sockets, not yet written.",
 	       PROM_GAUGE, (double)e->outbox_bytes);

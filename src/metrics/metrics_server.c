@@ -262,10 +262,11 @@ static bool set_response(struct mconn *c, const char *head, size_t head_len, con
 	return true;
 }
 
-static bool respond_canned(struct mconn *c, enum http_canned which)
+static bool respond_canned(struct mconn *c, enum http_canned which, bool head_only)
 {
 	char buf[HTTP_RESPONSE_BYTES_MAX];
-	size_t n = http_write_canned(buf, sizeof buf, which, c->close_after);
+	unsigned flags = (c->close_after ? HTTP_RESP_CLOSE : 0u) | (head_only ? HTTP_RESP_HEAD : 0u);
+	size_t n = http_write_canned(buf, sizeof buf, which, flags);
 	return set_response(c, buf, n, NULL, 0);
 }
 
@@ -294,7 +295,7 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 				 "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
 				 "Connection: close\r\nContent-Length: %zu\r\n\r\n",
 				 sizeof msg - 1);
-		return set_response(c, head, (size_t)n, msg, sizeof msg - 1);
+		return set_response(c, head, (size_t)n, msg, head_only ? 0 : sizeof msg - 1);
 	}
 	int n = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: " PROM_CONTENT_TYPE "\r\n%sContent-Length: %zu\r\n\r\n",
 			 c->close_after ? "Connection: close\r\n" : "", o.len);
@@ -318,14 +319,15 @@ static void serve(struct metrics_server *m, struct mconn *c, uint32_t idx)
 	bool ok;
 	if (st == HTTP_HEAD_REFUSED) {
 		c->close_after = true;
-		ok = respond_canned(c, refusal);
+		ok = respond_canned(c, refusal, false);
 		c->req_len = 0;
 	} else {
 		c->close_after = http_head_closes(&req, ++c->requests, m->stopping);
+		bool head_only = http_request_is_head(&req); /* every answer: headers only */
 		if (span_eq_cstr(req.path, "/metrics"))
-			ok = respond_metrics(m, c, span_eq_cstr(req.method, "HEAD"));
+			ok = respond_metrics(m, c, head_only);
 		else
-			ok = respond_canned(c, HTTP_CANNED_NOT_FOUND);
+			ok = respond_canned(c, HTTP_CANNED_NOT_FOUND, head_only);
 		/* Keep pipelined bytes for the next round (none when a body makes us close). */
 		c->req_len = c->close_after ? 0 : http_head_consume(c->req, c->req_len, req.head_bytes);
 	}

@@ -107,7 +107,10 @@ static inline uint32_t ratelimit_count(const struct ratelimit *rl)
  * The key under --trust-x-forwarded-for: the left-most comma-separated entry of the
  * X-Forwarded-For value, with ASCII whitespace (Go's TrimSpace set: SP HT LF VT FF CR)
  * trimmed; not canonicalised. *out points into header_value. False when that entry is
- * empty, and then the caller keys on the remote address instead.
+ * empty, and then the caller keys on the remote address instead: the Go relay's
+ * ClientIP falls back the same way (its test
+ * XFF_Enabled_WhitespaceOnlyFirstEntry_FallsBackToRemoteAddr), so an empty left-most
+ * entry is not an empty key and is not refused as one.
  */
 bool ratelimit_key_from_xff(struct span header_value, struct span *out);
 

@@ -9,6 +9,7 @@
 #include "relay/shard.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -32,7 +33,8 @@ static void count_reject(struct relay_shard *s, enum relay_endpoint ep, enum rel
 
 /* §1.7 step 7: the per-IP rate limit (429). The connection cap (step 8) is the
  * engine's. */
-static int on_admit(void *app, struct conn_ref c, enum http_route route, const struct http_request *req)
+static int on_admit(void *app, struct conn_ref c, enum http_route route, const struct http_request *req,
+		    uint64_t *client_key)
 {
 	struct relay_shard *s = app;
 	char ip[INET6_ADDRSTRLEN + 8];
@@ -44,8 +46,11 @@ static int on_admit(void *app, struct conn_ref c, enum http_route route, const s
 		if (ratelimit_key_from_xff(xff, &left))
 			key = left;
 	}
-	if (relay_shared_allow(s->shared, key, worker_now_ms(s->w)))
+	if (relay_shared_allow(s->shared, key, worker_now_ms(s->w))) {
+		/* --max-connections-per-ip counts the client under the same key */
+		*client_key = worker_client_key(s->w, key);
 		return -1;
+	}
 	char quoted[RATE_LIMIT_KEY_QUOTED_BYTES];
 	int n = snprintf(quoted, sizeof quoted, "\"%.*s\"", (int)MIN(key.len, (size_t)RATE_LIMIT_KEY_LOGGED_MAX),
 			 (const char *)key.ptr);
@@ -128,6 +133,32 @@ static void install_binary(struct relay_shard *s, struct relay_slot *sl, struct 
 	conn_heartbeat_start(s->w, c);
 }
 
+/* c waits for the probe of sl's incumbent (§2.2); its version is kept for the
+ * server_claimed line a takeover logs (on no memory, that line's version is empty). */
+static void claimant_set(struct relay_shard *s, struct relay_slot *sl, struct conn_ref c, struct span version)
+{
+	ASSERT(sl->claimant == RELAY_NO_CONN && sl->claimant_version == NULL);
+	sl->claimant = c.idx;
+	rc_of(s, c)->role = RELAY_ROLE_CLAIMANT;
+	size_t n = MIN(version.len, (size_t)LOG_VALUE_BYTES_MAX + 1);
+	sl->claimant_version = n ? malloc(n) : NULL;
+	if (sl->claimant_version != NULL) {
+		memcpy(sl->claimant_version, version.ptr, n);
+		sl->claimant_version_len = (uint32_t)n;
+	}
+	worker_schedule(s->w, &sl->probe, worker_now_ms(s->w) + s->cfg->conflict_probe_timeout_ms);
+}
+
+/* The probe is over (takeover, live incumbent, or the claimant left). */
+static void claimant_clear(struct relay_shard *s, struct relay_slot *sl)
+{
+	sl->claimant = RELAY_NO_CONN;
+	worker_cancel_timer(s->w, &sl->probe);
+	free(sl->claimant_version);
+	sl->claimant_version = NULL;
+	sl->claimant_version_len = 0;
+}
+
 static void open_binary(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
 {
 	struct relay_conn *rc = rc_of(s, c);
@@ -162,17 +193,17 @@ static void open_binary(struct relay_shard *s, struct conn_ref c, const struct u
 		conn_ws_close(s->w, c, RELAY_CLOSE_ID_CONFLICT, "server-id already claimed");
 		return;
 	}
-	sl->claimant = c.idx;
-	rc->role = RELAY_ROLE_CLAIMANT;
-	worker_schedule(s->w, &sl->probe, worker_now_ms(s->w) + s->cfg->conflict_probe_timeout_ms);
+	claimant_set(s, sl, c, upgraded_version(u));
 }
 
 static void takeover(struct relay_shard *s, struct relay_slot *sl)
 {
 	ASSERT(sl->claimant != RELAY_NO_CONN);
 	struct conn_ref c = ref_at(s, sl->claimant);
-	sl->claimant = RELAY_NO_CONN;
-	worker_cancel_timer(s->w, &sl->probe);
+	uint8_t *version = sl->claimant_version;
+	uint32_t version_len = sl->claimant_version_len;
+	sl->claimant_version = NULL; /* ours until logged */
+	claimant_clear(s, sl);
 	if (sl->binary != RELAY_NO_CONN) {
 		struct conn_ref old = ref_at(s, sl->binary);
 		detach(rc_of(s, old));
@@ -184,8 +215,9 @@ static void takeover(struct relay_shard *s, struct relay_slot *sl)
 	char ip[INET6_ADDRSTRLEN];
 	conn_remote_ip(s->w, c, ip, sizeof ip);
 	LOG_INFO("server_id_takeover", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
-	LOG_INFO("server_claimed", KV_SPAN("server_id", slot_id(sl)), KV_STR("binary_version", ""),
-		 KV_STR("remote", ip));
+	/* §2.2 step 5: the claimant's own version, as on an uncontested claim */
+	log_claimed(s, c, sl, span_make(version, version ? version_len : 0));
+	free(version);
 }
 
 static void open_phone(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
@@ -275,6 +307,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
 		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "phone frame is not valid JSON"));
+		rc->flags |= RELAY_F_FORWARDER_ENDED;
 		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
@@ -282,6 +315,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		STAT_INC(s->stats.dropped[RELAY_DROP_NO_BINARY]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary connection closed"));
+		rc->flags |= RELAY_F_FORWARDER_ENDED;
 		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
@@ -301,6 +335,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary outbox refused the frame"));
+		rc->flags |= RELAY_F_FORWARDER_ENDED;
 		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
 		return;
 	}
@@ -391,6 +426,9 @@ static void binary_message(struct relay_shard *s, struct conn_ref c, struct span
 		}
 	}
 	if (directive) {
+		prc->directive_code = code;
+		if (env.has_frame)
+			prc->flags |= RELAY_F_DIRECTIVE_FRAME;
 		/* Queued after the frame: FIFO makes it take effect after every earlier frame. */
 		conn_ws_close(s->w, p, code, "");
 		LOG_INFO("binary_forwarder_phone_closed", KV_SPAN("server_id", slot_id(sl)),
@@ -420,14 +458,31 @@ static void on_pong(void *app, struct conn_ref c, struct span payload)
 		return;
 	/* The incumbent is alive: the claimant loses (§2.2). */
 	struct conn_ref claimant = ref_at(s, sl->claimant);
-	sl->claimant = RELAY_NO_CONN;
-	worker_cancel_timer(s->w, &sl->probe);
+	claimant_clear(s, sl);
 	detach(rc_of(s, claimant));
 	char ip[INET6_ADDRSTRLEN];
 	conn_remote_ip(s->w, claimant, ip, sizeof ip);
 	count_reject(s, RELAY_EP_SERVER, RELAY_OUT_REJECT_409, RELAY_FAIL_SERVER_IN_USE);
 	LOG_INFO("server_id_conflict", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
 	conn_ws_close(s->w, claimant, RELAY_CLOSE_ID_CONFLICT, "server-id already claimed");
+}
+
+/* §5.7: a write to a phone that fails (here: the head of its outbox was not written
+ * within 10 s, §5.4) closes it 1011 "phone write failed"; that close frame goes out
+ * after what is already queued if the phone takes it within the close handshake's
+ * 5 s. Any other connection is cut, as the reference's WebSocket library cuts a
+ * connection whose write timed out (a binary then gets its grace period). */
+static void on_write_timeout(void *app, struct conn_ref c)
+{
+	struct relay_shard *s = app;
+	struct relay_conn *rc = rc_of(s, c);
+	if (rc->role != RELAY_ROLE_PHONE) {
+		conn_abort(s->w, c);
+		return;
+	}
+	LOG_INFO("binary_forwarder_phone_send_failed", KV_SPAN("server_id", slot_id(rc->slot)),
+		 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", conn_end_cause_text(CONN_END_WRITE_TIMEOUT)));
+	conn_ws_close(s->w, c, WS_CLOSE_INTERNAL_ERROR, "phone write failed");
 }
 
 static void on_items_written(void *app, struct conn_ref c, uint32_t n)
@@ -470,10 +525,21 @@ static void send_close_notice(struct relay_shard *s, struct relay_conn *rc, uint
 		bufpool_put(pool, buf, cap);
 }
 
-static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_close_code)
+static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why)
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
+	/* §3.2 step 1: the phone's reading ended, unless the forwarder ended it itself
+	 * (invalid JSON, no binary to send to) and logged that instead. */
+	/* §5.7: the directive's frame never reached the phone (it did not take what was
+	 * queued before the connection ended): the writer's failure line. */
+	if ((rc->flags & RELAY_F_DIRECTIVE_FRAME) && conn_queued_items(s->w, c) > 0)
+		LOG_INFO("binary_forwarder_close_frame_send_failed", KV_SPAN("server_id", slot_id(sl)),
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_UINT("close_code", rc->directive_code),
+			 KV_STR("err", "connection ended before the frame was written"));
+	if (!(rc->flags & RELAY_F_FORWARDER_ENDED))
+		LOG_INFO("phone_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
+			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", conn_end_cause_text(why)));
 	/* Unless the binary itself asked for this close; the notice carries the phone's
 	 * own close status, or 1001 when it sent none. */
 	if (!(rc->flags & RELAY_F_CLOSED_BY_BINARY) && sl->epoch == rc->epoch)
@@ -490,10 +556,14 @@ static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_cl
 	slot_maybe_free(s, sl);
 }
 
-static void binary_end(struct relay_shard *s, struct conn_ref c)
+static void binary_end(struct relay_shard *s, struct conn_ref c, enum conn_end_cause why)
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
+	char bid[BINARY_CONN_ID_BYTES_MAX];
+	/* §3.3 step 1, before the release (§2.2 step 8) */
+	LOG_INFO("binary_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
+		 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", conn_end_cause_text(why)));
 	detach(rc);
 	if (!is_conn(sl->binary, c)) {
 		slot_maybe_free(s, sl);
@@ -514,22 +584,21 @@ static void binary_end(struct relay_shard *s, struct conn_ref c)
 	LOG_INFO("server_released", KV_SPAN("server_id", slot_id(sl)));
 }
 
-static void on_end(void *app, struct conn_ref c, uint16_t peer_close_code)
+static void on_end(void *app, struct conn_ref c, uint16_t peer_close_code, enum conn_end_cause why)
 {
 	struct relay_shard *s = app;
 	struct relay_conn *rc = rc_of(s, c);
 	ASSERT(rc->gen == c.gen);
 	switch (rc->role) {
 	case RELAY_ROLE_PHONE:
-		phone_end(s, c, peer_close_code);
+		phone_end(s, c, peer_close_code, why);
 		break;
 	case RELAY_ROLE_BINARY:
-		binary_end(s, c);
+		binary_end(s, c, why);
 		break;
 	case RELAY_ROLE_CLAIMANT: {
 		struct relay_slot *sl = rc->slot;
-		sl->claimant = RELAY_NO_CONN;
-		worker_cancel_timer(s->w, &sl->probe);
+		claimant_clear(s, sl);
 		detach(rc);
 		slot_maybe_free(s, sl);
 		break;
@@ -604,6 +673,7 @@ const struct engine_hooks relay_hooks = {
 	.open = on_open,
 	.message = on_message,
 	.pong = on_pong,
+	.write_timeout = on_write_timeout,
 	.items_written = on_items_written,
 	.end = on_end,
 	.timer = on_timer,

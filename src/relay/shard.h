@@ -26,6 +26,8 @@ enum relay_role {
 enum relay_flags {
 	RELAY_F_CLOSED_BY_BINARY = 1u << 0, /* a close directive was handed to this phone */
 	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
+	RELAY_F_FORWARDER_ENDED = 1u << 2,  /* the relay ended this phone's forwarding (and said why) */
+	RELAY_F_DIRECTIVE_FRAME = 1u << 3,  /* the close directive's frame was queued (directive_code) */
 };
 
 /*
@@ -43,7 +45,10 @@ struct relay_conn {
 	uint8_t phone_index;     /* phone: position in slot->phones */
 	uint8_t flags;           /* enum relay_flags */
 	char hex[RELAY_CONN_HEX_LEN];
+	uint16_t directive_code; /* phone: the close code of the directive it was handed */
 };
+
+_Static_assert(sizeof(struct relay_conn) <= 32, "a relay cell per pool slot: keep it small");
 
 #define RELAY_NO_CONN UINT32_MAX
 
@@ -54,6 +59,11 @@ struct relay_slot {
 	uint32_t claimant; /* binary waiting for the probe of `binary`, or RELAY_NO_CONN */
 	struct tw_node grace;  /* armed while the released binary's grace runs */
 	struct tw_node probe;  /* armed while a conflict probe waits for a pong */
+	/* The claimant's X-Pyrycode-Version while it waits (malloc'd, NULL otherwise), for
+	 * its server_claimed line after a takeover: at most LOG_VALUE_BYTES_MAX + 1 bytes,
+	 * which the logger cuts exactly as it would cut the whole value. */
+	uint8_t *claimant_version;
+	uint32_t claimant_version_len;
 	uint32_t epoch;        /* bumped at every claim: identity of "the binary" */
 	bool gracing;
 	bool phones_paused;

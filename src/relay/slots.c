@@ -125,6 +125,7 @@ void slot_maybe_free(struct relay_shard *s, struct relay_slot *sl)
 	if (sl->binary != RELAY_NO_CONN || sl->claimant != RELAY_NO_CONN || sl->gracing || sl->nphones ||
 	    tw_node_scheduled(&sl->grace) || tw_node_scheduled(&sl->probe))
 		return;
+	ASSERT(sl->claimant_version == NULL);
 	struct relay_slot **pp = &s->buckets[sl->hash & (s->nbuckets - 1)];
 	while (*pp != sl)
 		pp = &(*pp)->hnext;
@@ -198,6 +199,7 @@ void shard_destroy(void *app)
 		struct relay_slot *sl = s->buckets[i];
 		while (sl) {
 			struct relay_slot *next = sl->hnext;
+			free(sl->claimant_version);
 			free(sl);
 			sl = next;
 		}

@@ -381,10 +381,26 @@ class RawConn:
     """
 
     def __init__(self, host: str, port: int, timeout: float = 5.0, nodelay: bool = True,
-                 source: Optional[str] = None, tls: Optional[ssl.SSLContext] = None):
+                 source: Optional[str] = None, rcvbuf: Optional[int] = None, mss: Optional[int] = None,
+                 tls: Optional[ssl.SSLContext] = None):
+        """rcvbuf / mss: SO_RCVBUF / TCP_MAXSEG set before connecting, so the relay sees a
+        small window and keeps what the test does not read in its own outbox (a slow
+        reader), instead of in loopback's megabytes of socket buffers. tls: speak TLS
+        over the connection (the handshake happens here, bounded by timeout)."""
         self.host, self.port, self.timeout = host, port, timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+        if rcvbuf is None and mss is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout,
+                                                 source_address=(source, 0) if source else None)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if mss is not None:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+            if source:
+                self.sock.bind((source, 0))
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:  # the handshake happens here, bounded by timeout
@@ -801,8 +817,8 @@ class Relay:
     (full argv after the binary), env, proc (Popen), returncode (None while running)."""
 
     def __init__(self, binary: str, args: list, env: dict, host: str, port: int,
-                 metrics_port: Optional[int]):
-        self.binary, self.args, self.env = binary, args, env
+                 metrics_port: Optional[int], wrapper: Sequence[str] = ()):
+        self.binary, self.args, self.env, self.wrapper = binary, args, env, list(wrapper)
         self.host, self.port, self.metrics_port = host, port, metrics_port
         self.proc: Optional[subprocess.Popen] = None
         self._lines: list = []
@@ -817,7 +833,7 @@ class Relay:
 
     # -- lifecycle
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen([str(RUN_UNPRIVILEGED), self.binary, *self.args], env=self.env,
+        self.proc = subprocess.Popen([str(RUN_UNPRIVILEGED), *self.wrapper, self.binary, *self.args], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, cwd="/")
         self.started_at = time.monotonic()
@@ -1067,15 +1083,20 @@ class RelayFactory:
     def start(self, args: Sequence[str] = (), env: Optional[Mapping[str, Optional[str]]] = None,
               host: str = "127.0.0.1", metrics: bool = False, ready_timeout: float = READY_TIMEOUT_S,
               expect_exit_code: Optional[int] = 0, inherit_env: bool = False,
-              tls: Optional[bool] = None) -> Relay:
+              wrapper: Sequence[str] = (), tls: Optional[bool] = None) -> Relay:
         """Start `RELAY_BIN --insecure-listen host:<free port> --metrics-listen=[127.0.0.1:<free port>]
         <args>` through tools/run-unprivileged.sh and wait for /healthz.
 
+        host: "" listens on every address (`:PORT`); the test then connects over 127.0.0.1.
+        wrapper: a command the relay runs under (e.g. ["prlimit", "--nofile=256:4096"]).
         expect_exit_code: what teardown asserts after SIGTERM (None: do not check).
         tls: None follows RELAY_TLS (the whole suite over TLS); False keeps this relay
         plaintext (a test of something TLS has no part in: a proxy in front, zero-copy).
         A bind race on the chosen port (exit before ready with code 1) is retried."""
         last: Optional[RelayExited] = None
+        # host "" listens on every address (":PORT", an IPv6 socket taking IPv4 too); the
+        # test connects to it over IPv4 loopback.
+        connect_host = host or "127.0.0.1"
         workers = os.environ.get("RELAY_WORKERS")
         if workers and not any(a == "--workers" or a.startswith("--workers=") for a in args):
             args = ["--workers", workers, *args]  # the whole suite runs with N workers
@@ -1087,11 +1108,11 @@ class RelayFactory:
         elif any(a.startswith("--tls-cert") for a in args):
             listen_flag = "--https-listen"
         for _attempt in range(5):
-            port = free_port(host)
+            port = free_port(host or "0.0.0.0")
             mport = free_port("127.0.0.1") if metrics else None
             argv = [listen_flag, f"{host}:{port}",
                     f"--metrics-listen={'127.0.0.1:%d' % mport if mport else ''}", *args]
-            r = Relay(self.binary, argv, relay_env(env, inherit_env), host, port, mport)
+            r = Relay(self.binary, argv, relay_env(env, inherit_env), connect_host, port, mport, wrapper)
             r.expect_exit_code = expect_exit_code
             self.relays.append(r)
             r._spawn()
@@ -1105,10 +1126,11 @@ class RelayFactory:
         raise last  # type: ignore[misc]
 
     def boot(self, args: Sequence[str], env: Optional[Mapping[str, Optional[str]]] = None,
-             timeout: float = 10.0, inherit_env: bool = False) -> BootResult:
+             timeout: float = 10.0, inherit_env: bool = False, wrapper: Sequence[str] = ()) -> BootResult:
         """Run the relay with exactly `args` (nothing added) and wait for it to exit by
-        itself, e.g. a configuration refusal. Fails if it is still running at `timeout`."""
-        proc = subprocess.Popen([str(RUN_UNPRIVILEGED), self.binary, *args], env=relay_env(env, inherit_env),
+        itself, e.g. a configuration refusal. Fails if it is still running at `timeout`.
+        wrapper: a command the relay runs under, e.g. ["prlimit", "--nofile=8:8"]."""
+        proc = subprocess.Popen([str(RUN_UNPRIVILEGED), *wrapper, self.binary, *args], env=relay_env(env, inherit_env),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         try:
             out, err = proc.communicate(timeout=timeout)

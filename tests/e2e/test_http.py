@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from relayctl import build_request
+from relayctl import build_request, build_upgrade, server_headers
 
 HEALTHZ_RE = re.compile(
     rb'\{"status":"ok","version":"(?:[^"\\\x00-\x1f]|\\.)*","connected_binaries":0,'
@@ -78,6 +78,41 @@ def test_pipelined_requests_answered_in_order(relay):
     check_healthz(c.read_http_response())
     check_404(c.read_http_response())
     check_healthz(c.read_http_response())
+
+
+# HEAD (RFC 9110 §9.3.2, Go's server): the headers a GET gets, Content-Length included,
+# and no body, so the next pipelined request's answer starts right after the head.
+HEAD_TARGETS = {
+    "healthz": ("/healthz", None),
+    "not-found": ("/nope", None),
+    "upgrade-without-headers": ("/v1/server", None),  # header gate: 400, kept alive
+}
+
+
+@pytest.mark.parametrize("case", list(HEAD_TARGETS))
+def test_head_gets_headers_only_and_keeps_pipelined_framing(relay, case):
+    target, headers = HEAD_TARGETS[case]
+    c = relay.connect()
+    c.send(build_request("GET", target, headers) + build_request("HEAD", target, headers)
+           + build_request("GET", "/healthz"))
+    got = c.read_http_response()
+    head = c.read_http_response(head_only=True)
+    assert head.status == got.status, (head, got)
+    for name in ("Content-Type", "Content-Length", "Cache-Control", "X-Content-Type-Options", "Connection"):
+        assert head.header(name) == got.header(name), (name, head, got)
+    assert int(head.header("Content-Length")) == len(got.body) > 0
+    # no body after the HEAD answer: the next bytes are the next response
+    check_healthz(c.read_http_response())
+    assert c.is_open(0.1)
+
+
+def test_head_on_upgrade_endpoint_405_without_body(relay, server_id):
+    c = relay.connect()
+    c.send(build_upgrade("/v1/server", server_headers(server_id), method="HEAD"))
+    head = c.read_http_response(head_only=True)
+    assert head.status == 405 and head.header("Connection") == "close", head
+    assert int(head.header("Content-Length")) > 0
+    c.wait_closed(3)  # fails on any byte before the close: the body
 
 
 def test_healthz_one_byte_at_a_time(relay):

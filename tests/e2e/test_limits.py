@@ -2,14 +2,16 @@
 rate limiter (§6.1), the global connection cap (§4.7) and their order (§1.7)."""
 
 import json
+import socket
 import threading
 import time
 
 import pytest
 
-from relayctl import (BACKLOG, LOCAL_IP, OP_TEXT, barrier, barrier_skipping_notices, build_frame, build_upgrade,
-                      claim, client_headers, close_and_wait, directive, expect_close, merge_headers, read_notice,
-                      read_text, read_wrapped, register, route, server_headers, unique_id, wait_until)
+from relayctl import (BACKLOG, LOCAL_IP, OP_PING, OP_PONG, OP_TEXT, answer_pings_for, barrier, barrier_skipping_notices,
+                      build_frame, build_upgrade, claim, client_headers, close_and_wait, directive, expect_close,
+                      merge_headers, RawConn, read_notice, read_text, read_wrapped, register, route, server_headers,
+                      unique_id, wait_until, wrapped)
 
 # --------------------------------------------------------------------------------------
 # back-pressure
@@ -122,6 +124,176 @@ def test_stalled_phone_closed_backlog_full_sibling_keeps_receiving(relay, server
     assert relay.healthz()["connected_binaries"] == 1
 
 
+def _phone_pauses(relay) -> int:
+    for line in relay.metrics_text().splitlines():
+        if line.startswith("pyrycode_relay_phone_pauses_total"):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no pyrycode_relay_phone_pauses_total in the scrape")
+
+
+def test_phone_paused_by_back_pressure_longer_than_heartbeat_timeout_stays(relay_factory, server_id):
+    """A phone whose reading is paused because its binary is backed up cannot have its
+    pongs read: the heartbeat is suspended while it is paused and resumes after, so a
+    pause longer than the heartbeat timeout does not close a live phone as dead."""
+    interval, timeout = 5.0, 1.0
+    relay = relay_factory.start(metrics=True, args=["--rate-limit-burst", "0", "--heartbeat-interval", "5s",
+                                                    "--heartbeat-timeout", "1s"])
+    mark = relay.log_mark()
+    t_claim = time.monotonic()
+    # a binary with a small window, so what it does not read stays in the relay's outbox
+    b = relay.ws("/v1/server", server_headers(server_id), rcvbuf=65536, mss=1400)
+    relay.wait_log("server_claimed", since=mark, server_id=server_id)
+    time.sleep(max(0.0, t_claim + interval / 2 - time.monotonic()))
+    t_reg = time.monotonic()  # the phones' pings fall half an interval after the binary's
+    pusher, pcid = register(relay, server_id)
+    watched, wcid = register(relay, server_id)
+    ping = b.read_frame(timeout=interval + 2)  # the binary's first heartbeat ping
+    assert ping.opcode == OP_PING, ping
+    b.send_frame(OP_PONG, ping.payload)
+    t_ping = time.monotonic()
+    # the pusher fills the binary's outbox past its high-water mark (4 MiB): every phone
+    # of the server-id is paused, and stays paused while the binary does not read
+    frame = b'"' + b"p" * (200 * 1024) + b'"'
+    pusher.send_in_background(build_frame(OP_TEXT, frame) * 30, timeout=30)
+    wait_until(lambda: _phone_pauses(relay) >= 1, 3, what="the phones' pause")
+    due = t_reg + interval  # the watched phone's first ping would be due here
+    assert time.monotonic() < due - 0.3, "too slow to test: paused after the phone's ping was due"
+    # hold the pause past that ping's pong deadline; a ping that came would be answered
+    answer_pings_for(watched, due + timeout + 0.8 - time.monotonic())
+    assert time.monotonic() < t_ping + interval, "too slow to test: the binary's next ping is due"
+    # the binary reads again: the phones resume and the watched one is still there
+    got = []
+    while True:
+        f = b.read_frame(timeout=5)
+        if f.opcode == OP_PING:
+            b.send_frame(OP_PONG, f.payload)
+            continue
+        got.append(f.payload)
+        if len(got) == 1:
+            watched.send_json({"alive": 1})
+        if wcid.encode() in f.payload:
+            break
+    assert f.payload == wrapped(wcid, b'{"alive":1}'), f.payload[:200]
+    assert all(g == wrapped(pcid, frame) for g in got[:-1])
+    route(b, wcid, b'"still-here"')
+    assert read_text(watched) == b'"still-here"'
+    # its heartbeat runs again (the binary keeps reading the pusher's rest meanwhile)
+    stop = threading.Event()
+
+    def binary_reads():
+        while not stop.is_set():
+            try:
+                f = b.read_frame(timeout=0.5)
+            except TimeoutError:
+                continue
+            if f.opcode == OP_PING:
+                b.send_frame(OP_PONG, f.payload)
+
+    t = threading.Thread(target=binary_reads, daemon=True)
+    t.start()
+    try:
+        assert answer_pings_for(watched, interval + timeout + 0.5) >= 1
+    finally:
+        stop.set()
+        t.join(3)
+    assert not relay.find_logs("phone_forwarder_read_end", since=mark, conn_id=wcid)
+    assert not relay.find_logs("binary_forwarder_read_end", since=mark)
+
+
+def _small_window_phone(relay, server_id):
+    """A phone whose socket advertises a tiny window (4 KiB receive buffer, 536-byte
+    segments), so what it does not read stays in the relay's outbox rather than in
+    loopback's megabytes of socket buffers. Returns (phone, conn_id)."""
+    mark = relay.log_mark()
+    p = relay.ws("/v1/client", client_headers(server_id), rcvbuf=4096, mss=536)
+    return p, relay.wait_log("phone_registered", since=mark, server_id=server_id)["conn_id"]
+
+
+def _route_many(b, cid, n, size):
+    head = b'{"conn_id":' + json.dumps(cid).encode() + b',"frame":'
+    frames = [b'"%04d' % i + b"s" * size + b'"' for i in range(n)]
+    b.send(b"".join(build_frame(OP_TEXT, head + f + b"}") for f in frames), timeout=15)
+    return frames
+
+
+def test_slow_reading_phone_cut_by_write_deadline_with_1011(relay_factory, server_id):
+    """§5.4: each write to a phone has 10 s. A phone that keeps reading, but a few hundred
+    bytes a second, does not get its outbox's head segment written within 10 s: it is
+    closed 1011 "phone write failed" (§5.7), the close frame going out after what was
+    queued, so a phone that catches up sees it; its sibling is untouched."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    slow, scid = _small_window_phone(relay, server_id)
+    sib, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    frames = _route_many(b, scid, 300, 2000)  # 600 KB: well inside the 4 MiB budget
+    route(b, cid, b'"sib-before"')
+    assert read_text(sib) == b'"sib-before"'
+    t0 = time.monotonic()
+    got = bytearray()
+    while not relay.find_logs("binary_forwarder_phone_send_failed", since=mark, conn_id=scid):
+        assert time.monotonic() - t0 < 30, "a phone reading 1.25 KB/s was never cut off"
+        slow.sock.settimeout(0.2)
+        try:
+            chunk = slow.sock.recv(256)  # "very slowly": 256 bytes every 0.2 s
+        except socket.timeout:
+            chunk = b""
+        assert chunk or not slow.eof, "closed before the write deadline was logged"
+        got += chunk
+        time.sleep(0.2)
+    took = time.monotonic() - t0
+    assert took >= 8, f"cut after {took:.1f}s: the write deadline is 10 s"
+    rec = relay.find_logs("binary_forwarder_phone_send_failed", since=mark, conn_id=scid)[0]
+    assert rec["err"] == "write deadline exceeded" and rec["server_id"] == server_id, rec
+    # it catches up now: the frames queued before the failure, in order, then the 1011
+    slow.buf[:0] = got
+    n = 0
+    while True:
+        f = slow.read_frame(timeout=5)
+        if f.opcode == 0x8:
+            break
+        if f.opcode in (0x9, 0xA):
+            continue
+        assert f.payload == frames[n], f"frame {n} damaged or out of order"
+        n += 1
+    assert (f.close_code, f.close_reason) == (1011, b"phone write failed"), f
+    slow.send_quietly(build_frame(0x8, b"\x03\xf3"))
+    slow.wait_closed(6, allow_data=True)
+    rec = relay.wait_log("phone_forwarder_read_end", since=mark, conn_id=scid)
+    assert rec["err"] == "write deadline exceeded", rec
+    # the binary and the sibling are unaffected
+    barrier_skipping_notices(b, [scid])
+    route(b, cid, b'"sib-after"')
+    assert read_text(sib) == b'"sib-after"'
+    sib.send_json({"up": 1})
+    assert read_wrapped(b) == (cid, b'{"up":1}')
+
+
+def test_close_directive_frame_not_taken_logs_close_frame_send_failed(relay_factory, server_id):
+    """§5.7: the writer that cannot deliver a close directive's frame logs
+    binary_forwarder_close_frame_send_failed with the directive's code. Here the phone
+    does not take what is queued before the directive's close within the close
+    handshake's 5 s, so it is cut with the frame unwritten."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    stuck, scid = _small_window_phone(relay, server_id)  # never reads
+    mark = relay.log_mark()
+    _route_many(b, scid, 150, 2000)
+    directive(b, scid, 4401, b'{"bye":1}')
+    rec = relay.wait_log("binary_forwarder_close_frame_send_failed", since=mark, timeout=9, conn_id=scid)
+    assert rec["close_code"] == "4401" and rec["server_id"] == server_id, rec
+    stuck.wait_closed(3, allow_data=True)
+    relay.wait_log("phone_unregistered", since=mark, conn_id=scid)
+    # a directive whose frame does get out logs no such line
+    p, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    directive(b, cid, 4402, b'{"bye":2}')
+    assert read_text(p) == b'{"bye":2}'
+    expect_close(p, (4402, b""))
+    relay.wait_log("phone_unregistered", since=mark, conn_id=cid)
+    assert not relay.find_logs("binary_forwarder_close_frame_send_failed", since=mark)
+
+
 # --------------------------------------------------------------------------------------
 # per-IP upgrade rate limit
 
@@ -227,6 +399,67 @@ def test_rate_limit_burst_0_disables_limiter(relay_factory, server_id):
     barrier(b)
 
 
+XFF_FALLS_BACK = {
+    "header-empty": "",
+    "left-most-empty": " , 203.0.113.9",
+    "left-most-blank": "   ,198.51.100.4",
+    "only-a-comma": ",",
+}
+
+
+@pytest.mark.parametrize("case", list(XFF_FALLS_BACK))
+def test_x_forwarded_for_without_a_left_most_entry_keys_on_the_socket(relay_factory, server_id, case):
+    """§6.1 with --trust-x-forwarded-for: the left-most entry, trimmed, is the key; a header
+    that yields no non-empty left-most entry falls back to the socket address, exactly as
+    the Go relay's ClientIP (its test XFF_Enabled_WhitespaceOnlyFirstEntry_FallsBackToRemoteAddr):
+    it is not an empty key, so it is not refused as one."""
+    relay = relay_factory.start(args=["--rate-limit-burst", "1", "--rate-limit-refill", "1m",
+                                      "--trust-x-forwarded-for"])
+    xff = {"X-Forwarded-For": XFF_FALLS_BACK[case]}
+    mark = relay.log_mark()
+    # the socket address's one token: the first attempt passes, the second does not
+    _attempt(relay, "/v1/server", merge_headers(server_headers(server_id), xff), 101)
+    assert relay.wait_log("server_claimed", since=mark, server_id=server_id)["remote"] == LOCAL_IP
+    _, r = _attempt(relay, "/v1/server", merge_headers(server_headers(server_id + "-2"), xff))
+    _assert_empty_error(r, 429)
+    assert relay.wait_log("rate_limited", since=mark)["remote"] == f'"{LOCAL_IP}"'
+    # a real left-most entry is its own key; the spent socket bucket does not matter
+    _attempt(relay, "/v1/server", merge_headers(server_headers(server_id + "-3"),
+                                                 {"X-Forwarded-For": " 203.0.113.7 , 10.0.0.1"}), 101)
+    _, r = _attempt(relay, "/v1/server", merge_headers(server_headers(server_id + "-4"),
+                                                        {"X-Forwarded-For": "203.0.113.7"}))
+    _assert_empty_error(r, 429)
+    assert relay.wait_log("rate_limited", since=mark, remote='"203.0.113.7"')
+
+
+def test_ipv4_client_on_all_address_listener_is_plain_ipv4(relay_factory, server_id):
+    """On `:PORT` (an IPv6 socket that takes IPv4 too) an IPv4 client is a.b.c.d, as Go
+    prints it, not ::ffff:a.b.c.d: in the logs, and as the rate-limit key, so the
+    socket's key and an X-Forwarded-For entry naming the same address share a bucket."""
+    relay = relay_factory.start(host="", args=["--rate-limit-burst", "1", "--rate-limit-refill", "1m",
+                                               "--trust-x-forwarded-for"])
+    assert relay.args[1].startswith(":"), relay.args
+    mark = relay.log_mark()
+    claim(relay, server_id)  # no X-Forwarded-For: keyed on the socket address, the only token
+    assert relay.wait_log("server_claimed", since=mark, server_id=server_id)["remote"] == LOCAL_IP
+    _, r = _attempt(relay, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 429)
+    assert relay.wait_log("rate_limited", since=mark)["remote"] == f'"{LOCAL_IP}"'
+    _, r = _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), {"X-Forwarded-For": LOCAL_IP}))
+    _assert_empty_error(r, 429)  # the same key: the same, spent bucket
+    _, r = _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), {"X-Forwarded-For": "10.9.8.7"}))
+    assert r.status == 101, r
+    assert not [rec for rec in relay.log_records(mark) if "::ffff:" in rec["_raw"]]
+    assert relay.stop() == 0  # one relay at a time: each ring counts against nobody's locked memory
+
+    capped = relay_factory.start(host="", args=["--max-connections", "1", "--rate-limit-burst", "0"])
+    mark = capped.log_mark()
+    claim(capped, server_id)  # the cap is 1: no phone fits
+    _, r = _attempt(capped, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 503)
+    assert capped.wait_log("conn_cap_reached", since=mark)["remote"] == LOCAL_IP
+
+
 # --------------------------------------------------------------------------------------
 # global connection cap
 
@@ -260,6 +493,116 @@ def test_connection_cap_503_then_slot_frees(relay_factory, server_id):
     ncid, frame = read_wrapped(b)
     assert frame == b'{"in":true}' and ncid != cid
     barrier(c)
+
+
+# Requests that pass the cap and are then answered without a WebSocket (§1.7 steps 9-10).
+NON_WEBSOCKET_ANSWERS = {
+    # header gate: 400, the connection stays open for the next request
+    "400-header-gate": (lambda sid: build_upgrade("/v1/client", {"User-Agent": "x"}), 400, True),
+    # handshake checks: 405 / 426, the relay closes after the answer (it waits for our FIN)
+    "405-method": (lambda sid: build_upgrade("/v1/server", server_headers(sid), method="POST"), 405, False),
+    "426-no-upgrade": (lambda sid: build_upgrade("/v1/server", merge_headers(server_headers(sid), {"Upgrade": None})),
+                       426, False),
+}
+
+
+@pytest.mark.parametrize("answer", list(NON_WEBSOCKET_ANSWERS))
+def test_request_answered_without_websocket_gives_its_slot_back(relay_factory, server_id, answer):
+    """§4.7: the slot is held until the handler returns. A request answered with a
+    4xx gives it back with its answer, also when the connection stays open (keep-alive,
+    or a client that never closes its end): two such connections must not make a
+    legitimate upgrade get 503 with --max-connections 2."""
+    build, status, kept_alive = NON_WEBSOCKET_ANSWERS[answer]
+    relay = relay_factory.start(args=["--max-connections", "2", "--rate-limit-burst", "0"])
+    held = []
+    for i in range(2):
+        c = relay.connect()
+        c.send(build(f"{server_id}-{i}"))
+        r = c.read_http_response()
+        assert r.status == status, r
+        if kept_alive:
+            c.send(build(f"{server_id}-{i}"))  # a second request on the same connection
+            assert c.read_http_response().status == status
+            assert c.is_open(0.05)
+        held.append(c)  # never closed by us during the test
+    b = claim(relay, server_id)  # 101 at once: neither connection holds a slot
+    p, _ = register(relay, server_id)
+    # the cap still counts the two WebSockets
+    _, r = _attempt(relay, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 503)
+    if kept_alive:
+        for c in held:  # and the kept-alive connections still serve requests
+            assert c.request("GET", "/healthz").status == 200
+    barrier(b)
+    barrier(p)
+
+
+def _metric(relay, name):
+    for line in relay.metrics_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def test_max_connections_per_ip_caps_one_address(relay_factory, server_id):
+    """--max-connections-per-ip (ours; the reference's deferred per-IP connection cap):
+    WebSockets from one client IP beyond it get 503 (after the rate limit and the
+    relay-wide cap, before the header gate), counted in
+    pyrycode_relay_ip_cap_rejects_total; another address is not affected; a slot frees
+    when one of them ends; exact across workers."""
+    relay = relay_factory.start(metrics=True, args=["--max-connections-per-ip", "3", "--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    p1, cid1 = register(relay, server_id)
+    register(relay, server_id)
+    mark = relay.log_mark()
+    for hdrs in (client_headers(server_id), {"User-Agent": "no-other-headers"}):  # before the header gate
+        _, r = _attempt(relay, "/v1/client", hdrs)
+        _assert_empty_error(r, 503)
+    rec = relay.wait_log("conn_ip_cap_reached", since=mark, path="/v1/client")
+    assert rec["level"] == "WARN" and rec["remote"] == LOCAL_IP, rec
+    assert not relay.find_logs("conn_cap_reached", since=mark)
+    assert _metric(relay, "pyrycode_relay_ip_cap_rejects_total") == 2
+    # another source address has its own count
+    other = RawConn(relay.host, relay.port, source="127.0.0.2")
+    try:
+        other.upgrade("/v1/client", client_headers(server_id))
+        barrier(other)
+    finally:
+        other.close()
+    # a slot frees when one of the address's WebSockets ends
+    close_and_wait(p1)
+    assert cid1 in (read_notice(b)[0], read_notice(b)[0])  # the other address's phone left too
+    wait_until(lambda: _attempt(relay, "/v1/client", client_headers(server_id))[1].status == 101, 3,
+               what="the freed per-IP slot")
+    assert _metric(relay, "pyrycode_relay_ip_cap_rejects_total") >= 2
+
+
+def test_max_connections_per_ip_keys_on_x_forwarded_for_when_trusted(relay_factory, server_id):
+    """Behind a trusted proxy every client arrives from the proxy's address: the per-IP
+    count uses the rate limiter's key, the left-most X-Forwarded-For entry."""
+    relay = relay_factory.start(args=["--max-connections-per-ip", "2", "--rate-limit-burst", "0",
+                                      "--trust-x-forwarded-for"])
+    xff = lambda ip: {"X-Forwarded-For": f"{ip}, 127.0.0.1"}  # noqa: E731
+    _attempt(relay, "/v1/server", merge_headers(server_headers(server_id), xff("198.51.100.1")), 101)
+    _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), xff("198.51.100.1")), 101)
+    _, r = _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), xff("198.51.100.1")))
+    _assert_empty_error(r, 503)
+    assert relay.wait_log("conn_ip_cap_reached")["remote"] == LOCAL_IP  # the socket's, as conn_cap_reached
+    for _ in range(2):
+        _attempt(relay, "/v1/client", merge_headers(client_headers(server_id), xff("198.51.100.2")), 101)
+
+
+def test_max_connections_per_ip_default_follows_the_cap(relay_factory, server_id):
+    """Unset, it is a tenth of --max-connections, at least 16 and at most 1000: with
+    --max-connections 40 one address gets 16 and the 17th is refused."""
+    relay = relay_factory.start(args=["--max-connections", "40", "--rate-limit-burst", "0"])
+    b = claim(relay, server_id)
+    phones = [register(relay, server_id)[0] for _ in range(15)]
+    _, r = _attempt(relay, "/v1/client", client_headers(server_id))
+    _assert_empty_error(r, 503)
+    relay.wait_log("conn_ip_cap_reached")
+    barrier(b)
+    barrier(phones[-1])
 
 
 @pytest.mark.parametrize("who", ["phone-initiated", "relay-initiated", "registry-reject"])

@@ -198,6 +198,16 @@ def test_http_behaviour(mrelay):
         p.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert p.read_http_response().status == 404
         assert p.read_http_response().status == 200
+    # HEAD gets headers only on every path, so a pipelined request after it stays framed
+    with metrics_conn(mrelay) as p:
+        p.send(b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        h404 = p.read_http_response(head_only=True)
+        assert h404.status == 404 and h404.header("Content-Length") == str(len(b"404 page not found\n")), h404
+        hmetrics = p.read_http_response(head_only=True)
+        assert hmetrics.status == 200 and int(hmetrics.header("Content-Length")) > 1000, hmetrics
+        r = p.read_http_response()
+        assert r.status == 404 and r.body == b"404 page not found\n", r
     # malformed, oversized, HTTP/2 preface: error status and close
     with metrics_conn(mrelay) as b:
         b.send(b"GARBAGE\r\n\r\n")

@@ -87,17 +87,19 @@ def test_live_python_websockets_incumbent_answers_probe_keeps_id(relay, server_i
 
 def test_dead_incumbent_taken_over_after_probe(relay_factory, server_id):
     relay = relay_factory.start(args=["--conflict-probe-timeout", "1s", "--rate-limit-burst", "0"])
-    inc = claim(relay, server_id)          # from here on it never reads nor answers pings
+    inc = claim(relay, server_id, **{"X-Pyrycode-Version": "incumbent-1.0"})  # never reads nor answers pings
     old = [register(relay, server_id) for _ in range(2)]
     old_cids = [cid for _, cid in old]
     mark = relay.log_mark()
     t0 = time.monotonic()
-    new = relay.ws_server(server_id)
+    new = relay.ws_server(server_id, **{"X-Pyrycode-Version": "claimant 2.0 (takeover)"})
     rec = relay.wait_log("server_id_takeover", since=mark, timeout=5, server_id=server_id)
     took = time.monotonic() - t0
     assert 0.8 <= took <= 3.5, f"takeover after {took:.2f}s with a 1s probe timeout"
     assert rec["remote"] == LOCAL_IP and "binary_version" not in rec
-    relay.wait_log("server_claimed", since=mark, server_id=server_id)
+    # §2.2 step 5: the claimant's own version, not the incumbent's, not empty
+    claimed = relay.wait_log("server_claimed", since=mark, server_id=server_id)
+    assert claimed["binary_version"] == "claimant 2.0 (takeover)" and claimed["remote"] == LOCAL_IP, claimed
     assert not relay.find_logs("server_id_conflict", since=mark)
     # the old phones are evicted
     for p, _ in old:
@@ -118,6 +120,22 @@ def test_dead_incumbent_taken_over_after_probe(relay_factory, server_id):
     relay.wait_log("binary_forwarder_unknown_conn_id", since=mark, conn_id=old_cid)
     expect_nothing(new, 0.2)
     assert wait_healthz(relay, connected_binaries=1, connected_phones=1)
+
+
+def test_takeover_logs_a_long_version_as_a_plain_claim_does(relay_factory, server_id):
+    """The claimant's version is kept (bounded) while it waits; a version past the log's
+    value limit comes out cut exactly as on an uncontested claim."""
+    relay = relay_factory.start(args=["--conflict-probe-timeout", "300ms", "--rate-limit-burst", "0"])
+    version = "v" * 700 + " tail"
+    mark = relay.log_mark()
+    claim(relay, server_id + "-plain", **{"X-Pyrycode-Version": version})
+    plain = relay.wait_log("server_claimed", since=mark, server_id=server_id + "-plain")["binary_version"]
+    assert plain.startswith("vvv") and len(plain) < len(version)
+    claim(relay, server_id)  # the incumbent never answers the probe
+    mark = relay.log_mark()
+    relay.ws_server(server_id, **{"X-Pyrycode-Version": version})
+    relay.wait_log("server_id_takeover", since=mark, timeout=5, server_id=server_id)
+    assert relay.wait_log("server_claimed", since=mark, server_id=server_id)["binary_version"] == plain
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Close directives (the close-code tables), malformed envelopes (one table, by kin
 unknown conn_ids, push wakes with push off, close notices."""
 
 import json
+import re
 import threading
 
 import pytest
@@ -66,6 +67,77 @@ def test_conn_id_in_envelope_matches_log_and_is_stable(relay, server_id):
         assert read_wrapped(b) == (cid1, b'{"i":%d}' % i)
         p2.send_json({"j": i})
         assert read_wrapped(b) == (cid2, b'{"j":%d}' % i)
+
+
+def _msgs(relay, since, **fields):
+    """The msg of every log line since `since` whose fields match."""
+    return [r["msg"] for r in relay.log_records(since) if all(r.get(k) == v for k, v in fields.items())]
+
+
+# How a phone's reading ends -> the err of its phone_forwarder_read_end (§3.2 step 1).
+PHONE_READ_ENDS = {
+    "close-frame": "peer sent a close frame",
+    "fin": "EOF",
+    "directive": "closed by the relay",
+}
+
+
+@pytest.mark.parametrize("how", list(PHONE_READ_ENDS))
+def test_forwarders_log_read_end_before_their_exit_lines(relay, server_id, how):
+    """§3.2/§3.3 step 1: a phone's or a binary's reading that ends logs
+    phone_forwarder_read_end / binary_forwarder_read_end (with the reason in err), before
+    the lines of the handler's exit: phone_unregistered, server_released."""
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    if how == "close-frame":
+        close_and_wait(p, 1000)
+    elif how == "fin":
+        p.sock.shutdown(2)  # FIN (and no close frame)
+    else:
+        directive(b, cid, 4401)
+        expect_close(p, (4401, b""))
+    relay.wait_log("phone_unregistered", since=mark, conn_id=cid)
+    rec = relay.find_logs("phone_forwarder_read_end", since=mark, conn_id=cid)
+    assert len(rec) == 1 and rec[0]["server_id"] == server_id and rec[0]["level"] == "INFO", rec
+    assert rec[0]["err"] == PHONE_READ_ENDS[how], rec
+    mine = _msgs(relay, mark, conn_id=cid)
+    assert mine.index("phone_forwarder_read_end") < mine.index("phone_unregistered"), mine
+    if how != "directive":
+        assert read_notice(b) == (cid, 1000 if how == "close-frame" else 1001)
+
+    mark = relay.log_mark()
+    close_and_wait(b, 1000)
+    relay.wait_log("server_released", since=mark, server_id=server_id)
+    rec = relay.find_logs("binary_forwarder_read_end", since=mark, server_id=server_id)
+    assert len(rec) == 1 and rec[0]["err"] == "peer sent a close frame", rec
+    assert re.fullmatch(r"server-" + re.escape(server_id) + r"-[0-9a-f]{8}", rec[0]["binary_conn_id"]), rec
+    mine = _msgs(relay, mark, server_id=server_id)
+    assert mine == ["binary_forwarder_read_end", "server_released"], mine
+
+
+def test_forwarder_that_ends_a_phone_itself_logs_no_read_end(relay, server_id):
+    """The phone forwarder that ends a phone for its own reason (invalid JSON: marshal_err;
+    a dead binary: send_failed) logs that line instead of read_end, as the reference's loop
+    returns without reading again."""
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    mark = relay.log_mark()
+    p.send_frame(OP_TEXT, b"{not json")
+    expect_close(p, (1000, b""))
+    relay.wait_log("phone_unregistered", since=mark, conn_id=cid)
+    assert _msgs(relay, mark, conn_id=cid) == ["phone_forwarder_marshal_err", "phone_unregistered"]
+    assert read_notice(b) == (cid, 1001)
+    # a phone that sends while its binary is in grace
+    q, qcid = register(relay, server_id)
+    close_and_wait(b, 1000)
+    relay.wait_log("server_released", server_id=server_id)
+    mark = relay.log_mark()
+    q.send_json({"late": 1})
+    expect_close(q, (1000, b""))
+    relay.wait_log("phone_unregistered", since=mark, conn_id=qcid)
+    assert _msgs(relay, mark, conn_id=qcid) == ["phone_forwarder_send_failed", "phone_close_notice_send_failed",
+                                                 "phone_unregistered"]
 
 
 # --------------------------------------------------------------------------------------

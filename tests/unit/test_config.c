@@ -585,6 +585,42 @@ static void test_check_max_connections(void **state)
 			 CONFIG_OK);
 }
 
+static void test_max_connections_per_ip(void **state)
+{
+	struct config cfg;
+	struct boot_refusal r;
+
+	(void)state;
+	/* the default follows --max-connections: a tenth, at least 16, at most 1000, never above it */
+	assert_int_equal(config_per_ip_default(CONFIG_MAX_CONNECTIONS_DEFAULT), 1000);
+	assert_int_equal(config_per_ip_default(5000), 500);
+	assert_int_equal(config_per_ip_default(40), 16);
+	assert_int_equal(config_per_ip_default(10), 10);
+	assert_int_equal(config_per_ip_default(1), 1);
+	assert_int_equal(config_per_ip_default(CONFIG_MAX_CONNECTIONS_LIMIT), 1000);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d")), CONFIG_OK);
+	assert_int_equal(cfg.max_connections_per_ip, 1000);
+	assert_false(cfg.max_connections_per_ip_set);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--max-connections", "300")), CONFIG_OK);
+	assert_int_equal(cfg.max_connections_per_ip, 30);
+	/* given: as given (0 is off; above --max-connections just never binds) */
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--max-connections-per-ip", "0")), CONFIG_OK);
+	assert_int_equal(cfg.max_connections_per_ip, 0);
+	assert_true(cfg.max_connections_per_ip_set);
+	assert_int_equal(check(&cfg, &r, NO_ENV,
+			       ARGV("--domain", "d", "--max-connections", "5", "--max-connections-per-ip=7")),
+			 CONFIG_OK);
+	assert_int_equal(cfg.max_connections_per_ip, 7);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--max-connections-per-ip", "16000000")),
+			 CONFIG_OK);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--max-connections-per-ip", "16000001")),
+			 CONFIG_EXIT_USAGE);
+	assert_string_equal(r.msg, "refusing to start: invalid --max-connections-per-ip");
+	assert_string_equal(field(&r, "value"), "16000001");
+	expect_usage(ARGV("--max-connections-per-ip", "-1"),
+		     "invalid value \"-1\" for flag -max-connections-per-ip: parse error");
+}
+
 static void test_check_env_one_or_unset(void **state)
 {
 	static const char *const vars[] = { "PYRYCODE_RELAY_PRODUCTION", "PYRYCODE_RELAY_SINGLE_INSTANCE" };
@@ -1133,6 +1169,7 @@ int main(void)
 		cmocka_unit_test(test_check_no_mode),
 		cmocka_unit_test(test_check_insecure_exclusive),
 		cmocka_unit_test(test_check_max_connections),
+		cmocka_unit_test(test_max_connections_per_ip),
 		cmocka_unit_test(test_check_env_one_or_unset),
 		cmocka_unit_test(test_check_env_fcm),
 		cmocka_unit_test(test_check_env_order),

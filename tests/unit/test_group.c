@@ -2,7 +2,9 @@
  * test_group.c - what workers share (engine/group.c) and the upgrade value a handoff
  * carries (engine/upgraded.c): the bounded in-flight count per owner, an owner that
  * stops taking connections, the relay-wide connection cap under contention, owners
- * spread by a keyed hash, and bytes that arrive after the head appended in order.
+ * spread by a keyed hash, bytes that arrive after the head appended in order, and the
+ * per-IP connection count (--max-connections-per-ip): exact, against a plain model
+ * under churn, and under contention.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -177,6 +179,141 @@ static void test_bytes_after_the_head_appended_in_order(void **state)
 	upgraded_free(u);
 }
 
+/* ---- per-IP connection count -------------------------------------------------------- */
+
+static uint64_t key_of(struct worker_group *g, unsigned i)
+{
+	char ip[32];
+	int n = snprintf(ip, sizeof ip, "198.51.%u.%u", i / 256, i % 256);
+	return group_ip_key(g, span_make(ip, (size_t)n));
+}
+
+static void test_ip_cap_off_counts_nothing(void **state)
+{
+	(void)state;
+	struct worker_group *g = worker_group_create(2, 10);
+	assert_non_null(g);
+	assert_true(group_set_ip_cap(g, 0));
+	uint64_t k = key_of(g, 1);
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(group_take_ip(g, k), IP_TAKE_OK);
+	assert_int_equal(group_ip_count(g, k), 0);
+	group_put_ip(g, k); /* a no-op, like the take */
+	worker_group_destroy(g);
+}
+
+static void test_ip_cap_per_client(void **state)
+{
+	(void)state;
+	struct worker_group *g = worker_group_create(2, 100);
+	assert_non_null(g);
+	assert_true(group_set_ip_cap(g, 3));
+	uint64_t a = key_of(g, 1), b = key_of(g, 2);
+	assert_true(a != 0 && b != 0 && a != b);
+	assert_int_equal(a, key_of(g, 1)); /* the same client, the same key */
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(group_take_ip(g, a), IP_TAKE_OK);
+	assert_int_equal(group_take_ip(g, a), IP_TAKE_FULL);
+	assert_int_equal(group_ip_count(g, a), 3);
+	assert_int_equal(group_take_ip(g, b), IP_TAKE_OK); /* another client: its own count */
+	group_put_ip(g, a);
+	assert_int_equal(group_take_ip(g, a), IP_TAKE_OK);
+	for (int i = 0; i < 3; i++)
+		group_put_ip(g, a);
+	group_put_ip(g, b);
+	assert_int_equal(group_ip_count(g, a), 0);
+	assert_int_equal(group_ip_count(g, b), 0);
+	assert_int_equal(group_take_ip(g, 0), IP_TAKE_OK); /* key 0: no client, not counted */
+	worker_group_destroy(g);
+}
+
+/* Random takes and puts over many clients against a plain array: counts exact, and the
+ * table's removals (backward shift) never lose a client still holding connections. */
+static void test_ip_cap_matches_model_under_churn(void **state)
+{
+	(void)state;
+	enum { CLIENTS = 3000, STEPS = 200000, CAP = 4 };
+	struct worker_group *g = worker_group_create(1, 4000);
+	assert_non_null(g);
+	assert_true(group_set_ip_cap(g, CAP));
+	static uint32_t model[CLIENTS];
+	static uint64_t keys[CLIENTS];
+	memset(model, 0, sizeof model);
+	for (unsigned i = 0; i < CLIENTS; i++)
+		keys[i] = key_of(g, i);
+	uint64_t x = 88172645463325252ull;
+	for (int step = 0; step < STEPS; step++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		unsigned i = (unsigned)(x % CLIENTS);
+		if ((x >> 32) & 1) {
+			enum ip_take r = group_take_ip(g, keys[i]);
+			if (model[i] < CAP) {
+				assert_int_equal(r, IP_TAKE_OK);
+				model[i]++;
+			} else {
+				assert_int_equal(r, IP_TAKE_FULL);
+			}
+		} else if (model[i] > 0) {
+			group_put_ip(g, keys[i]);
+			model[i]--;
+		}
+		if (step % 20000 == 0) {
+			for (unsigned k = 0; k < CLIENTS; k++)
+				assert_int_equal(group_ip_count(g, keys[k]), model[k]);
+		}
+	}
+	for (unsigned k = 0; k < CLIENTS; k++) {
+		assert_int_equal(group_ip_count(g, keys[k]), model[k]);
+		while (model[k]--)
+			group_put_ip(g, keys[k]);
+	}
+	uint32_t used = 0;
+	for (uint32_t s = 0; s < GROUP_IP_STRIPES; s++)
+		used += g->ip[s].used;
+	assert_int_equal(used, 0); /* every client gone from the table */
+	worker_group_destroy(g);
+}
+
+struct ip_run {
+	struct worker_group *g;
+	uint64_t key;
+	uint32_t over; /* counts seen above the cap */
+};
+
+static void *ip_worker(void *arg)
+{
+	struct ip_run *r = arg;
+	for (int i = 0; i < CAP_TRIES_PER_THREAD; i++) {
+		if (group_take_ip(r->g, r->key) == IP_TAKE_OK) {
+			if (group_ip_count(r->g, r->key) > 2)
+				r->over++;
+			group_put_ip(r->g, r->key);
+		}
+	}
+	return NULL;
+}
+
+static void test_ip_cap_exact_under_contention(void **state)
+{
+	(void)state;
+	struct worker_group *g = worker_group_create(CAP_THREADS, 100);
+	assert_non_null(g);
+	assert_true(group_set_ip_cap(g, 2));
+	uint64_t k = key_of(g, 7);
+	pthread_t t[CAP_THREADS];
+	struct ip_run runs[CAP_THREADS];
+	for (int i = 0; i < CAP_THREADS; i++) {
+		runs[i] = (struct ip_run){ .g = g, .key = k };
+		assert_int_equal(pthread_create(&t[i], NULL, ip_worker, &runs[i]), 0);
+	}
+	for (int i = 0; i < CAP_THREADS; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(runs[i].over, 0);
+	}
+	assert_int_equal(group_ip_count(g, k), 0);
+	worker_group_destroy(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -185,6 +322,10 @@ int main(void)
 		cmocka_unit_test(test_cap_exact_under_contention),
 		cmocka_unit_test(test_owner_stable_and_spread),
 		cmocka_unit_test(test_bytes_after_the_head_appended_in_order),
+		cmocka_unit_test(test_ip_cap_off_counts_nothing),
+		cmocka_unit_test(test_ip_cap_per_client),
+		cmocka_unit_test(test_ip_cap_matches_model_under_churn),
+		cmocka_unit_test(test_ip_cap_exact_under_contention),
 	};
 	return cmocka_run_group_tests_name("group", tests, NULL, NULL);
 }

@@ -94,6 +94,7 @@ struct fconn {
 	bool recv_paused;
 	struct peer_addr remote;
 	uint16_t peer_close_code;
+	uint8_t end_cause; /* enum conn_end_cause, first one wins (as the engine) */
 	struct outq out;
 	uint32_t items_pending;
 
@@ -137,6 +138,7 @@ struct fixture {
 	const struct fconn *ending; /* the connection whose end() is running */
 	unsigned timer_fires;       /* relay_hooks.timer calls */
 	uint64_t timers_after_shutdown; /* scheduled right after the shutdown hook */
+	uint64_t last_client_key;       /* what the last admitted request was counted under */
 };
 
 static struct fixture *F;
@@ -162,6 +164,12 @@ static struct fconn *at(struct worker *w, struct conn_ref r)
 	if (c->ends && c != F->ending)
 		fail_msg("the relay used connection %u after its end", r.idx);
 	return c;
+}
+
+static void note_end(struct fconn *c, enum conn_end_cause why)
+{
+	if (c->end_cause == CONN_END_UNKNOWN)
+		c->end_cause = (uint8_t)why;
 }
 
 static void queue_end(struct fconn *c)
@@ -220,6 +228,7 @@ void conn_ws_close(struct worker *w, struct conn_ref ref, uint16_t code, const c
 	struct fconn *c = at(w, ref);
 	if (c->state != FC_OPEN)
 		return; /* first close wins */
+	note_end(c, CONN_END_CLOSED);
 	c->ncloses++;
 	c->close_code = code; /* as asked: the engine's own 1011 fallback is not applied */
 	snprintf(c->close_reason, sizeof c->close_reason, "%s", reason ? reason : "");
@@ -235,6 +244,7 @@ void conn_abort(struct worker *w, struct conn_ref ref)
 	if (c->state == FC_DEAD)
 		return;
 	c->naborts++;
+	note_end(c, CONN_END_CLOSED);
 	queue_end(c);
 	c->state = FC_DEAD;
 }
@@ -329,6 +339,14 @@ uint32_t worker_conn_cap(const struct worker *w)
 	return NCONNS;
 }
 
+uint64_t worker_client_key(const struct worker *w, struct span client)
+{
+	uint64_t h = 1469598103934665603ull; /* FNV-1a: any fixed function of the key will do here */
+	for (size_t i = 0; i < client.len; i++)
+		h = (h ^ client.ptr[i]) * 1099511628211ull;
+	return h ? h : 1;
+}
+
 uint32_t worker_id(const struct worker *w)
 {
 	return 0; /* one worker: the shared limiter and counts are this shard's alone */
@@ -345,7 +363,7 @@ static void pump(void)
 		c->ends++;
 		assert_null(F->ending); /* never re-entrant */
 		F->ending = c;
-		relay_hooks.end(app(), ref_of(c), c->peer_close_code);
+		relay_hooks.end(app(), ref_of(c), c->peer_close_code, (enum conn_end_cause)c->end_cause);
 		F->ending = NULL;
 	}
 	F->npending = 0;
@@ -388,6 +406,7 @@ static void peer_end(struct fconn *c, uint16_t code)
 {
 	assert_int_equal(c->state, FC_OPEN);
 	c->peer_close_code = code;
+	note_end(c, code ? CONN_END_PEER_CLOSE : CONN_END_EOF);
 	c->state = FC_CLOSING;
 	queue_end(c);
 	pump();
@@ -401,8 +420,10 @@ static void engine_shutdown(void)
 	F->timers_after_shutdown = w->tw.count; /* the fakes schedule none: all the relay's */
 	for (uint32_t i = 0; i < w->nconns; i++) {
 		struct fconn *c = &w->conns[i];
-		if (c->state == FC_OPEN)
+		if (c->state == FC_OPEN) {
+			note_end(c, CONN_END_SHUTDOWN);
 			conn_ws_close(w, ref_of(c), WS_CLOSE_GOING_AWAY, "shutting down");
+		}
 	}
 	pump();
 }
@@ -1632,8 +1653,12 @@ static int admit_req(uint8_t ip_last, enum http_route route, const char *xff)
 	struct http_request req;
 	parse_req(text, &req);
 	struct fconn *c = new_conn(route, ip_last, FC_HTTP);
-	int r = relay_hooks.admit(app(), ref_of(c), route, &req);
+	uint64_t key = 0;
+	int r = relay_hooks.admit(app(), ref_of(c), route, &req, &key);
 	assert_true(r == -1 || r == HTTP_CANNED_EMPTY_429);
+	/* admitted: the client is named for --max-connections-per-ip; refused: it is not */
+	assert_true(r == -1 ? key != 0 : key == 0);
+	F->last_client_key = key;
 	return r;
 }
 
@@ -1701,6 +1726,36 @@ static void test_admit_xff_key(void **state)
 	assert_int_equal(admit_req(1, HTTP_ROUTE_CLIENT, "203.0.113.8"), HTTP_CANNED_EMPTY_429);
 	assert_int_equal(admit_req(2, HTTP_ROUTE_CLIENT, "203.0.113.7"), -1);
 	assert_int_equal(stats()->register_failures[RELAY_FAIL_RATELIMIT], 1);
+	fx_close();
+}
+
+/* --max-connections-per-ip counts an admitted request under the rate limiter's key: the
+ * socket address, or the left-most X-Forwarded-For entry when trusted. */
+static void test_admit_names_the_client_by_its_rate_limit_key(void **state)
+{
+	struct config cfg;
+	default_cfg(&cfg);
+	cfg.rate_limit_burst = 0;
+	cfg.trust_x_forwarded_for = true;
+	fx_open(&cfg);
+	assert_int_equal(admit_req(1, HTTP_ROUTE_CLIENT, NULL), -1);
+	uint64_t sock1 = F->last_client_key;
+	assert_int_equal(admit_req(2, HTTP_ROUTE_SERVER, NULL), -1);
+	uint64_t sock2 = F->last_client_key;
+	assert_true(sock1 != sock2);
+	assert_int_equal(admit_req(1, HTTP_ROUTE_CLIENT, "203.0.113.7, 10.0.0.1"), -1);
+	uint64_t fwd = F->last_client_key;
+	assert_true(fwd != sock1);
+	assert_int_equal(admit_req(2, HTTP_ROUTE_SERVER, " 203.0.113.7"), -1);
+	assert_true(F->last_client_key == fwd); /* another socket, the same client */
+	assert_int_equal(admit_req(2, HTTP_ROUTE_SERVER, " , 203.0.113.7"), -1);
+	assert_true(F->last_client_key == sock2); /* no left-most entry: the socket */
+	fx_close();
+
+	cfg.trust_x_forwarded_for = false;
+	fx_open(&cfg);
+	assert_int_equal(admit_req(1, HTTP_ROUTE_CLIENT, "203.0.113.7"), -1);
+	assert_true(F->last_client_key == sock1);
 	fx_close();
 }
 
@@ -1803,6 +1858,7 @@ int main(void)
 		T(test_backpressure_released_when_binary_ends),
 		cmocka_unit_test(test_admit_rate_limit),
 		cmocka_unit_test(test_admit_xff_key),
+		cmocka_unit_test(test_admit_names_the_client_by_its_rate_limit_key),
 		cmocka_unit_test(test_admit_burst_zero_never_429),
 		T(test_rejected_headers_counted),
 		T(test_shutdown_closes_all_1001),
