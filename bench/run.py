@@ -8,6 +8,9 @@ CPU while the load generator runs pinned to another:
   relay/... pyrycode-relay, plaintext WebSocket
   tls/...   pyrycode-relay behind HAProxy terminating TLS (deploy/haproxy/), HAProxy
             pinned to the relay's CPU; its CPU is reported separately and summed
+  wss/...   pyrycode-relay terminating TLS itself (--https-listen with --tls-cert and
+            --tls-key: BoringSSL in user space on its ring), read against relay/ and
+            tls/ of the same shape measured in the same run (--only adds them)
 
 For every scenario it samples the server's CPU time (utime+stime, /proc/PID/stat) and
 RSS (VmRSS) ten times a second, takes the load generator's one JSON line, and derives
@@ -15,7 +18,9 @@ the figures that survive a noisy shared machine: relay CPU-seconds per million r
 frames, and throughput as a fraction of rawfwd's for the same topology and frame size.
 Open-loop rates are fractions of the capacity measured just before for the same
 target, topology and size. Idle scenarios give memory per connection (user space: RSS
-delta; kernel: /proc/net/sockstat and slab deltas, reported separately).
+delta; kernel: /proc/net/sockstat and slab deltas, reported separately). Handshake
+scenarios (loadgen --mode handshakes: connect, TLS, /v1/server upgrade, close, again)
+give connections per second and per server CPU-second.
 
 Writes <out>/<YYYY-MM-DD>.json (or -quick.json) and PNG charts next to it, prints a
 summary table. Every child process runs in its own process group and is killed on
@@ -69,13 +74,21 @@ PORT_BASE = 21000          # below the ephemeral range the load generator connec
 # scenarios
 
 
+# The relay terminating TLS itself (wss/): the certificate is made at bench time, P-256.
+# Goals of issue #12 it is read against (reported, never a failure):
+WSS_HANDSHAKES_PER_CPU_S_GOAL = 3000.0  # TLS 1.3 handshakes + upgrade per relay CPU-second
+WSS_VS_HAPROXY_CPU_GOAL = 0.5           # relay (wss) CPU per frame / (relay + HAProxy)
+WSS_TLS_STATE_BYTES_GOAL = 4096.0       # user space per idle connection, wss minus ws
+HANDSHAKE_SLOTS = 64                    # connections set up at a time (a reconnect burst)
+
+
 @dataclass
 class Scenario:
-    target: str            # raw | relay | tls
-    binaries: int
+    target: str            # raw | relay | tls | wss
+    binaries: int          # handshakes: connections at a time
     phones: int            # per binary
     size: int              # frame payload bytes
-    mode: str              # closed | open | idle
+    mode: str              # closed | open | idle | handshakes
     load: Optional[float]  # open loop: fraction of the measured capacity
     duration_s: float
     warmup_s: float
@@ -96,12 +109,12 @@ class Scenario:
             return "capacity"
         if self.mode == "open":
             return f"open{round(self.load * 100)}"
-        return "idle"
+        return self.mode
 
     @property
     def name(self) -> str:
-        if self.mode == "idle":
-            return f"{self.target}/idle/{self.connections}"
+        if self.mode in ("idle", "handshakes"):
+            return f"{self.target}/{self.mode}/{self.connections}"
         return f"{self.target}/{self.topo}/{size_label(self.size)}/{self.label}"
 
     @property
@@ -153,7 +166,31 @@ def scenario_list(quick: bool) -> list[Scenario]:
     out.append(Scenario("tls", 1, 1, 64, "closed", None, d, w, window_for(1, 1)))
     out.append(Scenario("tls", 1, 1, 64, "open", 0.5, d, w))
     out.append(Scenario("tls", 2000, 1, 0, "idle", None, 5.0, 0.0, src_ips=4))
+    # The relay terminating TLS itself: CPU per frame at the sizes the HAProxy figures
+    # exist for, memory per idle connection at the plaintext idle point's shape, and
+    # handshakes per second with the upgrade, against the same churn over ws://.
+    for size in (64, 1024):
+        out.append(Scenario("wss", 100, 4, size, "closed", None, d, w, window_for(100, 4)))
+    out.append(Scenario("wss", 5000, 1, 0, "idle", None, 5.0, 0.0, src_ips=4))
+    for target in ("relay", "wss"):
+        out.append(Scenario(target, HANDSHAKE_SLOTS, 0, 0, "handshakes", None, d, w, src_ips=4))
     return out
+
+
+def comparisons(s: Scenario) -> list[str]:
+    """The scenarios a wss/ figure is read against, measured in the same run: the same
+    shape over ws:// and through HAProxy (capacity), the plaintext idle point, the same
+    churn over ws://."""
+    if s.target != "wss":
+        return []
+    if s.mode == "closed":
+        rest = s.name.split("/", 1)[1]
+        return [f"relay/{rest}", f"tls/{rest}"]
+    if s.mode == "idle":
+        return [f"relay/idle/{s.connections}"]
+    if s.mode == "handshakes":
+        return [f"relay/handshakes/{s.connections}"]
+    return []
 
 
 def select(all_sc: list[Scenario], regex: Optional[str]) -> list[Scenario]:
@@ -166,6 +203,8 @@ def select(all_sc: list[Scenario], regex: Optional[str]) -> list[Scenario]:
     for s in all_sc:
         if s.name in want and s.mode == "open":
             want.add(s.capacity_name)
+        if s.name in want:
+            want.update(comparisons(s))
     return [s for s in all_sc if s.name in want]
 
 
@@ -389,7 +428,7 @@ class Env:
     loadgen: Path
     rawfwd: Path
     tmp: Path
-    cert_pem: Optional[Path]
+    cert_pem: Optional[Path]   # HAProxy's: chain then key; the relay's (wss) sit beside it
     cpu_server: Optional[int]
     cpu_gen: Optional[int]
     ports: PortAllocator
@@ -426,7 +465,12 @@ def start_server(sc: Scenario, env: Env, port: int, logf) -> tuple[Child, Option
         cmds["server"] = srv.command()
         return srv, None, port, cmds
     max_conns = max(1000, min(30000, env.nofile - 1000))
-    relay_args = [str(RUN_UNPRIVILEGED), str(env.relay), "--insecure-listen", f"127.0.0.1:{port}",
+    if sc.target == "wss":
+        listen = ["--https-listen", f"127.0.0.1:{port}", "--tls-cert", str(env.cert_pem.parent / "cert.pem"),
+                  "--tls-key", str(env.cert_pem.parent / "key.pem")]
+    else:
+        listen = ["--insecure-listen", f"127.0.0.1:{port}"]
+    relay_args = [str(RUN_UNPRIVILEGED), str(env.relay), *listen,
                   "--metrics-listen=", "--workers", "1", "--max-connections", str(max_conns),
                   "--max-connections-per-ip", "0",  # every connection comes from 127.0.0.x
                   "--rate-limit-burst", "0", "--grace-period", "0"]
@@ -449,10 +493,14 @@ def start_server(sc: Scenario, env: Env, port: int, logf) -> tuple[Child, Option
 def loadgen_argv(sc: Scenario, env: Env, url_port: int, rate: Optional[float], prefix: str) -> list[str]:
     if sc.target == "raw":
         a = [str(env.loadgen), "--raw", "--url", f"tcp://127.0.0.1:{url_port}"]
-    elif sc.target == "tls":
+    elif sc.target in ("tls", "wss"):
         a = [str(env.loadgen), "--url", f"wss://127.0.0.1:{url_port}", "--insecure"]
     else:
         a = [str(env.loadgen), "--url", f"ws://127.0.0.1:{url_port}"]
+    if sc.mode == "handshakes":
+        return a + ["--mode", "handshakes", "--binaries", str(sc.binaries), "--duration", f"{sc.duration_s:g}",
+                    "--warmup", f"{sc.warmup_s:g}", "--src-ips", str(sc.src_ips), "--connect-timeout", "30",
+                    "--drain", "1", "--server-prefix", prefix]
     a += ["--binaries", str(sc.binaries), "--phones", str(sc.phones), "--mode", sc.mode,
           "--duration", f"{sc.duration_s:g}", "--warmup", f"{sc.warmup_s:g}",
           "--src-ips", str(sc.src_ips), "--connect-timeout", "30", "--drain", "1",
@@ -467,7 +515,8 @@ def loadgen_argv(sc: Scenario, env: Env, url_port: int, rate: Optional[float], p
 
 
 def run_scenario(sc: Scenario, idx: int, total: int, env: Env, progress) -> dict:
-    res: dict = {"name": sc.name, "target": sc.target, "topology": sc.topo if sc.mode != "idle" else "idle",
+    res: dict = {"name": sc.name, "target": sc.target,
+                 "topology": sc.topo if sc.mode not in ("idle", "handshakes") else sc.mode,
                  "binaries": sc.binaries, "phones_per_binary": sc.phones, "connections": sc.connections,
                  "size_bytes": sc.size, "mode": sc.mode, "load_fraction": sc.load,
                  "duration_s": sc.duration_s, "warmup_s": sc.warmup_s, "window": sc.window,
@@ -514,7 +563,9 @@ def run_scenario(sc: Scenario, idx: int, total: int, env: Env, progress) -> dict
         t_start = time.monotonic()
         limit_s = sc.duration_s + sc.warmup_s + 60 + sc.connections / (100 if sc.target == "tls" else 500)
         samples: list[Sample] = []
-        t_conn = None
+        # handshakes: nothing stays connected; traffic (the churn) starts with the
+        # generator, so its window is counted from the generator's start
+        t_conn = t_start if sc.mode == "handshakes" else None
         mem_sample = None
         ramp: list[tuple[int, int]] = []   # (connections the server holds, its RSS)
         # the server holds one fd per connection it serves (rawfwd and the relay
@@ -649,7 +700,9 @@ def derive(res: dict, sc: Scenario, samples: list, t_start: float, t_conn: Optio
     the 10 Hz samples. Without a connected time (fd count never reached) the window
     is the last `duration` seconds before the load generator exited."""
     d = float(js.get("duration_s") or sc.duration_s)
-    if t_conn is not None:
+    if sc.mode == "handshakes":
+        w0, src = t_conn + sc.warmup_s, "start+warmup"
+    elif t_conn is not None:
         w0, src = t_conn + sc.warmup_s, "connected+warmup"
     else:
         w0, src = max(t_start, t_exit - d - 0.3), "exit-duration"
@@ -671,6 +724,13 @@ def derive(res: dict, sc: Scenario, samples: list, t_start: float, t_conn: Optio
     fps = float(js.get("frames_p2b_per_s") or 0) + float(js.get("frames_b2p_per_s") or 0)
     der["frames_per_s"] = fps
     der["mbytes_per_s"] = js.get("mbytes_per_s")
+    hs = float(js.get("handshakes_per_s") or 0)
+    if sc.mode == "handshakes":
+        der["handshakes_per_s"] = hs
+        if hs > 0 and cpu_rate:
+            # "per core": what one fully busy relay CPU would set up at this cost
+            der["handshakes_per_server_cpu_s"] = hs / cpu_rate
+            der["server_cpu_us_per_handshake"] = cpu_rate / hs * 1e6
     if sc.mode != "idle" and fps > 0 and cpu_rate is not None:
         der["server_cpu_s_per_mframe"] = cpu_rate / fps * 1e6
         if hap_rate is not None:
@@ -780,6 +840,59 @@ def relate(results: list[dict]) -> None:
             cpu = cpu_per_mframe(der)
             if cpu and rd.get("server_cpu_s_per_mframe"):
                 der["cpu_per_frame_vs_raw"] = cpu / rd["server_cpu_s_per_mframe"]
+    relate_wss(results)
+
+
+def relate_wss(results: list[dict]) -> None:
+    """The relay terminating TLS against the same shape over ws:// and through HAProxy,
+    from the same run: CPU per frame (wss/ws and wss/(relay + HAProxy), and what TLS
+    adds in each: wss - ws against tls - ws), user-space bytes per idle connection
+    (wss - ws: the TLS state), CPU per handshake (wss/ws)."""
+    by = {r["name"]: r for r in results}
+
+    def der(name):
+        r = by.get(name)
+        return r.get("derived") if r and r["status"] != "failed" and r.get("derived") else None
+
+    for r in results:
+        if r["target"] != "wss" or r["status"] == "failed" or not r.get("derived"):
+            continue
+        d, rest = r["derived"], r["name"].split("/", 1)[1]
+        cmp: dict = {}
+        if r["mode"] == "closed":
+            ws, hap, own = der(f"relay/{rest}"), der(f"tls/{rest}"), d.get("server_cpu_s_per_mframe")
+            ws_cpu = ws and ws.get("server_cpu_s_per_mframe")
+            hap_cpu = hap and hap.get("combined_cpu_s_per_mframe")
+            if own and ws_cpu:
+                cmp["ws_cpu_s_per_mframe"] = ws_cpu
+                cmp["wss_vs_ws"] = own / ws_cpu
+            if own and hap_cpu:
+                cmp["haproxy_combined_cpu_s_per_mframe"] = hap_cpu
+                cmp["wss_vs_haproxy_combined"] = own / hap_cpu
+                if ws_cpu and hap_cpu > ws_cpu:
+                    # what TLS adds on top of plaintext relaying, in the relay vs in front of it
+                    cmp["tls_added_in_relay_cpu_s_per_mframe"] = own - ws_cpu
+                    cmp["tls_added_by_haproxy_cpu_s_per_mframe"] = hap_cpu - ws_cpu
+                    cmp["tls_added_ratio"] = (own - ws_cpu) / (hap_cpu - ws_cpu)
+        elif r["mode"] == "idle":
+            ws_r = by.get(f"relay/idle/{r['connections']}")
+            m, wm = r.get("memory") or {}, (ws_r or {}).get("memory") or {}
+            if m.get("user_bytes_per_connection") is not None and wm.get("user_bytes_per_connection") is not None:
+                cmp["ws_user_bytes_per_connection"] = wm["user_bytes_per_connection"]
+                cmp["tls_state_bytes_per_connection"] = m["user_bytes_per_connection"] - wm["user_bytes_per_connection"]
+            if (m.get("user_bytes_per_connection_marginal") is not None
+                    and wm.get("user_bytes_per_connection_marginal") is not None):
+                cmp["tls_state_bytes_per_connection_marginal"] = (m["user_bytes_per_connection_marginal"]
+                                                                  - wm["user_bytes_per_connection_marginal"])
+        elif r["mode"] == "handshakes":
+            ws = der(f"relay/{rest}")
+            own, ws_us = d.get("server_cpu_us_per_handshake"), ws and ws.get("server_cpu_us_per_handshake")
+            if own and ws_us:
+                cmp["ws_server_cpu_us_per_handshake"] = ws_us
+                cmp["wss_vs_ws"] = own / ws_us
+                cmp["tls_added_cpu_us_per_handshake"] = own - ws_us
+        if cmp:
+            r["vs"] = cmp
 
 
 def targets(results: list[dict]) -> list[dict]:
@@ -805,22 +918,52 @@ def targets(results: list[dict]) -> list[dict]:
                     g["raw_p99_us"] = raw["loadgen"].get("lat_p99_us")
                 out.append(g)
     for r in results:
-        if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None:
+        if (r["mode"] == "idle" and r["target"] != "wss"
+                and r.get("memory", {}).get("user_bytes_per_connection") is not None):
             v = r["memory"]["user_bytes_per_connection"]
             out.append({"goal": f"<= 512 B user-space memory per idle connection (relay), {r['name']}",
                         "value": v, "unit": "B", "met": v <= 512})
+    return out + targets_wss(results)
+
+
+def targets_wss(results: list[dict]) -> list[dict]:
+    """Issue #12's goals for the relay terminating TLS; only for wss/ scenarios run."""
+    out = []
+    for r in results:
+        if r["target"] != "wss" or r["status"] == "failed":
+            continue
+        d, vs = r.get("derived") or {}, r.get("vs") or {}
+        if r["mode"] == "handshakes":
+            v = d.get("handshakes_per_server_cpu_s")
+            out.append({"goal": f">= {WSS_HANDSHAKES_PER_CPU_S_GOAL:.0f} TLS 1.3 handshakes + upgrades per relay "
+                                f"CPU-second, P-256, {r['name']}",
+                        "value": v, "unit": "/cpu-s",
+                        "met": None if v is None else v >= WSS_HANDSHAKES_PER_CPU_S_GOAL})
+        elif r["mode"] == "closed":
+            v = vs.get("wss_vs_haproxy_combined")
+            out.append({"goal": f"relay CPU per frame over wss <= {WSS_VS_HAPROXY_CPU_GOAL:g} x relay + HAProxy, "
+                                f"{r['name']}",
+                        "value": v, "unit": "x", "met": None if v is None else v <= WSS_VS_HAPROXY_CPU_GOAL})
+        elif r["mode"] == "idle":
+            v = vs.get("tls_state_bytes_per_connection")
+            out.append({"goal": f"< {WSS_TLS_STATE_BYTES_GOAL:.0f} B of TLS state per idle connection "
+                                f"(wss - ws user space), {r['name']}",
+                        "value": v, "unit": "B", "met": None if v is None else v < WSS_TLS_STATE_BYTES_GOAL})
     return out
 
 
 def headline(results: list[dict]) -> dict:
     by = {r["name"]: r for r in results}
     h = {}
-    for name in ("relay/100x4/64B/capacity", "tls/100x4/64B/capacity", "raw/100x4/64B/capacity"):
+    for name in ("relay/100x4/64B/capacity", "tls/100x4/64B/capacity", "raw/100x4/64B/capacity",
+                 "wss/100x4/64B/capacity", f"wss/handshakes/{HANDSHAKE_SLOTS}"):
         r = by.get(name)
         if r and r.get("derived"):
             h[name] = {k: r["derived"].get(k) for k in
                        ("frames_per_s", "server_cpu_s_per_mframe", "combined_cpu_s_per_mframe",
-                        "pct_of_raw_ceiling", "cpu_per_frame_vs_raw") if r["derived"].get(k) is not None}
+                        "pct_of_raw_ceiling", "cpu_per_frame_vs_raw", "handshakes_per_s",
+                        "handshakes_per_server_cpu_s") if r["derived"].get(k) is not None}
+            h[name].update(r.get("vs") or {})
     return h
 
 
@@ -858,9 +1001,17 @@ def summary_table(results: list[dict]) -> str:
         st = r["status"]
         if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None:
             st += f" ({r['memory']['user_bytes_per_connection']:.0f} B/conn user)"
+        lat = "lat"
+        if r["mode"] == "handshakes":
+            lat = "hs_lat"   # connect -> 101
+            if der.get("handshakes_per_s"):
+                st += f" ({der['handshakes_per_s']:.0f} handshakes/s"
+                if der.get("handshakes_per_server_cpu_s"):
+                    st += f", {der['handshakes_per_server_cpu_s']:.0f} per server cpu-s"
+                st += ")"
         rows.append((r["name"], str(r["connections"]), fmt_num(der.get("frames_per_s")),
-                     fmt_num(js.get("mbytes_per_s")), fmt_num(js.get("lat_p50_us")),
-                     fmt_num(js.get("lat_p99_us")), fmt_num(js.get("lat_p999_us")),
+                     fmt_num(js.get("mbytes_per_s")), fmt_num(js.get(f"{lat}_p50_us")),
+                     fmt_num(js.get(f"{lat}_p99_us")), fmt_num(js.get(f"{lat}_p999_us")),
                      fmt_num(100 * cpu_u if cpu_u is not None else None),
                      fmt_num(100 * der["loadgen_cpu_util"] if der.get("loadgen_cpu_util") is not None else None),
                      f"{cpm:.2f}" if cpm else "-",
@@ -883,14 +1034,14 @@ def markdown(doc: dict) -> str:
     out = ["| goal | result | |", "|---|---|---|"]
     for t in doc["targets"]:
         met = {True: "met", False: "not met", None: "not measured"}[t["met"]]
-        val = f"{t['value']:.1f} {t['unit']}" if t["value"] is not None else "-"
+        val = f"{t['value']:.{2 if t['unit'] == 'x' else 1}f} {t['unit']}" if t["value"] is not None else "-"
         if t.get("raw_p99_us"):
             val += f" (rawfwd at the same load: {t['raw_p99_us']:.1f} us)"
         out.append(f"| {t['goal']} | {val} | {met} |")
     out += ["", "| scenario | frames/s | p50 / p99 / p99.9 µs | server CPU | generator CPU | CPU-s / M frames | % of raw | status |",
             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in res:
-        if r["mode"] == "idle":
+        if r["mode"] in ("idle", "handshakes"):
             continue
         js, der = r.get("loadgen") or {}, r.get("derived") or {}
         cpu = der.get("server_cpu_util")
@@ -909,6 +1060,7 @@ def markdown(doc: dict) -> str:
             st += ": " + str(r["error"])
         out.append(f"| `{r['name']}` | {fmt_k(der.get('frames_per_s'))} | {lat} | {cpu_s} | {gen} | {cpm_s} | {pct} | {st} |")
     idle = [r for r in res if r["mode"] == "idle" and r.get("memory", {}).get("user_bytes_per_connection") is not None]
+    idle = [r for r in idle if r["target"] != "wss"]   # in the wss tables below
     if idle:
         out += ["", "| | " + " | ".join(f"{r['target']}, {r['connections']:,} connections" for r in idle) + " |",
                 "|---|" + "---:|" * len(idle)]
@@ -925,7 +1077,83 @@ def markdown(doc: dict) -> str:
         row("kernel slab per socket (machine-wide delta / sockets)",
             lambda m: f"{m['kernel_slab_bytes_per_socket']:,.0f} B ({m['sockets_on_machine']:,} sockets)")
         row("kernel TCP buffer pages (`sockstat mem`)", lambda m: f"{m['kernel_tcp_mem_bytes_delta']:,} B")
+    out += markdown_wss(res)
     return "\n".join(out)
+
+
+def markdown_wss(res: list[dict]) -> list[str]:
+    """The in-relay TLS tables (wss/ against ws and HAProxy of the same run); nothing
+    when no wss/ scenario ran."""
+    by = {r["name"]: r for r in res}
+    wss = [r for r in res if r["target"] == "wss"]
+    if not wss:
+        return []
+    out: list[str] = []
+
+    def pct(v):
+        return f"{100 * v:.0f}%" if v is not None else "-"
+
+    def num(v, f="{:.2f}"):
+        return f.format(v) if v is not None else "-"
+
+    hs = [r for r in res if r["mode"] == "handshakes"]
+    if hs:
+        out += ["", "| scenario | handshakes/s | connect -> 101 p50 / p99 / p99.9 µs | relay CPU | generator CPU "
+                "| relay CPU µs / handshake | handshakes / relay CPU-s | TLS 1.3 / resumed | status |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in hs:
+            js, d = r.get("loadgen") or {}, r.get("derived") or {}
+            lat = "/".join(fmt_k(js.get(k)) for k in ("hs_lat_p50_us", "hs_lat_p99_us", "hs_lat_p999_us"))
+            st = r["status"] + (": " + str(r["error"]) if r["status"] != "ok" and r.get("error") else "")
+            out.append(f"| `{r['name']}` | {num(d.get('handshakes_per_s'), '{:,.0f}')} | {lat} "
+                       f"| {pct(d.get('server_cpu_util'))} | {pct(d.get('loadgen_cpu_util'))} "
+                       f"| {num(d.get('server_cpu_us_per_handshake'), '{:.0f}')} "
+                       f"| **{num(d.get('handshakes_per_server_cpu_s'), '{:,.0f}')}** "
+                       f"| {js.get('handshakes_tls13', '-')} / {js.get('handshakes_resumed', '-')} | {st} |")
+    caps = [r for r in wss if r["mode"] == "closed"]
+    if caps:
+        out += ["", "| shape | ws: relay CPU-s / M frames | wss: relay | via HAProxy: relay + HAProxy "
+                "| wss / ws | wss / (relay + HAProxy) | TLS added: in the relay / by HAProxy | frames/s ws, wss, HAProxy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in caps:
+            rest = r["name"].split("/", 1)[1]
+            vs, d = r.get("vs") or {}, r.get("derived") or {}
+            ws_d = (by.get(f"relay/{rest}") or {}).get("derived") or {}
+            hap_d = (by.get(f"tls/{rest}") or {}).get("derived") or {}
+            hap_s = "-"
+            if hap_d.get("combined_cpu_s_per_mframe"):
+                hap_s = (f"{hap_d['combined_cpu_s_per_mframe']:.2f} ({hap_d['server_cpu_s_per_mframe']:.2f} + "
+                         f"{hap_d['haproxy_cpu_s_per_mframe']:.2f})")
+            added = "-"
+            if vs.get("tls_added_in_relay_cpu_s_per_mframe") is not None:
+                added = (f"{vs['tls_added_in_relay_cpu_s_per_mframe']:.2f} / "
+                         f"{vs['tls_added_by_haproxy_cpu_s_per_mframe']:.2f} ({pct(vs['tls_added_ratio'])})")
+            fps = ", ".join(fmt_k(x.get("frames_per_s")) for x in (ws_d, d, hap_d))
+            out.append(f"| `{rest}` | {num(ws_d.get('server_cpu_s_per_mframe'))} "
+                       f"| {num(d.get('server_cpu_s_per_mframe'))} | {hap_s} | {num(vs.get('wss_vs_ws'))}x "
+                       f"| **{pct(vs.get('wss_vs_haproxy_combined'))}** | {added} | {fps} |")
+    idle = [r for r in wss if r["mode"] == "idle" and (r.get("memory") or {}).get("user_bytes_per_connection")]
+    if idle:
+        out += ["", "| | ws, relay | wss, relay | wss - ws: TLS state |", "|---|---:|---:|---:|"]
+        for r in idle:
+            m, vs = r["memory"], r.get("vs") or {}
+            wm = ((by.get(f"relay/idle/{r['connections']}") or {}).get("memory")) or {}
+
+            def b(v):
+                return f"{v:,.0f} B" if v is not None else "-"
+            out.append(f"| connections | {r['connections']:,} | {r['connections']:,} | |")
+            if wm.get("server_rss_bytes_before") and m.get("server_rss_bytes_before"):
+                out.append(f"| relay RSS before -> all connected | {wm['server_rss_bytes_before'] / 1e6:.1f} MB -> "
+                           f"{wm['server_rss_bytes_connected'] / 1e6:.1f} MB | {m['server_rss_bytes_before'] / 1e6:.1f} MB"
+                           f" -> {m['server_rss_bytes_connected'] / 1e6:.1f} MB | |")
+            out.append(f"| user space per connection (delta / n) | {b(wm.get('user_bytes_per_connection'))} "
+                       f"| {b(m.get('user_bytes_per_connection'))} | **{b(vs.get('tls_state_bytes_per_connection'))}** |")
+            out.append(f"| user space, marginal (ramp slope) | {b(wm.get('user_bytes_per_connection_marginal'))} "
+                       f"| {b(m.get('user_bytes_per_connection_marginal'))} "
+                       f"| {b(vs.get('tls_state_bytes_per_connection_marginal'))} |")
+            out.append(f"| kernel slab per socket | {b(wm.get('kernel_slab_bytes_per_socket'))} "
+                       f"| {b(m.get('kernel_slab_bytes_per_socket'))} | |")
+    return out
 
 
 # ---------------------------------------------------------------------------------
@@ -950,15 +1178,16 @@ def charts(results: list[dict], stem: Path) -> list[str]:
         made.append(path.name)
 
     ok = [r for r in results if r["status"] != "failed" and r.get("derived")]
-    colors = {"raw": "#999999", "relay": "#1f77b4", "tls": "#d62728"}
-    tlabel = {"raw": "rawfwd (raw ceiling)", "relay": "relay (plaintext)", "tls": "relay, TLS via HAProxy termination"}
+    colors = {"raw": "#999999", "relay": "#1f77b4", "tls": "#d62728", "wss": "#2ca02c"}
+    tlabel = {"raw": "rawfwd (raw ceiling)", "relay": "relay (plaintext)", "tls": "relay, TLS via HAProxy termination",
+              "wss": "relay terminating TLS itself"}
 
     # 1. capacity throughput and CPU per million frames, per topology and size
     caps = [r for r in ok if r["mode"] == "closed"]
     groups = sorted({(r["binaries"], r["phones_per_binary"], r["size_bytes"]) for r in caps})
     if groups:
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(7, 1.3 * len(groups) + 3), 8))
-        targets_ = [t for t in ("raw", "relay", "tls") if any(r["target"] == t for r in caps)]
+        targets_ = [t for t in ("raw", "relay", "tls", "wss") if any(r["target"] == t for r in caps)]
         bw = 0.8 / len(targets_)
         for ti, t in enumerate(targets_):
             xs, fps, cpm = [], [], []
@@ -1078,6 +1307,8 @@ def make_cert(tmp: Path) -> Path:
                    check=True, capture_output=True, timeout=30)
     pem.write_bytes(crt.read_bytes() + key.read_bytes())
     os.chmod(pem, 0o644)   # HAProxy reads it before it drops to its own user
+    for f in (key, crt):
+        os.chmod(f, 0o644)  # the relay (wss) reads them as nobody; a throwaway key
     return pem
 
 
@@ -1100,7 +1331,7 @@ class Progress:
         bits = [f"[{i}/{n} {time.monotonic() - self.t0:4.0f}s] {res['name']}: {res['status']}"]
         if der.get("frames_per_s"):
             bits.append(f"{fmt_num(der['frames_per_s'])} frames/s")
-        if js.get("lat_p99_us") is not None and res["mode"] != "idle":
+        if js.get("lat_p99_us") is not None and res["mode"] not in ("idle", "handshakes"):
             bits.append(f"p99 {fmt_num(js['lat_p99_us'])} us")
         cpm = cpu_per_mframe(der)
         if cpm:
@@ -1108,6 +1339,10 @@ class Progress:
         mem = res.get("memory") or {}
         if mem.get("user_bytes_per_connection") is not None:
             bits.append(f"{mem['user_bytes_per_connection']:.0f} B/conn user space")
+        if der.get("handshakes_per_s"):
+            bits.append(f"{der['handshakes_per_s']:.0f} handshakes/s, p99 {fmt_num(js.get('hs_lat_p99_us'))} us")
+        if der.get("handshakes_per_server_cpu_s"):
+            bits.append(f"{der['handshakes_per_server_cpu_s']:.0f} per server cpu-s")
         if res.get("error"):
             bits.append(res["error"][:300])
         print(", ".join(bits), flush=True)
@@ -1160,6 +1395,9 @@ def main() -> int:
     if any(s.target == "tls" for s in scen) and not (shutil.which("haproxy") and shutil.which("openssl")):
         print("bench: haproxy/openssl missing (tools/deps.sh bench installs them)", file=sys.stderr)
         return 2
+    if any(s.target == "wss" for s in scen) and not shutil.which("openssl"):
+        print("bench: openssl missing (tools/deps.sh bench installs it)", file=sys.stderr)
+        return 2
 
     ncpu = os.cpu_count() or 1
     cpu_server, cpu_gen = (0, 1) if ncpu >= 2 else (None, None)
@@ -1183,7 +1421,7 @@ def main() -> int:
     results: list[dict] = []
     rc = 0
     try:
-        cert = make_cert(tmp) if any(s.target == "tls" for s in scen) else None
+        cert = make_cert(tmp) if any(s.target in ("tls", "wss") for s in scen) else None
         env = Env(relay, loadgen, rawfwd, tmp, cert, cpu_server, cpu_gen, PortAllocator(PORT_BASE), sys.stdout.isatty(), nofile_limit())
         info = machine_info(env)
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -1222,6 +1460,14 @@ def main() -> int:
             "headline": headline(results),
             "targets": targets(results),
         }
+        if any(r["target"] == "wss" for r in results):
+            doc["method"]["wss"] = ("the relay terminating TLS itself (--https-listen, --tls-cert, --tls-key; "
+                                    "BoringSSL in user space on its ring), throwaway P-256 self-signed cert made "
+                                    "with openssl req -x509 -newkey ec at bench time; loadgen --insecure")
+            doc["method"]["handshakes"] = ("loadgen --mode handshakes: each of N slots connects, completes TLS "
+                                           "(wss) and a /v1/server upgrade with a new server-id, closes 1000 "
+                                           "(echoed) and starts over; handshakes per relay CPU-second = "
+                                           "handshakes/s / relay CPU share in the window")
         json_path = stem.with_suffix(".json")
         doc["charts"] = charts(results, stem)
         json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
@@ -1230,7 +1476,7 @@ def main() -> int:
         print()
         for t in doc["targets"]:
             met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-            val = f"{t['value']:.1f} {t['unit']}" if t["value"] is not None else "-"
+            val = f"{t['value']:.{2 if t['unit'] == 'x' else 1}f} {t['unit']}" if t["value"] is not None else "-"
             floor = f"; rawfwd at the same load: {t['raw_p99_us']:.1f} us" if t.get("raw_p99_us") else ""
             print(f"  goal: {t['goal']}: {val} ({met}){floor}")
         print(f"\nbench: wrote {json_path}" + "".join(f", {c}" for c in doc["charts"]))

@@ -5,6 +5,9 @@ both ways and nothing was lost, reordered or corrupted. The same shapes also run
 rawfwd (loadgen --raw), the raw ceiling the benchmarks compare the relay with. With
 --threads the generator runs several loops and merges their results; those cases check
 that the merged figures add up exactly, and that a thread count out of range is refused.
+--mode handshakes (connection churn: TLS handshake + upgrade + close, over and over) runs
+against a relay terminating TLS itself, and its counts are checked against each other and
+against the relay's own metrics.
 
 The tools come from the relay's build directory (`make` builds them next to the relay:
 build/<variant>/loadgen and rawfwd), or LOADGEN_BIN / RAWFWD_BIN; without either,
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from relayctl import REPO_ROOT, free_port, tls_material, unique_id
+from relayctl import REPO_ROOT, free_port, tls_material, unique_id, wait_until
 
 LOADGEN_TIMEOUT_S = 30.0  # loadgen stops by itself after ~3 s; this only guards a hang
 RAWFWD_READY_TIMEOUT_S = 5.0
@@ -35,6 +38,10 @@ SHAPES = [(1, 2), (10, 2)]  # (binaries, phones per binary)
 THREADS_MAX = 64  # LG_THREADS_MAX in tools/loadgen/lg.h
 USAGE_TIMEOUT_S = 10.0  # a refused command line exits at once
 EXIT_USAGE = 2
+HS_ARGS = ["--mode", "handshakes", *TIME_ARGS]
+HS_SLOTS, HS_THREADS = 8, 2  # connections at a time, split over the generator's loops
+METRICS_SETTLE_S = 5.0  # counters land a loop iteration after the event
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$')
 
 
 def _tool(name: str, env_var: str, relay_bin: str) -> str:
@@ -202,6 +209,80 @@ def test_threads_out_of_range_refused(loadgen_bin, threads, binaries, says):
     argv = [loadgen_bin, "--url", "ws://127.0.0.1:9", "--binaries", str(binaries), "--threads", str(threads),
             *TIME_ARGS]
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=USAGE_TIMEOUT_S)
+    err = p.stderr.decode("utf-8", "replace")
+    assert p.returncode == EXIT_USAGE, (p.returncode, err)
+    assert says in err, err
+    assert not p.stdout.strip(), p.stdout
+
+
+def scrape(relay) -> dict:
+    """{series: value} of the relay's /metrics."""
+    out = {}
+    for line in relay.metrics_text().splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def test_handshakes_mode_over_tls(relay_factory, loadgen_bin):
+    """--mode handshakes for 2 s against a relay terminating TLS (certificate files): 8
+    slots on 2 generator threads each connect, complete a full TLS handshake and a
+    /v1/server upgrade with a server-id of their own, send close 1000, wait for the echo
+    and the relay's end of TCP, and start over. The counts must agree: every connection
+    started got its 101 and the echo of its close, over TLS 1.3, none resumed; the window's
+    handshakes are exactly its latency samples and its rate is their count over the window;
+    and the relay's own counters saw exactly as many accepted server upgrades and TLS 1.3
+    handshakes, with no binary left registered at the end."""
+    cert, key = tls_material()
+    relay = relay_factory.start(metrics=True, args=["--tls-cert", cert, "--tls-key", key,
+                                                    "--rate-limit-burst", "0", "--grace-period", "0"])
+    assert relay.tls
+    before = scrape(relay)
+    js = run_loadgen(loadgen_bin, relay.ws_url(""), HS_SLOTS, 0, extra=["--threads", str(HS_THREADS)],
+                     base=HS_ARGS)
+    assert js["mode"] == "handshakes" and js["transport"] == "wss" and js["ok"] is True, js
+    n = js["handshakes_started"]
+    assert n > 0 and js["handshakes_completed"] == js["handshakes_closed"] == js["handshakes_tls13"] == n, js
+    assert js["handshakes_resumed"] == 0, js
+    assert 0 < js["handshakes"] <= n and js["hs_lat_samples"] == js["handshakes"], js
+    assert js["handshakes_per_s"] == pytest.approx(js["handshakes"] / js["duration_s"], rel=1e-3, abs=0.1), js
+    assert 0 < js["hs_lat_p50_us"] <= js["hs_lat_p99_us"] <= js["hs_lat_max_us"], js
+    # every slot completed at least one; no frames in this mode
+    assert js["connections"] == js["connections_target"] == HS_SLOTS, js
+    for k in ("errors", "frames_sent", "frames_p2b", "frames_b2p", "lat_samples"):
+        assert js[k] == 0, (k, js)
+
+    accepted = 'pyrycode_relay_ws_upgrade_attempts_total{endpoint="server",outcome="accept"}'
+    tls13 = 'pyrycode_relay_tls_handshakes_total{version="1.3"}'
+    resumed = "pyrycode_relay_tls_resumptions_total"
+    after = {}
+
+    def settled():
+        nonlocal after
+        after = scrape(relay)
+        return (after[accepted] - before[accepted] == n and after[tls13] - before[tls13] == n
+                and after["pyrycode_relay_connected_binaries"] == 0)
+
+    try:
+        wait_until(settled, METRICS_SETTLE_S, interval=0.05, what="the relay's counters")
+    except TimeoutError:
+        pass  # the asserts below say which count differs
+    assert after[accepted] - before[accepted] == n, (after[accepted], before[accepted], js)
+    assert after[tls13] - before[tls13] == n, (after[tls13], before[tls13], js)
+    assert after[resumed] - before[resumed] == 0
+    assert after["pyrycode_relay_connected_binaries"] == 0
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--count", "5"], "--count only applies to --mode handshakes"),
+    (["--mode", "handshakes", "--phones", "2"], "--mode handshakes has no phones"),
+    (["--mode", "handshakes", "--raw", "--url", "tcp://127.0.0.1:9"], "--mode handshakes needs a ws:// or wss://"),
+], ids=["count-without-mode", "phones", "raw"])
+def test_handshakes_mode_usage_refused(loadgen_bin, argv, says):
+    """Refused before any connection: usage exit status, the reason, no JSON line."""
+    p = subprocess.run([loadgen_bin, "--url", "ws://127.0.0.1:9", *argv], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=USAGE_TIMEOUT_S)
     err = p.stderr.decode("utf-8", "replace")
     assert p.returncode == EXIT_USAGE, (p.returncode, err)
     assert says in err, err

@@ -81,10 +81,21 @@
 #define LG_RING_ENTRIES_MAX 8192u
 #define LG_CODES_TRACKED 16u                 /* distinct close codes / HTTP statuses kept */
 #define LG_TLS_PULLS_PER_INPUT_MAX 64u
+/* --mode handshakes: each slot's server-id is <prefix><slot>.<cycle in hex>, a new one
+ * per connection (at most 16 hex digits and the dot beyond LG_SERVER_ID_BYTES_MAX). */
+#define LG_HS_SERVER_ID_BYTES_MAX (LG_SERVER_ID_BYTES_MAX + 17u)
+#define LG_HS_COUNT_MAX 1000000000ull        /* --count: connections started, whole run */
+/* How often a loop looks for a connection past its own deadline (--connect-timeout
+ * from its connect to its end): a stuck slot is counted and freed for the next one. */
+#define LG_HS_SCAN_INTERVAL_NS (100ull * 1000 * 1000)
 
 #define NS_PER_S 1000000000ull
 
-enum lg_mode { LG_MODE_CLOSED, LG_MODE_OPEN, LG_MODE_IDLE };
+/* LG_MODE_HANDSHAKES: connection churn, not frames. Each of --binaries slots connects,
+ * completes TLS (wss) and a /v1/server upgrade with a server-id of its own, sends a
+ * close 1000, waits for the relay's echo and its end of the connection, and starts
+ * over; the figure is upgrades (101s) per second and their latency. */
+enum lg_mode { LG_MODE_CLOSED, LG_MODE_OPEN, LG_MODE_IDLE, LG_MODE_HANDSHAKES };
 enum lg_transport { LG_TR_WS, LG_TR_WSS, LG_TR_RAW };
 enum lg_role { LG_ROLE_BINARY, LG_ROLE_PHONE };
 
@@ -108,6 +119,7 @@ struct lg_config {
 	uint32_t src_ips;                  /* 0: let the kernel pick */
 	uint32_t connect_concurrency;      /* over all threads */
 	uint32_t threads;
+	uint64_t hs_count_max;             /* handshakes mode: connections started, 0: no limit */
 	char server_prefix[LG_SERVER_PREFIX_BYTES_MAX + 1];
 	bool insecure;
 	const char *ca_file;
@@ -136,6 +148,8 @@ struct conn {
 	bool settled;         /* counted as ready or failed during connect */
 	bool ready;           /* binary: 101 seen; phone: probe round trip done */
 	bool handshaking;     /* holds a connect-concurrency slot */
+	bool connect_inflight; /* our connect SQE has not completed yet */
+	bool parked;          /* handshakes mode: on the loop's list of slots to start again */
 	uint32_t binary;      /* index of the binary (phones: theirs; binaries: own) */
 	uint32_t phone;       /* global phone number (phones) */
 	uint32_t raw_index;   /* raw: the phone index the forwarder gave us */
@@ -162,6 +176,11 @@ struct conn {
 	uint64_t probe_ns;
 	uint64_t *t_ring;     /* closed loop: send time of seq s at [s & t_ring_mask] */
 	uint32_t t_ring_mask;
+
+	/* handshakes mode: this slot's current connection */
+	uint64_t hs_start_ns;    /* when its connect was submitted */
+	uint64_t hs_deadline_ns; /* hs_start_ns + --connect-timeout: done by then or counted */
+	uint64_t hs_cycle;       /* connections this slot has started (its server-id suffix) */
 };
 
 struct lg_code_count {
@@ -196,6 +215,14 @@ struct lg_stats {
 	uint64_t open_held;              /* open loop: times a phone held due frames (in-flight cap) */
 	uint64_t send_lag_max_ns;        /* open loop: worst (queued - intended) in the window */
 	uint64_t loop_max_ns;            /* longest loop iteration (our own work) in the window */
+	/* handshakes mode */
+	uint64_t hs_started;     /* connects submitted, whole run */
+	uint64_t hs_completed;   /* 101s received, whole run */
+	uint64_t hs_window;      /* 101s received inside the window */
+	uint64_t hs_closed;      /* our close 1000 echoed by the peer */
+	uint64_t hs_tls13;       /* completed over TLS 1.3 */
+	uint64_t hs_resumed;     /* completed with a resumed TLS session (we never offer one) */
+	struct hist hs_lat;      /* connect submitted -> 101 received, of the window's 101s */
 	struct lg_code_count close_codes[LG_CODES_TRACKED];
 	struct lg_code_count http_statuses[LG_CODES_TRACKED];
 	struct lg_code_count errnos[LG_CODES_TRACKED];
@@ -204,6 +231,7 @@ struct lg_stats {
 	uint64_t iv_round_trips;
 	uint64_t iv_p2b;
 	uint64_t iv_b2p;
+	uint64_t iv_handshakes;  /* handshakes mode: 101s (iv_lat holds their latency) */
 };
 
 enum lg_phase { PH_CONNECT, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_CLOSE, PH_DONE };
@@ -246,6 +274,7 @@ struct lg_progress {
 	uint64_t iv_round_trips;
 	uint64_t iv_p2b;
 	uint64_t iv_b2p;
+	uint64_t iv_handshakes;
 	struct hist iv_lat;
 };
 
@@ -294,6 +323,12 @@ struct lg_worker {
 	uint64_t open_next_k;     /* this loop's frames [0, open_next_k) have been made due */
 	uint64_t open_end_k;      /* frames from here are intended after the window */
 	uint64_t rng;
+	/* handshakes mode: slots whose connection has ended and whose every operation has
+	 * completed (so no stale completion can reach the next one), ready to start again */
+	uint32_t *hs_parked;
+	uint32_t hs_parked_n;
+	uint64_t hs_budget;       /* this loop's share of --count (UINT64_MAX: no limit) */
+	uint64_t next_hs_scan_ns;
 	struct lg_stats st;
 	int result;               /* lg_run's: 0, or -1 when the loop failed */
 	uint64_t next_publish_ns;
@@ -345,5 +380,8 @@ bool lgtls_write(void *tls, const uint8_t *p, size_t n);
 size_t lgtls_out_pending(void *tls);
 size_t lgtls_out_take(void *tls, uint8_t *out, size_t cap);
 void lgtls_close_notify(void *tls);
+/* After the handshake: the version negotiated was TLS 1.3; the session was resumed. */
+bool lgtls_is_tls13(void *tls);
+bool lgtls_resumed(void *tls);
 
 #endif

@@ -18,6 +18,12 @@
  * traffic at one common instant, so the windows are the same), WARMUP and MEASURE
  * (traffic; only MEASURE counts), DRAIN (no new frames; wait for the ones in flight,
  * then the missing ones are lost), CLOSE (close frames, bounded wait), DONE.
+ *
+ * --mode handshakes uses the same phases without the connect phase: every slot (a
+ * binary of its own) connects when traffic starts, and each time its connection has
+ * ended (the upgrade answered, our close echoed, the relay's end of TCP seen) and its
+ * last completion is in, it is parked and started again with a new server-id. The
+ * drain waits for the connections in flight; those still unfinished are errors.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -74,6 +80,11 @@ static uint32_t rng32(struct lg_worker *w)
 static bool is_raw(struct lg_worker *w)
 {
 	return w->cfg->transport == LG_TR_RAW;
+}
+
+static bool is_hs(const struct lg_worker *w)
+{
+	return w->cfg->mode == LG_MODE_HANDSHAKES;
 }
 
 static bool in_window(struct lg_worker *w, uint64_t t)
@@ -151,9 +162,14 @@ static uint32_t first_phone_of(const struct lg_worker *w, const struct conn *c)
 	return (c->binary - w->binary0) * w->cfg->phones_per_binary;
 }
 
-static void server_id(struct lg_worker *w, char *out, size_t cap, uint32_t binary)
+static void server_id(struct lg_worker *w, char *out, size_t cap, const struct conn *c)
 {
-	int n = snprintf(out, cap, "%s%u", w->cfg->server_prefix, binary);
+	int n;
+	if (is_hs(w)) /* a server-id of its own for every connection of the slot */
+		n = snprintf(out, cap, "%s%u.%llx", w->cfg->server_prefix, c->binary,
+			     (unsigned long long)c->hs_cycle);
+	else
+		n = snprintf(out, cap, "%s%u", w->cfg->server_prefix, c->binary);
 	ASSERT(n > 0 && (size_t)n < cap);
 }
 
@@ -192,6 +208,19 @@ static void settle(struct lg_worker *w, struct conn *c, bool ok)
 	}
 }
 
+/* Handshakes mode: a slot whose connection is dead and has no operation left in the
+ * ring goes on the list of slots to start again (phase_step does). Waiting for the
+ * completions first means a late one can never be taken for the next connection's. */
+static void hs_maybe_park(struct lg_worker *w, struct conn *c)
+{
+	if (!is_hs(w) || c->state != CS_DEAD || c->parked || c->recv_armed || c->send_inflight ||
+	    c->connect_inflight)
+		return;
+	ASSERT(w->hs_parked_n < w->conns_n);
+	c->parked = true;
+	w->hs_parked[w->hs_parked_n++] = c->idx;
+}
+
 /* Tear a connection down. Callers count the error, if any, before. */
 static void conn_kill(struct lg_worker *w, struct conn *c)
 {
@@ -216,6 +245,7 @@ static void conn_kill(struct lg_worker *w, struct conn *c)
 		c->tls = NULL;
 	}
 	c->state = CS_DEAD;
+	hs_maybe_park(w, c);
 	if (c->role == LG_ROLE_BINARY && w->phase == PH_CONNECT) {
 		/* phones that never started cannot reach this binary any more */
 		for (uint32_t j = 0; j < w->cfg->phones_per_binary; j++) {
@@ -279,6 +309,7 @@ static void conn_start(struct lg_worker *w, struct conn *c)
 	c->fd = fd;
 	c->state = CS_CONNECTING;
 	c->handshaking = true;
+	c->connect_inflight = true;
 	w->handshakes_inflight++;
 	struct io_uring_sqe *sqe = get_sqe(w);
 	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&w->cfg->addr, w->cfg->addr_len);
@@ -543,6 +574,32 @@ static bool binary_frame(struct lg_worker *w, struct conn *c, const uint8_t *p, 
 
 /* ---- input ---- */
 
+/* Handshakes mode: the 101 is in. Count and time it, then close (1000) at once. */
+static void hs_opened(struct lg_worker *w, struct conn *c)
+{
+	struct lg_stats *st = &w->st;
+	uint64_t lat = w->now_ns > c->hs_start_ns ? w->now_ns - c->hs_start_ns : 0;
+	if (!c->ready) { /* `connections`: slots that completed at least one */
+		c->ready = true;
+		w->ready_binaries++;
+	}
+	st->hs_completed++;
+	st->iv_handshakes++;
+	hist_record(&st->iv_lat, lat);
+	if (in_window(w, w->now_ns)) {
+		st->hs_window++;
+		hist_record(&st->hs_lat, lat);
+	}
+	if (c->tls) {
+		if (lgtls_is_tls13(c->tls))
+			st->hs_tls13++;
+		if (lgtls_resumed(c->tls))
+			st->hs_resumed++;
+	}
+	put_close(w, c, 1000);
+	c->state = CS_CLOSING;
+}
+
 static void conn_opened(struct lg_worker *w, struct conn *c)
 {
 	c->state = CS_OPEN;
@@ -550,6 +607,10 @@ static void conn_opened(struct lg_worker *w, struct conn *c)
 	if (c->handshaking) {
 		c->handshaking = false;
 		w->handshakes_inflight--;
+	}
+	if (is_hs(w)) {
+		hs_opened(w, c);
+		return;
 	}
 	if (c->role == LG_ROLE_BINARY) {
 		c->ready = true;
@@ -563,6 +624,12 @@ static void conn_opened(struct lg_worker *w, struct conn *c)
 
 static void closed_by_peer(struct lg_worker *w, struct conn *c, uint32_t code)
 {
+	if (c->state == CS_CLOSING && is_hs(w)) {
+		/* our close was answered; the relay ends TCP next (after its close_notify
+		 * with TLS): wait for that, so we never close with its bytes unread (a RST) */
+		w->st.hs_closed++;
+		return;
+	}
 	if (c->state == CS_CLOSING) {
 		conn_kill(w, c); /* our close was answered: a clean end */
 		return;
@@ -612,6 +679,9 @@ static void ws_frames(struct lg_worker *w, struct conn *c)
 			uint32_t code = n >= 2 ? (uint32_t)pl[0] << 8 | pl[1] : 1005;
 			off += hl + n;
 			closed_by_peer(w, c, code);
+			if (c->state == CS_DEAD)
+				return;
+			c->in_len = 0; /* nothing after a close frame is read */
 			return;
 		}
 		off += hl + n;
@@ -701,8 +771,8 @@ static void conn_input(struct lg_worker *w, struct conn *c)
 
 static void send_hello(struct lg_worker *w, struct conn *c)
 {
-	char sid[LG_SERVER_ID_BYTES_MAX + 1];
-	server_id(w, sid, sizeof sid, c->binary);
+	char sid[LG_HS_SERVER_ID_BYTES_MAX + 1];
+	server_id(w, sid, sizeof sid, c);
 	char *o = (char *)fill_ptr(c);
 	size_t n;
 	if (is_raw(w)) {
@@ -756,6 +826,13 @@ static void tls_input(struct lg_worker *w, struct conn *c)
 			}
 			if (r == 0)
 				break;
+			if (c->state == CS_CLOSING && is_hs(w) && c->in_len > 0) {
+				/* the peer's close frame and its close_notify came together:
+				 * count the echo before ending the connection */
+				conn_input(w, c);
+				if (c->state == CS_DEAD)
+					return;
+			}
 			if (c->state == CS_CLOSING) {
 				conn_kill(w, c);
 			} else {
@@ -784,8 +861,11 @@ static void input(struct lg_worker *w, struct conn *c)
 
 static void on_connect(struct lg_worker *w, struct conn *c, int res)
 {
-	if (c->state != CS_CONNECTING)
+	c->connect_inflight = false;
+	if (c->state != CS_CONNECTING) {
+		hs_maybe_park(w, c);
 		return;
+	}
 	if (res < 0) {
 		count_code(w->st.errnos, (uint32_t)-res);
 		conn_error(w, c, &w->st.errors_connect, "connect: %s", strerror(-res));
@@ -809,8 +889,10 @@ static void on_connect(struct lg_worker *w, struct conn *c, int res)
 static void on_recv(struct lg_worker *w, struct conn *c, int res)
 {
 	c->recv_armed = false;
-	if (c->state == CS_DEAD)
+	if (c->state == CS_DEAD) {
+		hs_maybe_park(w, c);
 		return;
+	}
 	if (res <= 0) {
 		if (c->state == CS_CLOSING) {
 			conn_kill(w, c);
@@ -838,8 +920,10 @@ static void on_recv(struct lg_worker *w, struct conn *c, int res)
 static void on_send(struct lg_worker *w, struct conn *c, int res)
 {
 	c->send_inflight = false;
-	if (c->state == CS_DEAD)
+	if (c->state == CS_DEAD) {
+		hs_maybe_park(w, c);
 		return;
+	}
 	if (res < 0) {
 		if (c->state == CS_CLOSING) {
 			conn_kill(w, c);
@@ -866,6 +950,51 @@ static void on_send(struct lg_worker *w, struct conn *c, int res)
 	mark_dirty(w, c);
 }
 
+/* ---- handshakes mode: the slots ---- */
+
+/* Start every parked slot again with a fresh connection, while the budget lasts. */
+static void hs_restart(struct lg_worker *w)
+{
+	while (w->hs_parked_n > 0 && w->st.hs_started < w->hs_budget && !stop_requested(w)) {
+		struct conn *c = &w->conns[w->hs_parked[--w->hs_parked_n]];
+		ASSERT(c->parked && c->state == CS_DEAD && !c->recv_armed && !c->send_inflight &&
+		       !c->connect_inflight);
+		c->parked = false;
+		c->state = CS_QUEUED;
+		c->in_len = 0;
+		c->fill_len = 0;
+		c->fill_idx = 0;
+		c->wire = NULL;
+		c->wire_len = c->wire_off = 0;
+		c->paused = false;
+		c->hs_cycle++;
+		c->hs_start_ns = w->now_ns;
+		c->hs_deadline_ns = w->now_ns + w->cfg->connect_timeout_ns;
+		w->st.hs_started++;
+		conn_start(w, c); /* a failure here kills and parks it again: counted, not retried this round */
+		if (c->state == CS_DEAD)
+			break;
+	}
+}
+
+/* A connection past its own deadline (--connect-timeout from its connect) is counted
+ * and ended, so a slot the relay never answers does not sit out the rest of the run. */
+static void hs_scan_deadlines(struct lg_worker *w)
+{
+	if (w->now_ns < w->next_hs_scan_ns)
+		return;
+	w->next_hs_scan_ns = w->now_ns + LG_HS_SCAN_INTERVAL_NS;
+	for (uint32_t i = 0; i < w->conns_n; i++) {
+		struct conn *c = &w->conns[i];
+		if (c->state == CS_DEAD || w->now_ns < c->hs_deadline_ns)
+			continue;
+		if (c->state == CS_CLOSING)
+			conn_error(w, c, &w->st.errors_closed, "close not answered within --connect-timeout");
+		else
+			conn_error(w, c, &w->st.errors_handshake, "handshake not done within --connect-timeout");
+	}
+}
+
 /* ---- phases ---- */
 
 static void begin_drain(struct lg_worker *w);
@@ -885,7 +1014,9 @@ static void start_traffic(struct lg_worker *w, uint64_t t0_ns)
 		begin_drain(w);
 		return;
 	}
-	if (w->cfg->mode == LG_MODE_OPEN) {
+	if (is_hs(w)) {
+		hs_restart(w);
+	} else if (w->cfg->mode == LG_MODE_OPEN) {
 		long double end = (long double)(w->t_measure1_ns - w->t_traffic0_ns) * (long double)w->rate_per_s /
 				  (long double)NS_PER_S;
 		w->open_end_k = (uint64_t)end;
@@ -918,6 +1049,15 @@ static void arrive(struct lg_worker *w)
 		fprintf(stderr, "loadgen: --connect-timeout passed: %u connections not ready (counted as errors)\n",
 			not_ready);
 	r->t_connected_ns = w->now_ns;
+	if (cfg->mode == LG_MODE_HANDSHAKES) {
+		/* nothing connects before traffic: the slots start with it */
+		if (!cfg->quiet)
+			fprintf(stderr, "loadgen: %u connections at a time, each a new connection and upgrade; starting\n",
+				cfg->binaries);
+		__atomic_store_n(&r->t_traffic0_ns, w->now_ns + (r->threads > 1 ? LG_START_LEAD_NS : 0),
+				 __ATOMIC_RELEASE);
+		return;
+	}
 	r->nothing_to_measure = rb == 0 || (cfg->mode != LG_MODE_IDLE && rp == 0);
 	if (r->nothing_to_measure)
 		fprintf(stderr, "loadgen: nothing to measure: %u binaries and %u phones ready\n", rb, rp);
@@ -985,6 +1125,8 @@ static void begin_drain(struct lg_worker *w)
 
 static bool drained(struct lg_worker *w)
 {
+	if (is_hs(w))
+		return w->handshakes_inflight == 0 && w->open_n == 0;
 	for (uint32_t p = 0; p < w->phones_n; p++) {
 		const struct conn *c = phone_conn(w, p);
 		if (c->state == CS_OPEN && c->next_seq > c->expect_seq)
@@ -1014,7 +1156,10 @@ static void begin_close(struct lg_worker *w)
 				c->state = CS_CLOSING;
 			}
 		} else if (c->state != CS_DEAD && c->state != CS_CLOSING) {
-			conn_kill(w, c);
+			if (is_hs(w)) /* the drain was its time to finish */
+				conn_error(w, c, &w->st.errors_handshake, "handshake not done by the end of --drain");
+			else
+				conn_kill(w, c);
 		}
 	}
 }
@@ -1024,6 +1169,16 @@ static void finish(struct lg_worker *w)
 	for (uint32_t i = 0; i < w->conns_n; i++)
 		conn_kill(w, &w->conns[i]);
 	w->phase = PH_DONE;
+}
+
+/* Handshakes mode, warm-up and window: end what overran, start the parked slots; once
+ * --count connections have started and every slot has ended, the window ends. */
+static void hs_step(struct lg_worker *w)
+{
+	hs_scan_deadlines(w);
+	hs_restart(w);
+	if (w->st.hs_started >= w->hs_budget && w->hs_parked_n == w->conns_n)
+		begin_drain(w);
 }
 
 static void phase_step(struct lg_worker *w)
@@ -1043,7 +1198,7 @@ static void phase_step(struct lg_worker *w)
 				conn_start(w, c);
 		}
 		if (!w->arrived) {
-			if (w->settled_n == w->conns_n) {
+			if (w->settled_n == w->conns_n || is_hs(w)) {
 				arrive(w);
 			} else if (w->now_ns >= w->t_phase_deadline_ns) {
 				connect_deadline_passed(w);
@@ -1061,8 +1216,14 @@ static void phase_step(struct lg_worker *w)
 			w->phase = PH_MEASURE;
 		if (w->cfg->mode == LG_MODE_OPEN)
 			open_advance(w);
+		if (is_hs(w))
+			hs_step(w);
 		break;
 	case PH_MEASURE:
+		if (is_hs(w) && w->now_ns < w->t_measure1_ns)
+			hs_step(w);
+		if (w->phase != PH_MEASURE)
+			break; /* --count reached: hs_step ended the window */
 		if (w->now_ns >= w->t_measure1_ns) {
 			if (w->cfg->mode == LG_MODE_OPEN)
 				open_advance(w); /* the last frames intended inside the window */
@@ -1072,6 +1233,8 @@ static void phase_step(struct lg_worker *w)
 		}
 		break;
 	case PH_DRAIN:
+		if (is_hs(w))
+			hs_scan_deadlines(w);
 		if (w->now_ns >= w->t_phase_deadline_ns) {
 			begin_close(w);
 		} else if (w->now_ns >= w->next_drain_check_ns) {
@@ -1147,9 +1310,10 @@ static void publish(struct lg_worker *w)
 	p->iv_round_trips += w->st.iv_round_trips;
 	p->iv_p2b += w->st.iv_p2b;
 	p->iv_b2p += w->st.iv_b2p;
+	p->iv_handshakes += w->st.iv_handshakes;
 	hist_merge(&p->iv_lat, &w->st.iv_lat);
 	pthread_mutex_unlock(&w->pub_lock);
-	w->st.iv_round_trips = w->st.iv_p2b = w->st.iv_b2p = 0;
+	w->st.iv_round_trips = w->st.iv_p2b = w->st.iv_b2p = w->st.iv_handshakes = 0;
 	hist_reset(&w->st.iv_lat);
 }
 
@@ -1261,8 +1425,18 @@ int lg_run(struct lg_worker *w)
 	w->next_publish_ns = w->now_ns + LG_PUBLISH_INTERVAL_NS;
 	hist_reset(&w->st.lat);
 	hist_reset(&w->st.iv_lat);
-	for (uint32_t b = 0; b < w->binaries_n; b++)
-		enqueue(w, &w->conns[b]);
+	hist_reset(&w->st.hs_lat);
+	if (is_hs(w)) {
+		/* every slot waits for the traffic start, then connects (hs_restart) */
+		for (uint32_t i = 0; i < w->conns_n; i++) {
+			w->conns[i].state = CS_DEAD; /* no connection yet: nothing in the ring */
+			w->conns[i].parked = true;
+			w->hs_parked[w->hs_parked_n++] = i;
+		}
+	} else {
+		for (uint32_t b = 0; b < w->binaries_n; b++)
+			enqueue(w, &w->conns[b]);
+	}
 	/* Every phase has a deadline; this is the backstop if one were ever missed. */
 	uint64_t hard_stop_ns = w->cfg->connect_timeout_ns + LG_START_LEAD_NS + w->cfg->warmup_ns +
 				w->cfg->duration_ns + w->cfg->drain_ns + LG_CLOSE_WAIT_NS + 10 * NS_PER_S;

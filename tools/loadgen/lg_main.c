@@ -81,6 +81,14 @@ static void usage(FILE *f)
 		"                          time (no coordinated omission); idle: connect, one\n"
 		"                          probe round trip per phone, then hold with no traffic\n"
 		"                          (pings are answered in every mode). Default closed.\n"
+		"  --mode handshakes       connection churn: --binaries connections at a time,\n"
+		"                          each connects, completes TLS (wss) and a /v1/server\n"
+		"                          upgrade with a server-id of its own, closes (1000,\n"
+		"                          echoed) and starts over; reports upgrades per second\n"
+		"                          and their latency (connect -> 101). No phones.\n"
+		"  --count N               handshakes mode: start at most N connections in the\n"
+		"                          whole run (warm-up included); the window then ends\n"
+		"                          when the last has ended. Default: no limit\n"
 		"  --window W              closed loop: frames in flight per phone, default 1\n"
 		"  --rate R                open loop: frames per second over all phones\n"
 		"  --size BYTES            phone frame size in bytes, %u..%u, default 64\n"
@@ -210,7 +218,7 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 {
 	enum {
 		O_URL = 256, O_RAW, O_INSECURE, O_CA, O_BINARIES, O_PHONES, O_PREFIX, O_SRC_IPS, O_CONC, O_MODE,
-		O_WINDOW, O_RATE, O_SIZE, O_WARMUP, O_DURATION, O_CTIMEOUT, O_DRAIN, O_QUIET, O_THREADS,
+		O_WINDOW, O_RATE, O_SIZE, O_WARMUP, O_DURATION, O_CTIMEOUT, O_DRAIN, O_QUIET, O_THREADS, O_COUNT,
 	};
 	static const struct option opts[] = {
 		{ "url", required_argument, NULL, O_URL },
@@ -232,11 +240,12 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		{ "drain", required_argument, NULL, O_DRAIN },
 		{ "quiet", no_argument, NULL, O_QUIET },
 		{ "threads", required_argument, NULL, O_THREADS },
+		{ "count", required_argument, NULL, O_COUNT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *url = "ws://127.0.0.1:8080";
-	bool raw = false, rate_set = false, window_set = false;
+	bool raw = false, rate_set = false, window_set = false, phones_set = false, count_set = false;
 	*c = (struct lg_config){
 		.mode = LG_MODE_CLOSED,
 		.binaries = 1,
@@ -275,6 +284,7 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 			break;
 		case O_PHONES:
 			c->phones_per_binary = (uint32_t)parse_u64(optarg, "--phones", 0, LG_PHONES_PER_BINARY_MAX);
+			phones_set = true;
 			break;
 		case O_PREFIX:
 			if (optarg[0] == '\0' || strlen(optarg) > LG_SERVER_PREFIX_BYTES_MAX ||
@@ -297,8 +307,10 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 				c->mode = LG_MODE_OPEN;
 			else if (strcmp(optarg, "idle") == 0)
 				c->mode = LG_MODE_IDLE;
+			else if (strcmp(optarg, "handshakes") == 0)
+				c->mode = LG_MODE_HANDSHAKES;
 			else
-				die_usage("--mode is closed, open or idle, got \"%s\"", optarg);
+				die_usage("--mode is closed, open, idle or handshakes, got \"%s\"", optarg);
 			break;
 		case O_WINDOW:
 			c->window = (uint32_t)parse_u64(optarg, "--window", 1, LG_WINDOW_MAX);
@@ -334,6 +346,10 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		case O_THREADS:
 			c->threads = (uint32_t)parse_u64(optarg, "--threads", 1, LG_THREADS_MAX);
 			break;
+		case O_COUNT:
+			c->hs_count_max = parse_u64(optarg, "--count", 1, LG_HS_COUNT_MAX);
+			count_set = true;
+			break;
 		case ':':
 			die_usage("%s needs a value", argv[optind - 1]);
 			break;
@@ -350,7 +366,16 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		die_usage("--rate only applies to --mode open");
 	if (c->mode != LG_MODE_CLOSED && window_set)
 		die_usage("--window only applies to --mode closed");
-	if (c->phones_per_binary == 0 && c->mode != LG_MODE_IDLE)
+	if (c->mode == LG_MODE_HANDSHAKES) {
+		if (phones_set && c->phones_per_binary != 0)
+			die_usage("--mode handshakes has no phones: each connection is a binary (/v1/server) of its own");
+		if (c->transport == LG_TR_RAW)
+			die_usage("--mode handshakes needs a ws:// or wss:// URL (it counts WebSocket upgrades)");
+		c->phones_per_binary = 0;
+	} else if (count_set) {
+		die_usage("--count only applies to --mode handshakes");
+	}
+	if (c->phones_per_binary == 0 && c->mode != LG_MODE_IDLE && c->mode != LG_MODE_HANDSHAKES)
 		die_usage("--phones 0 only makes sense with --mode idle");
 	if ((uint64_t)c->binaries * (1u + c->phones_per_binary) > LG_CONNECTIONS_MAX)
 		die_usage("too many connections (binaries x (1 + phones) over %u)", LG_CONNECTIONS_MAX);
@@ -410,7 +435,8 @@ static void setup_conns(struct lg_worker *w)
 	w->conns = calloc(w->conns_n, sizeof *w->conns);
 	w->queue = calloc(w->conns_n, sizeof *w->queue);
 	w->dirty = calloc(w->conns_n, sizeof *w->dirty);
-	if (!w->conns || !w->queue || !w->dirty) {
+	w->hs_parked = calloc(w->conns_n, sizeof *w->hs_parked);
+	if (!w->conns || !w->queue || !w->dirty || !w->hs_parked) {
 		fprintf(stderr, "loadgen: out of memory for %u connections\n", w->conns_n);
 		exit(1);
 	}
@@ -424,7 +450,8 @@ static void setup_conns(struct lg_worker *w)
 	size_t extra = LG_CTRL_RESERVE_BYTES + LG_REQUEST_BYTES_MAX;
 	size_t phone_half = align64(MAX((size_t)LG_OUT_HALF_BYTES_MIN, batch * phone_frame) + extra);
 	size_t binary_half = align64(
-		MAX(c->mode == LG_MODE_IDLE ? (size_t)LG_OUT_HALF_BYTES_MIN : (size_t)LG_BINARY_OUT_HALF_BYTES_MIN,
+		MAX(c->mode == LG_MODE_IDLE || c->mode == LG_MODE_HANDSHAKES ? (size_t)LG_OUT_HALF_BYTES_MIN
+									      : (size_t)LG_BINARY_OUT_HALF_BYTES_MIN,
 		    4 * binary_frame) + extra);
 	size_t ring_slots = c->mode == LG_MODE_CLOSED ? pow2_at_least(c->window) : 0;
 	size_t rx = tls ? LG_RECV_CHUNK_BYTES : 0;
@@ -498,6 +525,9 @@ static struct lg_worker *plan_workers(struct lg_run *r)
 		w->connect_concurrency =
 			MAX(1u, c->connect_concurrency / n + (t < c->connect_concurrency % n ? 1u : 0u));
 		w->rate_per_s = c->rate_per_s * (double)w->binaries_n / (double)c->binaries;
+		/* --count split like the connect concurrency: evenly, the remainder to the first */
+		w->hs_budget = c->hs_count_max == 0 ? UINT64_MAX
+						    : c->hs_count_max / n + (t < c->hs_count_max % n ? 1u : 0u);
 		int rc = pthread_mutex_init(&w->pub_lock, NULL);
 		ASSERT(rc == 0);
 		hist_reset(&w->pub.iv_lat);
@@ -515,6 +545,7 @@ static void free_workers(struct lg_worker *ws, uint32_t n)
 		free(ws[t].conns);
 		free(ws[t].queue);
 		free(ws[t].dirty);
+		free(ws[t].hs_parked);
 		pthread_mutex_destroy(&ws[t].pub_lock);
 	}
 	free(ws);
@@ -556,6 +587,13 @@ static void merge_stats(struct lg_stats *into, const struct lg_stats *from)
 	into->open_held += from->open_held;
 	into->send_lag_max_ns = MAX(into->send_lag_max_ns, from->send_lag_max_ns);
 	into->loop_max_ns = MAX(into->loop_max_ns, from->loop_max_ns);
+	into->hs_started += from->hs_started;
+	into->hs_completed += from->hs_completed;
+	into->hs_window += from->hs_window;
+	into->hs_closed += from->hs_closed;
+	into->hs_tls13 += from->hs_tls13;
+	into->hs_resumed += from->hs_resumed;
+	hist_merge(&into->hs_lat, &from->hs_lat);
 	for (uint32_t i = 0; i < LG_CODES_TRACKED && from->close_codes[i].count; i++)
 		lg_code_add(into->close_codes, from->close_codes[i].code, from->close_codes[i].count);
 	for (uint32_t i = 0; i < LG_CODES_TRACKED && from->http_statuses[i].count; i++)
@@ -573,6 +611,7 @@ static void merge_results(struct lg_result *res, const struct lg_worker *ws, uin
 {
 	memset(res, 0, sizeof *res);
 	hist_reset(&res->st.lat);
+	hist_reset(&res->st.hs_lat);
 	for (uint32_t t = 0; t < n; t++) {
 		const struct lg_worker *w = &ws[t];
 		merge_stats(&res->st, &w->st);
@@ -583,16 +622,21 @@ static void merge_results(struct lg_result *res, const struct lg_worker *ws, uin
 	}
 }
 
-static bool result_ok(const struct lg_result *res)
+static bool result_ok(const struct lg_config *c, const struct lg_result *res)
 {
 	const struct lg_stats *s = &res->st;
+	if (c->mode == LG_MODE_HANDSHAKES) /* every connection started got its 101, no error */
+		return lg_errors_total(s) == 0 && s->hs_completed > 0 && s->hs_completed == s->hs_started;
 	return lg_errors_total(s) == 0 && s->lost == 0 && s->corrupted == 0 && s->reordered == 0 &&
 	       res->ready == res->conns_n;
 }
 
 static const char *mode_name(const struct lg_config *c)
 {
-	return c->mode == LG_MODE_CLOSED ? "closed" : c->mode == LG_MODE_OPEN ? "open" : "idle";
+	return c->mode == LG_MODE_CLOSED ? "closed"
+	       : c->mode == LG_MODE_OPEN ? "open"
+	       : c->mode == LG_MODE_IDLE ? "idle"
+					 : "handshakes";
 }
 
 static const char *transport_name(const struct lg_config *c)
@@ -635,21 +679,37 @@ static void report(const struct lg_config *c, const struct lg_result *res)
 	       q99 = (double)hist_quantile_ns(&s->lat, 0.99) / 1e3, q999 = (double)hist_quantile_ns(&s->lat, 0.999) / 1e3,
 	       qmax = (double)s->lat.max_ns / 1e3, mean = hist_mean_ns(&s->lat) / 1e3;
 	uint64_t errors = lg_errors_total(s);
-	bool ok = result_ok(res);
+	bool ok = result_ok(c, res);
 
 	fprintf(stderr, "\nloadgen: %s  %s loop", c->url, mode_name(c));
 	if (c->mode == LG_MODE_CLOSED)
 		fprintf(stderr, ", window %u", c->window);
 	if (c->mode == LG_MODE_OPEN)
 		fprintf(stderr, ", target %.0f frames/s", c->rate_per_s);
-	fprintf(stderr, ", %u binaries x %u phones, %u B frames", c->binaries, c->phones_per_binary, c->size_bytes);
+	if (c->mode == LG_MODE_HANDSHAKES)
+		fprintf(stderr, ", %u connections at a time", c->binaries);
+	else
+		fprintf(stderr, ", %u binaries x %u phones, %u B frames", c->binaries, c->phones_per_binary,
+			c->size_bytes);
 	if (c->threads > 1)
 		fprintf(stderr, ", %u threads", c->threads);
 	fputc('\n', stderr);
-	fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, res->conns_n,
-		(double)res->t_connect_end_ns / 1e9);
+	if (c->mode != LG_MODE_HANDSHAKES)
+		fprintf(stderr, "  connections   %u/%u ready in %.2f s\n", ready, res->conns_n,
+			(double)res->t_connect_end_ns / 1e9);
 	fprintf(stderr, "  measured      %.2f s after %.2f s of warm-up\n", dur, (double)c->warmup_ns / 1e9);
-	if (c->mode != LG_MODE_IDLE) {
+	if (c->mode == LG_MODE_HANDSHAKES) {
+		fprintf(stderr, "  handshakes    %.0f/s (%llu in the window; whole run: %llu started, %llu upgraded, "
+				"%llu closes echoed, %llu over TLS 1.3, %llu resumed)\n",
+			(double)s->hs_window * per, (unsigned long long)s->hs_window, (unsigned long long)s->hs_started,
+			(unsigned long long)s->hs_completed, (unsigned long long)s->hs_closed,
+			(unsigned long long)s->hs_tls13, (unsigned long long)s->hs_resumed);
+		fprintf(stderr, "  latency (us)  connect -> 101: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
+			(double)hist_quantile_ns(&s->hs_lat, 0.50) / 1e3, (double)hist_quantile_ns(&s->hs_lat, 0.90) / 1e3,
+			(double)hist_quantile_ns(&s->hs_lat, 0.99) / 1e3, (double)hist_quantile_ns(&s->hs_lat, 0.999) / 1e3,
+			(double)s->hs_lat.max_ns / 1e3, hist_mean_ns(&s->hs_lat) / 1e3);
+		fprintf(stderr, "  generator     longest loop iteration %.0f us\n", (double)s->loop_max_ns / 1e3);
+	} else if (c->mode != LG_MODE_IDLE) {
 		fprintf(stderr, "  throughput    %.0f round trips/s   phone->binary %.0f frames/s   binary->phone %.0f frames/s   %.2f MB/s\n",
 			rt_s, p2b_s, b2p_s, mb_s);
 		if (c->mode == LG_MODE_OPEN)
@@ -697,7 +757,7 @@ static void report(const struct lg_config *c, const struct lg_result *res)
 	       "\"errors\":%llu,\"errors_connect\":%llu,\"errors_handshake\":%llu,\"errors_register\":%llu,"
 	       "\"errors_closed\":%llu,\"errors_protocol\":%llu,\"lost\":%llu,\"reordered\":%llu,\"corrupted\":%llu,"
 	       "\"pings_answered\":%llu,\"close_notices\":%llu,\"open_backlog_max\":%llu,\"open_held\":%llu,"
-	       "\"send_lag_max_us\":%.1f,\"loop_max_us\":%.1f,\"ok\":%s}\n",
+	       "\"send_lag_max_us\":%.1f,\"loop_max_us\":%.1f,",
 	       mode_name(c), transport_name(c), c->url, c->binaries, c->phones_per_binary, ready, res->conns_n,
 	       c->size_bytes, c->mode == LG_MODE_CLOSED ? c->window : 0,
 	       c->mode == LG_MODE_OPEN ? c->rate_per_s : 0.0, c->mode == LG_MODE_OPEN ? achieved : 0.0,
@@ -711,7 +771,21 @@ static void report(const struct lg_config *c, const struct lg_result *res)
 	       (unsigned long long)s->pings_answered, (unsigned long long)s->close_notices,
 	       (unsigned long long)s->open_behind_max_frames, (unsigned long long)s->open_held,
 	       (double)s->send_lag_max_ns / 1e3,
-	       (double)s->loop_max_ns / 1e3, ok ? "true" : "false");
+	       (double)s->loop_max_ns / 1e3);
+	if (c->mode == LG_MODE_HANDSHAKES)
+		printf("\"handshakes\":%llu,\"handshakes_per_s\":%.1f,\"handshakes_started\":%llu,"
+		       "\"handshakes_completed\":%llu,\"handshakes_closed\":%llu,\"handshakes_tls13\":%llu,"
+		       "\"handshakes_resumed\":%llu,\"hs_lat_samples\":%llu,\"hs_lat_mean_us\":%.1f,"
+		       "\"hs_lat_p50_us\":%.1f,\"hs_lat_p90_us\":%.1f,\"hs_lat_p99_us\":%.1f,\"hs_lat_p999_us\":%.1f,"
+		       "\"hs_lat_max_us\":%.1f,",
+		       (unsigned long long)s->hs_window, (double)s->hs_window * per, (unsigned long long)s->hs_started,
+		       (unsigned long long)s->hs_completed, (unsigned long long)s->hs_closed,
+		       (unsigned long long)s->hs_tls13, (unsigned long long)s->hs_resumed,
+		       (unsigned long long)s->hs_lat.count, hist_mean_ns(&s->hs_lat) / 1e3,
+		       (double)hist_quantile_ns(&s->hs_lat, 0.50) / 1e3, (double)hist_quantile_ns(&s->hs_lat, 0.90) / 1e3,
+		       (double)hist_quantile_ns(&s->hs_lat, 0.99) / 1e3, (double)hist_quantile_ns(&s->hs_lat, 0.999) / 1e3,
+		       (double)s->hs_lat.max_ns / 1e3);
+	printf("\"ok\":%s}\n", ok ? "true" : "false");
 	fflush(stdout);
 }
 
@@ -750,7 +824,7 @@ static void progress(struct lg_worker *ws, uint32_t n, uint64_t now_ns, double i
 	static struct hist iv_lat; /* main thread only; 30 KiB */
 	enum lg_phase phase = PH_DONE;
 	uint32_t ready = 0, conns = 0, handshaking = 0, open_n = 0;
-	uint64_t errors = 0, lost = 0, corrupted = 0, rt = 0, p2b = 0, b2p = 0;
+	uint64_t errors = 0, lost = 0, corrupted = 0, rt = 0, p2b = 0, b2p = 0, hs = 0;
 	hist_reset(&iv_lat);
 	for (uint32_t t = 0; t < n; t++) {
 		struct lg_worker *w = &ws[t];
@@ -767,8 +841,9 @@ static void progress(struct lg_worker *ws, uint32_t n, uint64_t now_ns, double i
 		rt += p->iv_round_trips;
 		p2b += p->iv_p2b;
 		b2p += p->iv_b2p;
+		hs += p->iv_handshakes;
 		hist_merge(&iv_lat, &p->iv_lat);
-		p->iv_round_trips = p->iv_p2b = p->iv_b2p = 0;
+		p->iv_round_trips = p->iv_p2b = p->iv_b2p = p->iv_handshakes = 0;
 		hist_reset(&p->iv_lat);
 		pthread_mutex_unlock(&w->pub_lock);
 	}
@@ -777,6 +852,13 @@ static void progress(struct lg_worker *ws, uint32_t n, uint64_t now_ns, double i
 	if (phase == PH_CONNECT)
 		fprintf(stderr, "loadgen: %5.1fs connect  ready %u/%u  handshaking %u  errors %llu\n",
 			(double)now_ns / 1e9, ready, conns, handshaking, (unsigned long long)errors);
+	else if (ws[0].cfg->mode == LG_MODE_HANDSHAKES)
+		fprintf(stderr,
+			"loadgen: %5.1fs %-7s handshakes/s %.0f  handshaking %u  closing %u  p99 %.0fus  max %.0fus  "
+			"errors %llu\n",
+			(double)now_ns / 1e9, names[phase], (double)hs / iv_s, handshaking, open_n,
+			(double)hist_quantile_ns(&iv_lat, 0.99) / 1e3, (double)iv_lat.max_ns / 1e3,
+			(unsigned long long)errors);
 	else
 		fprintf(stderr,
 			"loadgen: %5.1fs %-7s open %u  rt/s %.0f  p2b/s %.0f  b2p/s %.0f  p99 %.0fus  max %.0fus  "
@@ -885,9 +967,15 @@ int main(int argc, char **argv)
 	run.threads = cfg.threads;
 	struct lg_worker *ws = plan_workers(&run);
 	uint32_t conns_n = cfg.binaries * (1u + cfg.phones_per_binary);
-	if (!cfg.quiet) {
+	if (!cfg.quiet && cfg.mode == LG_MODE_HANDSHAKES) {
+		fprintf(stderr, "loadgen: %s: handshakes loop, %u connections at a time", cfg.url, conns_n);
+		if (cfg.hs_count_max)
+			fprintf(stderr, ", %llu at most", (unsigned long long)cfg.hs_count_max);
+	} else if (!cfg.quiet) {
 		fprintf(stderr, "loadgen: %s: %u binaries x %u phones = %u connections, %s loop, %u B frames",
 			cfg.url, cfg.binaries, cfg.phones_per_binary, conns_n, mode_name(&cfg), cfg.size_bytes);
+	}
+	if (!cfg.quiet) {
 		if (cfg.threads > 1)
 			fprintf(stderr, ", %u threads", cfg.threads);
 		fputc('\n', stderr);
@@ -901,5 +989,5 @@ int main(int argc, char **argv)
 		report(&cfg, &result);
 	}
 	free_workers(ws, cfg.threads);
-	return !failed && result_ok(&result) ? 0 : 1;
+	return !failed && result_ok(&cfg, &result) ? 0 : 1;
 }

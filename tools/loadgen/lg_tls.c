@@ -154,3 +154,13 @@ void lgtls_close_notify(void *tls)
 	(void)SSL_shutdown(tls);
 	ERR_clear_error();
 }
+
+bool lgtls_is_tls13(void *tls)
+{
+	return SSL_version(tls) == TLS1_3_VERSION;
+}
+
+bool lgtls_resumed(void *tls)
+{
+	return SSL_session_reused(tls) != 0;
+}
