@@ -182,7 +182,7 @@ bool config_metrics_listen_valid(const char *s, const char **why);
 struct evp_pkey_st; /* BoringSSL's EVP_PKEY: config.h stays free of <openssl/...> */
 
 struct config_fcm_credentials {
-	struct evp_pkey_st *key; /* the RSA private key; owned, config_fcm_credentials_free */
+	struct evp_pkey_st *pkey; /* the RSA private key; owned, config_fcm_credentials_free */
 	char client_email[CONFIG_FCM_EMAIL_BYTES_MAX];
 	char private_key_id[CONFIG_FCM_KEY_ID_BYTES_MAX]; /* "" when absent */
 	char token_uri[CONFIG_FCM_TOKEN_URI_BYTES_MAX];   /* the default when absent */

@@ -209,9 +209,9 @@ static bool parse_members(const struct json_str member[FCM_MEMBERS], const bool 
 		OPENSSL_cleanse(pem, sizeof pem);
 		return false;
 	}
-	out->key = config_fcm_parse_rsa_key(pem, n);
+	out->pkey = config_fcm_parse_rsa_key(pem, n);
 	OPENSSL_cleanse(pem, sizeof pem);
-	return out->key != NULL;
+	return out->pkey != NULL;
 }
 
 bool config_fcm_credentials_parse(const char *value, struct config_fcm_credentials *out)
@@ -229,9 +229,9 @@ bool config_fcm_credentials_parse(const char *value, struct config_fcm_credentia
 
 void config_fcm_credentials_free(struct config_fcm_credentials *c)
 {
-	EVP_PKEY_free(c->key);
+	EVP_PKEY_free(c->pkey);
 	OPENSSL_cleanse(c, sizeof *c);
-	c->key = NULL;
+	c->pkey = NULL;
 }
 
 bool config_fcm_credentials_usable(const char *value)

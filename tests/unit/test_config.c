@@ -794,12 +794,12 @@ static void test_fcm_credentials_parse(void **state)
 	(void)state;
 
 	assert_true(config_fcm_credentials_parse(SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ""), &c));
-	assert_non_null(c.key);
+	assert_non_null(c.pkey);
 	assert_string_equal(c.client_email, "relay-secret-marker@pyrycode-mobile.iam.gserviceaccount.com");
 	assert_string_equal(c.private_key_id, "abc");
 	assert_string_equal(c.token_uri, "https://oauth2.googleapis.com/token");
 	config_fcm_credentials_free(&c);
-	assert_null(c.key);
+	assert_null(c.pkey);
 	assert_string_equal(c.client_email, "");
 
 	/* defaults, escapes decoded, the last duplicate wins */
@@ -817,7 +817,7 @@ static void test_fcm_credentials_parse(void **state)
 	/* a refusal leaves nothing behind */
 	memset(&c, 0x5a, sizeof c);
 	assert_false(config_fcm_credentials_parse(MIN_KEY(",\"token_uri\":\"http://x\""), &c));
-	assert_null(c.key);
+	assert_null(c.pkey);
 	assert_string_equal(c.client_email, "");
 	config_fcm_credentials_free(&c); /* safe on a refused one */
 
