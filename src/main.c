@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "control/push.h"
 #include "core/log.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
@@ -108,6 +109,38 @@ static bool handshake_self_test(void)
 	char accept[WS_ACCEPT_KEY_LEN + 1];
 	return ws_handshake_accept(span_make(key, sizeof key - 1), accept) &&
 	       strcmp(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0;
+}
+
+/* The relay's view of the push sender (relay/relay.h): admission on the worker. */
+static const char *push_port_submit(void *ctx, struct span server_id, struct json_str token)
+{
+	return push_submit(ctx, server_id, token);
+}
+
+/* §7.4 step 11: push on when the credentials are set (config_check has already
+ * refused a key it cannot use); NULL with *exit_code 0 when push is off. */
+static struct push_sender *build_push(const struct config *cfg, int *exit_code)
+{
+	*exit_code = 0;
+	if (cfg->fcm_credentials == NULL) {
+		LOG_INFO("push off: PYRYCODE_RELAY_FCM_CREDENTIALS unset");
+		return NULL;
+	}
+	struct config_fcm_credentials creds;
+	char why[PUSH_WHY_BYTES] = "fcm credentials are not a service-account JSON key";
+	struct push_sender *p = NULL;
+	if (config_fcm_credentials_parse(cfg->fcm_credentials, &creds))
+		p = push_sender_create(cfg, &creds, why);
+	config_fcm_credentials_free(&creds);
+	if (p == NULL || !push_sender_start(p)) {
+		if (p != NULL)
+			snprintf(why, sizeof why, "cannot start the push sender thread");
+		push_sender_destroy(p);
+		LOG_ERROR("refusing to start: cannot build the FCM push sender", KV_STR("err", why));
+		*exit_code = CONFIG_EXIT_USAGE;
+		return NULL;
+	}
+	return p;
 }
 
 static double wall_clock_seconds(void)
@@ -203,13 +236,12 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	/* §7.2: push wake needs an outbound FCM sender, which this build does not have;
-	 * say so once, as the reference does when the credentials are unset. */
-	if (cfg.fcm_credentials == NULL)
-		LOG_INFO("push off: PYRYCODE_RELAY_FCM_CREDENTIALS unset");
-	else
-		LOG_WARN("push off: this build has no FCM sender; push_wake requests are refused",
-			 KV_STR("env_var", "PYRYCODE_RELAY_FCM_CREDENTIALS"));
+	/* The sender thread starts with SIGTERM/SIGINT blocked, like every thread. */
+	struct push_sender *push = build_push(&cfg, &rc);
+	if (rc != 0)
+		return rc;
+	static struct relay_push_port push_port;
+	push_port = (struct relay_push_port){ .ctx = push, .submit = push_port_submit };
 
 	if (!handshake_self_test()) {
 		LOG_ERROR("refusing to start: SHA-1 self-test failed", KV_STR("fix", "check the BoringSSL libcrypto this binary loads"));
@@ -226,7 +258,7 @@ int main(int argc, char **argv)
 		 KV_STR("listen", cfg.insecure_listen), KV_STR("workers", nworkers_text));
 
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
-	struct relay_shared *shared = relay_shared_create(&cfg, nworkers);
+	struct relay_shared *shared = relay_shared_create(&cfg, nworkers, push ? &push_port : NULL);
 	if (group == NULL || shared == NULL) {
 		LOG_ERROR("listener failed", KV_STR("addr", cfg.insecure_listen), KV_STR("err", "out of memory for the workers"));
 		return CONFIG_EXIT_RUNTIME;
@@ -259,6 +291,8 @@ int main(int argc, char **argv)
 			return CONFIG_EXIT_RUNTIME;
 		}
 		mt.addr = cfg.metrics_listen;
+		if (push != NULL)
+			metrics_server_set_push(mt.m, push_sender_counts(push));
 		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0) {
 			LOG_ERROR("listener failed", KV_STR("addr", cfg.metrics_listen),
 				  KV_STR("err", "cannot start metrics thread"));
@@ -301,6 +335,10 @@ int main(int argc, char **argv)
 			fatal_why = threads[i].why;
 		incomplete |= threads[i].result == WORKER_EXIT_DRAIN_INCOMPLETE;
 	}
+	/* §7.6: after the drain, cancel the wakes still in flight (each logs its outcome);
+	 * no worker can submit any more */
+	if (push != NULL)
+		push_sender_stop(push);
 	if (mt.started) {
 		pthread_join(mt.tid, NULL);
 		metrics_server_destroy(mt.m);
@@ -323,5 +361,6 @@ int main(int argc, char **argv)
 		worker_destroy(threads[i].w);
 	relay_shared_destroy(shared);
 	worker_group_destroy(group);
+	push_sender_destroy(push);
 	return exit_code;
 }

@@ -58,6 +58,7 @@ struct metrics_server {
 	uint64_t handler_errors[METRICS_ERR_COUNT];
 	struct metrics_source workers[METRICS_WORKERS_MAX];
 	uint32_t nworkers;
+	const uint64_t *push_wakes; /* FCM_OUTCOME_COUNT cells, or NULL: push off */
 	char *body; /* METRICS_BODY_BYTES_MAX scratch for one exposition */
 	struct mconn conns[METRICS_CONNECTIONS_MAX];
 };
@@ -275,6 +276,7 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 		.version = m->version,
 		.process = &proc,
 		.handler_errors = m->handler_errors,
+		.push_wakes = m->push_wakes,
 	};
 	metrics_render(&o, &in);
 	char head[METRICS_HEAD_BYTES_MAX];
@@ -438,6 +440,11 @@ static bool any_conn(const struct metrics_server *m)
 		if (m->conns[i].state != MC_FREE)
 			return true;
 	return false;
+}
+
+void metrics_server_set_push(struct metrics_server *m, const uint64_t *push_wakes)
+{
+	m->push_wakes = push_wakes;
 }
 
 bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES])

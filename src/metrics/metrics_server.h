@@ -35,6 +35,10 @@ struct metrics_server;
 struct metrics_server *metrics_server_create(const char *addr, const struct metrics_source *workers,
 					     uint32_t nworkers, const char *version, double start_time_seconds,
 					     char why[URING_WHY_BYTES]);
+/* Before run (boot, main thread): expose pyrycode_relay_push_wakes_total from these
+ * FCM_OUTCOME_COUNT counters (control/push.h), which must outlive the server. Without
+ * it the family is absent: push is off (reference §8.2). */
+void metrics_server_set_push(struct metrics_server *m, const uint64_t *push_wakes);
 /* On the server's own thread: serve until metrics_server_stop. False (why filled) if
  * the ring could not be set up or failed. */
 bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES]);
