@@ -13,7 +13,7 @@ set -euo pipefail
 want=(make gcc liburing-dev android-libboringssl-dev util-linux)
 if [[ "${1:-}" == "test" ]]; then
   want+=(clang-14 libclang-rt-14-dev libcmocka-dev python3 python3-websockets
-         python3-pytest prometheus)
+         python3-pytest python3-cryptography prometheus)
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
 fi
