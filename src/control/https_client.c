@@ -14,9 +14,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,19 +37,26 @@
  * state change is forward, so a handful of rounds always suffice. */
 #define STEP_ROUNDS_MAX 16
 
+/*
+ * A name lookup runs getaddrinfo on a thread of its own (detached), so a call never
+ * blocks on the resolver and can be abandoned at any time; the thread writes an
+ * eventfd when it is done, which is what the call polls meanwhile. The request is
+ * shared by the call and the thread: whichever lets go last frees it. (Not
+ * getaddrinfo_a: its helper threads are glibc's own, which ThreadSanitizer cannot
+ * follow.)
+ */
 struct dns_req {
-	struct gaicb cb;
-	struct addrinfo hints;
+	uint32_t refs;          /* atomic: the call's and the thread's */
+	bool done;              /* atomic: set by the thread before it writes efd */
+	int efd;
+	int gai_err;            /* getaddrinfo's answer, valid once done */
+	struct addrinfo *result;
 	char name[URL_HOST_BYTES];
 	char service[PORT_TEXT_BYTES];
-	struct dns_req *next; /* in the client's orphan list */
 };
 
 struct https_client {
 	SSL_CTX *ctx;
-	/* resolver requests whose call ended before glibc finished them: they must stay
-	 * allocated until it does */
-	struct dns_req *orphans;
 };
 
 enum call_state { ST_RESOLVE, ST_CONNECT, ST_HANDSHAKE, ST_WRITE, ST_READ, ST_DONE };
@@ -115,42 +124,33 @@ fail:
 	return NULL;
 }
 
-static void dns_free(struct dns_req *d)
+static void dns_unref(struct dns_req *d)
 {
-	if (d->cb.ar_result)
-		freeaddrinfo(d->cb.ar_result);
+	if (__atomic_sub_fetch(&d->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	if (d->result)
+		freeaddrinfo(d->result);
+	close(d->efd);
 	free(d);
 }
 
-/* Free the orphans glibc is done with. */
-static void reap_orphans(struct https_client *c)
+static void *dns_thread(void *arg)
 {
-	struct dns_req **pp = &c->orphans;
-	while (*pp) {
-		struct dns_req *d = *pp;
-		if (gai_error(&d->cb) == EAI_INPROGRESS) {
-			pp = &d->next;
-			continue;
-		}
-		*pp = d->next;
-		dns_free(d);
-	}
+	struct dns_req *d = arg;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_protocol = IPPROTO_TCP,
+				  .ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV };
+	d->gai_err = getaddrinfo(d->name, d->service, &hints, &d->result);
+	__atomic_store_n(&d->done, true, __ATOMIC_RELEASE);
+	uint64_t one = 1;
+	(void)!write(d->efd, &one, sizeof one);
+	dns_unref(d);
+	return NULL;
 }
 
 void https_client_destroy(struct https_client *c)
 {
 	if (c == NULL)
 		return;
-	uint64_t until = monotonic_ms() + HTTPS_DNS_ORPHAN_WAIT_MS;
-	reap_orphans(c);
-	while (c->orphans && monotonic_ms() < until) {
-		struct timespec slice = { .tv_nsec = (long)HTTPS_DNS_POLL_MS * 1000000L };
-		const struct gaicb *list[1] = { &c->orphans->cb };
-		gai_suspend(list, 1, &slice);
-		reap_orphans(c);
-	}
-	/* a resolver still stuck past the wait keeps its request: freeing it under glibc
-	 * would be worse than the leak at exit */
 	SSL_CTX_free(c->ctx);
 	free(c);
 }
@@ -172,15 +172,9 @@ static void close_conn(struct https_call *call)
 		call->addrs = NULL;
 	}
 	if (call->dns) {
-		/* still resolving: cancel, or leave the request to glibc until it is done */
-		struct dns_req *d = call->dns;
+		/* still resolving: the lookup thread frees the request when it returns */
+		dns_unref(call->dns);
 		call->dns = NULL;
-		if (gai_cancel(&d->cb) == EAI_NOTCANCELED) {
-			d->next = call->client->orphans;
-			call->client->orphans = d;
-		} else {
-			dns_free(d);
-		}
 	}
 	ERR_clear_error();
 }
@@ -238,17 +232,18 @@ static void start_tls(struct https_call *call)
 static bool resolve_step(struct https_call *call)
 {
 	struct dns_req *d = call->dns;
-	int e = gai_error(&d->cb);
-	if (e == EAI_INPROGRESS)
+	if (!__atomic_load_n(&d->done, __ATOMIC_ACQUIRE)) {
+		call->events = POLLIN;
 		return false;
-	if (e != 0) {
-		finish(call, HTTPS_ERR_RESOLVE, "dial tcp: lookup %s: %s", call->url.host, gai_strerror(e));
+	}
+	if (d->gai_err != 0) {
+		finish(call, HTTPS_ERR_RESOLVE, "dial tcp: lookup %s: %s", call->url.host, gai_strerror(d->gai_err));
 		return true;
 	}
-	call->addrs = d->cb.ar_result;
-	d->cb.ar_result = NULL;
+	call->addrs = d->result;
+	d->result = NULL;
 	call->dns = NULL;
-	dns_free(d);
+	dns_unref(d);
 	call->next_addr = call->addrs;
 	call->state = ST_CONNECT;
 	return true;
@@ -443,7 +438,7 @@ static void write_request(const struct https_request *req, const char *cl, uint8
 		memcpy(p, req->body.ptr, req->body.len);
 }
 
-/* Addresses: an IP literal without the resolver; a name through getaddrinfo_a. */
+/* Addresses: an IP literal without the resolver; a name on a lookup thread. */
 static void start_resolve(struct https_call *call)
 {
 	char service[PORT_TEXT_BYTES];
@@ -461,22 +456,27 @@ static void start_resolve(struct https_call *call)
 		return;
 	}
 	struct dns_req *d = calloc(1, sizeof *d);
-	if (d == NULL) {
-		finish(call, HTTPS_ERR_NOMEM, "out of memory for a name lookup");
+	if (d == NULL || (d->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+		free(d);
+		finish(call, HTTPS_ERR_NOMEM, "no resources for a name lookup");
 		return;
 	}
 	snprintf(d->name, sizeof d->name, "%s", call->url.host);
 	snprintf(d->service, sizeof d->service, "%s", service);
-	d->hints = hints;
-	d->hints.ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV;
-	d->cb = (struct gaicb){ .ar_name = d->name, .ar_service = d->service, .ar_request = &d->hints };
-	struct gaicb *list[1] = { &d->cb };
-	int e = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
-	if (e != 0) {
+	d->refs = 2;
+	pthread_attr_t attr;
+	pthread_t tid;
+	bool started = pthread_attr_init(&attr) == 0;
+	started = started && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		  pthread_create(&tid, &attr, dns_thread, d) == 0;
+	pthread_attr_destroy(&attr);
+	if (!started) {
+		close(d->efd);
 		free(d);
-		finish(call, HTTPS_ERR_RESOLVE, "dial tcp: lookup %s: %s", call->url.host, gai_strerror(e));
+		finish(call, HTTPS_ERR_RESOLVE, "dial tcp: lookup %s: cannot start a resolver thread", call->url.host);
 		return;
 	}
+	call->events = POLLIN;
 	call->dns = d;
 	call->state = ST_RESOLVE;
 }
@@ -484,7 +484,6 @@ static void start_resolve(struct https_call *call)
 struct https_call *https_call_start(struct https_client *c, const struct https_request *req, uint64_t now_ms)
 {
 	ASSERT(req->nheaders <= HTTPS_HEADERS_MAX);
-	reap_orphans(c);
 	char cl[24];
 	size_t head = request_head_len(req, cl, sizeof cl);
 	size_t req_len = head + req->body.len;
@@ -502,12 +501,17 @@ struct https_call *https_call_start(struct https_client *c, const struct https_r
 	write_request(req, cl, call->req);
 	http_reply_init(&call->reply, call->bytes + req_len, req->reply_body_max);
 	start_resolve(call);
+	/* go as far as the call can without waiting: it returns waiting on its fd, or
+	 * already finished */
+	https_call_step(call, 0, now_ms);
 	return call;
 }
 
 int https_call_fd(const struct https_call *call)
 {
-	return call->state == ST_RESOLVE || call->state == ST_DONE ? -1 : call->fd;
+	if (call->state == ST_DONE)
+		return -1;
+	return call->state == ST_RESOLVE ? call->dns->efd : call->fd;
 }
 
 short https_call_events(const struct https_call *call)
@@ -593,8 +597,6 @@ struct https_call *https_call_run(struct https_client *c, const struct https_req
 		};
 		uint64_t now = monotonic_ms();
 		uint64_t wait = call->deadline_ms > now ? call->deadline_ms - now : 0;
-		if (p[0].fd < 0)
-			wait = MIN(wait, (uint64_t)HTTPS_DNS_POLL_MS);
 		if (poll(p, 2, (int)MIN(wait, (uint64_t)INT32_MAX)) < 0 && errno != EINTR)
 			p[0].revents = 0;
 		if (cancel_fd >= 0 && p[1].revents) {

@@ -4,8 +4,9 @@
  * send; next, ACME for autocert). Why it is written here rather than taken from a
  * library: docs/adr/0012-push-wake.md.
  *
- * What a call does: resolve the URL's host (a name with getaddrinfo_a, so the wait
- * can be cancelled; an IP literal without a resolver), connect to each address in
+ * What a call does: resolve the URL's host (a name with getaddrinfo on a thread of its
+ * own, so the wait can be polled and abandoned; an IP literal without a resolver),
+ * connect to each address in
  * turn, TLS 1.2+ with SNI (names only) and the server certificate verified against
  * the system bundle HTTPS_CA_BUNDLE_SYSTEM plus the operator's extra bundle (the name,
  * or the IP literal, must match), send one request with Content-Length and
@@ -16,16 +17,16 @@
  *
  * Two ways to drive a call:
  * - non-blocking, for a loop that runs many calls at once (push.c): https_call_start,
- *   then poll https_call_fd for https_call_events until https_call_deadline_ms (when
- *   the fd is -1 the call waits for the resolver: come back within HTTPS_DNS_POLL_MS),
- *   and https_call_step after each wake-up until it returns true;
+ *   then poll https_call_fd for https_call_events until https_call_deadline_ms, and
+ *   https_call_step after each wake-up until it returns true;
  * - blocking, for sequential callers (ACME): https_call_run, which polls itself and
  *   gives up early when cancel_fd becomes readable.
  * Either way the whole call, resolve to last byte, is bounded by timeout_ms, and
  * https_call_cancel ends it at once (the cancelled state: the relay's shutdown).
  *
  * Contract:
- * - A client and its calls belong to one thread at a time; clients are independent.
+ * - A client and its calls belong to one thread at a time; clients are independent. A
+ *   lookup abandoned by its call finishes on its own thread and frees itself.
  * - Memory: a call is one allocation sized for its request and reply limits; the
  *   request bytes (which carry secrets: bearer tokens, assertions, device tokens) and
  *   the reply body are wiped when the call is freed.
@@ -41,12 +42,9 @@
 #include "core/url.h"
 
 #define HTTPS_CA_BUNDLE_SYSTEM "/etc/ssl/certs/ca-certificates.crt"
-#define HTTPS_DNS_POLL_MS 20u
 #define HTTPS_HEADERS_MAX 8u
 #define HTTPS_WHY_BYTES 256u
 #define HTTPS_DETAIL_BYTES 192u
-/* Resolver requests that outlived their call are waited for this long at destroy. */
-#define HTTPS_DNS_ORPHAN_WAIT_MS 1000u
 
 enum https_error {
 	HTTPS_OK = 0,
@@ -93,12 +91,13 @@ struct https_result {
 struct https_client *https_client_create(const char *extra_ca_file, char why[HTTPS_WHY_BYTES]);
 void https_client_destroy(struct https_client *c);
 
-/* Start a call at now_ms; the request is copied (the caller's buffers may go). NULL
- * only when out of memory. */
+/* Start a call at now_ms; the request is copied (the caller's buffers may go). It
+ * returns waiting on its fd, or already finished (e.g. the connection was refused).
+ * NULL only when out of memory. */
 struct https_call *https_call_start(struct https_client *c, const struct https_request *req, uint64_t now_ms);
 
-/* What the call waits for: a descriptor (-1: the resolver, poll nothing and step again
- * within HTTPS_DNS_POLL_MS) and its poll events; and the time it gives up. */
+/* What the call waits for: a descriptor (the socket, or the resolver's eventfd; -1
+ * once finished) and its poll events; and the time it gives up. */
 int https_call_fd(const struct https_call *call);
 short https_call_events(const struct https_call *call);
 uint64_t https_call_deadline_ms(const struct https_call *call);

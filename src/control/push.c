@@ -378,13 +378,15 @@ static void sweep_limiter(struct push_sender *p, uint64_t now_ms)
 	p->next_sweep_ms = now_ms + PUSH_SWEEP_INTERVAL_MS;
 }
 
-/* Add a call's wait to the poll set; returns the milliseconds it may sleep at most. */
+/* Add a call's wait to the poll set; returns the milliseconds it may sleep at most (0
+ * for a call that finished as it started: it is stepped, and ended, right after). */
 static uint64_t watch(struct pollfd *pfd, const struct https_call *call, uint64_t now_ms)
 {
 	*pfd = (struct pollfd){ .fd = https_call_fd(call), .events = https_call_events(call) };
+	if (https_call_finished(call))
+		return 0;
 	uint64_t deadline = https_call_deadline_ms(call);
-	uint64_t wait = deadline > now_ms ? deadline - now_ms : 0;
-	return pfd->fd < 0 ? MIN(wait, (uint64_t)HTTPS_DNS_POLL_MS) : wait;
+	return deadline > now_ms ? deadline - now_ms : 0;
 }
 
 /* Shutdown: every unfinished wake ends now, as the Go waker's cancelled context. */
@@ -434,8 +436,7 @@ static void *sender_thread(void *arg)
 			(void)!read(p->wake_fd, &v, sizeof v);
 		}
 		now = monotonic_ms();
-		/* every call steps each round (its revents, or 0): deadlines and the resolver
-		 * are checked there */
+		/* every call steps each round (its revents, or 0): deadlines are checked there */
 		uint32_t k = 1;
 		if (p->fetch) {
 			if (https_call_step(p->fetch, pfd[k].revents, now)) {

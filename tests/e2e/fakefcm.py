@@ -68,12 +68,12 @@ def _name(cn: str) -> x509.Name:
 class Pki:
     dir: Path
     ca_path: Path       # the test CA, PEM (what --outbound-ca-file gets)
-    cert_path: Path     # the server's certificate (for 127.0.0.1)
+    cert_path: Path     # the server's certificate (for 127.0.0.1 and localhost)
     key_path: Path
 
 
 def make_pki(directory: Path) -> Pki:
-    """A CA and a server certificate for IP 127.0.0.1 signed by it, in `directory`
+    """A CA and a server certificate for IP 127.0.0.1 and the name localhost, signed by it, in `directory`
     (made world-readable: the relay runs as nobody)."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o755)
@@ -91,7 +91,8 @@ def make_pki(directory: Path) -> Pki:
     cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]),
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))

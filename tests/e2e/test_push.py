@@ -249,6 +249,23 @@ def test_token_fetch_failed(relay_factory, fake, pki, server_id):
     assert_no_secrets(relay, fake)
 
 
+def test_endpoints_by_name(relay_factory, fake, pki, server_id):
+    """Host names go through the resolver, SNI and name verification (the fake's
+    certificate names localhost)."""
+    creds = make_credentials(f"https://localhost:{fake.port}/token")
+    fake.creds = creds
+    relay = relay_factory.start(args=["--fcm-endpoint", f"https://localhost:{fake.port}/v1/projects/pyrycode-mobile/"
+                                      "messages:send", "--outbound-ca-file", str(pki.ca_path)],
+                                env={"PYRYCODE_RELAY_FCM_CREDENTIALS": creds.json}, metrics=True)
+    b = relay.ws_server(server_id)
+    tok = "ok-" + unique_id("t")
+    wake(b, tok)
+    sent_line(relay, server_id, tok)
+    wait_cells(relay, {"sent": 1})
+    assert fake.requests("/token")[0].headers["host"] == f"localhost:{fake.port}"
+    assert_no_secrets(relay, fake)
+
+
 def test_untrusted_server_certificate(relay_factory, fake, pki, server_id):
     """Without the test CA the fake's certificate does not verify: no token, no send."""
     creds = make_credentials(f"https://127.0.0.1:{fake.port}/token")
