@@ -136,7 +136,9 @@ static struct push_sender *build_push(const struct config *cfg, int *exit_code)
 		if (p != NULL)
 			snprintf(why, sizeof why, "cannot start the push sender thread");
 		push_sender_destroy(p);
-		LOG_ERROR("refusing to start: cannot build the FCM push sender", KV_STR("err", why));
+		LOG_ERROR("refusing to start: cannot build the FCM push sender", KV_STR("err", why),
+			  KV_STR("fix", "make --outbound-ca-file readable PEM, or unset PYRYCODE_RELAY_FCM_CREDENTIALS "
+					"to run with push wake off"));
 		*exit_code = CONFIG_EXIT_USAGE;
 		return NULL;
 	}

@@ -4,7 +4,8 @@
 #
 #   tools/deps.sh          build + run dependencies
 #   tools/deps.sh test     also the test tools (cmocka, clang + sanitizer runtimes,
-#                          Python websockets/pytest, Node + npm's ws)
+#                          Python websockets/pytest, Python cryptography for the push
+#                          wake tests' fake Google endpoints, Node + npm's ws)
 #   tools/deps.sh bench    also what `make bench` uses (HAProxy for the TLS scenarios,
 #                          openssl for their throwaway certificate, matplotlib for the
 #                          charts, taskset from util-linux)
