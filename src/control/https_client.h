@@ -25,6 +25,8 @@
  * https_call_cancel ends it at once (the cancelled state: the relay's shutdown).
  *
  * Contract:
+ * - SIGPIPE must be ignored in the process (main.c does): BoringSSL writes to the
+ *   socket with write(2), and a peer that went away would otherwise kill the relay.
  * - A client and its calls belong to one thread at a time; clients are independent. A
  *   lookup abandoned by its call finishes on its own thread and frees itself.
  * - Memory: a call is one allocation sized for its request and reply limits; the

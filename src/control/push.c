@@ -218,6 +218,18 @@ static bool token_valid(const struct push_sender *p, uint64_t now_ms)
 	return p->have_token && now_ms < p->token_valid_until_ms;
 }
 
+/* x/oauth2: a token is valid until expiryDelta before its Expiry; a reply without a
+ * lifetime gives a token that never expires. Saturating: a lifetime too long to add
+ * is forever, one shorter than the delta is already stale. */
+static uint64_t token_valid_until(uint64_t now_ms, int64_t expires_in_s)
+{
+	if (expires_in_s <= 0 || (uint64_t)expires_in_s > (UINT64_MAX - now_ms) / MS_PER_S)
+		return UINT64_MAX;
+	uint64_t expiry = now_ms + (uint64_t)expires_in_s * MS_PER_S;
+	uint64_t delta = (uint64_t)FCM_TOKEN_EXPIRY_DELTA_S * MS_PER_S;
+	return expiry > delta ? expiry - delta : 0;
+}
+
 static void start_fetch(struct push_sender *p)
 {
 	struct timespec wall;
@@ -257,12 +269,8 @@ static void fetch_done(struct push_sender *p, const struct https_result *res)
 		int64_t expires_in = 0;
 		if (fcm_parse_token_reply(span_make(res->body, res->body_len), p->access_token,
 					  sizeof p->access_token, &expires_in)) {
-			uint64_t now = monotonic_ms();
 			p->have_token = true;
-			/* x/oauth2: valid until expiryDelta before Expiry; no lifetime: forever */
-			p->token_valid_until_ms = expires_in > 0 ? now + (uint64_t)expires_in * MS_PER_S -
-									   (uint64_t)FCM_TOKEN_EXPIRY_DELTA_S * MS_PER_S
-								 : UINT64_MAX;
+			p->token_valid_until_ms = token_valid_until(monotonic_ms(), expires_in);
 			snprintf(p->bearer, sizeof p->bearer, "%s%s", BEARER_PREFIX, p->access_token);
 		}
 	} else if (res && res->err == HTTPS_OK) {

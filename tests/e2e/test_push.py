@@ -153,8 +153,8 @@ def test_sent_reply_shapes(relay_factory, fake, pki, server_id, prefix, has_id):
 
 
 def test_token_expiry_refetches(relay_factory, fake, pki, server_id):
-    """Cached until 10 s before expiry: expires_in 11 gives one second of reuse."""
-    fake.expires_in = 11
+    """Cached until 10 s before expiry: expires_in 13 gives three seconds of reuse."""
+    fake.expires_in = 13
     relay = start_push_relay(relay_factory, fake, pki)
     b = relay.ws_server(server_id)
     wake(b, "ok-a")
@@ -162,7 +162,7 @@ def test_token_expiry_refetches(relay_factory, fake, pki, server_id):
     wake(b, "ok-b")
     sent_line(relay, server_id, "ok-b")
     assert len(fake.requests("/token")) == 1
-    time.sleep(1.3)
+    time.sleep(3.3)
     wake(b, "ok-c")
     sent_line(relay, server_id, "ok-c")
     assert len(fake.requests("/token")) == 2
