@@ -36,6 +36,7 @@
 /* pollfds: the eventfd, the token fetch, one per wake */
 #define POLL_SLOTS (2u + PUSH_INFLIGHT_MAX)
 #define TOKEN_BODY_BYTES_MAX (FCM_JWT_BYTES_MAX + 128u)
+#define POLL_RETRY_NS 10000000L /* after a failed poll */
 
 /* One admitted wake: the server-id and the decoded device token, one allocation. */
 struct push_req {
@@ -435,8 +436,12 @@ static void *sender_thread(void *arg)
 			wait = MIN(wait, watch(&pfd[n], p->jobs[i].call, now));
 			polled[n++] = &p->jobs[i];
 		}
-		if (poll(pfd, n, (int)MIN(wait, (uint64_t)INT32_MAX)) < 0 && errno != EINTR)
-			break;
+		if (poll(pfd, n, (int)MIN(wait, (uint64_t)INT32_MAX)) < 0 && errno != EINTR) {
+			/* ENOMEM and the like: never give up the wakes in flight (their
+			 * deadlines still run), but do not spin on the failure either */
+			struct timespec pause = { .tv_nsec = POLL_RETRY_NS };
+			nanosleep(&pause, NULL);
+		}
 		if (__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE))
 			break;
 		if (pfd[0].revents & POLLIN) {
