@@ -15,6 +15,7 @@ a scrape of /metrics.
 
 import json
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -38,7 +39,8 @@ def token_fp(token: str) -> str:
 def pki():
     d = Path(tempfile.mkdtemp(prefix="pyrelay-push-"))
     d.chmod(0o755)  # the relay runs as nobody and reads the CA bundle in here
-    return make_pki(d / "pki")
+    yield make_pki(d / "pki")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
