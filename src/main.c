@@ -19,6 +19,7 @@
 
 #include "config/config.h"
 #include "core/clock.h"
+#include "control/push.h"
 #include "core/log.h"
 #include "core/notify.h"
 #include "engine/group.h"
@@ -150,6 +151,40 @@ static bool handshake_self_test(void)
 	       strcmp(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0;
 }
 
+/* The relay's view of the push sender (relay/relay.h): admission on the worker. */
+static const char *push_port_submit(void *ctx, struct span server_id, struct json_str token)
+{
+	return push_submit(ctx, server_id, token);
+}
+
+/* §7.4 step 11: push on when the credentials are set (config_check has already
+ * refused a key it cannot use); NULL with *exit_code 0 when push is off. */
+static struct push_sender *build_push(const struct config *cfg, int *exit_code)
+{
+	*exit_code = 0;
+	if (cfg->fcm_credentials == NULL) {
+		LOG_INFO("push off: PYRYCODE_RELAY_FCM_CREDENTIALS unset");
+		return NULL;
+	}
+	struct config_fcm_credentials creds;
+	char why[PUSH_WHY_BYTES] = "fcm credentials are not a service-account JSON key";
+	struct push_sender *p = NULL;
+	if (config_fcm_credentials_parse(cfg->fcm_credentials, &creds))
+		p = push_sender_create(cfg, &creds, why);
+	config_fcm_credentials_free(&creds);
+	if (p == NULL || !push_sender_start(p)) {
+		if (p != NULL)
+			snprintf(why, sizeof why, "cannot start the push sender thread");
+		push_sender_destroy(p);
+		LOG_ERROR("refusing to start: cannot build the FCM push sender", KV_STR("err", why),
+			  KV_STR("fix", "make --outbound-ca-file readable PEM, or unset PYRYCODE_RELAY_FCM_CREDENTIALS "
+					"to run with push wake off"));
+		*exit_code = CONFIG_EXIT_USAGE;
+		return NULL;
+	}
+	return p;
+}
+
 static double wall_clock_seconds(void)
 {
 	struct timespec ts;
@@ -275,13 +310,12 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	/* §7.2: push wake needs an outbound FCM sender, which this build does not have;
-	 * say so once, as the reference does when the credentials are unset. */
-	if (cfg.fcm_credentials == NULL)
-		LOG_INFO("push off: PYRYCODE_RELAY_FCM_CREDENTIALS unset");
-	else
-		LOG_WARN("push off: this build has no FCM sender; push_wake requests are refused",
-			 KV_STR("env_var", "PYRYCODE_RELAY_FCM_CREDENTIALS"));
+	/* The sender thread starts with SIGTERM/SIGINT blocked, like every thread. */
+	struct push_sender *push = build_push(&cfg, &rc);
+	if (rc != 0)
+		return rc;
+	static struct relay_push_port push_port;
+	push_port = (struct relay_push_port){ .ctx = push, .submit = push_port_submit };
 
 	if (!handshake_self_test()) {
 		LOG_ERROR("refusing to start: SHA-1 self-test failed", KV_STR("fix", "check the BoringSSL libcrypto this binary loads"));
@@ -311,7 +345,7 @@ int main(int argc, char **argv)
 	}
 
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
-	struct relay_shared *shared = relay_shared_create(&cfg, nworkers);
+	struct relay_shared *shared = relay_shared_create(&cfg, nworkers, push ? &push_port : NULL);
 	if (group == NULL || shared == NULL || !group_set_ip_cap(group, cfg.max_connections_per_ip))
 		return boot_listener_failed(listen, "out of memory for the workers");
 	/* One ceiling for the relay, split evenly: a worker's pool never takes another's share. */
@@ -343,6 +377,8 @@ int main(int argc, char **argv)
 		mt.addr = cfg.metrics_listen;
 		if (tls != NULL)
 			metrics_server_set_tls(mt.m, &served_cert_not_after_s);
+		if (push != NULL)
+			metrics_server_set_push(mt.m, push_sender_counts(push));
 		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0)
 			return boot_listener_failed(cfg.metrics_listen, "cannot start metrics thread");
 		mt.started = true;
@@ -392,6 +428,10 @@ int main(int argc, char **argv)
 		incomplete |= threads[i].result == WORKER_EXIT_FATAL &&
 			      STAT_GET(worker_stats_of(threads[i].w)->connections_open) > 0;
 	}
+	/* §7.6: after the drain, cancel the wakes still in flight (each logs its outcome);
+	 * no worker can submit any more */
+	if (push != NULL)
+		push_sender_stop(push);
 	if (mt.started) {
 		pthread_join(mt.tid, NULL);
 		metrics_server_destroy(mt.m);
@@ -411,5 +451,6 @@ int main(int argc, char **argv)
 	if (tls != NULL)
 		tls_server_free(tls);
 	notify_close(&notifier);
+	push_sender_destroy(push);
 	return exit_code;
 }

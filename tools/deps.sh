@@ -4,11 +4,13 @@
 #
 #   tools/deps.sh          build + run dependencies (gcc, g++, liburing, BoringSSL)
 #   tools/deps.sh test     also the test tools (cmocka, clang + sanitizer runtimes,
-#                          Python websockets/pytest/yaml, Node + npm's ws; for the
-#                          deploy/ checks: HAProxy + openssl (scale-out and the unit's
-#                          HAProxy pair), promtool (prometheus), systemd-analyze and
-#                          systemd-nspawn (the unit verified and run), man-db + groff
-#                          (the man page), iproute2's ss (run-local.sh), procps' sysctl)
+#                          Python websockets/pytest/yaml, Python cryptography for the
+#                          push wake tests' fake Google endpoints, Node + npm's ws; for
+#                          the deploy/ checks: HAProxy + openssl (scale-out and the
+#                          unit's HAProxy pair), promtool (prometheus), systemd-analyze
+#                          and systemd-nspawn (the unit verified and run), man-db +
+#                          groff (the man page), iproute2's ss (run-local.sh), procps'
+#                          sysctl)
 #   tools/deps.sh bench    also what `make bench` uses (HAProxy for the TLS scenarios,
 #                          openssl for their throwaway certificate, matplotlib for the
 #                          charts, taskset from util-linux)
@@ -19,8 +21,8 @@ set -euo pipefail
 want=(make gcc g++ liburing-dev android-libboringssl-dev util-linux)
 if [[ "${1:-}" == "test" ]]; then
   want+=(clang-14 libclang-rt-14-dev libcmocka-dev python3 python3-websockets
-         python3-pytest python3-yaml prometheus haproxy openssl systemd systemd-container
-         man-db groff-base iproute2 procps)
+         python3-pytest python3-yaml python3-cryptography prometheus haproxy openssl systemd
+         systemd-container man-db groff-base iproute2 procps)
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
 fi

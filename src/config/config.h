@@ -29,7 +29,8 @@
  *   /proc/self/status, and config_print_usage, which writes the usage text; the checks
  *   themselves (config_check and what it calls) are pure.
  * - Strings in struct config point into argv/envp (never copied, never freed).
- * - No allocation: the largest stack user is the FCM check (a 16 KiB key buffer).
+ * - No allocation, except BoringSSL's while the FCM check parses the private key; the
+ *   largest stack user is that check (a 16 KiB key buffer).
  */
 #ifndef PYRELAY_CONFIG_H
 #define PYRELAY_CONFIG_H
@@ -47,6 +48,9 @@
 #define CONFIG_HEARTBEAT_INTERVAL_MS_DEFAULT 30000u
 #define CONFIG_HEARTBEAT_TIMEOUT_MS_DEFAULT 30000u
 #define CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT 10000u
+/* Push wake (§7.2): where FCM messages go, and how long each HTTP call may take. */
+#define CONFIG_FCM_ENDPOINT_DEFAULT "https://fcm.googleapis.com/v1/projects/pyrycode-mobile/messages:send"
+#define CONFIG_FCM_TIMEOUT_MS_DEFAULT 10000u
 #define CONFIG_MAX_CONNECTIONS_LIMIT 16000000u
 /* --batch-wait-us: default and bound (a worker wakes at most this late for a batch;
  * the default is measured in docs/benchmarks.md). */
@@ -107,6 +111,11 @@ struct config {
 	uint64_t heartbeat_timeout_ms;
 	uint64_t conflict_probe_timeout_ms;
 	uint32_t workers; /* 0 = one per online CPU */
+	/* outbound HTTPS (push wake): the FCM send URL (an https:// URL, core/url.h), an
+	 * extra CA bundle trusted besides the system's ("" for none), the per-call timeout */
+	const char *fcm_endpoint;
+	const char *outbound_ca_file;
+	uint64_t fcm_timeout_ms;
 
 	/* environment (§7.3) */
 	bool production;      /* PYRYCODE_RELAY_PRODUCTION=1 */
@@ -164,27 +173,59 @@ bool config_metrics_listen_valid(const char *s, const char **why);
 
 /*
  * PYRYCODE_RELAY_FCM_CREDENTIALS (§7.2, §7.3): is value (NUL-terminated) a usable
- * Google service-account key? Structural only, as encoding/json into Go's struct sees
- * it, then a PEM shape check:
+ * Google service-account key, and what the push sender needs from it. The rules are
+ * the Go relay's parseFCMCredentials (encoding/json into a struct, then
+ * golang.org/x/oauth2's key parsing):
  * - the whole value is exactly one JSON value (whitespace around it allowed), parsed
  *   by envelope/json.h: RFC 8259 strictly, nesting at most JSON_DEPTH_MAX over the
  *   whole document (Go's limit too), every member validated, unknown ones ignored;
- * - that value is an object; member names "type", "client_email" and "private_key"
- *   match after unescaping, ASCII case-insensitively (encoding/json folds case);
- * - for those three the last duplicate wins; a null value leaves the member as it was
- *   (unset if it came first); any other non-string value refuses the key;
- * - type is exactly "service_account", client_email is non-empty, private_key
- *   unescapes to at most CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 bytes with no NUL and
- *   holds a "PRIVATE KEY" (PKCS#8) or "RSA PRIVATE KEY" (PKCS#1) PEM block with a
- *   non-empty base64 body. Whether the DER inside is an RSA key is the push sender's
- *   check when it loads the key.
- * Divergence from Go (deliberate): invalid UTF-8 inside a JSON string refuses the key
- * (json.h rejects it everywhere; Go would replace it with U+FFFD). The keys Google
- * issues are ASCII, so only a corrupted key meets this.
- * Pure; the value is never copied anywhere that outlives the call, nor logged.
+ * - that value is an object; member names "type", "client_email", "private_key",
+ *   "private_key_id" and "token_uri" match after unescaping, ASCII case-insensitively
+ *   (encoding/json folds case);
+ * - for those members the last duplicate wins; a null value leaves the member as it
+ *   was (unset if it came first); any other non-string value refuses the key;
+ * - type is exactly "service_account"; client_email is non-empty;
+ * - private_key unescapes to at most CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 bytes with
+ *   no NUL, and is an RSA private key: the first PEM block in it (any label, as Go's
+ *   pem.Decode) or, without one, the bytes themselves, parsed as PKCS#8 and then as
+ *   PKCS#1 DER with BoringSSL. An EC or Ed25519 key, an encrypted block or a
+ *   truncated body refuses the key;
+ * - token_uri, when present and non-empty, is an https:// URL core/url.h accepts
+ *   (absent or "": CONFIG_FCM_TOKEN_URI_DEFAULT).
+ * Divergences from Go (deliberate): invalid UTF-8 inside a JSON string refuses the
+ * key (json.h rejects it everywhere; Go would replace it with U+FFFD); a token_uri
+ * that is not https:// refuses the key (Go would send the signed assertion over
+ * plaintext HTTP); client_email, private_key_id and token_uri longer than their
+ * buffers below refuse the key (Google's are far shorter).
+ * The value is never copied anywhere that outlives the call except into *out's
+ * fields, and never logged. No I/O; BoringSSL allocates while it parses the key.
  */
 #define CONFIG_FCM_PRIVATE_KEY_BYTES_MAX 16384 /* an RSA-4096 PKCS#8 PEM is ~3.3 KiB */
+#define CONFIG_FCM_EMAIL_BYTES_MAX 256         /* an address is at most 254 bytes */
+#define CONFIG_FCM_KEY_ID_BYTES_MAX 128        /* Google's are 40 hex digits */
+#define CONFIG_FCM_TOKEN_URI_BYTES_MAX 2048
+#define CONFIG_FCM_TOKEN_URI_DEFAULT "https://oauth2.googleapis.com/token"
+
+struct evp_pkey_st; /* BoringSSL's EVP_PKEY: config.h stays free of <openssl/...> */
+
+struct config_fcm_credentials {
+	struct evp_pkey_st *pkey; /* the RSA private key; owned, config_fcm_credentials_free */
+	char client_email[CONFIG_FCM_EMAIL_BYTES_MAX];
+	char private_key_id[CONFIG_FCM_KEY_ID_BYTES_MAX]; /* "" when absent */
+	char token_uri[CONFIG_FCM_TOKEN_URI_BYTES_MAX];   /* the default when absent */
+};
+
+/* Parse value by the rules above. True with *out filled (free it with
+ * config_fcm_credentials_free); false with *out zeroed. */
+bool config_fcm_credentials_parse(const char *value, struct config_fcm_credentials *out);
+/* Release the key and wipe the struct (safe on a zeroed or freed one). */
+void config_fcm_credentials_free(struct config_fcm_credentials *c);
+/* parse + free: the boot check of §7.3. */
 bool config_fcm_credentials_usable(const char *value);
+
+/* The key bytes alone (private_key after unescaping): PEM block or raw DER, PKCS#8
+ * then PKCS#1, RSA only. Returns the key (EVP_PKEY_free it) or NULL. For tests. */
+struct evp_pkey_st *config_fcm_parse_rsa_key(const uint8_t *key, size_t len);
 
 /* Go time.ParseDuration subset: [0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h), concatenated,
  * non-negative. Rounds down to milliseconds. */

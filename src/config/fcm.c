@@ -1,27 +1,40 @@
 /*
- * fcm.c - the PYRYCODE_RELAY_FCM_CREDENTIALS check (contract: config_fcm_credentials_usable
- * in config.h), walked with the project's JSON scanner (envelope/json.h), so the key
- * meets the same grammar, depth limit and UTF-8 rule as every other JSON the relay
- * reads. Only member names (to fold their case) and the private key (to check its
- * PEM shape) are decoded into stack buffers; everything else is checked in place.
+ * fcm.c - the PYRYCODE_RELAY_FCM_CREDENTIALS check and parse (contract:
+ * config_fcm_credentials_parse in config.h), walked with the project's JSON scanner
+ * (envelope/json.h), so the key meets the same grammar, depth limit and UTF-8 rule as
+ * every other JSON the relay reads. Member names are decoded into a stack buffer to
+ * be compared; the string members we keep are decoded into the caller's struct, the
+ * private key into a stack buffer that is wiped before returning. The key itself is
+ * parsed by BoringSSL, in the order golang.org/x/oauth2 parses it.
  */
 #include "config/internal.h"
 
+#include <openssl/bio.h>
+#include <openssl/bytestring.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/mem.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "core/url.h"
 #include "envelope/json.h"
 
 /* Member names are unescaped into this to be compared; the longest we look for is
- * "client_email", so a name that does not fit cannot match. */
+ * "private_key_id", so a name that does not fit cannot match. */
 #define FCM_MEMBER_NAME_BYTES_MAX 32
 
-enum fcm_member { FCM_TYPE, FCM_CLIENT_EMAIL, FCM_PRIVATE_KEY, FCM_MEMBERS };
+enum fcm_member { FCM_TYPE, FCM_CLIENT_EMAIL, FCM_PRIVATE_KEY, FCM_PRIVATE_KEY_ID, FCM_TOKEN_URI, FCM_MEMBERS };
 
 static const char *const fcm_member_names[FCM_MEMBERS] = {
 	[FCM_TYPE] = "type",
 	[FCM_CLIENT_EMAIL] = "client_email",
 	[FCM_PRIVATE_KEY] = "private_key",
+	[FCM_PRIVATE_KEY_ID] = "private_key_id",
+	[FCM_TOKEN_URI] = "token_uri",
 };
 
-/* Which of the three members a name is, or FCM_MEMBERS for any other. encoding/json
+/* Which of the members a name is, or FCM_MEMBERS for any other. encoding/json
  * matches names to struct tags case-insensitively; we fold ASCII only, so a name with
  * a non-ASCII letter (Go would fold the Kelvin sign to k) is just another member. */
 static enum fcm_member member_of(struct json_str name)
@@ -38,50 +51,83 @@ static enum fcm_member member_of(struct json_str name)
 	return FCM_MEMBERS;
 }
 
-static bool is_base64_or_space(char c)
+/* ---- the private key ---- */
+
+/* DER: PKCS#8 PrivateKeyInfo first; only when that fails to parse, PKCS#1
+ * RSAPrivateKey (x/oauth2's order). A PKCS#8 key of another type is refused, not
+ * retried as PKCS#1, as there. */
+static EVP_PKEY *rsa_from_der(const uint8_t *der, size_t len)
 {
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	       c == '+' || c == '/' || c == '=' || c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-/* A PEM block labelled PRIVATE KEY (PKCS#8) or RSA PRIVATE KEY (PKCS#1) with a
- * non-empty base64 body: the shapes Google issues. Decoding the DER and proving it is
- * RSA is the push sender's job when it loads the key. */
-static bool pem_private_key(const char *key)
-{
-	static const char *const labels[] = { "PRIVATE KEY", "RSA PRIVATE KEY" };
-
-	for (size_t i = 0; i < ARRAY_LEN(labels); i++) {
-		char begin[48], end_line[48];
-		snprintf(begin, sizeof begin, "-----BEGIN %s-----", labels[i]);
-		snprintf(end_line, sizeof end_line, "-----END %s-----", labels[i]);
-
-		const char *b = strstr(key, begin);
-		if (!b)
-			continue;
-		const char *body = b + strlen(begin);
-		const char *e = strstr(body, end_line);
-		if (!e)
-			continue;
-		bool has_data = false, clean = true;
-		for (const char *p = body; p < e; p++) {
-			if (!is_base64_or_space(*p))
-				clean = false;
-			else if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
-				has_data = true;
-		}
-		if (clean && has_data)
-			return true;
+	CBS cbs;
+	CBS_init(&cbs, der, len);
+	EVP_PKEY *pkey = EVP_parse_private_key(&cbs);
+	if (pkey != NULL) {
+		if (EVP_PKEY_id(pkey) == EVP_PKEY_RSA)
+			return pkey;
+		EVP_PKEY_free(pkey);
+		return NULL;
 	}
-	return false;
+	CBS_init(&cbs, der, len);
+	RSA *rsa = RSA_parse_private_key(&cbs);
+	/* Go's ParsePKCS1PrivateKey refuses trailing data */
+	if (rsa == NULL || CBS_len(&cbs) != 0) {
+		RSA_free(rsa);
+		return NULL;
+	}
+	pkey = EVP_PKEY_new();
+	if (pkey == NULL || !EVP_PKEY_assign_RSA(pkey, rsa)) {
+		EVP_PKEY_free(pkey);
+		RSA_free(rsa);
+		return NULL;
+	}
+	return pkey;
 }
 
-bool config_fcm_credentials_usable(const char *value)
+EVP_PKEY *config_fcm_parse_rsa_key(const uint8_t *key, size_t len)
 {
-	const struct span in = span_cstr(value);
+	EVP_PKEY *pkey = NULL;
+	char *name = NULL, *header = NULL;
+	uint8_t *data = NULL;
+	long data_len = 0;
+
+	if (len > CONFIG_FCM_PRIVATE_KEY_BYTES_MAX)
+		return NULL;
+	/* pem.Decode: the first PEM block, whatever its label; none: the bytes are DER */
+	BIO *bio = BIO_new_mem_buf(key, (int)len);
+	if (bio == NULL)
+		return NULL;
+	if (PEM_read_bio(bio, &name, &header, &data, &data_len) && data_len > 0) {
+		pkey = rsa_from_der(data, (size_t)data_len);
+		OPENSSL_cleanse(data, (size_t)data_len);
+	} else {
+		pkey = rsa_from_der(key, len);
+	}
+	OPENSSL_free(name);
+	OPENSSL_free(header);
+	OPENSSL_free(data);
+	BIO_free(bio);
+	/* the parse failures left reasons on this thread's error queue: nobody reads them */
+	ERR_clear_error();
+	return pkey;
+}
+
+/* ---- the key as a whole ---- */
+
+/* Decode s into out (cap bytes with the NUL): false if it does not fit or holds a NUL. */
+static bool str_into(struct json_str s, char *out, size_t cap)
+{
+	size_t n = json_str_unescape(s, (uint8_t *)out, cap - 1);
+	if (n == SIZE_MAX || memchr(out, '\0', n))
+		return false;
+	out[n] = '\0';
+	return true;
+}
+
+/* The members, walked once; false if the value is not one JSON object of the shape
+ * config.h states. */
+static bool scan_members(struct span in, struct json_str member[FCM_MEMBERS], bool have[FCM_MEMBERS])
+{
 	const uint8_t *p = in.ptr;
-	struct json_str member[FCM_MEMBERS];
-	bool have[FCM_MEMBERS] = { false };
 	bool first = true;
 	size_t i;
 
@@ -132,21 +178,66 @@ bool config_fcm_credentials_usable(const char *value)
 		}
 		i = json_skip_ws(in, i);
 	}
-	if (json_skip_ws(in, i) != in.len)
-		return false;
+	return json_skip_ws(in, i) == in.len;
+}
 
+static bool parse_members(const struct json_str member[FCM_MEMBERS], const bool have[FCM_MEMBERS],
+			  struct config_fcm_credentials *out)
+{
 	if (!have[FCM_TYPE] || !have[FCM_CLIENT_EMAIL] || !have[FCM_PRIVATE_KEY])
 		return false;
 	if (!json_str_eq_cstr(member[FCM_TYPE], "service_account"))
 		return false;
 	/* an escape always decodes to at least one byte: raw empty is decoded empty */
-	if (member[FCM_CLIENT_EMAIL].raw.len == 0)
+	if (member[FCM_CLIENT_EMAIL].raw.len == 0 ||
+	    !str_into(member[FCM_CLIENT_EMAIL], out->client_email, sizeof out->client_email))
+		return false;
+	if (have[FCM_PRIVATE_KEY_ID] &&
+	    !str_into(member[FCM_PRIVATE_KEY_ID], out->private_key_id, sizeof out->private_key_id))
+		return false;
+	if (have[FCM_TOKEN_URI] && !str_into(member[FCM_TOKEN_URI], out->token_uri, sizeof out->token_uri))
+		return false;
+	if (out->token_uri[0] == '\0')
+		snprintf(out->token_uri, sizeof out->token_uri, "%s", CONFIG_FCM_TOKEN_URI_DEFAULT);
+	struct https_url url;
+	if (url_parse_https(out->token_uri, &url) != NULL)
 		return false;
 
-	char pem[CONFIG_FCM_PRIVATE_KEY_BYTES_MAX];
-	size_t n = json_str_unescape(member[FCM_PRIVATE_KEY], (uint8_t *)pem, sizeof pem - 1);
-	if (n == SIZE_MAX || memchr(pem, '\0', n))
+	uint8_t pem[CONFIG_FCM_PRIVATE_KEY_BYTES_MAX];
+	size_t n = json_str_unescape(member[FCM_PRIVATE_KEY], pem, sizeof pem - 1);
+	if (n == SIZE_MAX || memchr(pem, '\0', n)) {
+		OPENSSL_cleanse(pem, sizeof pem);
 		return false;
-	pem[n] = '\0';
-	return pem_private_key(pem);
+	}
+	out->pkey = config_fcm_parse_rsa_key(pem, n);
+	OPENSSL_cleanse(pem, sizeof pem);
+	return out->pkey != NULL;
+}
+
+bool config_fcm_credentials_parse(const char *value, struct config_fcm_credentials *out)
+{
+	struct json_str member[FCM_MEMBERS];
+	bool have[FCM_MEMBERS] = { false };
+
+	memset(out, 0, sizeof *out);
+	if (!scan_members(span_cstr(value), member, have) || !parse_members(member, have, out)) {
+		config_fcm_credentials_free(out);
+		return false;
+	}
+	return true;
+}
+
+void config_fcm_credentials_free(struct config_fcm_credentials *c)
+{
+	EVP_PKEY_free(c->pkey);
+	OPENSSL_cleanse(c, sizeof *c);
+	c->pkey = NULL;
+}
+
+bool config_fcm_credentials_usable(const char *value)
+{
+	struct config_fcm_credentials c;
+	bool ok = config_fcm_credentials_parse(value, &c);
+	config_fcm_credentials_free(&c);
+	return ok;
 }

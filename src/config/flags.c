@@ -6,6 +6,8 @@
  */
 #include "config/internal.h"
 
+#include "core/url.h"
+
 
 /* Go's time.Duration is int64 nanoseconds: anything longer does not parse there. */
 #define DURATION_NS_MAX ((uint64_t)INT64_MAX)
@@ -315,6 +317,16 @@ const struct flag_def config_flags[] = {
 	  "Run every boot check of this command line and environment (flags, values,\n"
 	  "addresses, capabilities), bind nothing, print what would be served and exit\n"
 	  "0, or exit with the refusal's own code and fix (like nginx -t)." },
+	{ "fcm-endpoint", FLAG_HTTPS_URL, CFG_OFF(fcm_endpoint), NO_SET_FIELD, 0, false, "URL",
+	  "Where push wakes are POSTed (FCM HTTP v1 messages:send). Change it only for\n"
+	  "a test double or an egress proxy; https:// only." },
+	{ "fcm-timeout", FLAG_DURATION, CFG_OFF(fcm_timeout_ms), NO_SET_FIELD, 0, true, "DURATION",
+	  "Time limit of each HTTP call a push wake makes (the OAuth token fetch, the\n"
+	  "FCM send), connect to last byte (> 0)." },
+	{ "outbound-ca-file", FLAG_STRING, CFG_OFF(outbound_ca_file), NO_SET_FIELD, 0, false, "PATH",
+	  "PEM bundle of CA certificates trusted for outbound HTTPS (FCM, OAuth) besides\n"
+	  "the system's /etc/ssl/certs/ca-certificates.crt: a private CA or a TLS-\n"
+	  "inspecting egress proxy." },
 	{ "version", FLAG_BOOL, CFG_OFF(show_version), NO_SET_FIELD, 0, false, NULL,
 	  "Print the version and exit 0." },
 };
@@ -350,6 +362,9 @@ void config_defaults(struct config *cfg)
 	cfg->conflict_probe_timeout_ms = CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT;
 	cfg->workers = 0;
 	cfg->batch_wait_us = CONFIG_BATCH_WAIT_US_DEFAULT;
+	cfg->fcm_endpoint = CONFIG_FCM_ENDPOINT_DEFAULT;
+	cfg->outbound_ca_file = "";
+	cfg->fcm_timeout_ms = CONFIG_FCM_TIMEOUT_MS_DEFAULT;
 }
 
 static int usage_error(struct boot_refusal *r, const char *fmt, ...)
@@ -379,6 +394,15 @@ static int flag_set(struct config *cfg, const struct flag_def *def, const char *
 	uint64_t v;
 
 	switch (def->kind) {
+	case FLAG_HTTPS_URL: {
+		struct https_url url;
+		const char *why = url_parse_https(value, &url);
+		if (why != NULL)
+			return usage_error(r, "invalid value %s for flag -%s: %s", config_quote(q, sizeof q, value),
+					   def->name, why);
+		*(const char **)(void *)field = value;
+		break;
+	}
 	case FLAG_STRING:
 		*(const char **)(void *)field = value;
 		break;

@@ -26,7 +26,8 @@
 
 /* ---- the flag table (flags.c) ---- */
 
-enum flag_kind { FLAG_STRING, FLAG_BOOL, FLAG_U32, FLAG_DURATION };
+/* FLAG_HTTPS_URL: a string that core/url.h must accept as an https:// URL. */
+enum flag_kind { FLAG_STRING, FLAG_BOOL, FLAG_U32, FLAG_DURATION, FLAG_HTTPS_URL };
 
 #define NO_SET_FIELD SIZE_MAX
 #define CFG_OFF(field) offsetof(struct config, field)

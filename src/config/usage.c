@@ -62,7 +62,8 @@ static void flag_default(const struct flag_def *def, const struct config *d, cha
 		return;
 	}
 	switch (def->kind) {
-	case FLAG_STRING: {
+	case FLAG_STRING:
+	case FLAG_HTTPS_URL: {
 		const char *s = *(const char *const *)(const void *)field;
 		if (s[0] == '\0')
 			snprintf(out, cap, "none");

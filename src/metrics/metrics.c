@@ -1,5 +1,7 @@
 #include "metrics/metrics.h"
 
+#include "control/fcm.h"
+
 /* A worker index as a label value: "4294967295" and its NUL fit. */
 #define WORKER_LABEL_BYTES 12u
 
@@ -180,7 +182,7 @@ static void process_families(struct prom_out *o, const struct metrics_process *p
 		prom_sample(o, "process_virtual_memory_bytes", NULL, 0, (double)p->virtual_bytes);
 }
 
-static void reference_families(struct prom_out *o, const struct totals *t)
+static void reference_families(struct prom_out *o, const struct totals *t, const struct metrics_input *in)
 {
 	const struct relay_stats *r = &t->relay;
 	scalar(o, "pyrycode_relay_connected_binaries",
@@ -198,6 +200,17 @@ static void reference_families(struct prom_out *o, const struct totals *t)
 	scalar(o, "pyrycode_relay_grace_expiries_total",
 	       "Grace periods that expired and released a server-id (stale timers never count).", PROM_COUNTER,
 	       (double)r->grace_expiries);
+
+	if (in->push_wakes != NULL) {
+		uint64_t wakes[FCM_OUTCOME_COUNT];
+		for (int k = 0; k < FCM_OUTCOME_COUNT; k++)
+			wakes[k] = STAT_GET(in->push_wakes[k]);
+		labelled(o, "pyrycode_relay_push_wakes_total",
+			 "Push wakes by outcome: sent, unregistered, send_failed and token_fetch_failed once per "
+			 "admitted wake when its send ends; dropped when the per-server-id rate or the in-flight "
+			 "cap refused one.",
+			 PROM_COUNTER, "outcome", fcm_outcome_names, wakes, FCM_OUTCOME_COUNT);
+	}
 
 	labelled(o, "pyrycode_relay_register_failures_total",
 		 "Registration failures on the WebSocket endpoints, by kind.", PROM_COUNTER, "kind",
@@ -370,5 +383,5 @@ void metrics_render(struct prom_out *o, const struct metrics_input *in)
 	own_families(o, &t, in);
 	if (in->tls_cert_not_after_s != NULL)
 		tls_families(o, &t, in);
-	reference_families(o, &t);
+	reference_families(o, &t, in);
 }

@@ -59,6 +59,7 @@ struct metrics_server {
 	struct metrics_source workers[METRICS_WORKERS_MAX];
 	const int64_t *tls_cert_not_after_s; /* NULL: TLS off */
 	uint32_t nworkers;
+	const uint64_t *push_wakes; /* FCM_OUTCOME_COUNT cells, or NULL: push off */
 	char *body; /* METRICS_BODY_BYTES_MAX scratch for one exposition */
 	struct mconn conns[METRICS_CONNECTIONS_MAX];
 };
@@ -283,6 +284,7 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 		.process = &proc,
 		.handler_errors = m->handler_errors,
 		.tls_cert_not_after_s = m->tls_cert_not_after_s,
+		.push_wakes = m->push_wakes,
 	};
 	metrics_render(&o, &in);
 	char head[METRICS_HEAD_BYTES_MAX];
@@ -447,6 +449,11 @@ static bool any_conn(const struct metrics_server *m)
 		if (m->conns[i].state != MC_FREE)
 			return true;
 	return false;
+}
+
+void metrics_server_set_push(struct metrics_server *m, const uint64_t *push_wakes)
+{
+	m->push_wakes = push_wakes;
 }
 
 bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES])

@@ -363,6 +363,26 @@ static uint64_t phone_charge(struct relay_shard *s, struct conn_ref p)
 	return conn_queued_bytes(s->w, p) + (uint64_t)conn_queued_items(s->w, p) * RELAY_OUTBOX_ITEM_OVERHEAD_BYTES;
 }
 
+/* §3.3 step 3, §7.2: a wake for the sender, or a refusal logged here. Never a reply
+ * to the binary, never a wait: the sender's admission only queues. */
+static void push_wake(struct relay_shard *s, struct relay_conn *rc, struct span value)
+{
+	const struct relay_push_port *port = relay_shared_push(s->shared);
+	struct push_wake pw;
+	const char *err = "push is off";
+	if (port != NULL) {
+		err = envelope_push_wake_parse(value, &pw);
+		if (err == NULL)
+			err = port->submit(port->ctx, slot_id(rc->slot), pw.token);
+	}
+	if (err == NULL)
+		return;
+	char bid[BINARY_CONN_ID_BYTES_MAX];
+	STAT_INC(s->stats.dropped[RELAY_DROP_PUSH_WAKE]);
+	LOG_WARN("binary_forwarder_push_wake_dropped", KV_SPAN("server_id", slot_id(rc->slot)),
+		 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", err));
+}
+
 static void binary_message(struct relay_shard *s, struct conn_ref c, struct span data)
 {
 	struct relay_conn *rc = rc_of(s, c);
@@ -378,11 +398,7 @@ static void binary_message(struct relay_shard *s, struct conn_ref c, struct span
 			 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", env.err));
 		return;
 	case ENVELOPE_PUSH_WAKE:
-		/* Push wake needs FCM credentials; this build has no outbound sender, which is
-		 * the reference's "push off" state: every wake is refused (§7.2 step 1). */
-		STAT_INC(s->stats.dropped[RELAY_DROP_PUSH_WAKE]);
-		LOG_WARN("binary_forwarder_push_wake_dropped", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", "push is off"));
+		push_wake(s, rc, env.push_wake);
 		return;
 	case ENVELOPE_DIRECTIVE:
 	case ENVELOPE_ROUTED:

@@ -19,6 +19,7 @@
 #include "core/common.h"
 #include "core/stat.h"
 #include "engine/engine.h"
+#include "envelope/json.h"
 
 /* Reference limits (§4.3, §5.7) and our binary-side back-pressure marks (DESIGN.md:
  * pause a server-id's phones instead of dropping them after a write timeout). */
@@ -66,7 +67,7 @@ enum relay_drop {
 	RELAY_DROP_BINARY_OUTBOX,          /* the binary's outbox refused it (buffer budget) */
 	RELAY_DROP_MALFORMED_ENVELOPE,     /* binary envelope unparseable or incomplete */
 	RELAY_DROP_UNKNOWN_CONN_ID,        /* envelope for a phone this server-id lacks */
-	RELAY_DROP_PUSH_WAKE,              /* push wake refused (push is off) */
+	RELAY_DROP_PUSH_WAKE,              /* push wake refused: push off, malformed, rate, cap */
 	RELAY_DROP_PHONE_CLOSED,           /* phone already closing */
 	RELAY_DROP_PHONE_BACKLOG,          /* phone over its 4 MiB budget: closed 1011 */
 	RELAY_DROP_COUNT,
@@ -93,11 +94,26 @@ const struct relay_stats *relay_stats_of(const struct relay_shard *s);
  * made for the same worker count as app_shared. */
 extern const struct engine_hooks relay_hooks;
 
+/*
+ * The push-wake sender as the relay sees it (reference §7.2): main wires the control
+ * thread's admission (control/push.h) in when FCM credentials are set. submit runs on
+ * the worker for a push_wake that passed envelope_push_wake_parse; it never blocks and
+ * returns NULL when the wake was admitted, else the refusal's fixed err text (push
+ * off after shutdown began, the per-server-id rate, the in-flight cap). The relay
+ * includes nothing of control/: the port is its only view of the sender.
+ */
+struct relay_push_port {
+	void *ctx;
+	const char *(*submit)(void *ctx, struct span server_id, struct json_str token);
+};
+
 /* What the shards of one relay share (the per-IP rate limiter, exact across workers;
- * /healthz counts). Created before the workers, destroyed after them. */
+ * /healthz counts; the push port, NULL when push is off). Created before the workers,
+ * destroyed after them. */
 struct relay_shared;
 struct config;
-struct relay_shared *relay_shared_create(const struct config *cfg, uint32_t workers);
+struct relay_shared *relay_shared_create(const struct config *cfg, uint32_t workers,
+					 const struct relay_push_port *push);
 void relay_shared_destroy(struct relay_shared *sh);
 
 #endif

@@ -132,6 +132,8 @@ bool relay_shared_allow(struct relay_shared *sh, struct span key, uint64_t now_m
 /* Sweep the limiter stripes this worker looks after. */
 void relay_shared_sweep(struct relay_shared *sh, uint32_t worker, uint64_t now_ms);
 void relay_shared_counts(const struct relay_shared *sh, uint64_t *binaries, uint64_t *phones);
+/* The push sender's port, or NULL when push is off. */
+const struct relay_push_port *relay_shared_push(const struct relay_shared *sh);
 
 /* ---- slots.c ---- */
 

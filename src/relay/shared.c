@@ -27,6 +27,8 @@ struct rl_stripe {
 
 struct relay_shared {
 	uint32_t n;
+	bool push_on;
+	struct relay_push_port push;
 	uint64_t stripe_key[2];
 	struct relay_shard *shards[CONFIG_WORKERS_MAX]; /* set by each shard's create */
 	struct rl_stripe stripe[RELAY_RATELIMIT_STRIPES];
@@ -41,7 +43,8 @@ static uint32_t stripe_capacity(uint32_t workers)
 	return (uint32_t)MIN(per + per / 4, (uint64_t)RATELIMIT_CAPACITY_MAX);
 }
 
-struct relay_shared *relay_shared_create(const struct config *cfg, uint32_t workers)
+struct relay_shared *relay_shared_create(const struct config *cfg, uint32_t workers,
+					 const struct relay_push_port *push)
 {
 	ASSERT(workers > 0 && workers <= CONFIG_WORKERS_MAX);
 	struct relay_shared *sh = calloc_aligned(sizeof *sh);
@@ -49,6 +52,10 @@ struct relay_shared *relay_shared_create(const struct config *cfg, uint32_t work
 	if (sh == NULL)
 		return NULL;
 	sh->n = workers;
+	if (push != NULL) {
+		sh->push_on = true;
+		sh->push = *push;
+	}
 	if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
 		free(sh);
 		return NULL;
@@ -123,4 +130,9 @@ void relay_shared_counts(const struct relay_shared *sh, uint64_t *binaries, uint
 		*binaries += STAT_GET(st->binaries);
 		*phones += STAT_GET(st->phones);
 	}
+}
+
+const struct relay_push_port *relay_shared_push(const struct relay_shared *sh)
+{
+	return sh->push_on ? &sh->push : NULL;
 }

@@ -156,7 +156,8 @@ def test_every_reference_series_precreated_at_zero(mrelay):
     assert len([s for s in samples if family_of(s) == "pyrycode_relay_register_failures_total"]) == 4
     assert samples[fwd("phone_to_binary")] == 0 and samples[fwd("binary_to_phone")] == 0
     assert samples[GRACE] == 0 and samples[BINARIES] == 0 and samples[PHONES] == 0
-    # push is off in this build: the family exists only when push is on (reference §7.2)
+    # no FCM credentials, so push is off: the family exists only when push is on
+    # (reference §7.2; test_push.py checks its five cells with push on)
     assert "pyrycode_relay_push_wakes_total" not in families
     assert samples['promhttp_metric_handler_errors_total{cause="encoding"}'] == 0
     assert samples['promhttp_metric_handler_errors_total{cause="gathering"}'] == 0

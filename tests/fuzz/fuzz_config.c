@@ -22,7 +22,9 @@
  *   parses to the same struct; allow_empty_host changes only the missing-host answer;
  *   a refusal leaves *out zeroed; --metrics-listen accepts only loopback addresses
  *   that addr_parse_listen accepts with a host;
- * - an accepted FCM key is valid JSON (json_valid) and a JSON object.
+ * - an accepted FCM key is valid JSON (json_valid) and a JSON object, parses to a
+ *   loaded key, a non-empty email and a token URL core/url.h accepts, and the check
+ *   and the parse agree; a refused one leaves the parse's output empty.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@
 
 #include "config/config.h"
 #include "core/addr.h"
+#include "core/url.h"
 #include "envelope/json.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -201,12 +204,21 @@ static void fuzz_fcm(const uint8_t *p, size_t n)
 	char *s = fz_cstr(p, n);
 	size_t len = strlen(s); /* an environment value ends at its first NUL */
 
-	if (config_fcm_credentials_usable(s)) {
+	struct config_fcm_credentials c;
+	bool ok = config_fcm_credentials_parse(s, &c);
+	CHECK(ok == config_fcm_credentials_usable(s));
+	if (ok) {
 		struct span in = span_make(s, len);
+		struct https_url url;
 		CHECK(json_valid(in));
 		size_t i = json_skip_ws(in, 0);
 		CHECK(i < len && s[i] == '{');
+		CHECK(c.pkey != NULL && c.client_email[0] != '\0');
+		CHECK(url_parse_https(c.token_uri, &url) == NULL);
+	} else {
+		CHECK(c.pkey == NULL && c.client_email[0] == '\0' && c.token_uri[0] == '\0');
 	}
+	config_fcm_credentials_free(&c);
 	free(s);
 }
 

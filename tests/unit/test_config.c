@@ -14,8 +14,11 @@
 
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+
 #include "config/config.h"
 #include "envelope/json.h"
+#include "fcm_keys.h"
 
 #define PROG "pyrycode-relay"
 /* argv/envp as NULL-terminated compound literals; ## drops the comma when empty */
@@ -653,24 +656,29 @@ static void test_check_env_one_or_unset(void **state)
 	}
 }
 
-/* A service-account key with a (truncated, never parsed) PEM body. */
+/* A service-account key; the real key material comes from fcm_keys.h. */
 #define SA_KEY(type, email, key, extra) \
 	"{\"type\":" type ",\"project_id\":\"pyrycode-mobile\",\"private_key_id\":\"abc\"," \
 	"\"private_key\":" key ",\"client_email\":" email "," \
 	"\"client_id\":\"1\",\"token_uri\":\"https://oauth2.googleapis.com/token\"" extra "}"
-#define PEM_OK "\"-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----\\n\""
+#define PEM_OK "\"" TK_RSA_PKCS8_JSON "\""
+#define PEM_PKCS1 "\"" TK_RSA_PKCS1_JSON "\""
 #define EMAIL_OK "\"relay-secret-marker@pyrycode-mobile.iam.gserviceaccount.com\""
 #define TYPE_OK "\"service_account\""
+/* the minimal key: the three required members */
+#define MIN_KEY(extra) "{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK extra "}"
 
+/* Every good key the check accepts; every bad one it refuses without echoing any of
+ * it, with the reference's fixed reason. */
 static void test_check_env_fcm(void **state)
 {
 	static const char *const good[] = {
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ""),
 		"  \n" SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, "") "\r\n\t ",
-		SA_KEY(TYPE_OK, EMAIL_OK,
-		       "\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEpAIBAAKCAQEA\\n-----END RSA PRIVATE KEY-----\"", ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, PEM_PKCS1, ""),
 		SA_KEY("\"service\\u005faccount\"", EMAIL_OK, PEM_OK, ""),
-		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN PRIVATE KEY-----\\/\\nMIIE\\/+=\\n-----END PRIVATE KEY-----\"", ""),
+		/* text around the PEM block, and \/ escapes inside it */
+		SA_KEY(TYPE_OK, EMAIL_OK, "\"key follows\\n" TK_RSA_PKCS8_JSON "trailing words\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK,
 		       ",\"nested\":{\"a\":[1,-2.5e+3,0,0.1E-2,true,false,null,\"x\\u00e9\\\"\"],\"b\":{}},\"c\":[]"),
 		/* encoding/json: keys match case-insensitively, the last duplicate wins, and
@@ -680,6 +688,11 @@ static void test_check_env_fcm(void **state)
 		"{\"type\":\"service_account\",\"type\":null,\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
 		"{\"typ\\u0065\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
 		"{\"type\":null,\"type\":\"service_account\",\"client_email\":\"a@b\",\"privat\\u0065_KEY\":" PEM_OK "}",
+		/* optional members: absent, null, empty token_uri (the default) */
+		MIN_KEY(""),
+		MIN_KEY(",\"token_uri\":null,\"private_key_id\":null"),
+		MIN_KEY(",\"token_uri\":\"\""),
+		MIN_KEY(",\"TOKEN_URI\":\"https://127.0.0.1:8443/token?x=1\""),
 		/* valid UTF-8, raw or escaped, anywhere */
 		SA_KEY(TYPE_OK, "\"r\xc3\xa9lay@b\"", PEM_OK, ",\"n\xc3\xa9\":\"\xe2\x82\xac \\ud83d\\ude00 \\ud800\""),
 	};
@@ -688,23 +701,43 @@ static void test_check_env_fcm(void **state)
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, "") "x",
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, "") "{}",
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",") ,
+		/* type */
 		SA_KEY("\"authorized_user\"", EMAIL_OK, PEM_OK, ""),
 		SA_KEY("\"Service_Account\"", EMAIL_OK, PEM_OK, ""),
 		SA_KEY("\"service_account\\u0000\"", EMAIL_OK, PEM_OK, ""),
 		SA_KEY("1", EMAIL_OK, PEM_OK, ""),
 		SA_KEY("null", EMAIL_OK, PEM_OK, ""),
+		"{\"client_email\":\"a@b\",\"private_key\":" PEM_OK "}",
+		/* client_email */
 		SA_KEY(TYPE_OK, "\"\"", PEM_OK, ""),
 		SA_KEY(TYPE_OK, "null", PEM_OK, ""),
 		SA_KEY(TYPE_OK, "[\"a@b\"]", PEM_OK, ""),
+		SA_KEY(TYPE_OK, "\"a\\u0000@b\"", PEM_OK, ""),
+		"{\"type\":\"service_account\",\"private_key\":" PEM_OK "}",
+		/* private_key: missing, empty, not a key, not RSA, encrypted, cut, broken */
+		"{\"type\":\"service_account\",\"client_email\":\"a@b\"}",
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\"", ""),
-		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN EC PRIVATE KEY-----\\nMHcCAQEE\\n-----END EC PRIVATE KEY-----\"", ""),
-		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN ENCRYPTED PRIVATE KEY-----\\nMIIE\\n-----END ENCRYPTED PRIVATE KEY-----\"", ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "\"" TK_EC_JSON "\"", ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "\"" TK_ED25519_JSON "\"", ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "\"" TK_RSA_ENCRYPTED_JSON "\"", ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----\\n\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN PRIVATE KEY-----\\n\\n-----END PRIVATE KEY-----\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN PRIVATE KEY-----\\nMIIE\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN PRIVATE KEY-----\\nMI!E\\n-----END PRIVATE KEY-----\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----BEGIN PRIVATE KEY-----\\nMI\\u0000E\\n-----END PRIVATE KEY-----\"", ""),
 		SA_KEY(TYPE_OK, EMAIL_OK, "\"-----END PRIVATE KEY-----\\nMIIE\\n-----BEGIN PRIVATE KEY-----\"", ""),
+		SA_KEY(TYPE_OK, EMAIL_OK, "\"" TK_RSA_PKCS8_JSON "\\u0000\"", ""),
+		/* token_uri: only an https:// URL the client can use */
+		MIN_KEY(",\"token_uri\":\"http://oauth2.googleapis.com/token\""),
+		MIN_KEY(",\"token_uri\":\"oauth2.googleapis.com/token\""),
+		MIN_KEY(",\"token_uri\":\"https://user:pw@oauth2.googleapis.com/token\""),
+		MIN_KEY(",\"token_uri\":\"https:///token\""),
+		MIN_KEY(",\"token_uri\":\"https://h/a b\""),
+		MIN_KEY(",\"token_uri\":1"),
+		/* private_key_id: a string or null */
+		MIN_KEY(",\"private_key_id\":7"),
+		MIN_KEY(",\"private_key_id\":\"a\\u0000\""),
 		/* malformed JSON anywhere refuses the whole value */
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"n\":01"),
 		SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ",\"n\":1."),
@@ -733,7 +766,7 @@ static void test_check_env_fcm(void **state)
 	};
 	struct config cfg;
 	struct boot_refusal r;
-	static char env[8192], deep[2 * JSON_DEPTH_MAX + 256];
+	static char env[8192], deep[2 * JSON_DEPTH_MAX + 2048];
 
 	(void)state;
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
@@ -778,13 +811,13 @@ static void test_check_env_fcm(void **state)
 	deep[sizeof deep - 1] = '\0';
 	assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")), CONFIG_EXIT_USAGE);
 
-	/* the private key decodes into a fixed buffer: one byte short of it fits */
+	/* the private key decodes into a fixed buffer: one byte short of it fits (the
+	 * key, then spaces after its PEM block) */
 	for (size_t extra = 0; extra <= 1; extra++) {
 		static const char key_head[] = "PYRYCODE_RELAY_FCM_CREDENTIALS={\"type\":\"service_account\","
-					       "\"client_email\":\"a@b\",\"private_key\":\""
-					       "-----BEGIN PRIVATE KEY----- MIIE -----END PRIVATE KEY-----";
+					       "\"client_email\":\"a@b\",\"private_key\":\"" TK_RSA_PKCS8_JSON;
 		size_t key_len = CONFIG_FCM_PRIVATE_KEY_BYTES_MAX - 1 + extra;
-		size_t pem_len = strlen("-----BEGIN PRIVATE KEY----- MIIE -----END PRIVATE KEY-----");
+		size_t pem_len = strlen(TK_RSA_PKCS8_PEM);
 		size_t n = strlen(key_head);
 		memcpy(deep, key_head, n);
 		memset(deep + n, ' ', key_len - pem_len);
@@ -793,6 +826,108 @@ static void test_check_env_fcm(void **state)
 		assert_int_equal(check(&cfg, &r, ENV(deep), ARGV("--domain", "d")),
 				 extra ? CONFIG_EXIT_USAGE : CONFIG_OK);
 	}
+}
+
+/* What the sender gets: the key, the email, the key id and the token URL, decoded. */
+static void test_fcm_credentials_parse(void **state)
+{
+	struct config_fcm_credentials c;
+	(void)state;
+
+	assert_true(config_fcm_credentials_parse(SA_KEY(TYPE_OK, EMAIL_OK, PEM_OK, ""), &c));
+	assert_non_null(c.pkey);
+	assert_string_equal(c.client_email, "relay-secret-marker@pyrycode-mobile.iam.gserviceaccount.com");
+	assert_string_equal(c.private_key_id, "abc");
+	assert_string_equal(c.token_uri, "https://oauth2.googleapis.com/token");
+	config_fcm_credentials_free(&c);
+	assert_null(c.pkey);
+	assert_string_equal(c.client_email, "");
+
+	/* defaults, escapes decoded, the last duplicate wins */
+	assert_true(config_fcm_credentials_parse(
+		"{\"type\":\"service_account\",\"client_email\":\"a\\u0040b\",\"private_key\":" PEM_PKCS1
+		",\"token_uri\":\"https://x/1\",\"token_uri\":\"https:\\/\\/127.0.0.1:9\\/t\"}", &c));
+	assert_string_equal(c.client_email, "a@b");
+	assert_string_equal(c.private_key_id, "");
+	assert_string_equal(c.token_uri, "https://127.0.0.1:9/t");
+	config_fcm_credentials_free(&c);
+	assert_true(config_fcm_credentials_parse(MIN_KEY(",\"token_uri\":\"\""), &c));
+	assert_string_equal(c.token_uri, CONFIG_FCM_TOKEN_URI_DEFAULT);
+	config_fcm_credentials_free(&c);
+
+	/* a refusal leaves nothing behind */
+	memset(&c, 0x5a, sizeof c);
+	assert_false(config_fcm_credentials_parse(MIN_KEY(",\"token_uri\":\"http://x\""), &c));
+	assert_null(c.pkey);
+	assert_string_equal(c.client_email, "");
+	config_fcm_credentials_free(&c); /* safe on a refused one */
+
+	/* the members' buffers: one byte short fits, a full one refuses */
+	static char key[2 * CONFIG_FCM_TOKEN_URI_BYTES_MAX + 2048];
+	char member[CONFIG_FCM_TOKEN_URI_BYTES_MAX + 1];
+	const struct {
+		const char *name, *prefix;
+		size_t cap;
+	} limits[] = {
+		{ "client_email", "a@", CONFIG_FCM_EMAIL_BYTES_MAX },
+		{ "private_key_id", "k", CONFIG_FCM_KEY_ID_BYTES_MAX },
+		{ "token_uri", "https://h/", CONFIG_FCM_TOKEN_URI_BYTES_MAX },
+	};
+	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+		for (size_t extra = 0; extra <= 1; extra++) {
+			size_t len = limits[i].cap - 1 + extra, pre = strlen(limits[i].prefix);
+			memcpy(member, limits[i].prefix, pre);
+			memset(member + pre, 'x', len - pre);
+			member[len] = '\0';
+			snprintf(key, sizeof key,
+				 "{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":" PEM_OK
+				 ",\"%s\":\"%s\"}", limits[i].name, member);
+			bool ok = config_fcm_credentials_parse(key, &c);
+			config_fcm_credentials_free(&c);
+			if (ok != !extra)
+				fail_msg("%s of %zu bytes: %s", limits[i].name, len, ok ? "accepted" : "refused");
+		}
+	}
+}
+
+/* The key bytes alone: PEM (any label, first block) or raw DER; PKCS#8, then PKCS#1;
+ * RSA only. */
+static void test_fcm_rsa_key(void **state)
+{
+	(void)state;
+	const struct {
+		const char *what;
+		const void *bytes;
+		size_t len;
+		bool ok;
+	} cases[] = {
+		{ "PKCS#8 PEM", TK_RSA_PKCS8_PEM, strlen(TK_RSA_PKCS8_PEM), true },
+		{ "PKCS#1 PEM", TK_RSA_PKCS1_PEM, strlen(TK_RSA_PKCS1_PEM), true },
+		{ "PKCS#8 DER", tk_rsa_pkcs8_der, sizeof tk_rsa_pkcs8_der, true },
+		{ "PKCS#1 DER", tk_rsa_pkcs1_der, sizeof tk_rsa_pkcs1_der, true },
+		{ "PKCS#1 DER cut", tk_rsa_pkcs1_der, sizeof tk_rsa_pkcs1_der - 1, false },
+		{ "PKCS#8 DER cut", tk_rsa_pkcs8_der, sizeof tk_rsa_pkcs8_der / 2, false },
+		{ "EC", TK_EC_PEM, strlen(TK_EC_PEM), false },
+		{ "Ed25519", TK_ED25519_PEM, strlen(TK_ED25519_PEM), false },
+		{ "encrypted", TK_RSA_ENCRYPTED_PEM, strlen(TK_RSA_ENCRYPTED_PEM), false },
+		{ "empty", "", 0, false },
+		{ "text", "not a key", 9, false },
+		/* the first block counts, as pem.Decode: an EC key first hides the RSA one */
+		{ "EC then RSA", TK_EC_PEM TK_RSA_PKCS8_PEM, strlen(TK_EC_PEM TK_RSA_PKCS8_PEM), false },
+		{ "RSA then EC", TK_RSA_PKCS1_PEM TK_EC_PEM, strlen(TK_RSA_PKCS1_PEM TK_EC_PEM), true },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct evp_pkey_st *k = config_fcm_parse_rsa_key(cases[i].bytes, cases[i].len);
+		if ((k != NULL) != cases[i].ok)
+			fail_msg("%s: %s", cases[i].what, k ? "accepted" : "refused");
+		EVP_PKEY_free(k);
+	}
+	/* a PKCS#1 key in a block with any label, as Go's pem.Decode takes it */
+	static const char relabelled[] = "-----BEGIN SOMETHING-----\n" TK_RSA_PKCS1_BODY "-----END SOMETHING-----\n";
+	struct evp_pkey_st *k = config_fcm_parse_rsa_key((const uint8_t *)relabelled, strlen(relabelled));
+	assert_non_null(k);
+	EVP_PKEY_free(k);
+	assert_null(config_fcm_parse_rsa_key((const uint8_t *)"x", CONFIG_FCM_PRIVATE_KEY_BYTES_MAX + 1));
 }
 
 static void test_check_env_order(void **state)
@@ -1172,6 +1307,8 @@ int main(void)
 		cmocka_unit_test(test_max_connections_per_ip),
 		cmocka_unit_test(test_check_env_one_or_unset),
 		cmocka_unit_test(test_check_env_fcm),
+		cmocka_unit_test(test_fcm_credentials_parse),
+		cmocka_unit_test(test_fcm_rsa_key),
 		cmocka_unit_test(test_check_env_order),
 		cmocka_unit_test(test_check_single_instance),
 		cmocka_unit_test(test_check_production),

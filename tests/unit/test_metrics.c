@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "control/fcm.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_server.h"
 
@@ -66,6 +67,9 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* pyrycode_relay_push_wakes_total's counters, or NULL (push off) */
+static const uint64_t *push_wakes;
+
 static size_t render(uint32_t nworkers, bool *overflow)
 {
 	static const uint64_t errs[METRICS_ERR_COUNT] = { 0, 0 };
@@ -73,7 +77,7 @@ static size_t render(uint32_t nworkers, bool *overflow)
 					.max_fds = 1024, .rss_ok = true, .resident_bytes = 4096,
 					.virtual_bytes = 8192, .cpu_seconds = 0.25 };
 	static const int64_t cert_expiry_s = 1800000000; /* TLS on: its families are rendered too */
-	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s };
+	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s, push_wakes };
 	struct prom_out o;
 	prom_out_init(&o, body, METRICS_BODY_BYTES_MAX);
 	metrics_render(&o, &in);
@@ -245,6 +249,28 @@ static void test_sums_and_per_worker(void **state)
 	assert_true(value_of(s) == 3 * (2 * 3e-6 + 2.0));
 }
 
+/* Push on: the family has exactly the five outcomes, pre-created at 0 (§8.2), each
+ * from its own cell. */
+static void test_push_wakes_family(void **state)
+{
+	(void)state;
+	static const uint64_t counts[FCM_OUTCOME_COUNT] = { 3, 0, 1, 0, 7 };
+	memset(fakes, 0, sizeof *fakes * 1);
+	push_wakes = counts;
+	bool overflow;
+	render(1, &overflow);
+	push_wakes = NULL;
+	assert_false(overflow);
+	check_structure();
+	assert_int_equal(count_prefix("pyrycode_relay_push_wakes_total{"), 5);
+	assert_non_null(strstr(body, "# TYPE pyrycode_relay_push_wakes_total counter\n"));
+	assert_true(value_of("pyrycode_relay_push_wakes_total{outcome=\"sent\"}") == 3);
+	assert_true(value_of("pyrycode_relay_push_wakes_total{outcome=\"unregistered\"}") == 0);
+	assert_true(value_of("pyrycode_relay_push_wakes_total{outcome=\"send_failed\"}") == 1);
+	assert_true(value_of("pyrycode_relay_push_wakes_total{outcome=\"token_fetch_failed\"}") == 0);
+	assert_true(value_of("pyrycode_relay_push_wakes_total{outcome=\"dropped\"}") == 7);
+}
+
 static void fill_widest(uint32_t n)
 {
 	uint64_t big = (1ull << 53) - 1; /* 16 significant digits, the longest integer text */
@@ -260,9 +286,13 @@ static void fill_widest(uint32_t n)
 static void test_widest_body_fits(void **state)
 {
 	(void)state;
+	static const uint64_t widest_push[FCM_OUTCOME_COUNT] = { UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+								 UINT64_MAX };
 	fill_widest(METRICS_WORKERS_MAX);
 	bool overflow;
+	push_wakes = widest_push;
 	size_t len = render(METRICS_WORKERS_MAX, &overflow);
+	push_wakes = NULL;
 	assert_false(overflow);
 	assert_true(len < METRICS_BODY_BYTES_MAX);
 	check_structure();
@@ -306,6 +336,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_zero_state_every_series),
 		cmocka_unit_test(test_sums_and_per_worker),
+		cmocka_unit_test(test_push_wakes_family),
 		cmocka_unit_test(test_widest_body_fits),
 		cmocka_unit_test(test_scrape_cpu_budget),
 	};

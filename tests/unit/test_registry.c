@@ -457,7 +457,7 @@ static void fx_open(const struct config *cfg)
 	timer_wheel_init(&w->tw, w->now_ms);
 	bufpool_init(&w->pool, POOL_BUDGET);
 	F->w = w;
-	w->shared = relay_shared_create(&F->cfg, 1);
+	w->shared = relay_shared_create(&F->cfg, 1, NULL);
 	assert_non_null(w->shared);
 	w->app = relay_hooks.create(w, &F->cfg, w->shared);
 	assert_non_null(w->app);
