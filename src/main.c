@@ -218,8 +218,43 @@ static bool workers_running(void *group)
 
 /* A listener failed before any worker ran (bind error and the like): the reference logs
  * the failure, then drains (nothing to drain yet) and exits 1 (§7.6). */
+/* What the boot has built so far, so a boot that fails after building some of it
+ * returns everything before it exits (a leak checker sees the relay's own leaks only). */
+static struct {
+	struct push_sender *push;
+	struct tls_cert *cert; /* until the TLS server takes it */
+	struct tls_server *tls;
+	struct worker_group *group;
+	struct relay_shared *shared;
+	struct worker *workers[CONFIG_WORKERS_MAX];
+	uint32_t nworkers;
+	struct metrics_server *metrics; /* until its thread runs */
+} boot;
+
+static void boot_release(void)
+{
+	for (uint32_t i = 0; i < boot.nworkers; i++)
+		worker_destroy(boot.workers[i]);
+	boot.nworkers = 0;
+	if (boot.metrics)
+		metrics_server_destroy(boot.metrics);
+	relay_shared_destroy(boot.shared);
+	worker_group_destroy(boot.group);
+	if (boot.tls)
+		tls_server_free(boot.tls);
+	tls_cert_put(boot.cert);
+	push_sender_destroy(boot.push);
+	boot.metrics = NULL;
+	boot.shared = NULL;
+	boot.group = NULL;
+	boot.tls = NULL;
+	boot.cert = NULL;
+	boot.push = NULL;
+}
+
 static int boot_listener_failed(const char *addr, const char *err)
 {
+	boot_release();
 	LOG_ERROR("listener failed", KV_STR("addr", addr), KV_STR("err", err));
 	LOG_ERROR("listener error; draining");
 	LOG_INFO("shutdown complete");
@@ -311,14 +346,19 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	/* The sender thread starts with SIGTERM/SIGINT blocked, like every thread. */
+	boot.cert = cert;
 	struct push_sender *push = build_push(&cfg, &rc);
-	if (rc != 0)
+	boot.push = push;
+	if (rc != 0) {
+		boot_release();
 		return rc;
+	}
 	static struct relay_push_port push_port;
 	push_port = (struct relay_push_port){ .ctx = push, .submit = push_port_submit };
 
 	if (!handshake_self_test()) {
 		LOG_ERROR("refusing to start: SHA-1 self-test failed", KV_STR("fix", "check the BoringSSL libcrypto this binary loads"));
+		boot_release();
 		return CONFIG_EXIT_RUNTIME;
 	}
 	raise_fd_limit(cfg.max_connections);
@@ -330,7 +370,7 @@ int main(int argc, char **argv)
 	snprintf(nworkers_text, sizeof nworkers_text, "%u", nworkers);
 	if (cfg.check_only) { /* every boot check passed; bind nothing */
 		config_print_summary(STDOUT_FILENO, &cfg, nworkers);
-		tls_cert_put(cert);
+		boot_release();
 		return 0;
 	}
 	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", cert ? "tls" : "insecure"),
@@ -338,14 +378,16 @@ int main(int argc, char **argv)
 	struct tls_server *tls = NULL;
 	if (cert != NULL) {
 		tls = tls_server_new(cert, TLS_SNI_ANY, monotonic_ms());
-		if (tls == NULL) {
-			LOG_ERROR("listener failed", KV_STR("addr", listen), KV_STR("err", "out of memory for TLS"));
-			return CONFIG_EXIT_RUNTIME;
-		}
+		boot.cert = NULL; /* the server took it, also on failure */
+		boot.tls = tls;
+		if (tls == NULL)
+			return boot_listener_failed(listen, "out of memory for TLS");
 	}
 
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
 	struct relay_shared *shared = relay_shared_create(&cfg, nworkers, push ? &push_port : NULL);
+	boot.group = group;
+	boot.shared = shared;
 	if (group == NULL || shared == NULL || !group_set_ip_cap(group, cfg.max_connections_per_ip))
 		return boot_listener_failed(listen, "out of memory for the workers");
 	/* One ceiling for the relay, split evenly: a worker's pool never takes another's share. */
@@ -358,6 +400,7 @@ int main(int argc, char **argv)
 						 why);
 		if (w == NULL)
 			return boot_listener_failed(listen, why);
+		boot.workers[boot.nworkers++] = w;
 		threads[i].w = w;
 		threads[i].addr = listen;
 		sources[i] = (struct metrics_source){
@@ -374,6 +417,7 @@ int main(int argc, char **argv)
 		mt.m = metrics_server_create(cfg.metrics_listen, sources, nworkers, PYRELAY_VERSION, start_time_seconds, why);
 		if (mt.m == NULL)
 			return boot_listener_failed(cfg.metrics_listen, why);
+		boot.metrics = mt.m;
 		mt.addr = cfg.metrics_listen;
 		if (tls != NULL)
 			metrics_server_set_tls(mt.m, &served_cert_not_after_s);
@@ -382,6 +426,7 @@ int main(int argc, char **argv)
 		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0)
 			return boot_listener_failed(cfg.metrics_listen, "cannot start metrics thread");
 		mt.started = true;
+		boot.metrics = NULL; /* its thread's now: stopped and destroyed at the end */
 	}
 
 	for (uint32_t i = 0; i < nworkers; i++) {
