@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as benchrun  # noqa: E402
-from workers import measure  # noqa: E402
+from workers import finish, measure  # noqa: E402
 
 POINTS = (  # (binaries, phones, frame bytes, frames/s over all phones)
     (100, 4, 64, 5000),
@@ -72,9 +72,7 @@ def main() -> int:
                           f"{row['frames_per_wakeup'] or 0:.2f} frames/wake-up, ok={row['ok']}", flush=True)
     finally:
         benchrun.kill_all_children()
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0 if all(r["ok"] for r in rows) else 1
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,13 @@ def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str
         relay.stop()
 
 
+def finish(rows: list, json_path) -> int:
+    """Write the rows (when asked) and say whether every run was ok (the exit status)."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
 def one(args, workers: int, binaries: int, phones: int, port: int, mport: int) -> dict:
     threads = min(args.threads or workers, binaries)
     m = measure(args.relay, args.loadgen, args.cpus, args.cpus, ["--workers", str(workers)],
@@ -143,9 +150,7 @@ def main() -> int:
                           f"for {row['frames']} frames, ok={row['ok']}", flush=True)
     finally:
         benchrun.kill_all_children()
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0 if all(r["ok"] for r in rows) else 1
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":
