@@ -16,7 +16,6 @@ trip of the longer run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
