@@ -87,6 +87,10 @@ void handoff_progress(struct worker *w, struct conn *c)
 	if (c->state != CONN_HANDOFF || c->recv_armed || c->send_inflight || conn_has_output(c))
 		return;
 	struct upgraded *u = c->handoff;
+	/* Every write to the upgrade (its TLS state included) comes before the reservation:
+	 * the owner's release of that place is what orders them before its reads. */
+	u->tls = c->tls;
+	c->tls = NULL;
 	uint32_t owner = group_owner(w->group, upgraded_server_id(u));
 	int ring_fd = -1;
 	enum handoff_result r = group_reserve(w->group, owner, &ring_fd);
@@ -101,8 +105,6 @@ void handoff_progress(struct worker *w, struct conn *c)
 	io_uring_sqe_set_data64(sqe, HANDOFF_UD(OP_HANDOFF_SENT, u));
 	STAT_INC(w->stats.handoffs_sent);
 	/* The upgrade, the fd, its TLS state and the cap slot are the message's now. */
-	u->tls = c->tls;
-	c->tls = NULL;
 	c->handoff = NULL;
 	c->counted = false;
 	c->client_key = 0;
