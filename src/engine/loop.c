@@ -108,8 +108,10 @@ fail:
 void worker_destroy(struct worker *w)
 {
 	w->hooks->destroy(w->app);
-	if (w->listen_fd >= 0)
+	if (w->listen_fd >= 0) {
+		shutdown(w->listen_fd, SHUT_RDWR); /* out of LISTEN even if a dead ring still holds it */
 		close(w->listen_fd);
+	}
 	close(w->wake_fd);
 	bufpool_destroy(&w->pool);
 	free(w->bufs);
@@ -356,6 +358,10 @@ static void begin_shutdown(struct worker *w)
 	 * refused by the kernel from here on. */
 	if (w->listen_fd >= 0) {
 		cancel_accept(w);
+		/* shutdown first: the multishot accept holds the socket until its cancel
+		 * completes, and a ring is torn down after the process exits; shutdown takes
+		 * the socket out of LISTEN now, whoever still holds it. */
+		shutdown(w->listen_fd, SHUT_RDWR);
 		close(w->listen_fd);
 		w->listen_fd = -1;
 	}
