@@ -107,12 +107,13 @@ static bool upgrade_check(struct worker *w, struct conn *c, const struct http_re
 }
 
 /* One complete request head. True when it is an accepted WebSocket upgrade (with
- * *accept filled): the caller hands the connection on. False: answered, or torn down. */
+ * *accept and *route filled): the caller hands the connection on. False: answered, or
+ * torn down. */
 static bool http_request(struct worker *w, struct conn *c, const struct http_request *req,
-			 char accept[WS_ACCEPT_KEY_LEN + 1])
+			 char accept[WS_ACCEPT_KEY_LEN + 1], enum http_route *routep)
 {
 	unsigned flags = http_resp_flags_for(req, http_head_closes(req, ++c->requests, w->stopping));
-	enum http_route route = http_route_of(req->path);
+	enum http_route route = *routep = http_route_of(req->path);
 	switch (route) {
 	case HTTP_ROUTE_HEALTHZ:
 		respond_healthz(w, c, flags);
@@ -147,11 +148,10 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
  * copied into one struct upgraded (the head buffer goes back to the pool), including
  * the bytes after the head: those in the head buffer, then `rest` of this receive. It
  * starts here, or goes to the worker that owns its server-id (handoff.c). */
-static void hand_on(struct worker *w, struct conn *c, const struct http_request *req,
+static void hand_on(struct worker *w, struct conn *c, const struct http_request *req, enum http_route route,
 		    const char accept[WS_ACCEPT_KEY_LEN + 1], struct span rest)
 {
 	uint32_t head = req->head_bytes;
-	enum http_route route = http_route_of(req->path);
 	struct upgraded *u = upgraded_new(req, span_make(c->http_buf + head, c->http_len - head), rest);
 	conn_put_http_buf(w, c); /* req pointed into it: not used from here on */
 	if (u == NULL) {
@@ -213,8 +213,9 @@ void http_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 			return;
 		}
 		char accept[WS_ACCEPT_KEY_LEN + 1];
-		if (http_request(w, c, &req, accept)) {
-			hand_on(w, c, &req, accept, span_make(p, n));
+		enum http_route route;
+		if (http_request(w, c, &req, accept, &route)) {
+			hand_on(w, c, &req, route, accept, span_make(p, n));
 			return;
 		}
 		if (c->state != CONN_HTTP)
