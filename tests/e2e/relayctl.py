@@ -57,7 +57,7 @@ RSV1, RSV2, RSV3 = 4, 2, 1
 
 # Environment variables of the test process that reach the relay: sanitizer knobs only.
 # Everything else (FLY_APP_NAME, PYRYCODE_RELAY_*, HOME, ...) is decided by the test.
-_PASSTHROUGH_ENV_PREFIXES = ("ASAN_", "UBSAN_", "LSAN_", "TSAN_", "MSAN_")
+_PASSTHROUGH_ENV_PREFIXES = ("ASAN_", "UBSAN_", "LSAN_", "TSAN_", "MSAN_", "RELAY_RUN_UID")
 
 STOP_GRACE_S = 12.0  # SIGTERM -> SIGKILL
 READY_TIMEOUT_S = 10.0
