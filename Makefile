@@ -142,10 +142,18 @@ KTLS_SELFTEST := $(BUILD)/ktls_selftest
 $(KTLS_SELFTEST): $(BUILD)/obj/tests/ktls/ktls_selftest.o
 	$(CC) $(SANFLAGS) $(LDFLAGS) -o $@ $^ -L$(BSSL_PREFIX) -Wl,-rpath,$(BSSL_PREFIX) -lcrypto
 
+# The relay itself in that VM (tests/ktls/relay.sh): handshakes move into the kernel,
+# loadgen routes over them for each version and cipher, ktls_client drives the traps.
+KTLS_CLIENT := $(BUILD)/ktls_client
+$(KTLS_CLIENT): $(BUILD)/obj/tests/ktls/ktls_client.o
+	$(CC) $(SANFLAGS) $(LDFLAGS) -o $@ $^ -L$(BSSL_PREFIX) -Wl,-rpath,$(BSSL_PREFIX) -lssl -lcrypto
+
 KTLS_ARGS ?=
-.PHONY: test-ktls
+.PHONY: test-ktls test-ktls-relay
 test-ktls: $(KTLS_SELFTEST)
 	@tests/ktls/run.sh --selftest $(KTLS_SELFTEST) $(KTLS_ARGS)
+test-ktls-relay: $(RELAY) $(KTLS_CLIENT) $(BUILD)/loadgen
+	@tests/ktls/relay.sh --build $(BUILD) $(KTLS_ARGS)
 
 deps:
 	@tools/deps.sh

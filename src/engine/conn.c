@@ -74,6 +74,7 @@ struct conn *conn_alloc(struct worker *w, int fd, const struct peer_addr *remote
 				conn_maybe_free(w, c);
 				return NULL;
 			}
+			c->ktls_undecided = w->ktls_available; /* ktls_phase.c */
 		}
 	}
 	c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
@@ -152,15 +153,17 @@ static void tls_input(struct worker *w, struct conn *c, const uint8_t *p, size_t
 			return;
 		if (tls_conn_out_pending(c->tls))
 			send_mark_dirty(w, c); /* handshake flights, tickets, alerts */
-		if (!c->counted_tls_path && tls_conn_established(c->tls)) {
+		if (!c->counted_tls_path && !c->ktls_undecided && tls_conn_established(c->tls)) {
 			c->counted_tls_path = true;
-			STAT_INC(w->stats.tls_paths[w->ktls_available ? TLS_PATH_USER_NOT_INSTALLED
-									: TLS_PATH_USER_NO_KERNEL_TLS]);
+			STAT_INC(w->stats.tls_paths[TLS_PATH_USER_NO_KERNEL_TLS]);
 		}
 		switch (st) {
 		case TLS_AGAIN:
 			continue;
 		case TLS_WANT_INPUT:
+			/* every byte received is consumed: the moment kTLS can take over */
+			if (c->ktls_undecided && tls_conn_established(c->tls))
+				ktls_phase_try(w, c);
 			return;
 		case TLS_PEER_CLOSED:
 			conn_kill(w, c); /* close_notify: the peer is gone, as at EOF */
@@ -192,7 +195,8 @@ bool conn_has_output(const struct conn *c)
 
 bool conn_reads(const struct conn *c)
 {
-	return c->state != CONN_FREE && c->state != CONN_HANDOFF && c->state != CONN_DEAD && !c->recv_paused;
+	return c->state != CONN_FREE && c->state != CONN_HANDOFF && c->state != CONN_DEAD && !c->recv_paused &&
+	       !c->ktls_wait_tx;
 }
 
 void conn_arm_recv(struct worker *w, struct conn *c)
@@ -200,7 +204,10 @@ void conn_arm_recv(struct worker *w, struct conn *c)
 	if (c->recv_armed || !conn_reads(c))
 		return;
 	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
-	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	if (c->ktls || c->ktls_undecided)
+		ktls_phase_arm_recv(w, c, sqe);
+	else
+		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RECV_BUFFER_GROUP;
 	io_uring_sqe_set_data64(sqe, UD(OP_RECV, c->idx, c->gen));
@@ -388,9 +395,10 @@ void conn_drain(struct worker *w, struct conn *c)
 	c->close_deadline_ms = w->now_ms + WS_CLOSE_HANDSHAKE_TIMEOUT_MS;
 	c->recv_paused = false;
 	release_buffers(w, c);
+	if (c->ktls_undecided)
+		ktls_phase_try(w, c); /* settles it: user space sends what is left */
 	if (!conn_has_output(c) && !c->send_inflight) {
-		shutdown(c->fd, SHUT_WR);
-		c->wr_shut = true;
+		conn_shut_wr(w, c);
 	} else if (c->tls != NULL) {
 		send_mark_dirty(w, c); /* the close_notify goes out after what is queued */
 	}

@@ -46,6 +46,8 @@ struct conn_ref {
 enum transport_kind {
 	TRANSPORT_PLAIN = 0, /* the socket carries the bytes as they are */
 	TRANSPORT_TLS,       /* user-space TLS: struct upgraded carries its state */
+	TRANSPORT_TLS_UNDECIDED, /* user-space TLS so far; the owner may move it into the kernel */
+	TRANSPORT_KTLS,      /* kTLS: the kernel holds the keys, the socket carries plaintext */
 };
 
 struct tls_conn;

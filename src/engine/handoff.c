@@ -91,6 +91,10 @@ void handoff_progress(struct worker *w, struct conn *c)
 	 * the owner's release of that place is what orders them before its reads. */
 	u->tls = c->tls;
 	c->tls = NULL;
+	u->transport = c->ktls ? TRANSPORT_KTLS
+		       : u->tls == NULL ? TRANSPORT_PLAIN
+		       : c->ktls_undecided ? TRANSPORT_TLS_UNDECIDED
+					   : TRANSPORT_TLS;
 	uint32_t owner = group_owner(w->group, upgraded_server_id(u));
 	int ring_fd = -1;
 	enum handoff_result r = group_reserve(w->group, owner, &ring_fd);
@@ -132,12 +136,21 @@ static void adopt(struct worker *w, struct upgraded *u)
 	if (u->tls != NULL) {
 		c->tls = u->tls; /* established: the first worker ran the handshake */
 		u->tls = NULL;
-		c->counted_tls_path = true; /* counted where the handshake completed */
 		tls_conn_set_stats(c->tls, &w->stats.tls);
+		/* counted where the handshake completed, unless the decision is ours */
+		c->ktls_undecided = u->transport == TRANSPORT_TLS_UNDECIDED && w->ktls_available;
+		c->counted_tls_path = !c->ktls_undecided;
+		if (u->transport == TRANSPORT_TLS_UNDECIDED && !w->ktls_available) {
+			c->counted_tls_path = true;
+			STAT_INC(w->stats.tls_paths[TLS_PATH_USER_NO_KERNEL_TLS]);
+		}
 	}
+	c->ktls = u->transport == TRANSPORT_KTLS;
+	c->counted_tls_path |= c->ktls;
 	c->client_key = u->client_key;
 	ws_phase_start(w, c, u);
 	upgraded_free(u);
+	ktls_phase_try(w, c); /* nothing of ours is in flight yet: the moment for the keys */
 	conn_arm_recv(w, c); /* after the early bytes: the socket holds what came next */
 }
 

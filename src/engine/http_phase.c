@@ -160,7 +160,7 @@ static void hand_on(struct worker *w, struct conn *c, const struct http_request 
 	}
 	u->fd = c->fd;
 	u->route = (uint8_t)route;
-	u->transport = c->tls ? TRANSPORT_TLS : TRANSPORT_PLAIN;
+	u->transport = c->ktls ? TRANSPORT_KTLS : c->tls ? TRANSPORT_TLS : TRANSPORT_PLAIN; /* handoff.c refines it */
 	u->remote = c->remote;
 	u->client_key = c->client_key;
 	memcpy(u->accept, accept, sizeof u->accept);

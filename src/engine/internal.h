@@ -160,6 +160,9 @@ struct conn {
 	bool zc_notif_pending : 1;    /* a send_zc completed; its buffers are held until the notification */
 	bool hb_suspended : 1;        /* heartbeat on hold while reading is paused (conn_pause_recv) */
 	bool hb_awaiting : 1;         /* ... with the ping hb_seq still unanswered */
+	bool ktls : 1;                /* kTLS installed: the socket carries plaintext (ktls_phase.c) */
+	bool ktls_undecided : 1;      /* TLS, the kernel has kTLS, the keys are not yet installed or refused */
+	bool ktls_wait_tx : 1;        /* ... waiting for user space's ciphertext to leave first */
 	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
 	uint64_t client_key;      /* counted: its --max-connections-per-ip key, 0 for none */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
@@ -185,6 +188,7 @@ struct worker {
 	bool ring_ready;
 	bool ring_registered;    /* the ring fd is registered: enter with IORING_ENTER_REGISTERED_RING */
 	uint32_t batch_wait_us;  /* --batch-wait-us when the kernel supports it, else 0 */
+	struct msghdr ktls_msg;  /* the header of every kTLS receive: room for the record type */
 
 	struct io_uring_buf_ring *br;
 	uint8_t *bufs;
@@ -277,6 +281,22 @@ void send_mark_dirty(struct worker *w, struct conn *c);
 /* ---- http_phase.c ---- */
 
 void http_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
+
+/* ---- ktls_phase.c: records move into the kernel ---- */
+
+/* c's handshake is complete and it has consumed all its input (or it was just adopted
+ * from another worker): install its keys in the kernel once nothing of user space's is
+ * in flight, or settle for user space and count why. Safe to call again. */
+void ktls_phase_try(struct worker *w, struct conn *c);
+/* c's ciphertext in flight has been sent: try again if it was waiting for that. */
+void ktls_phase_tx_done(struct worker *w, struct conn *c);
+/* Arm c's receive (conn_arm_recv): kTLS connections receive with recvmsg and a control
+ * buffer; undecided ones one receive at a time, and no further than the record begun. */
+void ktls_phase_arm_recv(struct worker *w, struct conn *c, struct io_uring_sqe *sqe);
+/* A kTLS receive completed with n bytes of recvmsg output in buf. */
+void ktls_phase_input(struct worker *w, struct conn *c, uint8_t *buf, size_t n);
+/* Shut our sending side: a kTLS connection sends its close_notify first. */
+void conn_shut_wr(struct worker *w, struct conn *c);
 
 /* ---- handoff.c ---- */
 

@@ -40,6 +40,8 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 	w->tls_server = tls;
 	int ktls_err;
 	w->ktls_available = tls != NULL && ktls_probe(&ktls_err) == KTLS_OK;
+	/* no name; room for the record type; the kernel copies this header at each arm */
+	w->ktls_msg = (struct msghdr){ .msg_controllen = KTLS_CMSG_BYTES };
 	w->id = id;
 	w->listen_fd = -1;
 	w->wake_fd = -1;
@@ -259,7 +261,11 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 	if (res > 0) {
 		ASSERT(cqe->flags & IORING_CQE_F_BUFFER);
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-		conn_input(w, c, w->bufs + (size_t)bid * RECV_BUFFER_BYTES, (size_t)res);
+		uint8_t *buf = w->bufs + (size_t)bid * RECV_BUFFER_BYTES;
+		if (c->ktls)
+			ktls_phase_input(w, c, buf, (size_t)res); /* recvmsg output: header, record type, bytes */
+		else
+			conn_input(w, c, buf, (size_t)res);
 		return_buffer(w, bid);
 	} else if (res == 0) {
 		/* EOF. A draining connection was waiting for exactly this. */

@@ -146,7 +146,8 @@ static void tls_submit(struct worker *w, struct conn *c)
 	struct send_ctx *s = c->send;
 	if (s->cipher_off == s->cipher_len) {
 		put_cipher(w, s);
-		if (!outq_empty(&c->out) && tls_conn_established(c->tls) && !c->tls_closing) {
+		/* while kTLS waits for this ciphertext to leave, the plaintext waits for kTLS */
+		if (!outq_empty(&c->out) && tls_conn_established(c->tls) && !c->tls_closing && !c->ktls_wait_tx) {
 			struct iovec iov[OUTQ_IOV_MAX];
 			size_t n = outq_iov(&c->out, iov, OUTQ_IOV_MAX);
 			size_t took = tls_conn_write(c->tls, iov, n);
@@ -189,7 +190,8 @@ static void send_submit(struct worker *w, struct conn *c)
 	size_t total = 0;
 	for (size_t i = 0; i < n; i++)
 		total += iov[i].iov_len;
-	bool zc = w->cfg->zerocopy_min_bytes && w->feat.send_zc && total >= w->cfg->zerocopy_min_bytes;
+	/* kTLS sockets cannot send_zc (the TLS ULP refuses it with EOPNOTSUPP) */
+	bool zc = w->cfg->zerocopy_min_bytes && w->feat.send_zc && total >= w->cfg->zerocopy_min_bytes && !c->ktls;
 	struct io_uring_sqe *sqe;
 	if (n == 1) {
 		sqe = uring_get_sqe(&w->ring);
@@ -262,6 +264,14 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 		ASSERT(s != NULL && s->cipher_off + (uint32_t)res <= s->cipher_len);
 		s->cipher_off += (uint32_t)res;
 		head_done = s->cipher_off == s->cipher_len;
+		if (head_done && c->ktls_wait_tx) {
+			put_cipher(w, s);
+			ktls_phase_tx_done(w, c); /* may install kTLS: c->tls is NULL then */
+			if (c->state == CONN_DEAD) {
+				conn_maybe_free(w, c);
+				return;
+			}
+		}
 	} else {
 		head_done = (size_t)res >= outq_head_bytes(&c->out);
 		plaintext_taken(w, c, (size_t)res);
@@ -269,10 +279,8 @@ static void on_sent(struct worker *w, struct conn *c, int res)
 	if (!conn_has_output(c) && (c->send == NULL || c->send->cipher_off == c->send->cipher_len)) {
 		c->write_deadline_ms = 0;
 		send_put_ctx(w, c);
-		if (c->state == CONN_DRAINING && !c->wr_shut) {
-			shutdown(c->fd, SHUT_WR);
-			c->wr_shut = true;
-		}
+		if (c->state == CONN_DRAINING)
+			conn_shut_wr(w, c);
 		if (c->state == CONN_HANDOFF) {
 			handoff_progress(w, c); /* frees the slot when it sends */
 			return;

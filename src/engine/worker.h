@@ -29,7 +29,10 @@
 enum tls_path {
 	TLS_PATH_KTLS = 0,             /* keys installed in the kernel (TCP_ULP tls) */
 	TLS_PATH_USER_NO_KERNEL_TLS,   /* user space: the kernel has no kTLS (TCP_ULP: ENOENT) */
-	TLS_PATH_USER_NOT_INSTALLED,   /* user space: the kernel has kTLS, this build keeps records in user space */
+	TLS_PATH_USER_UNSUPPORTED,     /* user space: a version or cipher the kernel cannot take */
+	TLS_PATH_USER_REFUSED,         /* user space: the kernel refused the ULP or the send keys */
+	TLS_PATH_USER_ENDED,           /* user space: the connection ended before the keys could move */
+	TLS_PATH_CLOSED_RX_REFUSED,    /* closed: the kernel took the send keys and refused the receive keys */
 	TLS_PATH_COUNT,
 };
 

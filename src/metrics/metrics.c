@@ -342,7 +342,10 @@ static void tls_families(struct prom_out *o, const struct totals *t, const struc
 	static const char *const paths[TLS_PATH_COUNT][2] = {
 		[TLS_PATH_KTLS] = { "ktls", "installed" },
 		[TLS_PATH_USER_NO_KERNEL_TLS] = { "userspace", "no_kernel_tls" },
-		[TLS_PATH_USER_NOT_INSTALLED] = { "userspace", "not_installed" },
+		[TLS_PATH_USER_UNSUPPORTED] = { "userspace", "unsupported_cipher" },
+		[TLS_PATH_USER_REFUSED] = { "userspace", "kernel_refused" },
+		[TLS_PATH_USER_ENDED] = { "userspace", "ended_before_install" },
+		[TLS_PATH_CLOSED_RX_REFUSED] = { "closed", "rx_keys_refused" },
 	};
 	const char *name = "pyrycode_relay_tls_connections_total";
 	prom_family(o, name, "TLS connections past their handshake, by where their records are encrypted and why.",

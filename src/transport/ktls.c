@@ -293,3 +293,35 @@ void ktls_keys_wipe(struct ktls_keys *k)
 {
 	OPENSSL_cleanse(k, sizeof *k);
 }
+
+_Static_assert(CMSG_SPACE(sizeof(uint8_t)) <= KTLS_CMSG_BYTES, "the record type's control buffer");
+
+uint8_t ktls_record_type(const void *control, size_t controllen)
+{
+	struct msghdr m = { .msg_control = (void *)control, .msg_controllen = controllen };
+	/* Bounded: CMSG_NXTHDR stops at msg_controllen. */
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm != NULL; cm = CMSG_NXTHDR(&m, cm)) {
+		if (cm->cmsg_level == SOL_TLS && cm->cmsg_type == TLS_GET_RECORD_TYPE &&
+		    cm->cmsg_len >= CMSG_LEN(sizeof(uint8_t)))
+			return *(const uint8_t *)CMSG_DATA(cm);
+	}
+	return KTLS_RECORD_APPLICATION_DATA;
+}
+
+bool ktls_send_alert(int fd, uint8_t level, uint8_t description)
+{
+	uint8_t alert[2] = { level, description };
+	union {
+		char buf[CMSG_SPACE(sizeof(uint8_t))];
+		struct cmsghdr align;
+	} ctl;
+	memset(&ctl, 0, sizeof ctl);
+	struct iovec iov = { .iov_base = alert, .iov_len = sizeof alert };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_TLS;
+	cm->cmsg_type = TLS_SET_RECORD_TYPE;
+	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
+	*(uint8_t *)CMSG_DATA(cm) = KTLS_RECORD_ALERT;
+	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof alert;
+}

@@ -41,11 +41,13 @@
  *     receives exactly tls_conn_rx_record_remaining() more bytes, feeds them, and
  *     exports again. Plaintext not yet handed out (the last tls_conn_input returned
  *     TLS_AGAIN) gives KTLS_RX_PENDING.
- *   - Left for the engine (phase 2): after TLS_RX, recvmsg needs a control buffer
- *     (a record that is not application data - an alert, a KeyUpdate - arrives with
- *     its type in a cmsg, or recv fails with EIO), MSG_WAITALL is refused, and
- *     kernels before 6.14 cannot take new keys after a KeyUpdate (close instead);
- *     after TLS_TX, send_zc is not supported on the socket.
+ *   - For the engine (engine/ktls_phase.c): after TLS_RX, recvmsg needs a control
+ *     buffer (a record that is not application data - an alert, a KeyUpdate - arrives
+ *     with its type in a cmsg, or recv fails with EIO; ktls_record_type reads it),
+ *     MSG_WAITALL is refused, and the kernel takes new keys after a KeyUpdate only from
+ *     6.14 on; this build closes such a connection on every kernel (ADR 12). After
+ *     TLS_TX, send_zc is not supported on the socket, and a record that is not
+ *     application data (our close_notify) is sent with ktls_send_alert.
  *
  * Ownership: struct ktls_keys is key material on the caller's stack or memory; wipe
  * it (ktls_keys_wipe) once installed or abandoned.
@@ -113,5 +115,23 @@ enum ktls_result ktls_install(int fd, const struct ktls_keys *k, int *err);
 enum ktls_result ktls_probe(int *err);
 
 void ktls_keys_wipe(struct ktls_keys *k);
+
+/* TLS record content types (RFC 8446 §5.1) as kTLS reports them, and alerts (§6). */
+#define KTLS_RECORD_ALERT 21u
+#define KTLS_RECORD_HANDSHAKE 22u
+#define KTLS_RECORD_APPLICATION_DATA 23u
+#define KTLS_ALERT_LEVEL_WARNING 1u
+#define KTLS_ALERT_CLOSE_NOTIFY 0u
+/* The control buffer a kTLS receive needs for the record type (CMSG_SPACE of one byte). */
+#define KTLS_CMSG_BYTES 24u
+
+/* The record type in the control messages of a kTLS recvmsg (msg_control of msgh, the
+ * length the kernel wrote in controllen), or KTLS_RECORD_APPLICATION_DATA when there is
+ * none (the kernel adds it for every record when asked; a missing one is data). Pure. */
+uint8_t ktls_record_type(const void *control, size_t controllen);
+
+/* Send an alert record (level, description) on a socket with TLS_TX installed, without
+ * blocking. True when the kernel took it whole (our close_notify before the FIN). */
+bool ktls_send_alert(int fd, uint8_t level, uint8_t description);
 
 #endif

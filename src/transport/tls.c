@@ -125,6 +125,7 @@ static const char *const error_names[TLS_ERR_COUNT] = {
 	[TLS_ERR_PROTOCOL] = "protocol",
 	[TLS_ERR_TIMEOUT] = "timeout",
 	[TLS_ERR_EOF] = "eof",
+	[TLS_ERR_KEY_UPDATE] = "key_update",
 	[TLS_ERR_INTERNAL] = "internal",
 };
 

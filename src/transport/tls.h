@@ -149,6 +149,8 @@ enum tls_error {
 	TLS_ERR_PROTOCOL,         /* anything else malformed or out of order, a bad record MAC */
 	TLS_ERR_TIMEOUT,          /* the owner's handshake deadline (tls_conn_fail) */
 	TLS_ERR_EOF,              /* the owner saw the peer close TCP mid-handshake (tls_conn_fail) */
+	TLS_ERR_KEY_UPDATE,       /* kTLS: the peer sent a KeyUpdate; the kernel's keys cannot follow it
+				   * here (transport/ktls.h), so the connection is closed */
 	TLS_ERR_INTERNAL,         /* out of memory, output over its bound, a BoringSSL failure */
 	TLS_ERR_COUNT
 };

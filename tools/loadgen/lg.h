@@ -123,6 +123,8 @@ struct lg_config {
 	char server_prefix[LG_SERVER_PREFIX_BYTES_MAX + 1];
 	bool insecure;
 	const char *ca_file;
+	enum { LG_TLS_ANY = 0, LG_TLS_12, LG_TLS_13 } tls_version;
+	const char *tls_cipher; /* TLS 1.2 suite name, NULL: the library's list */
 	bool quiet;
 };
 
@@ -368,7 +370,7 @@ enum lg_envelope { LG_ENV_FRAME, LG_ENV_CLOSE_NOTICE, LG_ENV_BAD };
 enum lg_envelope lg_envelope_kind(const uint8_t *p, size_t n);
 
 /* lg_tls.c */
-bool lgtls_init(bool insecure, const char *ca_file, char *why, size_t why_cap);
+bool lgtls_init(const struct lg_config *cfg, char *why, size_t why_cap);
 void *lgtls_new(const char *host, char *why, size_t why_cap);
 void lgtls_free(void *tls);
 /* 1: done; 0: needs more input; -1: failed (why filled) */

@@ -54,6 +54,11 @@ static void usage(FILE *f)
 		"  --insecure              wss: do not verify the server certificate\n"
 		"  --ca FILE               wss: trust the CA certificates in FILE (PEM) instead\n"
 		"                          of /etc/ssl/certs/ca-certificates.crt\n"
+		"  --tls-version 1.2|1.3   wss: offer only this TLS version (default: both)\n"
+		"  --tls-cipher NAME       wss, TLS 1.2: offer only this cipher suite\n"
+		"                          (BoringSSL's name, e.g. ECDHE-ECDSA-AES128-GCM-SHA256\n"
+		"                          or ECDHE-RSA-CHACHA20-POLY1305); TLS 1.3's suite is\n"
+		"                          the library's choice\n"
 		"\n"
 		"Shape:\n"
 		"  --binaries N            binaries (server-ids), default 1\n"
@@ -219,12 +224,15 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 	enum {
 		O_URL = 256, O_RAW, O_INSECURE, O_CA, O_BINARIES, O_PHONES, O_PREFIX, O_SRC_IPS, O_CONC, O_MODE,
 		O_WINDOW, O_RATE, O_SIZE, O_WARMUP, O_DURATION, O_CTIMEOUT, O_DRAIN, O_QUIET, O_THREADS, O_COUNT,
+		O_TLS_VERSION, O_TLS_CIPHER,
 	};
 	static const struct option opts[] = {
 		{ "url", required_argument, NULL, O_URL },
 		{ "raw", no_argument, NULL, O_RAW },
 		{ "insecure", no_argument, NULL, O_INSECURE },
 		{ "ca", required_argument, NULL, O_CA },
+		{ "tls-version", required_argument, NULL, O_TLS_VERSION },
+		{ "tls-cipher", required_argument, NULL, O_TLS_CIPHER },
 		{ "binaries", required_argument, NULL, O_BINARIES },
 		{ "phones", required_argument, NULL, O_PHONES },
 		{ "server-prefix", required_argument, NULL, O_PREFIX },
@@ -278,6 +286,17 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 			break;
 		case O_CA:
 			c->ca_file = optarg;
+			break;
+		case O_TLS_VERSION:
+			if (strcmp(optarg, "1.2") == 0)
+				c->tls_version = LG_TLS_12;
+			else if (strcmp(optarg, "1.3") == 0)
+				c->tls_version = LG_TLS_13;
+			else
+				die_usage("--tls-version must be 1.2 or 1.3: %s", optarg);
+			break;
+		case O_TLS_CIPHER:
+			c->tls_cipher = optarg;
 			break;
 		case O_BINARIES:
 			c->binaries = (uint32_t)parse_u64(optarg, "--binaries", 1, LG_BINARIES_MAX);
@@ -383,6 +402,10 @@ static void parse_args(struct lg_config *c, int argc, char **argv)
 		die_usage("--insecure and --ca only apply to wss:// URLs");
 	if (c->insecure && c->ca_file)
 		die_usage("--insecure and --ca exclude each other");
+	if (c->transport != LG_TR_WSS && (c->tls_version || c->tls_cipher))
+		die_usage("--tls-version and --tls-cipher only apply to wss:// URLs");
+	if (c->tls_cipher && c->tls_version == LG_TLS_13)
+		die_usage("--tls-cipher applies to TLS 1.2 (TLS 1.3's suite is the library's choice)");
 	if (c->src_ips && c->addr.ss_family != AF_INET)
 		die_usage("--src-ips binds to 127.0.0.x: it needs an IPv4 target");
 	if (c->threads > c->binaries)
@@ -953,7 +976,7 @@ int main(int argc, char **argv)
 	lg_pattern_init();
 	if (cfg.transport == LG_TR_WSS) {
 		char why[256];
-		if (!lgtls_init(cfg.insecure, cfg.ca_file, why, sizeof why)) {
+		if (!lgtls_init(&cfg, why, sizeof why)) {
 			fprintf(stderr, "loadgen: %s\n", why);
 			return 1;
 		}

@@ -28,14 +28,21 @@ static void why_ssl(char *why, size_t cap, const char *what)
 	ERR_clear_error();
 }
 
-bool lgtls_init(bool insecure, const char *ca_file, char *why, size_t why_cap)
+bool lgtls_init(const struct lg_config *cfg, char *why, size_t why_cap)
 {
+	bool insecure = cfg->insecure;
+	const char *ca_file = cfg->ca_file;
 	ctx = SSL_CTX_new(TLS_client_method());
 	if (ctx == NULL) {
 		why_ssl(why, why_cap, "SSL_CTX_new");
 		return false;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_min_proto_version(ctx, cfg->tls_version == LG_TLS_13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+	SSL_CTX_set_max_proto_version(ctx, cfg->tls_version == LG_TLS_12 ? TLS1_2_VERSION : TLS1_3_VERSION);
+	if (cfg->tls_cipher && !SSL_CTX_set_strict_cipher_list(ctx, cfg->tls_cipher)) {
+		why_ssl(why, why_cap, "--tls-cipher");
+		return false;
+	}
 	verify_peer = !insecure;
 	if (insecure) {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
