@@ -35,12 +35,17 @@ stage "unit asan+ubsan"       make --no-print-directory CC="$CLANG" SAN=asan uni
 stage "unit tsan"             setarch -R make --no-print-directory CC="$CLANG" SAN=tsan unit
 # Debian's 6.1 kernel under QEMU (TCG) runs the kTLS self-test: this machine's kernel
 # has no kTLS. About 10 s with the kernel cached in build/ktls (first run: + download).
-# Then the relay in the same VM: every TLS connection moves into the kernel (about 40 s).
+# Then the relay in the same VM: every TLS connection moves into the kernel (about 30 s).
 ktls_vm() {
   make --no-print-directory CC=gcc build/gcc/ktls_selftest build/gcc/ktls_client build/gcc/pyrycode-relay \
     build/gcc/loadgen || return 1
   tests/ktls/run.sh --selftest build/gcc/ktls_selftest || return $?
-  tests/ktls/relay.sh --build build/gcc
+  tests/ktls/relay.sh --build build/gcc || return $?
+  # again on the newest kernel of trixie-backports (7.x, about 25 s): it takes new keys
+  # after a KeyUpdate, which the relay must then follow; skipped if it cannot be fetched
+  local rc=0
+  tests/ktls/relay.sh --build build/gcc --kernel-suite trixie-backports || rc=$?
+  ((rc == 0 || rc == 77))
 }
 stage "kTLS VM (Debian 6.1 kernel, QEMU TCG)" ktls_vm
 stage "build asan relay"      make --no-print-directory CC="$CLANG" SAN=asan all

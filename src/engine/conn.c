@@ -340,6 +340,7 @@ void conn_maybe_free(struct worker *w, struct conn *c)
 	release_buffers(w, c);
 	send_put_ctx(w, c);
 	handoff_drop(w, c);
+	ktls_phase_release(w, c);
 	tls_conn_free(c->tls);
 	c->tls = NULL;
 	count_close(w, c);

@@ -51,6 +51,7 @@ enum transport_kind {
 };
 
 struct tls_conn;
+struct ktls_secrets;
 
 /* Peer address as the socket reported it. */
 struct peer_addr {
@@ -77,6 +78,7 @@ struct upgraded {
 	uint32_t device_len;    /* X-Pyrycode-Device-Name ("" when absent) */
 	uint32_t early_len;     /* bytes after the request head: the first WebSocket frames (plaintext) */
 	struct tls_conn *tls;   /* TRANSPORT_TLS: the connection's TLS state, owned by the value */
+	struct ktls_secrets *ktls_sec; /* TRANSPORT_KTLS over TLS 1.3: its traffic secrets (KeyUpdate), owned */
 	uint8_t bytes[];
 };
 

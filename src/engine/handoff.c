@@ -91,6 +91,7 @@ void handoff_progress(struct worker *w, struct conn *c)
 	 * the owner's release of that place is what orders them before its reads. */
 	u->tls = c->tls;
 	c->tls = NULL;
+	u->ktls_sec = ktls_phase_take_secrets(w, c);
 	u->transport = c->ktls ? TRANSPORT_KTLS
 		       : u->tls == NULL ? TRANSPORT_PLAIN
 		       : c->ktls_undecided ? TRANSPORT_TLS_UNDECIDED
@@ -146,6 +147,8 @@ static void adopt(struct worker *w, struct upgraded *u)
 		}
 	}
 	c->ktls = u->transport == TRANSPORT_KTLS;
+	ktls_phase_adopt_secrets(w, c, u->ktls_sec);
+	u->ktls_sec = NULL;
 	c->counted_tls_path |= c->ktls;
 	c->client_key = u->client_key;
 	ws_phase_start(w, c, u);

@@ -163,6 +163,7 @@ struct conn {
 	bool ktls : 1;                /* kTLS installed: the socket carries plaintext (ktls_phase.c) */
 	bool ktls_undecided : 1;      /* TLS, the kernel has kTLS, the keys are not yet installed or refused */
 	bool ktls_wait_tx : 1;        /* ... waiting for user space's ciphertext to leave first */
+	bool ktls_rekeyed : 1;        /* a KeyUpdate was followed: the receive's EKEYEXPIRED is expected */
 	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
 	uint64_t client_key;      /* counted: its --max-connections-per-ip key, 0 for none */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
@@ -189,6 +190,9 @@ struct worker {
 	bool ring_registered;    /* the ring fd is registered: enter with IORING_ENTER_REGISTERED_RING */
 	uint32_t batch_wait_us;  /* --batch-wait-us when the kernel supports it, else 0 */
 	struct msghdr ktls_msg;  /* the header of every kTLS receive: room for the record type */
+	/* [conn idx]: a TLS 1.3 kTLS connection's traffic secrets, to follow a KeyUpdate
+	 * (ktls_phase.c); only when ktls_available. A slot has no room for the pointer. */
+	struct ktls_secrets **ktls_sec;
 
 	struct io_uring_buf_ring *br;
 	uint8_t *bufs;
@@ -295,6 +299,13 @@ void ktls_phase_tx_done(struct worker *w, struct conn *c);
 void ktls_phase_arm_recv(struct worker *w, struct conn *c, struct io_uring_sqe *sqe);
 /* A kTLS receive completed with n bytes of recvmsg output in buf. */
 void ktls_phase_input(struct worker *w, struct conn *c, uint8_t *buf, size_t n);
+/* A receive of a kTLS connection failed with EKEYEXPIRED: true when that was expected
+ * (a KeyUpdate was just followed) and the receive should simply be armed again. */
+bool ktls_phase_key_expired(struct worker *w, struct conn *c);
+/* Release c's secrets (its slot is freed), or move them into / out of a handoff. */
+void ktls_phase_release(struct worker *w, struct conn *c);
+struct ktls_secrets *ktls_phase_take_secrets(struct worker *w, struct conn *c);
+void ktls_phase_adopt_secrets(struct worker *w, struct conn *c, struct ktls_secrets *s);
 /* Shut our sending side: a kTLS connection sends its close_notify first. */
 void conn_shut_wr(struct worker *w, struct conn *c);
 

@@ -26,15 +26,18 @@
  * A connection handed to another worker before its decision (ADR 9) is decided there:
  * the owner calls ktls_phase_try when it adopts it (handoff.c).
  *
- * After installation a record that is not application data ends the connection: the
- * peer's close_notify as an EOF, any other alert as an error, a KeyUpdate (or any
- * other handshake message) as TLS_ERR_KEY_UPDATE. Kernels from 6.14 can take the next
- * receive key after a KeyUpdate; this build does not do that yet (ADR 12).
+ * After installation a record that is not application data: a TLS 1.3 KeyUpdate is
+ * followed where the kernel can take new keys (6.14+: the next receive key, and with
+ * update_requested our KeyUpdate and the next send key; the traffic secrets are kept
+ * per connection outside its slot, in worker.ktls_sec), and ends the connection where
+ * it cannot (TLS_ERR_KEY_UPDATE); the peer's close_notify is an EOF, any other alert
+ * or handshake message an error.
  */
 #include "engine/internal.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 #include "transport/ktls.h"
@@ -68,6 +71,79 @@ static enum tls_path path_of_refusal(enum ktls_result r)
 	default:
 		return TLS_PATH_USER_REFUSED;
 	}
+}
+
+/* TLS 1.3: the traffic secrets stay (outside the slot) so a KeyUpdate can be followed.
+ * Without them (out of memory, TLS 1.2) a KeyUpdate ends the connection. */
+static void keep_secrets(struct worker *w, struct conn *c)
+{
+	if (w->ktls_sec == NULL)
+		return;
+	struct ktls_secrets s;
+	if (!ktls_export_secrets(c->tls, &s))
+		return;
+	struct ktls_secrets *p = malloc(sizeof *p); /* once per connection, never per frame */
+	if (p != NULL) {
+		*p = s;
+		w->ktls_sec[c->idx] = p;
+	}
+	ktls_secrets_wipe(&s);
+}
+
+void ktls_phase_release(struct worker *w, struct conn *c)
+{
+	if (w->ktls_sec == NULL || w->ktls_sec[c->idx] == NULL)
+		return;
+	ktls_secrets_wipe(w->ktls_sec[c->idx]);
+	free(w->ktls_sec[c->idx]);
+	w->ktls_sec[c->idx] = NULL;
+}
+
+struct ktls_secrets *ktls_phase_take_secrets(struct worker *w, struct conn *c)
+{
+	if (w->ktls_sec == NULL)
+		return NULL;
+	struct ktls_secrets *s = w->ktls_sec[c->idx];
+	w->ktls_sec[c->idx] = NULL;
+	return s;
+}
+
+void ktls_phase_adopt_secrets(struct worker *w, struct conn *c, struct ktls_secrets *s)
+{
+	if (s == NULL)
+		return;
+	if (w->ktls_sec == NULL || !c->ktls) {
+		ktls_secrets_wipe(s);
+		free(s);
+		return;
+	}
+	ktls_phase_release(w, c);
+	w->ktls_sec[c->idx] = s;
+}
+
+bool ktls_phase_key_expired(struct worker *w, struct conn *c)
+{
+	(void)w;
+	bool expected = c->ktls_rekeyed;
+	c->ktls_rekeyed = false; /* once per KeyUpdate: a kernel that keeps refusing is an error */
+	return expected;
+}
+
+/* A peer's KeyUpdate on a kTLS connection: the kernel's next receive key, and when the
+ * peer asks, our own KeyUpdate and next send key. False when any step is refused (a
+ * kernel before 6.14 refuses the second TLS_RX with EBUSY). */
+static bool follow_key_update(struct worker *w, struct conn *c, const uint8_t *p, size_t n)
+{
+	int request = ktls_key_update_request(p, n);
+	struct ktls_secrets *s = w->ktls_sec ? w->ktls_sec[c->idx] : NULL;
+	int err = 0;
+	if (request < 0 || s == NULL || ktls_rekey(c->fd, s, false, &err) != KTLS_OK)
+		return false;
+	c->ktls_rekeyed = true;
+	if (request == 1 && (!ktls_send_key_update(c->fd) || ktls_rekey(c->fd, s, true, &err) != KTLS_OK))
+		return false;
+	STAT_INC(w->stats.tls_key_updates);
+	return true;
 }
 
 void ktls_phase_try(struct worker *w, struct conn *c)
@@ -108,6 +184,7 @@ void ktls_phase_try(struct worker *w, struct conn *c)
 	ktls_keys_wipe(&k);
 	switch (r) {
 	case KTLS_OK:
+		keep_secrets(w, c);
 		tls_conn_free(c->tls);
 		c->tls = NULL;
 		c->ktls = true;
@@ -154,9 +231,12 @@ void ktls_phase_arm_recv(struct worker *w, struct conn *c, struct io_uring_sqe *
 	io_uring_prep_recv(sqe, c->fd, NULL, (unsigned)MIN(len, (size_t)RECV_BUFFER_BYTES), 0);
 }
 
-/* A record that is not application data ended a kTLS connection. */
+/* A record that is not application data: a KeyUpdate the kernel can follow, or the
+ * connection's end. */
 static void control_record(struct worker *w, struct conn *c, uint8_t type, const uint8_t *p, size_t n)
 {
+	if (type == KTLS_RECORD_HANDSHAKE && follow_key_update(w, c, p, n))
+		return;
 	if (type == KTLS_RECORD_ALERT && n >= 2 && p[1] == KTLS_ALERT_CLOSE_NOTIFY) {
 		conn_note_end(c, CONN_END_EOF); /* the peer's close_notify: as an EOF */
 	} else {

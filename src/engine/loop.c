@@ -70,6 +70,10 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 		snprintf(why, URING_WHY_BYTES, "out of memory for %u connection slots", w->conn_cap);
 		goto fail;
 	}
+	if (w->ktls_available && (w->ktls_sec = calloc(w->conn_cap, sizeof *w->ktls_sec)) == NULL) {
+		snprintf(why, URING_WHY_BYTES, "out of memory for %u connection slots", w->conn_cap);
+		goto fail;
+	}
 	for (uint32_t i = 0; i < w->conn_cap; i++)
 		w->free_idx[i] = w->conn_cap - 1 - i;
 	w->free_top = w->conn_cap;
@@ -103,6 +107,7 @@ fail:
 	free(w->bufs);
 	free(w->conns);
 	free(w->free_idx);
+	free(w->ktls_sec);
 	free(w);
 	return NULL;
 }
@@ -119,6 +124,7 @@ void worker_destroy(struct worker *w)
 	free(w->bufs);
 	free(w->conns);
 	free(w->free_idx);
+	free(w->ktls_sec);
 	free(w);
 }
 
@@ -276,6 +282,8 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 	} else if (res == -ENOBUFS) {
 		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
 		w->br_starved_hist |= 1u;
+	} else if (res == -EKEYEXPIRED && c->ktls && ktls_phase_key_expired(w, c)) {
+		/* read before the next key was in: armed again below */
 	} else if (res != -ECANCELED) {
 		conn_note_end(c, CONN_END_IO_ERROR);
 		conn_kill(w, c);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "transport/ktls.h"
 #include "transport/tls.h"
 
 static struct span header_or_empty(const struct http_request *req, const char *name)
@@ -67,6 +68,10 @@ void upgraded_free(struct upgraded *u)
 {
 	if (u != NULL)
 		tls_conn_free(u->tls);
+	if (u->ktls_sec) {
+		ktls_secrets_wipe(u->ktls_sec);
+		free(u->ktls_sec);
+	}
 	free(u);
 }
 

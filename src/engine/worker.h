@@ -67,6 +67,7 @@ struct worker_stats {
 	uint64_t handoffs_received; /* upgrades taken from other workers */
 	uint64_t handoff_failures[HANDOFF_RESULT_COUNT]; /* [HANDOFF_OK] unused */
 	uint64_t tls_paths[TLS_PATH_COUNT];
+	uint64_t tls_key_updates; /* peer KeyUpdates followed on kTLS connections (kernel rekey) */
 	struct tls_stats tls; /* written by this worker's TLS connections (transport/tls.h) */
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;

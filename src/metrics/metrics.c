@@ -79,6 +79,7 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 		SUM(t->handoff_failures[k], e->handoff_failures[k]);
 	for (int k = 0; k < TLS_PATH_COUNT; k++)
 		SUM(t->tls_paths[k], e->tls_paths[k]);
+	SUM(t->tls_key_updates, e->tls_key_updates);
 	SUM(t->tls.handshakes, e->tls.handshakes);
 	SUM(t->tls.handshakes_resumed, e->tls.handshakes_resumed);
 	SUM(t->tls.handshakes_tls12, e->tls.handshakes_tls12);
@@ -369,6 +370,9 @@ static void tls_families(struct prom_out *o, const struct totals *t, const struc
 	const uint64_t by_version[] = { e->tls.handshakes_tls12, e->tls.handshakes_tls13 };
 	labelled(o, "pyrycode_relay_tls_handshakes_total", "Completed TLS handshakes, by protocol version.",
 		 PROM_COUNTER, "version", versions, by_version, ARRAY_LEN(by_version));
+	scalar(o, "pyrycode_relay_tls_key_updates_total",
+	       "Peer TLS 1.3 KeyUpdates followed on kTLS connections (the kernel took the next keys; 6.14+).",
+	       PROM_COUNTER, (double)e->tls_key_updates);
 	scalar(o, "pyrycode_relay_tls_resumptions_total", "Completed TLS handshakes that resumed a session (ticket).",
 	       PROM_COUNTER, (double)e->tls.handshakes_resumed);
 }

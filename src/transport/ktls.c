@@ -30,9 +30,14 @@
 #define AEAD_NONCE_BYTES 12u /* every AEAD here uses a 96-bit nonce */
 #define GCM_SALT_BYTES 4u    /* the implicit part of a GCM nonce */
 #define TLS13_SECRET_BYTES_MAX 48u
-/* "tls13 " + the longest label used here ("key"), RFC 8446 §7.1. */
+/* "tls13 " + the longest label used here ("traffic upd"), RFC 8446 §7.1. */
 #define HKDF_LABEL_PREFIX "tls13 "
-#define HKDF_INFO_BYTES_MAX (2u + 1u + sizeof HKDF_LABEL_PREFIX - 1u + 3u + 1u)
+#define HKDF_LABEL_TRAFFIC_UPDATE "traffic upd"
+#define HKDF_INFO_BYTES_MAX (2u + 1u + sizeof HKDF_LABEL_PREFIX - 1u + sizeof HKDF_LABEL_TRAFFIC_UPDATE - 1u + 1u)
+/* RFC 8446 §4: HandshakeType key_update, a 3-byte length, one byte of request_update. */
+#define KEY_UPDATE_MSG_TYPE 24u
+#define KEY_UPDATE_MSG_BYTES 5u
+_Static_assert(KTLS_SECRET_BYTES_MAX == TLS13_SECRET_BYTES_MAX, "one secret size");
 
 _Static_assert(TLS_CIPHER_AES_GCM_128_SALT_SIZE + TLS_CIPHER_AES_GCM_128_IV_SIZE == AEAD_NONCE_BYTES,
 	       "a GCM nonce is the salt and the explicit part");
@@ -324,4 +329,88 @@ bool ktls_send_alert(int fd, uint8_t level, uint8_t description)
 	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
 	*(uint8_t *)CMSG_DATA(cm) = KTLS_RECORD_ALERT;
 	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof alert;
+}
+
+bool ktls_export_secrets(struct tls_conn *c, struct ktls_secrets *out)
+{
+	memset(out, 0, sizeof *out);
+	SSL *ssl = tls_conn_ssl(c);
+	if (!tls_conn_established(c) || SSL_version(ssl) != TLS1_3_VERSION)
+		return false;
+	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+	struct suite st;
+	const EVP_MD *md = cipher ? EVP_get_digestbynid(SSL_CIPHER_get_prf_nid(cipher)) : NULL;
+	if (md == NULL || !suite_of(cipher, &st))
+		return false;
+	size_t len = tls13_traffic_secrets(ssl, out->rx, out->tx, sizeof out->rx);
+	if (len == 0 || len != EVP_MD_size(md)) {
+		ktls_secrets_wipe(out);
+		return false;
+	}
+	out->len = (uint8_t)len;
+	out->key_bytes = st.key_bytes;
+	out->kernel_cipher = st.kernel_cipher;
+	out->prf_nid = SSL_CIPHER_get_prf_nid(cipher);
+	return true;
+}
+
+enum ktls_result ktls_rekey(int fd, struct ktls_secrets *s, bool tx, int *err)
+{
+	*err = 0;
+	const EVP_MD *md = EVP_get_digestbynid(s->prf_nid);
+	uint8_t *secret = tx ? s->tx : s->rx;
+	uint8_t next[KTLS_SECRET_BYTES_MAX];
+	struct suite st = { .kernel_cipher = s->kernel_cipher, .key_bytes = s->key_bytes };
+	struct dir_key k = { .seq = 0 };
+	struct ktls_crypto ci;
+	if (md == NULL || s->len == 0 || !expand_label(next, s->len, md, secret, s->len, HKDF_LABEL_TRAFFIC_UPDATE) ||
+	    !expand_label(k.key, s->key_bytes, md, next, s->len, "key") ||
+	    !expand_label(k.iv, AEAD_NONCE_BYTES, md, next, s->len, "iv")) {
+		ERR_clear_error();
+		OPENSSL_cleanse(next, sizeof next);
+		OPENSSL_cleanse(&k, sizeof k);
+		return KTLS_KEY_ERROR;
+	}
+	memcpy(secret, next, s->len);
+	OPENSSL_cleanse(next, sizeof next);
+	fill(&ci, TLS_1_3_VERSION, &st, &k);
+	OPENSSL_cleanse(&k, sizeof k);
+	int rc = setsockopt(fd, SOL_TLS, tx ? TLS_TX : TLS_RX, &ci.u, ci.len);
+	if (rc != 0)
+		*err = errno;
+	OPENSSL_cleanse(&ci, sizeof ci);
+	if (rc != 0)
+		return tx ? KTLS_TX_REFUSED : KTLS_RX_REFUSED;
+	return KTLS_OK;
+}
+
+int ktls_key_update_request(const uint8_t *p, size_t len)
+{
+	if (len != KEY_UPDATE_MSG_BYTES || p[0] != KEY_UPDATE_MSG_TYPE || p[1] != 0 || p[2] != 0 || p[3] != 1 ||
+	    p[4] > 1)
+		return -1;
+	return p[4];
+}
+
+bool ktls_send_key_update(int fd)
+{
+	uint8_t msg[KEY_UPDATE_MSG_BYTES] = { KEY_UPDATE_MSG_TYPE, 0, 0, 1, 0 };
+	union {
+		char buf[CMSG_SPACE(sizeof(uint8_t))];
+		struct cmsghdr align;
+	} ctl;
+	memset(&ctl, 0, sizeof ctl);
+	struct iovec iov = { .iov_base = msg, .iov_len = sizeof msg };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_TLS;
+	cm->cmsg_type = TLS_SET_RECORD_TYPE;
+	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
+	*(uint8_t *)CMSG_DATA(cm) = KTLS_RECORD_HANDSHAKE;
+	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof msg;
+}
+
+void ktls_secrets_wipe(struct ktls_secrets *s)
+{
+	OPENSSL_cleanse(s, sizeof *s);
 }

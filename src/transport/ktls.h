@@ -116,6 +116,41 @@ enum ktls_result ktls_probe(int *err);
 
 void ktls_keys_wipe(struct ktls_keys *k);
 
+/*
+ * TLS 1.3 KeyUpdate (RFC 8446 §4.6.3, §7.2) once the kernel holds the keys. A peer's
+ * KeyUpdate arrives as a handshake record; the kernel then refuses to decrypt
+ * (EKEYEXPIRED) until it gets the next receive key, which kernels from 6.14 accept with
+ * a second TLS_RX (older ones: EBUSY, so the connection must end). With update_requested
+ * we answer with our own KeyUpdate under the current send key, then install the next
+ * send key. The next secret is HKDF-Expand-Label(secret, "traffic upd", "", Hash.length);
+ * keys and IVs come from it as at the start, sequence numbers restart at 0.
+ */
+#define KTLS_SECRET_BYTES_MAX 48u /* SHA-384 */
+struct ktls_secrets {
+	uint8_t rx[KTLS_SECRET_BYTES_MAX]; /* the client's application traffic secret, generation N */
+	uint8_t tx[KTLS_SECRET_BYTES_MAX]; /* the server's */
+	uint8_t len;                        /* the hash's size: 32 or 48 */
+	uint8_t key_bytes;
+	uint16_t kernel_cipher;             /* TLS_CIPHER_* */
+	int prf_nid;                        /* the suite's hash (a BoringSSL NID) */
+};
+
+/* The current traffic secrets of an established TLS 1.3 connection (call right after a
+ * KTLS_OK ktls_export, before freeing c). False for TLS 1.2 (no KeyUpdate there) or
+ * when BoringSSL gives none. Wipe with ktls_secrets_wipe. */
+bool ktls_export_secrets(struct tls_conn *c, struct ktls_secrets *out);
+/* Move one direction to its next generation and install it (TLS_RX or TLS_TX on fd).
+ * KTLS_OK, or KTLS_RX_REFUSED / KTLS_TX_REFUSED with *err (EBUSY: this kernel cannot
+ * rekey), or KTLS_KEY_ERROR. */
+enum ktls_result ktls_rekey(int fd, struct ktls_secrets *s, bool tx, int *err);
+/* A KeyUpdate message (RFC 8446 §4.6.3) of len bytes: -1 if it is not one, else its
+ * request_update (0 or 1). Pure. */
+int ktls_key_update_request(const uint8_t *p, size_t len);
+/* Send our KeyUpdate(update_not_requested) as a handshake record, without blocking.
+ * True when the kernel took it whole. */
+bool ktls_send_key_update(int fd);
+void ktls_secrets_wipe(struct ktls_secrets *s);
+
 /* TLS record content types (RFC 8446 §5.1) as kTLS reports them, and alerts (§6). */
 #define KTLS_RECORD_ALERT 21u
 #define KTLS_RECORD_HANDSHAKE 22u

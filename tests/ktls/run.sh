@@ -16,6 +16,9 @@
 #   --file SRC:DST   copy SRC into the initramfs at DST (certificates, configuration)
 #   --timeout SEC    hard limit for the VM, boot to power-off (default 120)
 #   --mem SIZE       guest memory (default 512M)
+#   --kernel-suite S boot the newest kernel of Debian suite S instead (e.g. trixie-backports:
+#                    a kernel with kTLS rekey), fetched and signature-checked from
+#                    deb.debian.org (KTLS_MIRROR overrides), cached in build/ktls/kernel
 #   KTLS_MODULES     (environment) the modules to load, before their dependencies are
 #                    added (default: the AES-GCM and ChaCha20-Poly1305 set, then tls)
 #   -- COMMAND...    run COMMAND (joined with spaces, run by busybox sh in the VM with
@@ -53,6 +56,7 @@ bins=()
 files=()
 timeout_s=120
 mem=512M
+kernel_suite=""
 cmd=()
 while (($#)); do
   case $1 in
@@ -61,6 +65,7 @@ while (($#)); do
     --file) files+=("$2"); shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
+    --kernel-suite) kernel_suite=$2; shift 2 ;;
     --) shift; cmd=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "ktls: unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -126,8 +131,74 @@ fetch_kernel() { # $1 pkg, $2 version, $3 destination directory
   rm -rf "$dl"
 }
 
+# --kernel-suite SUITE: the newest linux-image-*-amd64 of another Debian suite (e.g.
+# trixie-backports, for a kernel with kTLS rekey, 6.14+), fetched from deb.debian.org and
+# verified the way apt does: InRelease signed by Debian's archive keyring, the Packages
+# index by its SHA256 there, the .deb by its SHA256 in the index.
+MIRROR=${KTLS_MIRROR:-http://deb.debian.org/debian}
+fetch_suite_kernel() { # $1 suite; prints the kernel directory
+  local suite=$1 d="$out/suite/$1" pkgline deb sha name ver
+  mkdir -p "$d"
+  curl -fsS --max-time 60 -o "$d/InRelease" "$MIRROR/dists/$suite/InRelease" || return 1
+  gpgv --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$d/Release" "$d/InRelease" 2>/dev/null ||
+    { log "InRelease of $suite: bad signature"; return 1; }
+  curl -fsS --max-time 120 -o "$d/Packages.xz" "$MIRROR/dists/$suite/main/binary-amd64/Packages.xz" || return 1
+  sha=$(awk '/^SHA256:/ {f=1; next} /^[^ ]/ {f=0} f && $3 == "main/binary-amd64/Packages.xz" {print $1}' "$d/Release")
+  [[ -n $sha && $(sha256sum "$d/Packages.xz" | cut -d' ' -f1) == "$sha" ]] ||
+    { log "Packages.xz of $suite does not match its Release"; return 1; }
+  # the newest generic image (not -cloud, -rt, -dbg) K = linux-image-<release>; the
+  # files are in K itself, or (newer packaging) in linux-binary-<release> (vmlinuz) and
+  # linux-modules-<release> (linux-base-<release>: modules.builtin), or in K-unsigned:
+  # every one of those present is extracted
+  local idx="$d/index" rel
+  xz -dc "$d/Packages.xz" | awk '
+    /^Package: / {p=$2; v=""; f=""; s=""} /^Version: / {v=$2} /^Filename: / {f=$2} /^SHA256: / {s=$2}
+    /^$/ && f != "" {print p, v, f, s}' >"$idx"
+  read -r name ver _ <<<"$(awk '$1 ~ /^linux-image-[0-9][^ ]*-amd64$/ && $1 !~ /(cloud|rt)-amd64$/' "$idx" |
+                           sort -k2,2V | tail -n1)"
+  [[ -n ${name:-} ]] || { log "no linux-image in $suite"; return 1; }
+  rel=${name#linux-image-}
+  local kd="$out/kernel/${name}_$ver"
+  if [[ ! -f $kd/.complete ]]; then
+    rm -rf "$kd.tmp"; mkdir -p "$kd.tmp"
+    local pkg got=0
+    for pkg in "$name" "linux-base-$rel" "linux-binary-$rel" "linux-modules-$rel" "$name-unsigned"; do
+      read -r _ _ deb sha <<<"$(awk -v p="$pkg" -v v="$ver" '$1 == p && $2 == v' "$idx" | head -n1)"
+      [[ -n ${deb:-} ]] || continue
+      log "kernel $pkg $ver from $suite: downloading"
+      curl -fsS --max-time 600 -o "$d/k.deb" "$MIRROR/$deb" || return 1
+      [[ $(sha256sum "$d/k.deb" | cut -d' ' -f1) == "$sha" ]] || { log "$deb does not match its index"; return 1; }
+      dpkg-deb -x "$d/k.deb" "$kd.tmp"
+      rm -f "$d/k.deb"; got=$((got + 1)); deb=""
+    done
+    if [[ -d $kd.tmp/usr/lib/modules ]]; then # merged-/usr packages: one tree
+      mkdir -p "$kd.tmp/lib/modules"; cp -a "$kd.tmp/usr/lib/modules/." "$kd.tmp/lib/modules/"
+      rm -rf "$kd.tmp/usr/lib/modules"
+    fi
+    if [[ ! -d $kd.tmp/usr/boot && ! -d $kd.tmp/boot ]]; then
+      local vm; vm=$(find "$kd.tmp" -name 'vmlinuz*' | head -n1)
+      [[ -n $vm ]] && mkdir -p "$kd.tmp/boot" && mv "$vm" "$kd.tmp/boot/"
+    fi
+    [[ -f $kd.tmp/boot/vmlinuz ]] && mv "$kd.tmp/boot/vmlinuz" "$kd.tmp/boot/vmlinuz-$rel"
+    ls "$kd.tmp"/boot/vmlinuz-* >/dev/null 2>&1 && ls -d "$kd.tmp"/lib/modules/* >/dev/null 2>&1 ||
+      { log "$name $ver: no kernel or modules among its packages"; return 1; }
+    find "$kd.tmp"/lib/modules/*/kernel -mindepth 1 -maxdepth 1 \
+         ! -name crypto ! -name lib ! -name net ! -name arch -exec rm -rf {} +
+    rm -rf "$kd" && mv "$kd.tmp" "$kd" && touch "$kd/.complete"
+  else
+    log "kernel $name $ver from $suite (cached)"
+  fi
+  echo "$kd"
+}
+
 kdir=""
-if pv=$(candidate) || { log "apt lists have no linux-image-amd64 candidate; apt-get update";
+if [[ -n $kernel_suite ]]; then
+  kdir=$(fetch_suite_kernel "$kernel_suite") || kdir=""
+  if [[ -z $kdir ]]; then
+    log "SKIP: no kernel could be fetched from $kernel_suite"
+    exit $EXIT_SKIP
+  fi
+elif pv=$(candidate) || { log "apt lists have no linux-image-amd64 candidate; apt-get update";
                         apt-get update -qq >/dev/null 2>&1 && pv=$(candidate); }; then
   read -r kpkg kver <<<"$pv"
   kdir="$out/kernel/${kpkg}_$kver"
@@ -165,7 +236,7 @@ krel=$(basename "$kmods")
 # otherwise request from a modprobe the initramfs does not have. The package ships no
 # modules.dep (depmod makes it at install time), so symbol dependencies are read from
 # each module's own .modinfo "depends=" entry: what `modinfo -F depends` prints.
-read -ra want_mods <<<"${KTLS_MODULES:-gf128mul ghash_generic ctr gcm chacha_generic \
+read -ra want_mods <<<"${KTLS_MODULES:-gf128mul ghash_generic ctr gcm chacha_generic chacha \
 poly1305_generic chacha20poly1305 tls}"
 declare -A path_of builtin seen
 while IFS= read -r f; do
@@ -191,7 +262,14 @@ visit() {
   for d in $(modinfo_depends "${path_of[$m]}"); do visit "$d"; done
   order+=("$m")
 }
-for m in "${want_mods[@]}"; do visit "$m"; done
+for m in "${want_mods[@]}"; do
+  # a newer kernel may build a wanted module in, or fold it into another (chacha_generic
+  # and poly1305_generic became library code): skip it; a missing dependency still fails
+  if [[ -z ${path_of[${m//-/_}]:-} && -z ${builtin[${m//-/_}]:-} ]]; then
+    log "module $m: not in this kernel, skipped"; continue
+  fi
+  visit "$m"
+done
 
 # --- initramfs -----------------------------------------------------------------------------
 work=$(mktemp -d "$out/run.XXXXXX")
