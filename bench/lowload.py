@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as benchrun  # noqa: E402
-from workers import finish, measure  # noqa: E402
+from workers import finish, steady  # noqa: E402
 
 POINTS = (  # (binaries, phones, frame bytes, frames/s over all phones)
     (100, 4, 64, 5000),
@@ -45,26 +45,16 @@ def main() -> int:
         for r in range(args.rounds):
             for b, p, size, rate in POINTS:
                 for wait in (int(x) for x in args.waits.split(",")):
-                    # two runs, one twice as long: their difference is the steady state,
-                    # free of the connect, warm-up and drain costs both share
-                    runs = []
-                    for d in (args.duration, 2 * args.duration):
-                        port += 2
-                        runs.append(measure(relay, loadgen, "0", "1", ["--workers", "1", "--batch-wait-us", str(wait)],
-                                            ["--binaries", str(b), "--phones", str(p), "--size", str(size),
-                                             "--mode", "open", "--rate", str(rate), "--src-ips", "4", "--warmup", "1",
-                                             "--duration", str(d), "--drain", "1", "--connect-timeout", "30"],
-                                            port, port + 1, d + 60))
-                    short, long_ = runs
-                    frames = long_["frames"] - short["frames"]
-                    waits = long_["waits"] - short["waits"]
-                    cpu = long_["relay_cpu_s"] - short["relay_cpu_s"]
+                    port += 4
+                    m = steady(relay, loadgen, ["--workers", "1", "--batch-wait-us", str(wait)],
+                               ["--binaries", str(b), "--phones", str(p), "--size", str(size), "--mode", "open",
+                                "--rate", str(rate), "--src-ips", "4", "--warmup", "1", "--drain", "1",
+                                "--connect-timeout", "30"], args.duration, port)
                     row = {"round": r + 1, "topology": f"{b}x{p}", "size": size, "rate": rate,
-                           "batch_wait_us": wait, "ok": short["ok"] and long_["ok"],
-                           "cpu_s_per_mframe": cpu / frames * 1e6 if frames > 0 else None,
-                           "p99_us": long_["result"]["lat_p99_us"],
-                           "frames_per_wakeup": frames / waits if waits > 0 else None,
-                           "command_relay": long_["command_relay"], "command_loadgen": long_["command_loadgen"]}
+                           "batch_wait_us": wait, "ok": m["ok"], "cpu_s_per_mframe": m["cpu_s_per_mframe"],
+                           "p99_us": m["long"]["lat_p99_us"],
+                           "frames_per_wakeup": m["frames"] / m["waits"] if m["waits"] > 0 else None,
+                           "command_relay": m["command_relay"], "command_loadgen": m["command_loadgen"]}
                     rows.append(row)
                     print(f"round {r + 1} {b}x{p} {size} B {rate}/s batch-wait {wait:>4} us: "
                           f"{row['cpu_s_per_mframe'] or 0:.2f} cpu-s/Mframe, p99 {row['p99_us']:.0f} us, "

@@ -90,6 +90,22 @@ def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str
         relay.stop()
 
 
+def steady(relay_bin: str, loadgen_bin: str, relay_args: list, loadgen_args: list, duration: float,
+           port: int) -> dict:
+    """Two runs (relay on CPU 0, generator on CPU 1), one twice as long as the other
+    (loadgen_args without --duration): their difference is the steady state, free of the
+    connect, warm-up and drain costs both share. Uses ports port..port+3."""
+    runs = [measure(relay_bin, loadgen_bin, "0", "1", relay_args, [*loadgen_args, "--duration", str(d)],
+                    port + 2 * i, port + 2 * i + 1, d + 60)
+            for i, d in enumerate((duration, 2 * duration))]
+    short, long_ = runs
+    frames = long_["frames"] - short["frames"]
+    cpu = long_["relay_cpu_s"] - short["relay_cpu_s"]
+    return {"ok": short["ok"] and long_["ok"], "frames": frames, "waits": long_["waits"] - short["waits"],
+            "cpu_s_per_mframe": cpu / frames * 1e6 if frames > 0 else None, "long": long_["result"],
+            "command_relay": long_["command_relay"], "command_loadgen": long_["command_loadgen"]}
+
+
 def finish(rows: list, json_path) -> int:
     """Write the rows (when asked) and say whether every run was ok (the exit status)."""
     if json_path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as benchrun  # noqa: E402
-from workers import finish, measure  # noqa: E402
+from workers import finish, steady  # noqa: E402
 
 SIZES = (1024, 16384, 65536)
 
@@ -43,26 +43,17 @@ def main() -> int:
             for size in (int(x) for x in args.sizes.split(",")):
                 base = None
                 for zc in (int(x) for x in args.thresholds.split(",")):
-                    runs = []
-                    for d in (args.duration, 2 * args.duration):
-                        port += 2
-                        runs.append(measure(relay, loadgen, "0", "1",
-                                            ["--workers", "1", "--zerocopy-min-bytes", str(zc)],
-                                            ["--binaries", "10", "--phones", "1", "--window", "4",
-                                             "--size", str(size), "--warmup", "1", "--duration", str(d),
-                                             "--drain", "1", "--connect-timeout", "30"],
-                                            port, port + 1, d + 60))
-                    short, long_ = runs
-                    frames = long_["frames"] - short["frames"]
-                    cpu = long_["relay_cpu_s"] - short["relay_cpu_s"]
-                    per = cpu / frames * 1e6 if frames > 0 else None
+                    port += 4
+                    m = steady(relay, loadgen, ["--workers", "1", "--zerocopy-min-bytes", str(zc)],
+                               ["--binaries", "10", "--phones", "1", "--window", "4", "--size", str(size),
+                                "--warmup", "1", "--drain", "1", "--connect-timeout", "30"], args.duration, port)
+                    per = m["cpu_s_per_mframe"]
                     if zc == 0:
                         base = per
-                    row = {"round": r + 1, "size": size, "zerocopy_min_bytes": zc,
-                           "ok": short["ok"] and long_["ok"], "cpu_s_per_mframe": per,
-                           "ratio_to_off": per / base if per and base else None,
-                           "frames_per_s": long_["result"]["frames_p2b_per_s"] + long_["result"]["frames_b2p_per_s"],
-                           "command_relay": long_["command_relay"], "command_loadgen": long_["command_loadgen"]}
+                    row = {"round": r + 1, "size": size, "zerocopy_min_bytes": zc, "ok": m["ok"],
+                           "cpu_s_per_mframe": per, "ratio_to_off": per / base if per and base else None,
+                           "frames_per_s": m["long"]["frames_p2b_per_s"] + m["long"]["frames_b2p_per_s"],
+                           "command_relay": m["command_relay"], "command_loadgen": m["command_loadgen"]}
                     rows.append(row)
                     print(f"round {r + 1} {size:>6} B zerocopy-min-bytes {zc:>6}: {per or 0:8.2f} cpu-s/Mframe"
                           f"  x{row['ratio_to_off'] or 0:.2f} of off  {row['frames_per_s']:.0f} frames/s"

@@ -313,22 +313,29 @@ uint8_t ktls_record_type(const void *control, size_t controllen)
 	return KTLS_RECORD_APPLICATION_DATA;
 }
 
-bool ktls_send_alert(int fd, uint8_t level, uint8_t description)
+/* One record of the given type on a socket with TLS_TX, without blocking: true when
+ * the kernel took all of it. */
+static bool send_record(int fd, uint8_t type, const uint8_t *p, size_t n)
 {
-	uint8_t alert[2] = { level, description };
 	union {
 		char buf[CMSG_SPACE(sizeof(uint8_t))];
 		struct cmsghdr align;
 	} ctl;
 	memset(&ctl, 0, sizeof ctl);
-	struct iovec iov = { .iov_base = alert, .iov_len = sizeof alert };
+	struct iovec iov = { .iov_base = (void *)p, .iov_len = n };
 	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
 	cm->cmsg_level = SOL_TLS;
 	cm->cmsg_type = TLS_SET_RECORD_TYPE;
 	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
-	*(uint8_t *)CMSG_DATA(cm) = KTLS_RECORD_ALERT;
-	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof alert;
+	*(uint8_t *)CMSG_DATA(cm) = type;
+	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n;
+}
+
+bool ktls_send_alert(int fd, uint8_t level, uint8_t description)
+{
+	const uint8_t alert[2] = { level, description };
+	return send_record(fd, KTLS_RECORD_ALERT, alert, sizeof alert);
 }
 
 bool ktls_export_secrets(struct tls_conn *c, struct ktls_secrets *out)
@@ -394,20 +401,8 @@ int ktls_key_update_request(const uint8_t *p, size_t len)
 
 bool ktls_send_key_update(int fd)
 {
-	uint8_t msg[KEY_UPDATE_MSG_BYTES] = { KEY_UPDATE_MSG_TYPE, 0, 0, 1, 0 };
-	union {
-		char buf[CMSG_SPACE(sizeof(uint8_t))];
-		struct cmsghdr align;
-	} ctl;
-	memset(&ctl, 0, sizeof ctl);
-	struct iovec iov = { .iov_base = msg, .iov_len = sizeof msg };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-	cm->cmsg_level = SOL_TLS;
-	cm->cmsg_type = TLS_SET_RECORD_TYPE;
-	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
-	*(uint8_t *)CMSG_DATA(cm) = KTLS_RECORD_HANDSHAKE;
-	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof msg;
+	const uint8_t msg[KEY_UPDATE_MSG_BYTES] = { KEY_UPDATE_MSG_TYPE, 0, 0, 1, 0 };
+	return send_record(fd, KTLS_RECORD_HANDSHAKE, msg, sizeof msg);
 }
 
 void ktls_secrets_wipe(struct ktls_secrets *s)
