@@ -155,7 +155,7 @@ KTLS_ARGS ?=
 test-ktls: $(KTLS_SELFTEST) $(RELAY) $(KTLS_CLIENT) $(BUILD)/loadgen
 	@tests/ktls/run.sh --selftest $(KTLS_SELFTEST) $(KTLS_ARGS)
 	@tests/ktls/relay.sh --build $(BUILD) $(KTLS_ARGS)
-	@tests/ktls/relay.sh --build $(BUILD) --kernel-suite trixie-backports $(KTLS_ARGS) || [ $$? -eq 77 ]
+	@tests/ktls/relay.sh --build $(BUILD) --kernel-suite trixie-backports --cpu max $(KTLS_ARGS) || [ $$? -eq 77 ]
 test-ktls-relay: $(RELAY) $(KTLS_CLIENT) $(BUILD)/loadgen
 	@tests/ktls/relay.sh --build $(BUILD) $(KTLS_ARGS)
 

@@ -44,7 +44,7 @@ ktls_vm() {
   # again on the newest kernel of trixie-backports (7.x, about 25 s): it takes new keys
   # after a KeyUpdate, which the relay must then follow; skipped if it cannot be fetched
   local rc=0
-  tests/ktls/relay.sh --build build/gcc --kernel-suite trixie-backports || rc=$?
+  tests/ktls/relay.sh --build build/gcc --kernel-suite trixie-backports --cpu max || rc=$?
   ((rc == 0 || rc == 77))
 }
 stage "kTLS VM (Debian 6.1 kernel, QEMU TCG)" ktls_vm

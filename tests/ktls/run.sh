@@ -16,6 +16,8 @@
 #   --file SRC:DST   copy SRC into the initramfs at DST (certificates, configuration)
 #   --timeout SEC    hard limit for the VM, boot to power-off (default 120)
 #   --mem SIZE       guest memory (default 512M)
+#   --cpu MODEL      QEMU's -cpu (e.g. max: the host's AES instructions too, so TLS 1.3
+#                    picks AES-GCM rather than ChaCha20-Poly1305); default QEMU's own
 #   --kernel-suite S boot the newest kernel of Debian suite S instead (e.g. trixie-backports:
 #                    a kernel with kTLS rekey), fetched and signature-checked from
 #                    deb.debian.org (KTLS_MIRROR overrides), cached in build/ktls/kernel
@@ -57,6 +59,7 @@ files=()
 timeout_s=120
 mem=512M
 kernel_suite=""
+cpu_model=""
 cmd=()
 while (($#)); do
   case $1 in
@@ -66,6 +69,7 @@ while (($#)); do
     --timeout) timeout_s=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --kernel-suite) kernel_suite=$2; shift 2 ;;
+    --cpu) cpu_model=$2; shift 2 ;;
     --) shift; cmd=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "ktls: unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -384,7 +388,7 @@ console="$out/console.log"
 log "booting $(basename "$vmlinuz") under qemu-system-x86_64 -accel tcg (limit ${timeout_s} s)"
 t_boot=${EPOCHREALTIME/./}
 set +e
-timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -m "$mem" -smp 1 -nographic \
+timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg ${cpu_model:+-cpu "$cpu_model"} -m "$mem" -smp 1 -nographic \
   -no-reboot -nic none -kernel "$vmlinuz" -initrd "$work/initramfs.gz" \
   -append "console=ttyS0 quiet panic=-1 rdinit=/init" </dev/null 2>&1 |
   tr -d '\r' | sed -u 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tee "$console" | sed 's/^/  vm| /'
