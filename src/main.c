@@ -373,8 +373,13 @@ int main(int argc, char **argv)
 		boot_release();
 		return 0;
 	}
-	LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", cert ? "tls" : "insecure"),
-		 KV_STR("listen", listen), KV_STR("workers", nworkers_text));
+	if (cert != NULL)
+		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "tls"), KV_STR("listen", listen),
+			 KV_STR("https_proxy_protocol", cfg.https_proxy_protocol ? "true" : "false"),
+			 KV_STR("workers", nworkers_text));
+	else
+		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "insecure"),
+			 KV_STR("listen", listen), KV_STR("workers", nworkers_text));
 	struct tls_server *tls = NULL;
 	if (cert != NULL) {
 		tls = tls_server_new(cert, TLS_SNI_ANY, monotonic_ms());
@@ -421,6 +426,8 @@ int main(int argc, char **argv)
 		mt.addr = cfg.metrics_listen;
 		if (tls != NULL)
 			metrics_server_set_tls(mt.m, &served_cert_not_after_s);
+		if (tls != NULL && cfg.https_proxy_protocol)
+			metrics_server_set_proxy_protocol(mt.m);
 		if (push != NULL)
 			metrics_server_set_push(mt.m, push_sender_counts(push));
 		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0)

@@ -272,9 +272,11 @@ const struct flag_def config_flags[] = {
 	  "behind a proxy that sets it: otherwise clients choose their own IP." },
 	{ "https-proxy-protocol", FLAG_BOOL, CFG_OFF(https_proxy_protocol),
 	  CFG_OFF(https_proxy_protocol_set), 0, false, NULL,
-	  "Require a PROXY protocol v2 header before the TLS handshake on every\n"
-	  "--https-listen connection and use its source address as the client IP.\n"
-	  "Connections without a valid header are closed unserved." },
+	  "Require a PROXY protocol v2 header (command PROXY, TCP over IPv4 or IPv6)\n"
+	  "within 5 s, before the TLS handshake, on every --https-listen connection\n"
+	  "(autocert or certificate-files mode) and use its source address as the\n"
+	  "client IP. Anything else (no header, v1, LOCAL, UNSPEC, late) is closed\n"
+	  "with nothing written. Refused together with --insecure-listen." },
 	{ "max-connections", FLAG_U32, CFG_OFF(max_connections), NO_SET_FIELD, UINT32_MAX, false, "N",
 	  "Relay-wide cap on live WebSocket connections (/v1/server and /v1/client\n"
 	  "together); upgrades beyond it get 503. 1 to 16000000." },

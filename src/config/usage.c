@@ -163,6 +163,10 @@ void config_print_summary(int fd, const struct config *cfg, uint32_t workers)
 	if (insecure) {
 		text_add(&t, "mode: insecure (plain HTTP behind a TLS-terminating proxy)\n");
 		text_add(&t, "listen: %s\n", cfg->insecure_listen);
+	} else if (config_mode(cfg) == CONFIG_MODE_TLS_FILES) {
+		text_add(&t, "mode: tls (certificate files: %s, %s)\n", cfg->tls_cert, cfg->tls_key);
+		text_add(&t, "https-listen: %s%s\n", cfg->https_listen,
+			 cfg->https_proxy_protocol ? " (PROXY protocol v2 required)" : "");
 	} else {
 		text_add(&t, "mode: autocert (TLS for %s)\n", cfg->domain);
 		text_add(&t, "https-listen: %s%s\n", cfg->https_listen,

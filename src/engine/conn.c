@@ -64,22 +64,30 @@ struct conn *conn_alloc(struct worker *w, int fd, const struct peer_addr *remote
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		read_peer(fd, &c->remote);
-		if (w->tls_server) {
-			/* TLS_HANDSHAKE_TIMEOUT_MS: the read deadline below bounds the handshake */
-			_Static_assert(TLS_HANDSHAKE_TIMEOUT_MS <= HTTP_HEADER_READ_TIMEOUT_MS, "handshake bound");
-			(void)tls_server_rotate_ticket_keys(w->tls_server, w->now_ms);
-			c->tls = tls_conn_new(w->tls_server, &w->stats.tls);
-			if (c->tls == NULL) {
-				conn_move(c, CONN_DEAD);
-				conn_maybe_free(w, c);
-				return NULL;
-			}
-			c->ktls_undecided = w->ktls_available; /* ktls_phase.c */
+		/* --https-proxy-protocol: the PROXY v2 header first, the TLS state after it */
+		c->proxy_pending = proxy_phase_wanted(w);
+		if (w->tls_server && !c->proxy_pending && !conn_tls_begin(w, c)) {
+			conn_move(c, CONN_DEAD);
+			conn_maybe_free(w, c);
+			return NULL;
 		}
 	}
-	c->read_deadline_ms = w->now_ms + HTTP_HEADER_READ_TIMEOUT_MS;
+	_Static_assert(PROXY_HEADER_TIMEOUT_MS <= HTTP_HEADER_READ_TIMEOUT_MS, "the header's bound");
+	c->read_deadline_ms = w->now_ms + (c->proxy_pending ? PROXY_HEADER_TIMEOUT_MS : HTTP_HEADER_READ_TIMEOUT_MS);
 	conn_timer_update(w, c);
 	return c;
+}
+
+bool conn_tls_begin(struct worker *w, struct conn *c)
+{
+	/* TLS_HANDSHAKE_TIMEOUT_MS: the read deadline set at the accept bounds the handshake */
+	_Static_assert(TLS_HANDSHAKE_TIMEOUT_MS <= HTTP_HEADER_READ_TIMEOUT_MS, "handshake bound");
+	(void)tls_server_rotate_ticket_keys(w->tls_server, w->now_ms);
+	c->tls = tls_conn_new(w->tls_server, &w->stats.tls);
+	if (c->tls == NULL)
+		return false;
+	c->ktls_undecided = w->ktls_available; /* ktls_phase.c */
+	return true;
 }
 
 void conn_move(struct conn *c, enum conn_state to)
@@ -178,6 +186,8 @@ static void tls_input(struct worker *w, struct conn *c, const uint8_t *p, size_t
 void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 {
 	STAT_ADD(w->stats.bytes_in, n);
+	if (c->proxy_pending && !proxy_phase_input(w, c, &p, &n))
+		return; /* the PROXY v2 header is incomplete or refused, or nothing follows it */
 	if (c->tls != NULL && c->state != CONN_DRAINING)
 		tls_input(w, c, p, n);
 	else
@@ -206,6 +216,8 @@ void conn_arm_recv(struct worker *w, struct conn *c)
 	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
 	if (c->ktls || c->ktls_undecided)
 		ktls_phase_arm_recv(w, c, sqe);
+	else if (c->proxy_pending && w->ktls_available)
+		io_uring_prep_recv(sqe, c->fd, NULL, 0, 0); /* TLS with kTLS follows: no multishot in flight then */
 	else
 		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -369,6 +381,8 @@ void conn_kill(struct worker *w, struct conn *c)
 {
 	if (c->state == CONN_DEAD || c->state == CONN_FREE)
 		return;
+	if (c->proxy_pending)
+		proxy_phase_abandoned(w, c);
 	conn_report_end(w, c);
 	conn_move(c, CONN_DEAD);
 	c->read_deadline_ms = c->write_deadline_ms = c->close_deadline_ms = 0;

@@ -5,6 +5,7 @@
  * The files, in the order a connection meets them:
  *   loop.c        ring set-up, provided buffers, accept, CQE dispatch, timers, shutdown
  *   conn.c        the connection pool and lifecycle: states, deadlines, teardown
+ *   proxy_phase.c --https-proxy-protocol: the PROXY v2 header, before TLS (reference §1.4)
  *   http_phase.c  request heads, /healthz, admission, the upgrade (-> struct upgraded)
  *   handoff.c     an upgrade whose server-id another worker owns goes there (MSG_RING)
  *   ws_phase.c    frames in (reader, control frames, heartbeat) and frames out
@@ -49,6 +50,9 @@
 #define WS_WRITE_TIMEOUT_MS 10000u
 #define WS_CLOSE_HANDSHAKE_TIMEOUT_MS 5000u
 #define SHUTDOWN_DRAIN_TIMEOUT_MS 10000u
+/* Reference §1.4 (proxyHeaderTimeout): the PROXY v2 header must be in within this long
+ * of the accept; the TLS handshake that follows shares the deadline, as in Go. */
+#define PROXY_HEADER_TIMEOUT_MS 5000u
 
 /* SQEs per worker ring (the CQ has 4x as many). Ring memory counts against the
  * user's RLIMIT_MEMLOCK (8 MiB by default): at 1024 a worker's rings take about 130 KiB,
@@ -164,6 +168,7 @@ struct conn {
 	bool ktls_undecided : 1;      /* TLS, the kernel has kTLS, the keys are not yet installed or refused */
 	bool ktls_wait_tx : 1;        /* ... waiting for user space's ciphertext to leave first */
 	bool ktls_rekeyed : 1;        /* a KeyUpdate was followed: the receive's EKEYEXPIRED is expected */
+	bool proxy_pending : 1;       /* its PROXY v2 header is still to come (proxy_phase.c) */
 	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
 	uint64_t client_key;      /* counted: its --max-connections-per-ip key, 0 for none */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
@@ -257,6 +262,9 @@ void conn_timer_fire(struct worker *w, struct conn *c);
 void conn_report_end(struct worker *w, struct conn *c);
 void conn_run_ended(struct worker *w);
 void conn_maybe_free(struct worker *w, struct conn *c);
+/* The TLS state of a connection on the TLS listener (at the accept, or after its
+ * PROXY v2 header). False when out of memory. */
+bool conn_tls_begin(struct worker *w, struct conn *c);
 /* Give back c's --max-connections slot and its per-IP share, if it holds them. */
 void conn_put_cap(struct worker *w, struct conn *c);
 void conn_kill(struct worker *w, struct conn *c);
@@ -308,6 +316,21 @@ struct ktls_secrets *ktls_phase_take_secrets(struct worker *w, struct conn *c);
 void ktls_phase_adopt_secrets(struct worker *w, struct conn *c, struct ktls_secrets *s);
 /* Shut our sending side: a kTLS connection sends its close_notify first. */
 void conn_shut_wr(struct worker *w, struct conn *c);
+
+/* ---- proxy_phase.c ---- */
+
+/* Does a connection accepted now start with the PROXY v2 phase? (--https-proxy-protocol,
+ * on the TLS listener.) */
+static inline bool proxy_phase_wanted(const struct worker *w)
+{
+	return w->tls_server != NULL && w->cfg->https_proxy_protocol;
+}
+/* Received bytes of c while c->proxy_pending (conn_input). True when the header is
+ * accepted and bytes follow it: *p, *n are then those bytes, for TLS. False: nothing
+ * more to do (the header is incomplete, or c was refused and is torn down). */
+bool proxy_phase_input(struct worker *w, struct conn *c, uint8_t **p, size_t *n);
+/* c is torn down while its header is still to come (conn_kill): counts why. */
+void proxy_phase_abandoned(struct worker *w, struct conn *c);
 
 /* ---- handoff.c ---- */
 

@@ -22,6 +22,7 @@
 #include "engine/engine.h"
 #include "engine/group.h"
 #include "engine/uring.h"
+#include "http/proxy_v2.h"
 #include "transport/tls.h"
 
 /* Which path a TLS connection's records took after its handshake, and why. Labels of
@@ -34,6 +35,16 @@ enum tls_path {
 	TLS_PATH_USER_ENDED,           /* user space: the connection ended before the keys could move */
 	TLS_PATH_CLOSED_RX_REFUSED,    /* closed: the kernel took the send keys and refused the receive keys */
 	TLS_PATH_COUNT,
+};
+
+/* Why a connection on the TLS listener was closed unserved under --https-proxy-protocol
+ * (engine/proxy_phase.c). Labels of pyrycode_relay_proxy_protocol_rejects_total: the
+ * parser's reasons (enum proxy_v2_reason, the same values: "missing", "v1", "local",
+ * ...), then the engine's own. */
+enum proxy_reject {
+	PROXY_REJECT_TIMEOUT = PROXY_V2_REASON_COUNT, /* no whole header within 5 s of the accept */
+	PROXY_REJECT_EOF,                              /* the peer closed or reset before a whole header */
+	PROXY_REJECT_COUNT,
 };
 
 /* Connections still in the HTTP phase (not yet upgraded) are not counted against
@@ -72,6 +83,7 @@ struct worker_stats {
 	uint64_t accept_pool_full;
 	uint64_t accept_errors;
 	uint64_t ip_cap_rejects; /* upgrades refused 503 by --max-connections-per-ip */
+	uint64_t proxy_rejects[PROXY_REJECT_COUNT]; /* enum proxy_reject; [0] unused */
 	uint64_t recv_enobufs; /* multishot recv ended for want of a provided buffer */
 	uint64_t recv_buffers; /* gauge: provided receive buffers handed to the ring so far */
 	uint64_t bytes_in;

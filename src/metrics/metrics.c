@@ -66,6 +66,8 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 	SUM(t->accept_pool_full, e->accept_pool_full);
 	SUM(t->accept_errors, e->accept_errors);
 	SUM(t->ip_cap_rejects, e->ip_cap_rejects);
+	for (int k = 0; k < PROXY_REJECT_COUNT; k++)
+		SUM(t->proxy_rejects[k], e->proxy_rejects[k]);
 	SUM(t->bytes_in, e->bytes_in);
 	SUM(t->bytes_out, e->bytes_out);
 	SUM(t->sends, e->sends);
@@ -377,6 +379,21 @@ static void tls_families(struct prom_out *o, const struct totals *t, const struc
 	       PROM_COUNTER, (double)e->tls.handshakes_resumed);
 }
 
+/* --https-proxy-protocol (ours): connections on the TLS listener closed unserved, by
+ * why their PROXY v2 header was not accepted. Only when the flag is on. */
+static void proxy_family(struct prom_out *o, const struct totals *t)
+{
+	const char *reasons[PROXY_REJECT_COUNT - 1];
+	for (unsigned k = 1; k < PROXY_V2_REASON_COUNT; k++)
+		reasons[k - 1] = proxy_v2_reason_name((enum proxy_v2_reason)k);
+	reasons[PROXY_REJECT_TIMEOUT - 1] = "timeout";
+	reasons[PROXY_REJECT_EOF - 1] = "eof";
+	labelled(o, "pyrycode_relay_proxy_protocol_rejects_total",
+		 "TLS-listener connections closed unserved (zero bytes written) for want of an accepted "
+		 "PROXY protocol v2 header, by reason.",
+		 PROM_COUNTER, "reason", reasons, t->engine.proxy_rejects + 1, PROXY_REJECT_COUNT - 1);
+}
+
 void metrics_render(struct prom_out *o, const struct metrics_input *in)
 {
 	ASSERT(in->nworkers <= METRICS_WORKERS_MAX);
@@ -390,5 +407,7 @@ void metrics_render(struct prom_out *o, const struct metrics_input *in)
 	own_families(o, &t, in);
 	if (in->tls_cert_not_after_s != NULL)
 		tls_families(o, &t, in);
+	if (in->proxy_protocol)
+		proxy_family(o, &t);
 	reference_families(o, &t, in);
 }

@@ -58,6 +58,7 @@ struct metrics_server {
 	uint64_t handler_errors[METRICS_ERR_COUNT];
 	struct metrics_source workers[METRICS_WORKERS_MAX];
 	const int64_t *tls_cert_not_after_s; /* NULL: TLS off */
+	bool proxy_protocol;
 	uint32_t nworkers;
 	const uint64_t *push_wakes; /* FCM_OUTCOME_COUNT cells, or NULL: push off */
 	char *body; /* METRICS_BODY_BYTES_MAX scratch for one exposition */
@@ -163,6 +164,11 @@ struct metrics_server *metrics_server_create(const char *addr, const struct metr
 void metrics_server_set_tls(struct metrics_server *m, const int64_t *cert_not_after_s)
 {
 	m->tls_cert_not_after_s = cert_not_after_s;
+}
+
+void metrics_server_set_proxy_protocol(struct metrics_server *m)
+{
+	m->proxy_protocol = true;
 }
 
 void metrics_server_destroy(struct metrics_server *m)
@@ -284,6 +290,7 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 		.process = &proc,
 		.handler_errors = m->handler_errors,
 		.tls_cert_not_after_s = m->tls_cert_not_after_s,
+		.proxy_protocol = m->proxy_protocol,
 		.push_wakes = m->push_wakes,
 	};
 	metrics_render(&o, &in);

@@ -38,6 +38,8 @@ struct metrics_server *metrics_server_create(const char *addr, const struct metr
 /* TLS is on (before metrics_server_run): the TLS families are rendered, with the
  * certificate expiry read from *cert_not_after_s (an atomic the caller updates). */
 void metrics_server_set_tls(struct metrics_server *m, const int64_t *cert_not_after_s);
+/* --https-proxy-protocol is on (before run): its rejections are rendered. */
+void metrics_server_set_proxy_protocol(struct metrics_server *m);
 /* Before run (boot, main thread): expose pyrycode_relay_push_wakes_total from these
  * FCM_OUTCOME_COUNT counters (control/push.h), which must outlive the server. Without
  * it the family is absent: push is off (reference §8.2). */

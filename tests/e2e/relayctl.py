@@ -373,6 +373,26 @@ class ConnClosed(AssertionError):
 # raw TCP connection
 
 
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v2_header(src: str = "127.0.0.1", src_port: int = 40000, dst: str = "127.0.0.1", dst_port: int = 443,
+                    ver_cmd: int = 0x21, family: Optional[int] = None, tlvs: bytes = b"") -> bytes:
+    """A PROXY protocol v2 header (proxy-protocol.txt §2.2): command PROXY (0x21; LOCAL is
+    0x20), TCP over IPv4 or IPv6 from the addresses' kind unless `family` says otherwise
+    (0x00 UNSPEC, 0x12 UDP4, ...), then `tlvs`."""
+    v6 = ":" in src
+    fam = (0x21 if v6 else 0x11) if family is None else family
+    if fam == 0x00:
+        block = b""
+    else:
+        af = socket.AF_INET6 if v6 else socket.AF_INET
+        block = (socket.inet_pton(af, src) + socket.inet_pton(af, dst)
+                 + struct.pack(">HH", src_port, dst_port))
+    payload = block + tlvs
+    return PROXY_V2_SIGNATURE + bytes([ver_cmd, fam]) + struct.pack(">H", len(payload)) + payload
+
+
 class RawConn:
     """A client TCP connection with an input buffer, bounded reads and frame helpers.
 
@@ -382,11 +402,12 @@ class RawConn:
 
     def __init__(self, host: str, port: int, timeout: float = 5.0, nodelay: bool = True,
                  source: Optional[str] = None, rcvbuf: Optional[int] = None, mss: Optional[int] = None,
-                 tls: Optional[ssl.SSLContext] = None):
+                 tls: Optional[ssl.SSLContext] = None, preamble: bytes = b""):
         """rcvbuf / mss: SO_RCVBUF / TCP_MAXSEG set before connecting, so the relay sees a
         small window and keeps what the test does not read in its own outbox (a slow
         reader), instead of in loopback's megabytes of socket buffers. tls: speak TLS
-        over the connection (the handshake happens here, bounded by timeout)."""
+        over the connection (the handshake happens here, bounded by timeout). preamble:
+        bytes sent first, before TLS (a PROXY protocol header, proxy_v2_header)."""
         self.host, self.port, self.timeout = host, port, timeout
         if rcvbuf is None and mss is None:
             self.sock = socket.create_connection((host, port), timeout=timeout,
@@ -403,6 +424,8 @@ class RawConn:
             self.sock.connect((host, port))
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if preamble:
+            self.sock.sendall(preamble)
         if tls is not None:  # the handshake happens here, bounded by timeout
             self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.buf = bytearray()
@@ -830,6 +853,9 @@ class Relay:
         # certificate-files mode: clients speak TLS and trust the relay's own certificate
         self.tls_cert = args[args.index("--tls-cert") + 1] if "--tls-cert" in args else None
         self.tls = self.tls_cert is not None
+        # --https-proxy-protocol: the harness's own connections (readiness, connect())
+        # start with a PROXY v2 header from 127.0.0.1
+        self.proxy_v2 = "--https-proxy-protocol" in args
 
     # -- lifecycle
     def _spawn(self) -> None:
@@ -876,7 +902,8 @@ class Relay:
                 raise RelayExited(self.proc.returncode, self.log_tail(), self.stdout_text())
             try:
                 with RawConn(self.host, self.port, timeout=1.0,
-                             tls=tls_client_context(self.tls_cert) if self.tls else None) as c:
+                             tls=tls_client_context(self.tls_cert) if self.tls else None,
+                             preamble=proxy_v2_header() if self.proxy_v2 else b"") as c:
                     r = c.request("GET", "/healthz", headers={"Connection": "close"})
                 if r.status == 200:
                     return
@@ -999,6 +1026,8 @@ class Relay:
         closed at teardown."""
         if self.tls and "tls" not in kw:
             kw["tls"] = tls_client_context(self.tls_cert)
+        if self.proxy_v2 and "preamble" not in kw:
+            kw["preamble"] = proxy_v2_header()
         c = RawConn(self.host, self.port, timeout=timeout, **kw)
         self._conns.append(c)
         return c
