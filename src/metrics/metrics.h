@@ -55,10 +55,10 @@ struct metrics_input {
 	const struct metrics_process *process;
 	const uint64_t *handler_errors; /* METRICS_ERR_COUNT entries */
 	const int64_t *tls_cert_not_after_s; /* TLS on: the served certificate's expiry; NULL: off */
-	bool proxy_protocol; /* --https-proxy-protocol: pyrycode_relay_proxy_protocol_rejects_total */
 	/* pyrycode_relay_push_wakes_total by fcm_outcome (FCM_OUTCOME_COUNT entries, read
 	 * with relaxed loads); NULL when push is off, and then the family is absent */
 	const uint64_t *push_wakes;
+	bool proxy_protocol; /* --https-proxy-protocol: pyrycode_relay_proxy_protocol_rejects_total */
 };
 
 /* Write the whole exposition. On overflow o->overflow is set and the body is unusable. */

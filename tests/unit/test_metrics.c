@@ -69,6 +69,8 @@ static int teardown(void **state)
 
 /* pyrycode_relay_push_wakes_total's counters, or NULL (push off) */
 static const uint64_t *push_wakes;
+/* --https-proxy-protocol on: pyrycode_relay_proxy_protocol_rejects_total */
+static bool proxy_protocol;
 
 static size_t render(uint32_t nworkers, bool *overflow)
 {
@@ -77,7 +79,7 @@ static size_t render(uint32_t nworkers, bool *overflow)
 					.max_fds = 1024, .rss_ok = true, .resident_bytes = 4096,
 					.virtual_bytes = 8192, .cpu_seconds = 0.25 };
 	static const int64_t cert_expiry_s = 1800000000; /* TLS on: its families are rendered too */
-	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s, push_wakes };
+	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s, push_wakes, proxy_protocol };
 	struct prom_out o;
 	prom_out_init(&o, body, METRICS_BODY_BYTES_MAX);
 	metrics_render(&o, &in);
@@ -170,6 +172,7 @@ static void test_zero_state_every_series(void **state)
 	assert_int_equal(count_prefix("pyrycode_relay_register_failures_total{"), 4);
 	assert_int_equal(count_prefix("pyrycode_relay_frames_forwarded_total{"), 2);
 	assert_int_equal(count_prefix("pyrycode_relay_push_wakes_total"), 0); /* push is off */
+	assert_int_equal(count_prefix("pyrycode_relay_proxy_protocol_rejects_total"), 0); /* the flag is off */
 	static const char *const eps[] = { "server", "client" };
 	static const char *const outs[] = { "accept", "reject_headers", "reject_409", "reject_404", "reject_429",
 					    "reject_rate_limit" };
@@ -271,6 +274,40 @@ static void test_push_wakes_family(void **state)
 	assert_true(value_of("pyrycode_relay_push_wakes_total{outcome=\"dropped\"}") == 7);
 }
 
+/* --https-proxy-protocol on: every reason pre-created at 0, each summed from its own
+ * cell over the workers. */
+static void test_proxy_protocol_rejects_family(void **state)
+{
+	(void)state;
+	memset(fakes, 0, sizeof *fakes * 2);
+	for (uint32_t i = 0; i < 2; i++) {
+		fakes[i].engine.proxy_rejects[PROXY_V2_NOT_PROXY] = 1 + i; /* 3 */
+		fakes[i].engine.proxy_rejects[PROXY_V2_LOCAL] = 5;         /* 10 */
+		fakes[i].engine.proxy_rejects[PROXY_REJECT_TIMEOUT] = 7;   /* 14 */
+	}
+	proxy_protocol = true;
+	bool overflow;
+	render(2, &overflow);
+	proxy_protocol = false;
+	assert_false(overflow);
+	check_structure();
+	assert_non_null(strstr(body, "# TYPE pyrycode_relay_proxy_protocol_rejects_total counter\n"));
+	assert_int_equal(count_prefix("pyrycode_relay_proxy_protocol_rejects_total{"), PROXY_REJECT_COUNT - 1);
+	const char *name = "pyrycode_relay_proxy_protocol_rejects_total";
+	static const struct {
+		const char *reason;
+		double v;
+	} want[] = { { "missing", 3 }, { "v1", 0 },     { "version", 0 }, { "local", 10 }, { "unspec", 0 },
+		     { "udp", 0 },     { "unix", 0 },   { "family", 0 },  { "length", 0 }, { "timeout", 14 },
+		     { "eof", 0 } };
+	assert_int_equal(ARRAY_LEN(want), PROXY_REJECT_COUNT - 1);
+	for (size_t k = 0; k < ARRAY_LEN(want); k++) {
+		char s[160];
+		snprintf(s, sizeof s, "%s{reason=\"%s\"}", name, want[k].reason);
+		assert_true(value_of(s) == want[k].v);
+	}
+}
+
 static void fill_widest(uint32_t n)
 {
 	uint64_t big = (1ull << 53) - 1; /* 16 significant digits, the longest integer text */
@@ -291,8 +328,10 @@ static void test_widest_body_fits(void **state)
 	fill_widest(METRICS_WORKERS_MAX);
 	bool overflow;
 	push_wakes = widest_push;
+	proxy_protocol = true;
 	size_t len = render(METRICS_WORKERS_MAX, &overflow);
 	push_wakes = NULL;
+	proxy_protocol = false;
 	assert_false(overflow);
 	assert_true(len < METRICS_BODY_BYTES_MAX);
 	check_structure();
@@ -337,6 +376,7 @@ int main(void)
 		cmocka_unit_test(test_zero_state_every_series),
 		cmocka_unit_test(test_sums_and_per_worker),
 		cmocka_unit_test(test_push_wakes_family),
+		cmocka_unit_test(test_proxy_protocol_rejects_family),
 		cmocka_unit_test(test_widest_body_fits),
 		cmocka_unit_test(test_scrape_cpu_budget),
 	};
