@@ -13,6 +13,10 @@
  * worker_stats.proxy_rejects, never logged (reference §9: failures before a request
  * are not logged, so they cannot flood the log).
  *
+ * On a worker whose kernel has kTLS the phase receives one buffer at a time
+ * (conn_arm_recv), as the TLS connection it becomes must (ktls_phase.c): a multishot
+ * receive still armed when the keys move to the kernel would read past them.
+ *
  * A header split over receives is kept in the connection's head buffer (c->http_buf,
  * unused until the HTTP phase), taking only the bytes the header still needs, so the
  * buffer never holds a byte that belongs to TLS. It is at most PROXY_V2_HEADER_BYTES_MAX.

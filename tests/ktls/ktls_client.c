@@ -18,6 +18,9 @@
 //                      (EOF, close_notify or reset) without answering: kTLS, whose keys
 //                      cannot follow here; answered: it answers (user-space TLS)
 //   --tls12 / --tls13  the protocol version (default: either)
+//   --proxy-v2         a PROXY protocol v2 header (TCP over IPv4 from PROXY_V2_SOURCE)
+//                      in the same write as the ClientHello, for a relay with
+//                      --https-proxy-protocol (src/engine/proxy_phase.c)
 //
 // Every answer must be "HTTP/1.1 200" with the body its Content-Length announces.
 // Exit 0 when the case behaved, 1 otherwise (the reason on stderr).
@@ -38,6 +41,12 @@
 #include <unistd.h>
 
 #define SPLIT_TAIL_BYTES 7
+/* --proxy-v2: 127.0.0.77:4077 -> 127.0.0.1:443, command PROXY, TCP over IPv4 */
+#define PROXY_V2_SOURCE "127.0.0.77"
+static const uint8_t proxy_v2_header[28] = {
+	0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00, 0x0C,
+	127,  0,    0,    77,   127,  0,    0,    1,    0x0F, 0xED, 0x01, 0xBB,
+};
 #define SPLIT_PAUSE_US 300000
 #define IO_TIMEOUT_S 10
 #define ANSWER_BYTES_MAX 8192
@@ -142,7 +151,7 @@ int main(int argc, char **argv)
 {
 	const char *host = "127.0.0.1", *ca = NULL, *first = "separate";
 	int port = 0, version = 0;
-	bool key_update = false, ku_closed = false;
+	bool key_update = false, ku_closed = false, proxy_v2 = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--port") && i + 1 < argc)
 			port = atoi(argv[++i]);
@@ -156,6 +165,8 @@ int main(int argc, char **argv)
 			version = TLS1_2_VERSION;
 		else if (!strcmp(argv[i], "--tls13"))
 			version = TLS1_3_VERSION;
+		else if (!strcmp(argv[i], "--proxy-v2"))
+			proxy_v2 = true;
 		else if (!strcmp(argv[i], "--key-update") && i + 1 < argc) {
 			key_update = true;
 			ku_closed = !strcmp(argv[++i], "closed");
@@ -163,7 +174,7 @@ int main(int argc, char **argv)
 				return fail("--key-update takes closed or answered");
 		}
 		else {
-			fprintf(stderr, "usage: ktls_client --port N --ca FILE [--host IP] [--first separate|coalesce|split] [--tls12|--tls13] [--key-update closed|answered]\n");
+			fprintf(stderr, "usage: ktls_client --port N --ca FILE [--host IP] [--first separate|coalesce|split] [--tls12|--tls13] [--key-update closed|answered] [--proxy-v2]\n");
 			return 2;
 		}
 	}
@@ -200,6 +211,14 @@ int main(int argc, char **argv)
 			break;
 		if (SSL_get_error(ssl, rc) != SSL_ERROR_WANT_READ)
 			return fail("handshake");
+		if (proxy_v2) { /* the header and the ClientHello in one write */
+			uint8_t hello[sizeof proxy_v2_header + FLIGHT_BYTES_MAX];
+			memcpy(hello, proxy_v2_header, sizeof proxy_v2_header);
+			size_t k = take(wb, hello + sizeof proxy_v2_header, FLIGHT_BYTES_MAX);
+			proxy_v2 = false;
+			if (!write_all(fd, hello, sizeof proxy_v2_header + k))
+				return fail("write");
+		}
 		if (!flush(wb, fd))
 			return fail("write");
 		if (!pump(fd, rb))

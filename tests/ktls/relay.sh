@@ -17,9 +17,12 @@
 #     1.2 and 1.3; and a client KeyUpdate (update_requested), which the relay follows
 #     where the kernel can take new keys (6.14+: the answer arrives under the next
 #     keys both ways) and closes on where it cannot (6.1);
+#   - a third relay with --https-proxy-protocol: ktls_client sends a PROXY v2 header in
+#     the ClientHello's write, each hand-over case on TLS 1.2 and 1.3 (the PROXY phase
+#     must leave no multishot receive armed when the keys move);
 #   - the metrics must then say: every TLS connection took the kTLS path, none user
-#     space; the KeyUpdate was followed or closed as the kernel allows; the relays are
-#     still serving.
+#     space; the KeyUpdate was followed or closed as the kernel allows; no PROXY header
+#     was refused; the relays are still serving.
 #   Default kernel: Debian 12's 6.1; `--kernel-suite trixie-backports` boots the newest
 #   kernel there (7.x: rekey).
 set -euo pipefail
@@ -57,13 +60,14 @@ fail() { echo "RELAY-KTLS: FAIL: $*"; cat /tmp/relay-*.log; exit 1; }
 metric() { # $1 port, $2 series (exact text before the value): its value, or 0
   wget -q -O - "http://127.0.0.1:$1/metrics" | awk -v k="$2 " 'index($0, k) == 1 {print $NF; exit}'
 }
-start() { # $1 name, $2 port, $3 metrics port
-  unprivileged pyrycode-relay --https-listen 127.0.0.1:$2 --tls-cert /etc/relay/$1.pem \
-    --tls-key /etc/relay/$1.key --metrics-listen 127.0.0.1:$3 --workers 2 \
-    --rate-limit-burst 0 --max-connections 256 2>/tmp/relay-$1.log &
+start() { # $1 name, $2 port, $3 metrics port, then more flags
+  name=$1 port=$2 mport=$3; shift 3
+  unprivileged pyrycode-relay --https-listen 127.0.0.1:$port --tls-cert /etc/relay/$name.pem \
+    --tls-key /etc/relay/$name.key --metrics-listen 127.0.0.1:$mport --workers 2 \
+    --rate-limit-burst 0 --max-connections 256 "$@" 2>/tmp/relay-$name-$port.log &
   i=0
-  until wget -q -O /dev/null "http://127.0.0.1:$3/metrics" 2>/dev/null; do
-    i=$((i + 1)); [ $i -lt 100 ] || fail "relay $1 did not start"; sleep 0.1
+  until wget -q -O /dev/null "http://127.0.0.1:$mport/metrics" 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 100 ] || fail "relay $name on $port did not start"; sleep 0.1
   done
 }
 lg() { # $1 port, $2 CA, then loadgen's TLS options
@@ -75,6 +79,7 @@ lg() { # $1 port, $2 CA, then loadgen's TLS options
 }
 start ec 8443 9443
 start rsa 8444 9444
+start ec 8445 9445 --https-proxy-protocol
 lg 8443 ec --tls-version 1.2 --tls-cipher ECDHE-ECDSA-AES128-GCM-SHA256
 lg 8443 ec --tls-version 1.2 --tls-cipher ECDHE-ECDSA-AES256-GCM-SHA384
 lg 8443 ec --tls-version 1.2 --tls-cipher ECDHE-ECDSA-CHACHA20-POLY1305
@@ -93,7 +98,15 @@ if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 14 ]; }; then ku
 echo "RELAY-KTLS: kernel $kv: a KeyUpdate must be $ku"
 ktls_client --port 8443 --ca /etc/relay/ec.pem --tls13 --key-update $ku || fail "ktls_client --key-update $ku"
 ktls_client --port 8443 --ca /etc/relay/ec.pem --tls13 || fail "the relay stopped serving after a KeyUpdate"
-for p in 9443 9444; do
+for first in separate coalesce split; do
+  for v in --tls12 --tls13; do
+    ktls_client --port 8445 --ca /etc/relay/ec.pem --first $first $v --proxy-v2 ||
+      fail "ktls_client --proxy-v2 --first $first $v"
+  done
+done
+pr=$(wget -q -O - "http://127.0.0.1:9445/metrics" | grep -E '^pyrycode_relay_proxy_protocol_rejects_total' | grep -v ' 0$')
+[ -z "$pr" ] || fail "PROXY headers refused: $pr"
+for p in 9443 9444 9445; do
   k=$(metric $p 'pyrycode_relay_tls_connections_total{path="ktls",reason="installed"}')
   hs=$(metric $p 'pyrycode_relay_tls_handshakes_total{version="1.2"}')
   hs3=$(metric $p 'pyrycode_relay_tls_handshakes_total{version="1.3"}')
