@@ -361,27 +361,34 @@ bool ktls_export_secrets(struct tls_conn *c, struct ktls_secrets *out)
 	return true;
 }
 
-enum ktls_result ktls_rekey(int fd, struct ktls_secrets *s, bool tx, int *err)
+bool ktls_next_generation(struct ktls_secrets *s, bool tx, struct ktls_crypto *out)
 {
-	*err = 0;
+	memset(out, 0, sizeof *out);
 	const EVP_MD *md = EVP_get_digestbynid(s->prf_nid);
 	uint8_t *secret = tx ? s->tx : s->rx;
 	uint8_t next[KTLS_SECRET_BYTES_MAX];
 	struct suite st = { .kernel_cipher = s->kernel_cipher, .key_bytes = s->key_bytes };
 	struct dir_key k = { .seq = 0 };
-	struct ktls_crypto ci;
-	if (md == NULL || s->len == 0 || !expand_label(next, s->len, md, secret, s->len, HKDF_LABEL_TRAFFIC_UPDATE) ||
-	    !expand_label(k.key, s->key_bytes, md, next, s->len, "key") ||
-	    !expand_label(k.iv, AEAD_NONCE_BYTES, md, next, s->len, "iv")) {
-		ERR_clear_error();
-		OPENSSL_cleanse(next, sizeof next);
-		OPENSSL_cleanse(&k, sizeof k);
-		return KTLS_KEY_ERROR;
+	bool ok = md != NULL && s->len != 0 && s->len <= sizeof next &&
+		  expand_label(next, s->len, md, secret, s->len, HKDF_LABEL_TRAFFIC_UPDATE) &&
+		  expand_label(k.key, s->key_bytes, md, next, s->len, "key") &&
+		  expand_label(k.iv, AEAD_NONCE_BYTES, md, next, s->len, "iv");
+	ERR_clear_error();
+	if (ok) {
+		memcpy(secret, next, s->len);
+		fill(out, TLS_1_3_VERSION, &st, &k);
 	}
-	memcpy(secret, next, s->len);
 	OPENSSL_cleanse(next, sizeof next);
-	fill(&ci, TLS_1_3_VERSION, &st, &k);
 	OPENSSL_cleanse(&k, sizeof k);
+	return ok;
+}
+
+enum ktls_result ktls_rekey(int fd, struct ktls_secrets *s, bool tx, int *err)
+{
+	*err = 0;
+	struct ktls_crypto ci;
+	if (!ktls_next_generation(s, tx, &ci))
+		return KTLS_KEY_ERROR;
 	int rc = setsockopt(fd, SOL_TLS, tx ? TLS_TX : TLS_RX, &ci.u, ci.len);
 	if (rc != 0)
 		*err = errno;

@@ -139,6 +139,9 @@ struct ktls_secrets {
  * KTLS_OK ktls_export, before freeing c). False for TLS 1.2 (no KeyUpdate there) or
  * when BoringSSL gives none. Wipe with ktls_secrets_wipe. */
 bool ktls_export_secrets(struct tls_conn *c, struct ktls_secrets *out);
+/* Move one direction's secret to its next generation and give that generation's
+ * crypto_info (sequence 0) in *out. False (nothing changed) when BoringSSL refuses. */
+bool ktls_next_generation(struct ktls_secrets *s, bool tx, struct ktls_crypto *out);
 /* Move one direction to its next generation and install it (TLS_RX or TLS_TX on fd).
  * KTLS_OK, or KTLS_RX_REFUSED / KTLS_TX_REFUSED with *err (EBUSY: this kernel cannot
  * rekey), or KTLS_KEY_ERROR. */

@@ -751,6 +751,68 @@ static void test_key_update_before_export(void **state)
 	}
 }
 
+/*
+ * After the keys are in the kernel, a KeyUpdate is followed with ktls_next_generation
+ * alone (BoringSSL's state is gone then). Receive: the client's KeyUpdate opens under
+ * the installed key as a handshake record with update_requested, and its next records
+ * open under the next generation from sequence 0. Send: our KeyUpdate sealed under the
+ * installed key, then data sealed under the next generation, and BoringSSL's client
+ * reads that data.
+ */
+static void test_key_update_after_install(void **state)
+{
+	for (size_t c = 0; c < 3; c++) { /* the TLS 1.3 suites */
+		struct tls_stats st = { 0 };
+		struct pair p;
+		start_pair(&p, &suites[c], &st);
+		uint8_t rest[16];
+		handshake_until_finished(&p, SIZE_MAX, rest);
+		struct ktls_keys k;
+		struct ktls_secrets sec;
+		assert_int_equal(export_settled(&p, &k), KTLS_OK);
+		assert_true(ktls_export_secrets(p.sv, &sec));
+		struct kparams rx0 = params_of(&k.rx), tx0 = params_of(&k.tx);
+
+		/* the client's KeyUpdate, then data under its next key */
+		uint8_t data[512], wire[4096], pt[TLS_RECORD_BYTES_MAX];
+		fill_pattern(data, sizeof data, 9);
+		assert_int_equal(SSL_key_update(p.cl, SSL_KEY_UPDATE_REQUESTED), 1);
+		assert_int_equal(SSL_write(p.cl, data, 200), 200);
+		size_t n = client_wire(&p, wire, sizeof wire);
+		size_t len = TLS_RECORD_HEADER_BYTES + ((size_t)wire[3] << 8 | wire[4]), pt_len = 0;
+		uint8_t type = 0;
+		assert_true(open_record(&rx0, 0, wire, len, pt, &pt_len, &type));
+		assert_int_equal(type, KTLS_RECORD_HANDSHAKE);
+		assert_int_equal(ktls_key_update_request(pt, pt_len), 1);
+		struct ktls_crypto rx1;
+		assert_true(ktls_next_generation(&sec, false, &rx1));
+		assert_int_equal(params_of(&rx1).seq, 0);
+		assert_int_equal(prove(&rx1, wire + len, n - len, data, 200), 1);
+
+		/* our answer under the installed send key, then data under the next one */
+		static const uint8_t ku[] = { 24, 0, 0, 1, 0 };
+		size_t w = seal_record(&tx0, 0, KTLS_RECORD_HANDSHAKE, ku, sizeof ku, wire);
+		struct ktls_crypto tx1;
+		assert_true(ktls_next_generation(&sec, true, &tx1));
+		struct kparams tx1p = params_of(&tx1);
+		w += seal_record(&tx1p, 0, CONTENT_APPDATA, data + 200, 300, wire + w);
+		assert_int_equal(BIO_write(SSL_get_rbio(p.cl), wire, (int)w), (int)w);
+		uint8_t got[301];
+		assert_int_equal(client_read(&p, got, sizeof got), 300);
+		assert_memory_equal(got, data + 200, 300);
+
+		/* a second generation follows from the first */
+		struct ktls_crypto rx2;
+		assert_true(ktls_next_generation(&sec, false, &rx2));
+		assert_memory_not_equal(params_of(&rx2).key, params_of(&rx1).key, rx0.key_len);
+		assert_int_equal(ktls_key_update_request(ku, sizeof ku), 0);
+		assert_int_equal(ktls_key_update_request(ku, 4), -1);
+		ktls_secrets_wipe(&sec);
+		ktls_keys_wipe(&k);
+		pair_free(&p);
+	}
+}
+
 static void test_not_established(void **state)
 {
 	struct tls_stats st = { 0 };
@@ -916,6 +978,7 @@ int main(void)
 		cmocka_unit_test(test_trap_bytes_past_finished),
 		cmocka_unit_test(test_rx_pending_until_drained),
 		cmocka_unit_test(test_key_update_before_export),
+		cmocka_unit_test(test_key_update_after_install),
 		cmocka_unit_test(test_not_established),
 		cmocka_unit_test(test_install_on_loopback),
 	};
