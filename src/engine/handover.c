@@ -176,6 +176,37 @@ int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES
 	return conn;
 }
 
+/* The successor a predecessor spawned (SIGUSR2) tells the service manager it is the
+ * main process only once the predecessor has exited and the kernel has given us to
+ * the manager (our parent changes): systemd then watches us as its own child. Told
+ * while the predecessor lives, it would treat us as "not our child" and, on the next
+ * stop, SIGKILL us right after SIGTERM instead of waiting for the drain. In between,
+ * the unit's ExitType=cgroup keeps the service up while the predecessor drains. */
+struct follower {
+	pid_t predecessor;
+	const struct notifier *n;
+};
+
+static void *follow_thread(void *arg)
+{
+	struct follower *f = arg;
+	for (uint32_t waited = 0; waited < HANDOVER_FOLLOW_MS; waited += HANDOVER_READY_POLL_MS) {
+		if (getppid() != f->predecessor) {
+			char msg[48];
+			snprintf(msg, sizeof msg, "MAINPID=%ld", (long)getpid());
+			notify_send(f->n, msg);
+			free(f);
+			return NULL;
+		}
+		struct timespec ts = { 0, HANDOVER_READY_POLL_MS * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	LOG_WARN("handover aborted", KV_STR("err", "the old relay did not exit; the service manager still names it"),
+		 KV_STR("fix", "read the old relay's log"));
+	free(f);
+	return NULL;
+}
+
 bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const struct notifier *n)
 {
 	uint64_t deadline = monotonic_ms() + HANDOVER_READY_TIMEOUT_MS;
@@ -183,16 +214,24 @@ bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const stru
 		struct timespec ts = { 0, HANDOVER_READY_POLL_MS * 1000000L };
 		nanosleep(&ts, NULL);
 	}
-	bool ok = running(arg);
-	if (ok) {
-		/* Under systemd (NotifyAccess=all) the service's main process is us from now
-		 * on: the predecessor's exit is not the service's. */
-		char msg[48];
-		snprintf(msg, sizeof msg, "MAINPID=%ld", (long)getpid());
-		notify_send(n, msg);
-		ok = send_text(conn, "READY", NULL, 0);
-	}
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+	bool spawned = getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid == getppid();
+	bool ok = running(arg) && send_text(conn, "READY", NULL, 0);
 	close(conn);
+	if (ok && spawned && notify_enabled(n)) {
+		struct follower *f = malloc(sizeof *f);
+		pthread_t tid;
+		pthread_attr_t attr;
+		if (f != NULL && pthread_attr_init(&attr) == 0) {
+			*f = (struct follower){ .predecessor = cred.pid, .n = n };
+			pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+			if (pthread_create(&tid, &attr, follow_thread, f) == 0)
+				f = NULL;
+			pthread_attr_destroy(&attr);
+		}
+		free(f);
+	}
 	return ok;
 }
 

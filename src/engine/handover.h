@@ -13,7 +13,8 @@
  * queued connection is reset.
  *
  * SIGUSR2 (handover_spawn) starts the successor from the binary now at our own path
- * with our arguments: the in-place upgrade, also under systemd (MAINPID moves to it).
+ * with our arguments: the in-place upgrade, also under systemd (MAINPID moves to it
+ * once the predecessor has exited).
  *
  * Contract:
  * - Control thread only, except the server's own thread. Peers must have our uid (or
@@ -35,6 +36,9 @@
 /* After the successor is ready, the predecessor keeps serving the connections it had
  * accepted (their requests still arriving) this long before it drains. */
 #define HANDOVER_QUIESCE_MS 2000
+/* How long a spawned successor waits for its predecessor to exit before it names
+ * itself the service's main process (handover_finish). */
+#define HANDOVER_FOLLOW_MS 60000
 /* File descriptors per message (the kernel's SCM_MAX_FD is 253). */
 #define HANDOVER_FDS_PER_MESSAGE 240u
 
@@ -42,9 +46,11 @@
  * connection to it (for handover_finish), -1 when nobody serves path (start afresh),
  * or -2 with the reason in why. *count: listeners adopted. */
 int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES]);
-/* Wait (bounded) until running(arg) holds, then tell the service manager our pid is
- * the main one and tell the predecessor to stop accepting. False (and the predecessor
- * keeps serving) when running never held or the predecessor is gone. Closes conn. */
+/* Wait (bounded) until running(arg) holds, then tell the predecessor to stop
+ * accepting. False (and the predecessor keeps serving) when running never held or the
+ * predecessor is gone. Closes conn. When the predecessor is our parent (SIGUSR2) and a
+ * service manager listens, a thread says MAINPID=<us> once the predecessor has exited
+ * (the unit needs NotifyAccess=all and ExitType=cgroup); n must outlive it. */
 bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const struct notifier *n);
 
 struct handover_server;

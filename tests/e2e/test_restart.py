@@ -177,8 +177,9 @@ def _pid_alive(pid: int) -> bool:
 @pytest.mark.skipif(not ONE_STAGE, reason="runs in the 1-worker plaintext stage")
 def test_sigusr2_upgrade_moves_mainpid(relay_factory, handover_dir):
     """SIGUSR2 starts the binary at the relay's own path as its successor; under a
-    service manager (NotifyAccess=all) the successor names itself MAINPID before the
-    old one drains, so the service never looks stopped."""
+    service manager (NotifyAccess=all, ExitType=cgroup) the successor names itself
+    MAINPID once the old one has drained and exited, and the old one never says
+    STOPPING=1, so the service never looks stopped."""
     sock = os.path.join(handover_dir, "handover.sock")
     mgr, name = _manager()
     child = None
@@ -192,11 +193,13 @@ def test_sigusr2_upgrade_moves_mainpid(relay_factory, handover_dir):
                 wait_until(lambda: loop.total() >= 20, 10, what="clients served before the upgrade")
                 old.signal(signal.SIGUSR2)
                 msgs = []
+                mgr.settimeout(DRAIN_EXIT_S)
                 while not any(m.startswith("MAINPID=") for m in msgs):
                     msgs.append(mgr.recv(4096).decode())
                 child = int([m for m in msgs if m.startswith("MAINPID=")][0].split("=")[1])
                 assert child != old.proc.pid
-                assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
+                # only once the old one has exited (then systemd watches it as its own child)
+                assert old.wait_exit(1) == 0, old.log_tail()
                 before = loop.total()
                 wait_until(lambda: loop.total() >= before + 20, 15, what="clients served by the new relay")
             assert loop.failures == [], "\n".join(loop.failures[:20])
