@@ -221,3 +221,27 @@ def test_sigusr2_upgrade_moves_mainpid(relay_factory, handover_dir):
                 wait_until(lambda: not _pid_alive(child) or open(f"/proc/{child}/stat").read().split()[2] == "Z",
                            15, what="the upgraded relay to exit")
     assert not any(r.get("level") == "ERROR" for r in old.log_records())
+
+
+@pytest.mark.skipif(not ONE_STAGE, reason="a boot check: runs in the 1-worker plaintext stage")
+def test_handover_socket_path_too_long_is_refused(relay_factory):
+    r = relay_factory.boot(["--insecure-listen", "127.0.0.1:0", "--handover-socket", "/tmp/" + "x" * 100])
+    assert r.returncode == 2, r
+    assert 'msg="refusing to start: invalid --handover-socket"' in r.stderr and "fix=" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not ONE_STAGE, reason="runs in the 1-worker plaintext stage")
+def test_stale_handover_socket_starts_afresh(relay_factory, handover_dir):
+    """A socket file nobody serves (a relay that was killed) is replaced, not fatal."""
+    sock = os.path.join(handover_dir, "handover.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.bind(sock)
+    s.close()  # the name stays, nobody listens: connect gets ECONNREFUSED
+    if os.geteuid() == 0:
+        os.chown(sock, int(os.environ.get("RELAY_RUN_UID", "65534")), -1)
+    relay = relay_factory.start(args=["--handover-socket", sock])
+    assert not relay.find_logs("took over listeners")
+    wait_until(lambda: os.path.exists(sock), 5, what="the relay serving its handover socket")
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c.connect(sock)  # served now
+    c.close()
