@@ -123,6 +123,27 @@ static bool send_text(int conn, const char *text, const int *fds, uint32_t nfds)
 	return n == (ssize_t)iov.iov_len;
 }
 
+bool handover_parse_count(struct span msg, const char *word, uint32_t max, uint32_t *n)
+{
+	size_t w = strlen(word);
+	if (msg.len < w + 2 || memcmp(msg.ptr, word, w) != 0 || msg.ptr[w] != ' ')
+		return false;
+	const uint8_t *d = (const uint8_t *)msg.ptr + w + 1;
+	size_t len = msg.len - w - 1;
+	if (d[0] == '0' || len > 10)
+		return false;
+	uint64_t v = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (d[i] < '0' || d[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(d[i] - '0');
+	}
+	if (v == 0 || v > max)
+		return false;
+	*n = (uint32_t)v;
+	return true;
+}
+
 /* ------------------------------------------------------------------ successor */
 
 int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES])
@@ -150,16 +171,20 @@ int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES
 	uint32_t nfds = 0, want = 0;
 	char text[HANDOVER_TEXT_BYTES];
 	const char *fail = NULL;
+	ssize_t len = -1;
 	if (!send_text(conn, HANDOVER_HELLO, NULL, 0))
 		fail = "the relay serving it closed the connection";
-	else if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS) || recv_message(conn, text, NULL, NULL, 0) < 0)
+	else if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS) ||
+		 (len = recv_message(conn, text, NULL, NULL, 0)) < 0)
 		fail = "no answer from the relay serving it";
-	else if (sscanf(text, "LISTENERS %u", &want) != 1 || want == 0 || want > NET_LISTENERS_MAX)
+	else if (!handover_parse_count(span_make(text, (size_t)len), "LISTENERS", NET_LISTENERS_MAX, &want))
 		fail = "the relay serving it speaks another hand-over protocol";
 	while (fail == NULL && nfds < want) {
-		uint32_t before = nfds;
-		if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS) || recv_message(conn, text, fds, &nfds, want) < 0 ||
-		    nfds == before)
+		uint32_t before = nfds, k = 0;
+		if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS) ||
+		    (len = recv_message(conn, text, fds, &nfds, want)) < 0 ||
+		    !handover_parse_count(span_make(text, (size_t)len), "FDS", HANDOVER_FDS_PER_MESSAGE, &k) ||
+		    nfds - before != k)
 			fail = "the listeners did not arrive";
 	}
 	if (fail != NULL) {

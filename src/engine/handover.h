@@ -42,6 +42,10 @@
 /* File descriptors per message (the kernel's SCM_MAX_FD is 253). */
 #define HANDOVER_FDS_PER_MESSAGE 240u
 
+/* The counts of the exchange: msg is exactly word, one space, and a decimal 1..max
+ * without sign or leading zero. Pure (a parser over the peer's bytes). */
+bool handover_parse_count(struct span msg, const char *word, uint32_t max, uint32_t *n);
+
 /* Ask the relay serving path for its listeners and give them to net_adopt. Returns the
  * connection to it (for handover_finish), -1 when nobody serves path (start afresh),
  * or -2 with the reason in why. *count: listeners adopted. */
