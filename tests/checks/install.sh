@@ -61,7 +61,8 @@ unit_files=$share/systemd/pyrycode-relay-certfiles.service
 
 # ---- the binary
 ver=$("$bin" --version 2>&1) && [[ -n $ver ]] && ok "installed --version: $ver" || bad "installed --version: $ver"
-for f in systemd/pyrycode-relay.service systemd/pyrycode-relay-certfiles.service sysctl/pyrycode-relay.conf prometheus/prometheus.yml \
+for f in systemd/pyrycode-relay.service systemd/pyrycode-relay-certfiles.service grafana/pyrycode-relay.json \
+	sysctl/pyrycode-relay.conf prometheus/prometheus.yml \
 	prometheus/pyrycode-relay-rules.yml haproxy/pyrycode-relay-tls.cfg haproxy/pyrycode-relay-scaleout.cfg; do
 	[[ -f $share/$f ]] && ok "installed $f" || bad "missing $share/$f"
 done
@@ -303,6 +304,24 @@ if ! inside systemctl reload pyrycode-relay-certfiles.service 2>/dev/null &&
 	ok "systemctl reload with a broken key fails; the relay keeps serving the previous certificate"
 else
 	cat "$tmp/tls3.log"; bad "reload with a broken key"
+fi
+# An upgrade the new binary's --check refuses (the key is still broken) changes nothing.
+pid_before=$(inside systemctl show -P MainPID pyrycode-relay-certfiles.service)
+if ! inside /usr/local/share/pyrycode-relay/systemd/pyrycode-relay-upgrade pyrycode-relay-certfiles.service 30 \
+	>"$tmp/upgrade1.log" 2>&1 && grep -q "refuses the unit's flags" "$tmp/upgrade1.log" &&
+	[[ $(inside systemctl show -P MainPID pyrycode-relay-certfiles.service) == "$pid_before" ]]; then
+	ok "pyrycode-relay-upgrade refuses when --check fails (broken key); the relay is untouched"
+else
+	cat "$tmp/upgrade1.log"; bad "upgrade with a broken key"
+fi
+# The upgrade of a TLS listener: the new relay serves the same certificate files.
+cp "$tmp/tls2/privkey.pem" "$tmp/tls/privkey.pem"
+if inside /usr/local/share/pyrycode-relay/systemd/pyrycode-relay-upgrade pyrycode-relay-certfiles.service 30 \
+	>"$tmp/upgrade2.log" 2>&1 && inside /usr/bin/python3 -c "$tls_probe" >"$tmp/tls4.log" 2>&1 &&
+	[[ $(inside systemctl show -P NRestarts pyrycode-relay-certfiles.service) == 0 ]]; then
+	ok "certificate-files unit: $(tail -1 "$tmp/upgrade2.log"), TLS /healthz 200 after it"
+else
+	cat "$tmp/upgrade2.log" "$tmp/tls4.log"; bad "certificate-files unit upgrade"
 fi
 inside systemctl stop pyrycode-relay-certfiles.service
 result=$(inside systemctl show -P Result pyrycode-relay-certfiles.service)
