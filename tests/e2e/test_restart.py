@@ -10,6 +10,7 @@ SIGUSR2 tests pick their own worker counts and run in the 1-worker plaintext sta
 import os
 import shutil
 import signal
+import subprocess
 import socket
 import tempfile
 import threading
@@ -17,7 +18,7 @@ import time
 
 import pytest
 
-from relayctl import (OP_CLOSE, RawConn, Relay, server_headers, tls_client_context, unique_id,
+from relayctl import (REPO_ROOT, RawConn, Relay, server_headers, tls_client_context, unique_id,
                       wait_until)
 
 ONE_STAGE = os.environ.get("RELAY_WORKERS", "1") == "1" and os.environ.get("RELAY_TLS", "0") != "1"
@@ -245,3 +246,32 @@ def test_stale_handover_socket_starts_afresh(relay_factory, handover_dir):
     c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     c.connect(sock)  # served now
     c.close()
+
+
+@pytest.mark.skipif(not ONE_STAGE, reason="runs in the 1-worker plaintext stage")
+def test_handover_under_connection_churn(relay_factory, relay_bin, handover_dir):
+    """tools/loadgen keeps 32 connections churning (connect, upgrade, close 1000, again)
+    across the hand-over: every one of its thousands of dials comes up, none fails."""
+    import json
+    from pathlib import Path
+
+    found = [c for c in (os.environ.get("LOADGEN_BIN"), str(Path(relay_bin).parent / "loadgen"),
+                         str(REPO_ROOT / "build" / "gcc" / "loadgen")) if c and os.access(c, os.X_OK)]
+    assert found, "loadgen not built (make CC=gcc tools, or set LOADGEN_BIN)"
+    loadgen = found[0]
+    sock = os.path.join(handover_dir, "handover.sock")
+    base = ["--workers", "2", "--handover-socket", sock, "--rate-limit-burst", "0"]
+    old = relay_factory.start(args=base)
+    url = f"ws://{old.host}:{old.port}"
+    lg = subprocess.Popen([loadgen, "--url", url, "--mode", "handshakes", "--binaries", "32", "--threads", "2",
+                           "--warmup", "0.5", "--duration", "6", "--quiet"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(2)
+    new = successor(relay_factory, old)
+    new.wait_log("took over listeners", timeout=15)
+    assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
+    out, err = lg.communicate(timeout=60)
+    js = json.loads(out.decode().strip().splitlines()[-1])
+    assert lg.returncode == 0 and js["errors"] == 0, f"{js}\n{err.decode()[-2000:]}"
+    assert js["handshakes_completed"] == js["handshakes_started"] >= 200, js
+    assert Path(sock).exists()
