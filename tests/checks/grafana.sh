@@ -7,7 +7,9 @@
 #     as 1m, $instance as .*) and read by `promtool check rules`;
 #   - every metric name an expression uses is served by a real relay's /metrics (a
 #     relay in certificate-files mode, so the TLS families are there too), and every
-#     {{label}} of a legend is a label of one of its target's metrics there.
+#     {{label}} of a legend is a label of one of its target's metrics there. With
+#     --https-proxy-protocol, so the family only that mode serves is there too (the
+#     check only scrapes; no client needs to speak PROXY).
 # The dashboard rendered from a real run: tools/render-dashboard.py (docs/img/dashboard.png).
 # Needs promtool and openssl (tools/deps.sh test). Last line: "grafana: N passed, N failed".
 set -uo pipefail
@@ -58,7 +60,7 @@ chmod 0755 "$tmp"; chmod 0644 "$tmp/key.pem"
 port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p=$(port); m=$(port)
 tools/run-unprivileged.sh "$bin" --https-listen "127.0.0.1:$p" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
-	--metrics-listen "127.0.0.1:$m" --workers 2 2>"$tmp/relay.log" &
+	--https-proxy-protocol --metrics-listen "127.0.0.1:$m" --workers 2 2>"$tmp/relay.log" &
 relay_pid=$!
 for _ in $(seq 100); do
 	/usr/bin/python3 - "$m" >"$tmp/metrics.txt" 2>/dev/null <<'PY' && break
