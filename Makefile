@@ -217,6 +217,16 @@ clean:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
+# docs/img/dashboard.png: the Grafana dashboard's queries (deploy/grafana/) evaluated by
+# a real Prometheus over a real one-minute run of the relay under tools/loadgen, drawn
+# with matplotlib (tools/render-dashboard.py; Grafana is not in Debian). ~90 s.
+.PHONY: dashboard-png
+dashboard-png:
+	@tools/deps.sh docs
+	@$(MAKE) --no-print-directory CC=gcc BUILD=build/gcc SAN= all tools
+	@/usr/bin/python3 tools/render-dashboard.py --relay-bin build/gcc/pyrycode-relay --loadgen build/gcc/loadgen \
+		--out docs/img/dashboard.png
+
 # Benchmarks (docs/benchmarks.md): relay on CPU 0, load generator on CPU 1, results in
 # bench/results/<date>.json + PNGs. `make bench` takes about 10 minutes on 2 cores;
 # `make bench-quick` is a < 1 minute smoke run. BENCH_ARGS="--only REGEX" picks scenarios.

@@ -23,6 +23,8 @@
 #include "core/log.h"
 #include "core/notify.h"
 #include "engine/group.h"
+#include "engine/handover.h"
+#include "engine/net.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
 #include "relay/relay.h"
@@ -252,6 +254,14 @@ static void boot_release(void)
 	boot.push = NULL;
 }
 
+/* A successor serves our listeners (engine/handover.h). */
+static void stop_accepting_all(void *arg)
+{
+	(void)arg;
+	for (uint32_t i = 0; i < boot.nworkers; i++)
+		worker_stop_accepting(boot.workers[i]);
+}
+
 static int boot_listener_failed(const char *addr, const char *err)
 {
 	boot_release();
@@ -342,6 +352,8 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	if (config_mode(&cfg) == CONFIG_MODE_TLS_FILES)
 		sigaddset(&sigs, SIGHUP); /* reloads the certificate files; elsewhere it ends us, as Go's */
+	if (cfg.handover_socket[0] != '\0')
+		sigaddset(&sigs, SIGUSR2); /* starts our successor (engine/handover.h) */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -389,6 +401,18 @@ int main(int argc, char **argv)
 			return boot_listener_failed(listen, "out of memory for TLS");
 	}
 
+	/* ADR 0018: a predecessor serving --handover-socket hands its listeners over;
+	 * net_listen (workers, metrics) adopts them instead of binding. */
+	int handover_conn = -1;
+	if (cfg.handover_socket[0] != '\0') {
+		char hwhy[HANDOVER_WHY_BYTES];
+		uint32_t adopted = 0;
+		handover_conn = handover_take(cfg.handover_socket, &adopted, hwhy);
+		if (handover_conn == -2)
+			return boot_listener_failed(cfg.handover_socket, hwhy);
+		if (handover_conn >= 0)
+			LOG_INFO("took over listeners", KV_STR("addr", cfg.handover_socket), KV_UINT("workers", adopted));
+	}
 	struct worker_group *group = worker_group_create(nworkers, cfg.max_connections);
 	struct relay_shared *shared = relay_shared_create(&cfg, nworkers, push ? &push_port : NULL);
 	boot.group = group;
@@ -414,6 +438,11 @@ int main(int argc, char **argv)
 			.pool = worker_pool_of(w),
 		};
 	}
+
+	/* A predecessor with more workers had more listeners: ours share them out. */
+	for (uint32_t k = 0, fd; (int)(fd = (uint32_t)net_take_adopted(listen)) >= 0; k++)
+		if (!worker_add_listener(boot.workers[k % nworkers], (int)fd))
+			close((int)fd);
 
 	static struct metrics_thread mt;
 	if (cfg.metrics_listen[0] != '\0') {
@@ -447,14 +476,34 @@ int main(int argc, char **argv)
 		}
 	}
 
+	net_close_adopted(); /* handed over but not ours to serve (an address we no longer use) */
 	struct notifier notifier;
 	notify_init_from_env(&notifier);
-	while (notify_wait_signal(&notifier, &sigs, workers_running, workers_running, group) == SIGHUP) {
+	struct handover_server *handover = NULL;
+	if (cfg.handover_socket[0] != '\0') {
+		char hwhy[HANDOVER_WHY_BYTES];
+		if (handover_conn >= 0 && !handover_finish(handover_conn, workers_running, group, &notifier))
+			LOG_WARN("handover aborted", KV_STR("err", "this relay did not start serving in time"));
+		handover = handover_serve(cfg.handover_socket, stop_accepting_all, NULL, hwhy);
+		if (handover == NULL)
+			LOG_WARN("handover aborted", KV_STR("err", hwhy),
+				 KV_STR("fix", "make the --handover-socket directory writable; restarts will not be seamless"));
+	}
+	int sig;
+	while ((sig = notify_wait_signal(&notifier, &sigs, workers_running, workers_running, group)) == SIGHUP ||
+	       sig == SIGUSR2) {
+		if (sig == SIGUSR2) {
+			handover_spawn(argv);
+			continue;
+		}
 		notify_send(&notifier, "RELOADING=1");
 		reload_certificate(&cfg, tls);
 		notify_send(&notifier, "READY=1");
 	}
-	notify_send(&notifier, "STOPPING=1");
+	bool handed_over = handover_completed(handover);
+	handover_server_stop(handover);
+	if (!handed_over) /* after a hand-over the service goes on in our successor */
+		notify_send(&notifier, "STOPPING=1");
 	bool worker_failed = false;
 	for (uint32_t i = 0; i < nworkers; i++)
 		worker_failed |= __atomic_load_n(&threads[i].result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
@@ -462,7 +511,7 @@ int main(int argc, char **argv)
 	/* §7.6: the trigger is logged before the drain; the failing listener logged itself. */
 	if (listener_failed)
 		LOG_ERROR("listener error; draining");
-	else
+	else if (!handed_over)
 		LOG_INFO("shutdown signal received; draining");
 	/* A second signal is ignored (reference §7.6): it stays blocked and pending. */
 	for (uint32_t i = 0; i < nworkers; i++)

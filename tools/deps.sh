@@ -11,6 +11,9 @@
 #                          and systemd-nspawn (the unit verified and run), man-db +
 #                          groff (the man page), iproute2's ss (run-local.sh), procps'
 #                          sysctl)
+#   tools/deps.sh docs     what tools/render-dashboard.py uses (make dashboard-png:
+#                          matplotlib, a real Prometheus, openssl for the relay's
+#                          throwaway certificate); not needed by make test
 #   tools/deps.sh bench    also what `make bench` uses (HAProxy for the TLS scenarios,
 #                          openssl for their throwaway certificate, matplotlib for the
 #                          charts, taskset from util-linux)
@@ -25,6 +28,9 @@ if [[ "${1:-}" == "test" ]]; then
          systemd-container man-db groff-base iproute2 procps)
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
+fi
+if [[ "${1:-}" == "docs" ]]; then
+  want+=(python3 python3-matplotlib prometheus openssl)
 fi
 if [[ "${1:-}" == "bench" ]]; then
   want+=(python3 python3-matplotlib haproxy openssl)

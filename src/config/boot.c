@@ -381,6 +381,17 @@ int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, ui
 		}
 	}
 
+	/* 13. the hand-over socket (ADR 0018): a unix socket path, with room for the
+	 * ".PID" suffix of the name it is bound under before the rename */
+	if (cfg->handover_socket[0] != '\0' && strlen(cfg->handover_socket) + 12 > CONFIG_HANDOVER_PATH_BYTES_MAX) {
+		refusal_begin(r, CONFIG_EXIT_USAGE, "refusing to start: invalid --handover-socket");
+		field_add(r, "err", "relay: handover socket path longer than %u bytes",
+			  CONFIG_HANDOVER_PATH_BYTES_MAX - 12);
+		field_add(r, "value", "%s", cfg->handover_socket);
+		field_add(r, "fix", "use a shorter path, such as /run/pyrycode-relay/handover.sock");
+		return CONFIG_EXIT_USAGE;
+	}
+
 	/* 14. the ports of the mode's listeners (§1.6). The expected and actual sets are
 	 * built from the same flags, so the surplus check belongs to whoever adds a
 	 * listener that is not a flag; what can fail here is the address itself. */

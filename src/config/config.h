@@ -64,6 +64,8 @@
 #define CONFIG_PER_IP_DEFAULT_MAX 1000u
 /* --workers: at most this many (the metrics exposition is sized for it). */
 #define CONFIG_WORKERS_MAX 256u
+/* sun_path of a unix socket address, less its terminating NUL (--handover-socket). */
+#define CONFIG_HANDOVER_PATH_BYTES_MAX 107u
 
 enum config_exit {
 	CONFIG_OK = 0,
@@ -89,6 +91,7 @@ struct config {
 	const char *metrics_listen;  /* "" disables */
 	const char *tls_cert;        /* certificate-files mode: PEM chain, "" when unset */
 	const char *tls_key;         /* and its private key, "" when unset */
+	const char *handover_socket; /* listener hand-over unix socket (ADR 0018), "" when unset */
 	bool trust_x_forwarded_for;
 	bool https_proxy_protocol;
 	bool show_version;

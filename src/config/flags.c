@@ -266,6 +266,11 @@ const struct flag_def config_flags[] = {
 	{ "metrics-listen", FLAG_STRING, CFG_OFF(metrics_listen), NO_SET_FIELD, 0, false, "ADDR",
 	  "Prometheus /metrics listener. Must be a loopback IP literal and a port\n"
 	  "(127.0.0.1:9090, [::1]:9090); hostnames are refused. Empty disables it." },
+	{ "handover-socket", FLAG_STRING, CFG_OFF(handover_socket), NO_SET_FIELD, 0, false, "PATH",
+	  "Zero-downtime restart: at start, take the listening sockets over from the\n"
+	  "relay serving this unix socket (if any), then serve it for the next one.\n"
+	  "The old relay stops accepting and drains; SIGUSR2 starts the binary at\n"
+	  "our path as that next relay (an in-place upgrade). Empty: off." },
 	{ "trust-x-forwarded-for", FLAG_BOOL, CFG_OFF(trust_x_forwarded_for), NO_SET_FIELD, 0, false,
 	  NULL,
 	  "Key the per-IP rate limiter on the left-most X-Forwarded-For entry. Only\n"
@@ -352,6 +357,7 @@ void config_defaults(struct config *cfg)
 	cfg->insecure_listen = "";
 	cfg->tls_cert = "";
 	cfg->tls_key = "";
+	cfg->handover_socket = "";
 	cfg->https_listen = CONFIG_HTTPS_LISTEN_DEFAULT;
 	cfg->http_listen = CONFIG_HTTP_LISTEN_DEFAULT;
 	cfg->metrics_listen = CONFIG_METRICS_LISTEN_DEFAULT;

@@ -142,7 +142,11 @@ void config_print_usage(int fd)
 		 "1001 \"shutting down\", and the relay exits 0 within 10 s (a second signal is\n"
 		 "ignored). Under a service manager (systemd Type=notify, $NOTIFY_SOCKET) it\n"
 		 "sends READY=1 once every worker serves, STOPPING=1 when the drain starts and\n"
-		 "WATCHDOG=1 at half of $WATCHDOG_USEC while every worker runs.\n"
+		 "WATCHDOG=1 at half of $WATCHDOG_USEC while every worker runs. SIGHUP\n"
+		 "reloads --tls-cert/--tls-key (elsewhere it ends the relay). With\n"
+		 "--handover-socket, SIGUSR2 starts the binary now at the relay's path with the\n"
+		 "same arguments; it takes the listeners over (MAINPID=, NotifyAccess=all) and\n"
+		 "this relay drains and exits 0: a binary upgrade without a refused dial.\n"
 		 "\n"
 		 "Exit status: 0 after --version, --help or a signal-triggered drain; 1 on a\n"
 		 "listener failure or a failed certificate-cache setup; 2 on a usage error or a\n"
@@ -175,6 +179,9 @@ void config_print_summary(int fd, const struct config *cfg, uint32_t workers)
 		text_add(&t, "cert-cache: %s\n", cfg->cert_cache);
 	}
 	text_add(&t, "metrics-listen: %s\n", cfg->metrics_listen[0] ? cfg->metrics_listen : "off");
+	if (cfg->handover_socket[0])
+		text_add(&t, "handover-socket: %s (takes the listeners over from a relay serving it)\n",
+			 cfg->handover_socket);
 	text_add(&t, "workers: %u%s\n", workers, cfg->workers == 0 ? " (one per CPU)" : "");
 	text_add(&t, "max-connections: %u\n", cfg->max_connections);
 	text_add(&t, "client address: %s\n",

@@ -84,6 +84,9 @@
  * relay/idle, ADR 0006) leaves this much for the slot itself. */
 #define CONN_SLOT_BYTES_MAX 256u
 
+/* Listeners one worker may hold: a predecessor's workers' share (CONFIG_WORKERS_MAX). */
+#define WORKER_LISTENERS_MAX 256u
+
 /* user_data operations of the worker ring. */
 enum op {
 	OP_ACCEPT = 1,
@@ -185,8 +188,14 @@ struct worker {
 	struct tls_server *tls_server; /* NULL: the listener is plaintext */
 	bool ktls_available;           /* the kernel has kTLS (ktls_probe at start) */
 	uint32_t id;
-	int listen_fd;
-	bool accept_armed;
+	/* Its listeners: one bound at start, or more when a predecessor with more workers
+	 * handed its listeners over (engine/net.h); -1 once closed. */
+	int listen_fds[WORKER_LISTENERS_MAX];
+	bool accept_armed[WORKER_LISTENERS_MAX];
+	uint32_t nlisten;
+	bool stop_requested;  /* atomic: worker_stop */
+	bool accept_off_requested; /* atomic: worker_stop_accepting (a successor took the listeners) */
+	bool accept_off;           /* the worker acted on it */
 	struct tw_node accept_backoff;
 	int wake_fd;
 	uint64_t wake_value;

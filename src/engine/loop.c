@@ -43,7 +43,8 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 	/* no name; room for the record type; the kernel copies this header at each arm */
 	w->ktls_msg = (struct msghdr){ .msg_controllen = KTLS_CMSG_BYTES };
 	w->id = id;
-	w->listen_fd = -1;
+	for (uint32_t i = 0; i < WORKER_LISTENERS_MAX; i++)
+		w->listen_fds[i] = -1;
 	w->wake_fd = -1;
 	if (!uring_probe(&w->feat, why))
 		goto fail;
@@ -83,9 +84,10 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 		snprintf(why, URING_WHY_BYTES, "eventfd: %s", strerror(errno));
 		goto fail;
 	}
-	w->listen_fd = net_listen(listen_addr, LISTEN_BACKLOG, true, why);
-	if (w->listen_fd < 0)
+	w->listen_fds[0] = net_listen(listen_addr, LISTEN_BACKLOG, true, why);
+	if (w->listen_fds[0] < 0)
 		goto fail;
+	w->nlisten = 1;
 
 	bufpool_init(&w->pool, buffer_budget_bytes);
 	w->iter_ns = monotonic_ns();
@@ -100,8 +102,8 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 	return w;
 
 fail:
-	if (w->listen_fd >= 0)
-		close(w->listen_fd);
+	if (w->listen_fds[0] >= 0)
+		close(w->listen_fds[0]);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
 	free(w->bufs);
@@ -112,13 +114,35 @@ fail:
 	return NULL;
 }
 
+/* Close every listener. shutdown() first takes a socket out of LISTEN whoever still
+ * holds it (a multishot accept until its cancel completes, a ring torn down after the
+ * process exits); but a listener handed over (engine/net.h) is the successor's too, and
+ * only our descriptor goes. */
+static void close_listeners(struct worker *w)
+{
+	bool shared = net_handed_over();
+	for (uint32_t i = 0; i < w->nlisten; i++) {
+		if (w->listen_fds[i] < 0)
+			continue;
+		if (!shared)
+			shutdown(w->listen_fds[i], SHUT_RDWR);
+		close(w->listen_fds[i]);
+		w->listen_fds[i] = -1;
+	}
+}
+
+bool worker_add_listener(struct worker *w, int fd)
+{
+	if (w->nlisten >= WORKER_LISTENERS_MAX)
+		return false;
+	w->listen_fds[w->nlisten++] = fd;
+	return true;
+}
+
 void worker_destroy(struct worker *w)
 {
 	w->hooks->destroy(w->app);
-	if (w->listen_fd >= 0) {
-		shutdown(w->listen_fd, SHUT_RDWR); /* out of LISTEN even if a dead ring still holds it */
-		close(w->listen_fd);
-	}
+	close_listeners(w); /* out of LISTEN even if a dead ring still holds them */
 	close(w->wake_fd);
 	bufpool_destroy(&w->pool);
 	free(w->bufs);
@@ -130,6 +154,7 @@ void worker_destroy(struct worker *w)
 
 void worker_stop(struct worker *w)
 {
+	__atomic_store_n(&w->stop_requested, true, __ATOMIC_RELEASE);
 	uint64_t one = 1;
 	/* eventfd writes of 8 bytes cannot be partial; EAGAIN only if the counter is
 	 * saturated, which already means "stop" is pending. */
@@ -200,21 +225,48 @@ static bool ring_init(struct worker *w, char why[URING_WHY_BYTES])
 
 /* ------------------------------------------------------------------ arming */
 
+void worker_stop_accepting(struct worker *w)
+{
+	__atomic_store_n(&w->accept_off_requested, true, __ATOMIC_RELEASE);
+	uint64_t one = 1;
+	(void)!write(w->wake_fd, &one, sizeof one);
+}
+
 static void cancel_accept(struct worker *w)
 {
-	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
-	io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
-	io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+	for (uint32_t i = 0; i < w->nlisten; i++) {
+		if (!w->accept_armed[i])
+			continue;
+		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+		io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, i, 0), 0);
+		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+	}
 }
 
 static void arm_accept(struct worker *w)
 {
-	if (w->accept_armed || w->stopping || w->listen_fd < 0 || tw_node_scheduled(&w->accept_backoff))
+	if (w->stopping || w->accept_off || tw_node_scheduled(&w->accept_backoff))
 		return;
-	struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
-	io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, 0, 0));
-	w->accept_armed = true;
+	for (uint32_t i = 0; i < w->nlisten; i++) {
+		if (w->accept_armed[i] || w->listen_fds[i] < 0)
+			continue;
+		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+		io_uring_prep_multishot_accept(sqe, w->listen_fds[i], NULL, NULL, SOCK_CLOEXEC);
+		io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, i, 0));
+		w->accept_armed[i] = true;
+	}
+}
+
+/* A successor serves our listeners now: stop taking connections from them, but serve
+ * the ones already accepted (a connection the cancelled accept still delivers is
+ * served too); the drain follows on worker_stop. */
+static void stop_accepting(struct worker *w)
+{
+	if (w->accept_off)
+		return;
+	w->accept_off = true;
+	cancel_accept(w);
+	close_listeners(w);
 }
 
 static void arm_wake(struct worker *w)
@@ -231,8 +283,10 @@ static void arm_wake(struct worker *w)
 
 static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 {
+	uint32_t li = UD_IDX(io_uring_cqe_get_data64(cqe));
+	ASSERT(li < w->nlisten);
 	if (!(cqe->flags & IORING_CQE_F_MORE))
-		w->accept_armed = false;
+		w->accept_armed[li] = false;
 	int fd = cqe->res;
 	if (fd < 0) {
 		if (fd == -ECANCELED || fd == -EAGAIN || fd == -ECONNABORTED || fd == -EINTR)
@@ -242,8 +296,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 		STAT_INC(w->stats.accept_errors);
 		if (!tw_node_scheduled(&w->accept_backoff)) {
 			LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
-			if (w->accept_armed)
-				cancel_accept(w);
+			cancel_accept(w);
 			timer_wheel_schedule(&w->tw, &w->accept_backoff, w->now_ms + ACCEPT_BACKOFF_MS);
 		}
 		return;
@@ -321,7 +374,12 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	case OP_WAKE:
 		w->wake_armed = false;
-		begin_shutdown(w);
+		if (__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE)) {
+			begin_shutdown(w);
+		} else if (__atomic_load_n(&w->accept_off_requested, __ATOMIC_ACQUIRE)) {
+			stop_accepting(w);
+			arm_wake(w);
+		}
 		break;
 	case OP_IGNORE:
 		break;
@@ -369,16 +427,9 @@ static void begin_shutdown(struct worker *w)
 	w->drain_deadline_ms = w->now_ms + SHUTDOWN_DRAIN_TIMEOUT_MS;
 	group_stop_accepting(w->group, w->id); /* no more handoffs to us */
 	/* Stop accepting: closing the socket ends the multishot accept; new dials are
-	 * refused by the kernel from here on. */
-	if (w->listen_fd >= 0) {
-		cancel_accept(w);
-		/* shutdown first: the multishot accept holds the socket until its cancel
-		 * completes, and a ring is torn down after the process exits; shutdown takes
-		 * the socket out of LISTEN now, whoever still holds it. */
-		shutdown(w->listen_fd, SHUT_RDWR);
-		close(w->listen_fd);
-		w->listen_fd = -1;
-	}
+	 * refused by the kernel from here on (unless a successor holds the listeners). */
+	cancel_accept(w);
+	close_listeners(w);
 	w->hooks->shutdown(w->app);
 	/* §7.6: every open WebSocket gets 1001. Connections that never upgraded have no
 	 * request in progress worth waiting for once their response is queued: close the

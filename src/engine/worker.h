@@ -4,7 +4,8 @@
  *
  * Contract:
  * - A worker owns one ring (single issuer), one listening socket (SO_REUSEPORT, so N
- *   workers each accept their share), one provided-buffer ring, one connection pool
+ *   workers each accept their share; more after a hand-over from a relay that had more
+ *   workers, engine/handover.h), one provided-buffer ring, one connection pool
  *   sized at start-up, one timing wheel, one bufpool and the application state its
  *   hooks created (engine/engine.h). Nothing in it is shared with other workers.
  * - worker_create and worker_destroy run on the control thread; worker_run on the
@@ -117,6 +118,14 @@ enum worker_exit {
 int worker_run(struct worker *w, char why[URING_WHY_BYTES]);
 /* Thread-safe: ask the worker to drain and stop (writes its eventfd). */
 void worker_stop(struct worker *w);
+/* Thread-safe: a successor took the listeners over (engine/handover.h): stop accepting
+ * and close our descriptors of them (never shutdown: they are shared), keep serving
+ * what was accepted until worker_stop. */
+void worker_stop_accepting(struct worker *w);
+/* Control thread, before worker_run: one more listener to accept from (one a
+ * predecessor with more workers handed over). False when the worker holds
+ * WORKER_LISTENERS_MAX. */
+bool worker_add_listener(struct worker *w, int fd);
 void worker_destroy(struct worker *w);
 
 const struct worker_stats *worker_stats_of(const struct worker *w);

@@ -480,8 +480,19 @@ bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES])
 		if (m->stopping) {
 			if (stop_deadline_ms == 0) {
 				stop_deadline_ms = m->now_ms + METRICS_STOP_DRAIN_MS;
-				/* Listeners close at once on drain (reference §7.6). */
-				shutdown(m->listen_fd, SHUT_RDWR);
+				/* Listeners close at once on drain (reference §7.6); one handed
+				 * over is the successor's too: cancel our accept, close our fd. */
+				if (net_handed_over()) {
+					if (m->accept_armed) {
+						struct io_uring_sqe *sqe = get_sqe(m);
+						io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
+						io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+					}
+					close(m->listen_fd);
+					m->listen_fd = -1;
+				} else {
+					shutdown(m->listen_fd, SHUT_RDWR);
+				}
 				for (uint32_t i = 0; i < METRICS_CONNECTIONS_MAX; i++)
 					if (m->conns[i].state == MC_READING)
 						conn_kill(&m->conns[i]);

@@ -1152,6 +1152,7 @@ class RelayFactory:
                 last = e
                 if e.returncode != 1 or not re.search(r"in use|EADDRINUSE|bind", e.stderr, re.I):
                     raise
+                r.expect_exit_code = None  # lost the port race (exit 1): retried, not a failure
         raise last  # type: ignore[misc]
 
     def boot(self, args: Sequence[str], env: Optional[Mapping[str, Optional[str]]] = None,
