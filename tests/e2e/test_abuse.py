@@ -20,6 +20,7 @@ the timing-bound ones slower.
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -37,6 +38,21 @@ _bin = os.environ.get("RELAY_BIN", "")
 pytestmark = pytest.mark.skipif(
     tls_enabled() or os.environ.get("RELAY_WORKERS", "4") != "4" or re.search(r"-(asan|tsan)/", _bin) is not None,
     reason="abuse tests run in the gcc 4-worker stage only")
+
+# The test process holds 2,500 sockets at once (the ring test) and the slowloris attacker
+# 3,000; both inherit this process's limit. A soft limit of 1024 (Debian's default) is
+# raised to the hard one, which needs no privilege.
+NOFILE_NEEDED = 4096
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _hard >= NOFILE_NEEDED:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(_soft, NOFILE_NEEDED), _hard))
+
+
+@pytest.fixture(autouse=True)
+def _enough_descriptors():
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < NOFILE_NEEDED:
+        pytest.skip(f"RLIMIT_NOFILE {soft} < {NOFILE_NEEDED}: raise the hard limit (ulimit -Hn)")
 
 
 def vm_rss_kib(pid: int) -> int:

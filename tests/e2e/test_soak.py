@@ -28,6 +28,7 @@ LimitNOFILE, as deploy/systemd does).
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -87,7 +88,17 @@ def run_wave(relay, name: str, seconds: float) -> list:
     return results
 
 
+# each driver holds ~2,500 sockets and the relay ~10,000 plus its HTTP-phase headroom;
+# they inherit this process's limits, and the relay raises its soft limit to the hard one
+NOFILE_NEEDED = 12000
+
+
 def test_soak_10000_connections_churning_nothing_lost_nothing_leaked(relay_factory):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < NOFILE_NEEDED:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} < {NOFILE_NEEDED}: raise it (ulimit -Hn) to run the soak")
+    if soft != resource.RLIM_INFINITY and soft < NOFILE_NEEDED:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_NEEDED, hard))
     relay = relay_factory.start(args=["--rate-limit-burst", "0", "--max-connections-per-ip", "0",
                                       "--max-connections", "12000"], tls=False)
     pid = relay.proc.pid
