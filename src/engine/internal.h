@@ -197,6 +197,7 @@ struct worker {
 	bool accept_off_requested; /* atomic: worker_stop_accepting (a successor took the listeners) */
 	bool accept_off;           /* the worker acted on it */
 	struct tw_node accept_backoff;
+	bool accept_failing; /* "accept failed" is logged; "accept recovered" at the next accept */
 	int wake_fd;
 	uint64_t wake_value;
 	bool wake_armed;

@@ -292,16 +292,23 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 		if (fd == -ECANCELED || fd == -EAGAIN || fd == -ECONNABORTED || fd == -EINTR)
 			return;
 		/* EMFILE/ENFILE/ENOMEM repeat at once if re-armed at once: back off, and log
-		 * at most once per back-off so a descriptor storm cannot flood stderr. */
+		 * once per episode (until an accept succeeds again) so a descriptor storm
+		 * cannot flood stderr; the counter tells how many failed. */
 		STAT_INC(w->stats.accept_errors);
 		if (!tw_node_scheduled(&w->accept_backoff)) {
-			LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
+			if (!w->accept_failing)
+				LOG_WARN("accept failed", KV_STR("err", strerror(-fd)));
+			w->accept_failing = true;
 			cancel_accept(w);
 			timer_wheel_schedule(&w->tw, &w->accept_backoff, w->now_ms + ACCEPT_BACKOFF_MS);
 		}
 		return;
 	}
 	STAT_INC(w->stats.accepts);
+	if (w->accept_failing) {
+		w->accept_failing = false;
+		LOG_INFO("accept recovered");
+	}
 	struct conn *c = w->stopping ? NULL : conn_alloc(w, fd, NULL);
 	if (c == NULL) {
 		/* Pool exhausted: refuse at once rather than queue unbounded state. */
