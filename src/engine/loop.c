@@ -340,7 +340,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 		conn_note_end(c, CONN_END_EOF);
 		conn_kill(w, c);
 	} else if (res == -ENOBUFS) {
-		STAT_INC(w->stats.recv_enobufs); /* re-armed below once buffers are back */
+		STAT_INC(w->stats.recv_enobufs); /* re-armed below: submitted after this iteration publishes the buffers it returned */
 		w->br_starved_hist |= 1u;
 	} else if (res == -EKEYEXPIRED && c->ktls && ktls_phase_key_expired(w, c)) {
 		/* read before the next key was in: armed again below */
