@@ -115,6 +115,19 @@ static void content_length(struct http_reply *r, struct span v)
 	r->content_length = n;
 }
 
+/* Keep v in out when it fits and is printable ASCII, else "" (see http_reply.h). */
+static void keep_value(char *out, size_t cap, struct span v)
+{
+	out[0] = '\0';
+	if (v.len >= cap)
+		return;
+	for (size_t i = 0; i < v.len; i++)
+		if (v.ptr[i] < 0x20 || v.ptr[i] > 0x7e)
+			return;
+	memcpy(out, v.ptr, v.len);
+	out[v.len] = '\0';
+}
+
 static void header_line(struct http_reply *r, struct span l)
 {
 	const uint8_t *colon = memchr(l.ptr, ':', l.len);
@@ -138,6 +151,12 @@ static void header_line(struct http_reply *r, struct span l)
 			fail(r, ERR_TRANSFER_ENCODING);
 		else
 			r->chunked = true;
+	} else if (span_eq_nocase(name, "Location")) {
+		keep_value(r->location, sizeof r->location, value);
+	} else if (span_eq_nocase(name, "Replay-Nonce")) {
+		keep_value(r->replay_nonce, sizeof r->replay_nonce, value);
+	} else if (span_eq_nocase(name, "Retry-After")) {
+		keep_value(r->retry_after, sizeof r->retry_after, value);
 	}
 }
 
@@ -153,6 +172,7 @@ static void end_of_head(struct http_reply *r)
 		r->status_seen = false;
 		r->have_length = false;
 		r->chunked = false;
+		r->location[0] = r->replay_nonce[0] = r->retry_after[0] = '\0';
 		return;
 	}
 	r->state = HTTP_REPLY_BODY;

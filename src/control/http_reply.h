@@ -37,6 +37,14 @@
 /* A chunk-size line ("1f4;ext=v"); Go allows 4 KiB. */
 #define HTTP_REPLY_CHUNK_LINE_BYTES_MAX 4096u
 
+/* Response headers kept for ACME (RFC 8555 §6.5, §7.3, §7.4, §8.2): the value of the
+ * last occurrence of each in the final head, when it fits (with its NUL) and holds only
+ * printable ASCII; otherwise "" (a value that does not fit is never cut: a cut URL or
+ * nonce would be wrong, an empty one is absent). */
+#define HTTP_REPLY_LOCATION_BYTES 2048u /* = URL_TARGET_BYTES: what the client can call */
+#define HTTP_REPLY_NONCE_BYTES 256u     /* base64url nonces are ~ 22-64 bytes */
+#define HTTP_REPLY_RETRY_AFTER_BYTES 64u /* delta-seconds or an HTTP-date */
+
 enum http_reply_state {
 	HTTP_REPLY_HEAD = 0, /* reading the status line and headers */
 	HTTP_REPLY_BODY,     /* reading the body */
@@ -58,6 +66,9 @@ struct http_reply {
 	size_t body_len;   /* bytes kept, <= body_cap */
 	bool body_capped;  /* stopped because body_cap bytes were kept */
 	bool body_cut;     /* the body ended early (peer closed, malformed chunk) */
+	char location[HTTP_REPLY_LOCATION_BYTES];       /* "Location", or "" */
+	char replay_nonce[HTTP_REPLY_NONCE_BYTES];      /* "Replay-Nonce", or "" */
+	char retry_after[HTTP_REPLY_RETRY_AFTER_BYTES]; /* "Retry-After", or "" */
 
 	/* parser state */
 	enum http_reply_framing framing;

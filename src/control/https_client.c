@@ -192,6 +192,9 @@ static void finish(struct https_call *call, enum https_error err, const char *fm
 		call->result.status = call->reply.status;
 		call->result.body = call->reply.body;
 		call->result.body_len = call->reply.body_len;
+		call->result.location = call->reply.location;
+		call->result.replay_nonce = call->reply.replay_nonce;
+		call->result.retry_after = call->reply.retry_after;
 		return;
 	}
 	va_list ap;

@@ -85,6 +85,11 @@ struct https_result {
 	int status;                      /* OK: the response status */
 	const uint8_t *body;             /* OK: the kept body bytes (owned by the call) */
 	size_t body_len;
+	/* OK: the Location, Replay-Nonce and Retry-After headers (http_reply.h), "" when
+	 * absent; owned by the call */
+	const char *location;
+	const char *replay_nonce;
+	const char *retry_after;
 };
 
 /* Trust: the system bundle and, unless "" or NULL, extra_ca_file (PEM). A given extra

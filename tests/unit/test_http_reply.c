@@ -267,6 +267,40 @@ static void test_url(void **state)
 	}
 }
 
+/* The ACME headers: last occurrence of the final head wins, a 1xx head's are dropped,
+ * a value that does not fit or is not printable ASCII is "" (never cut). */
+static void test_kept_headers(void **state)
+{
+	(void)state;
+	static const char in[] = "HTTP/1.1 100 Continue\r\nLocation: /early\r\n\r\n"
+				 "HTTP/1.1 201 Created\r\nreplay-nonce: n1\r\nReplay-Nonce:  abc_DEF-1 \r\n"
+				 "LOCATION: https://acme/order/1\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n";
+	for (size_t step = 0; step <= 7; step++) {
+		struct parsed p = run(in, sizeof in - 1, BODY_CAP, step, false);
+		assert_int_equal(p.state, HTTP_REPLY_DONE);
+		assert_int_equal(p.status, 201);
+		assert_string_equal(reply.replay_nonce, "abc_DEF-1");
+		assert_string_equal(reply.location, "https://acme/order/1");
+		assert_string_equal(reply.retry_after, "3");
+	}
+	static char big[HTTP_REPLY_NONCE_BYTES + 128];
+	int n = snprintf(big, sizeof big, "HTTP/1.1 200 OK\r\nReplay-Nonce: ");
+	memset(big + n, 'a', HTTP_REPLY_NONCE_BYTES);
+	n += (int)HTTP_REPLY_NONCE_BYTES;
+	n += snprintf(big + n, sizeof big - (size_t)n, "\r\nLocation: a\x01b\r\nContent-Length: 0\r\n\r\n");
+	struct parsed p = run(big, (size_t)n, BODY_CAP, 0, false);
+	assert_int_equal(p.state, HTTP_REPLY_DONE);
+	assert_string_equal(reply.replay_nonce, "");
+	assert_string_equal(reply.location, "");
+	/* exactly one byte under the limit is kept */
+	n = snprintf(big, sizeof big, "HTTP/1.1 200 OK\r\nReplay-Nonce: ");
+	memset(big + n, 'b', HTTP_REPLY_NONCE_BYTES - 1);
+	n += (int)HTTP_REPLY_NONCE_BYTES - 1;
+	n += snprintf(big + n, sizeof big - (size_t)n, "\r\n\r\n");
+	p = run(big, (size_t)n, BODY_CAP, 0, true);
+	assert_int_equal(strlen(reply.replay_nonce), HTTP_REPLY_NONCE_BYTES - 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -274,6 +308,7 @@ int main(void)
 		cmocka_unit_test(test_body_end),
 		cmocka_unit_test(test_head_errors),
 		cmocka_unit_test(test_url),
+		cmocka_unit_test(test_kept_headers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
