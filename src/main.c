@@ -19,6 +19,7 @@
 
 #include "config/config.h"
 #include "core/clock.h"
+#include "control/autocert.h"
 #include "control/push.h"
 #include "core/log.h"
 #include "core/notify.h"
@@ -56,6 +57,27 @@ static void reload_certificate(const struct config *cfg, struct tls_server *tls)
 	__atomic_store_n(&served_cert_not_after_s, tls_cert_not_after_s(cert), __ATOMIC_RELAXED);
 	tls_server_swap_cert(tls, cert);
 	LOG_INFO("tls certificate reloaded");
+}
+
+/* §1.3: the cert-cache directory policy, at boot; false after logging "autocert setup
+ * failed" (exit 1). */
+static bool prepare_cert_cache(const struct config *cfg)
+{
+	struct autocert_cache_result res;
+	char why[AUTOCERT_WHY_BYTES];
+	if (!autocert_cache_prepare(cfg->cert_cache, (uint32_t)geteuid(), &res, why)) {
+		LOG_ERROR("autocert setup failed", KV_STR("err", why), KV_STR("path", cfg->cert_cache),
+			  KV_STR("fix", "give --cert-cache a directory owned by the relay's user with mode 0700 "
+					"(chown, chmod 0700), or a path that does not exist yet"));
+		return false;
+	}
+	if (res.tightened) {
+		char from[8];
+		snprintf(from, sizeof from, "%04o", res.from_mode);
+		LOG_INFO("tightened cert cache dir perms", KV_STR("path", cfg->cert_cache), KV_STR("from", from),
+			 KV_STR("to", "0700"));
+	}
+	return true;
 }
 
 /* Message and queue bytes may use at most this share of physical memory; the pool
@@ -224,6 +246,7 @@ static bool workers_running(void *group)
  * returns everything before it exits (a leak checker sees the relay's own leaks only). */
 static struct {
 	struct push_sender *push;
+	struct autocert *autocert;
 	struct tls_cert *cert; /* until the TLS server takes it */
 	struct tls_server *tls;
 	struct worker_group *group;
@@ -246,6 +269,8 @@ static void boot_release(void)
 		tls_server_free(boot.tls);
 	tls_cert_put(boot.cert);
 	push_sender_destroy(boot.push);
+	autocert_destroy(boot.autocert);
+	boot.autocert = NULL;
 	boot.metrics = NULL;
 	boot.shared = NULL;
 	boot.group = NULL;
@@ -321,7 +346,15 @@ int main(int argc, char **argv)
 
 	uint64_t cap_eff = 0;
 	bool cap_ok = config_read_cap_eff(&cap_eff);
-	rc = config_check(&cfg, cap_eff, cap_ok, (uint32_t)geteuid(), &refusal);
+	rc = config_check_boot(&cfg, cap_eff, cap_ok, (uint32_t)geteuid(), &refusal);
+	if (rc != CONFIG_OK) {
+		log_refusal(&refusal);
+		return rc;
+	}
+	/* §7.4 step 14, autocert branch: the cache directory (exit 1), then the ports */
+	if (config_mode(&cfg) == CONFIG_MODE_AUTOCERT && !prepare_cert_cache(&cfg))
+		return CONFIG_EXIT_RUNTIME;
+	rc = config_check_listeners(&cfg, &refusal);
 	if (rc != CONFIG_OK) {
 		log_refusal(&refusal);
 		return rc;
@@ -338,12 +371,26 @@ int main(int argc, char **argv)
 		}
 		__atomic_store_n(&served_cert_not_after_s, tls_cert_not_after_s(cert), __ATOMIC_RELAXED);
 	}
-	if (config_mode(&cfg) == CONFIG_MODE_AUTOCERT) {
-		/* Autocert mode passed every check, but this build has no ACME client yet. */
-		LOG_ERROR("autocert setup failed", KV_STR("err", "ACME (--domain) is not available in this build"),
-			  KV_STR("fix", "use --tls-cert and --tls-key with certificate files, or terminate TLS in front of the relay (deploy/haproxy) and use --insecure-listen"));
-		return CONFIG_EXIT_RUNTIME;
+	struct autocert *ac = NULL;
+	if (config_mode(&cfg) == CONFIG_MODE_AUTOCERT && !cfg.check_only) {
+		/* the account key (created once) and the cached certificate, if any */
+		char why[AUTOCERT_WHY_BYTES];
+		struct autocert_config acfg = {
+			.domain = cfg.domain,
+			.cache_dir = cfg.cert_cache,
+			.directory_url = cfg.acme_directory,
+			.outbound_ca_file = cfg.outbound_ca_file,
+			.cert_not_after_s = &served_cert_not_after_s,
+		};
+		ac = autocert_create(&acfg, why);
+		if (ac == NULL) {
+			LOG_ERROR("autocert setup failed", KV_STR("err", why),
+				  KV_STR("fix", "make --cert-cache a directory the relay's user owns (mode 0700), and "
+						"--outbound-ca-file readable PEM when given"));
+			return CONFIG_EXIT_RUNTIME;
+		}
 	}
+	boot.autocert = ac;
 
 	/* Signals are taken by this thread alone with sigwait; workers never see them. */
 	sigset_t sigs;
@@ -385,7 +432,12 @@ int main(int argc, char **argv)
 		boot_release();
 		return 0;
 	}
-	if (cert != NULL)
+	if (ac != NULL)
+		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "autocert"),
+			 KV_STR("domain", cfg.domain), KV_STR("cert_cache", cfg.cert_cache), KV_STR("listen", listen),
+			 KV_STR("https_proxy_protocol", cfg.https_proxy_protocol ? "true" : "false"),
+			 KV_STR("workers", nworkers_text));
+	else if (cert != NULL)
 		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "tls"), KV_STR("listen", listen),
 			 KV_STR("https_proxy_protocol", cfg.https_proxy_protocol ? "true" : "false"),
 			 KV_STR("workers", nworkers_text));
@@ -399,6 +451,13 @@ int main(int argc, char **argv)
 		boot.tls = tls;
 		if (tls == NULL)
 			return boot_listener_failed(listen, "out of memory for TLS");
+	} else if (ac != NULL) {
+		/* only the domain; the cached certificate at once, else issuance on the first handshake */
+		tls = tls_server_new(autocert_cert_take(ac), TLS_SNI_REQUIRED, monotonic_ms());
+		boot.tls = tls;
+		if (tls == NULL)
+			return boot_listener_failed(listen, "out of memory for TLS");
+		tls_server_set_acme(tls, autocert_domain(ac), autocert_want_cert, ac);
 	}
 
 	/* ADR 0018: a predecessor serving --handover-socket hands its listeners over;
@@ -457,12 +516,31 @@ int main(int argc, char **argv)
 			metrics_server_set_tls(mt.m, &served_cert_not_after_s);
 		if (tls != NULL && cfg.https_proxy_protocol)
 			metrics_server_set_proxy_protocol(mt.m);
+		if (ac != NULL)
+			metrics_server_set_acme(mt.m, autocert_stats_of(ac));
 		if (push != NULL)
 			metrics_server_set_push(mt.m, push_sender_counts(push));
 		if (pthread_create(&mt.tid, NULL, metrics_thread, &mt) != 0)
 			return boot_listener_failed(cfg.metrics_listen, "cannot start metrics thread");
 		mt.started = true;
 		boot.metrics = NULL; /* its thread's now: stopped and destroyed at the end */
+	}
+
+	/* --domain: the HTTP-01 listener (its own thread, as the metrics responder), then
+	 * the issuance and renewal thread */
+	static struct metrics_thread ct;
+	if (ac != NULL) {
+		ct.m = metrics_server_create_challenge(cfg.http_listen, autocert_challenge_lookup, ac, why);
+		if (ct.m == NULL)
+			return boot_listener_failed(cfg.http_listen, why);
+		ct.addr = cfg.http_listen;
+		if (pthread_create(&ct.tid, NULL, metrics_thread, &ct) != 0) {
+			metrics_server_destroy(ct.m);
+			return boot_listener_failed(cfg.http_listen, "cannot start the ACME challenge listener thread");
+		}
+		ct.started = true;
+		if (!autocert_start(ac, tls))
+			return boot_listener_failed(listen, "cannot start the autocert thread");
 	}
 
 	for (uint32_t i = 0; i < nworkers; i++) {
@@ -507,7 +585,8 @@ int main(int argc, char **argv)
 	bool worker_failed = false;
 	for (uint32_t i = 0; i < nworkers; i++)
 		worker_failed |= __atomic_load_n(&threads[i].result, __ATOMIC_ACQUIRE) == WORKER_EXIT_FATAL;
-	bool listener_failed = worker_failed || __atomic_load_n(&mt.failed, __ATOMIC_ACQUIRE);
+	bool listener_failed = worker_failed || __atomic_load_n(&mt.failed, __ATOMIC_ACQUIRE) ||
+			       __atomic_load_n(&ct.failed, __ATOMIC_ACQUIRE);
 	/* §7.6: the trigger is logged before the drain; the failing listener logged itself. */
 	if (listener_failed)
 		LOG_ERROR("listener error; draining");
@@ -518,6 +597,9 @@ int main(int argc, char **argv)
 		worker_stop(threads[i].w);
 	if (mt.started)
 		metrics_server_stop(mt.m);
+	if (ct.started)
+		metrics_server_stop(ct.m);
+	autocert_stop(ac); /* cancels an issuance in progress */
 	bool incomplete = false;
 	const char *fatal_why = NULL;
 	for (uint32_t i = 0; i < nworkers; i++) {
@@ -537,8 +619,12 @@ int main(int argc, char **argv)
 		pthread_join(mt.tid, NULL);
 		metrics_server_destroy(mt.m);
 	}
+	if (ct.started) {
+		pthread_join(ct.tid, NULL);
+		metrics_server_destroy(ct.m);
+	}
 	/* Every failed worker logged itself; the exit code says a listener failed. */
-	int exit_code = (fatal_why != NULL || mt.failed) ? CONFIG_EXIT_RUNTIME : 0;
+	int exit_code = (fatal_why != NULL || mt.failed || ct.failed) ? CONFIG_EXIT_RUNTIME : 0;
 	if (incomplete) {
 		LOG_WARN("shutdown deadline exceeded; force-closed listeners");
 		LOG_WARN("drain incomplete");
@@ -551,6 +637,7 @@ int main(int argc, char **argv)
 	worker_group_destroy(group);
 	if (tls != NULL)
 		tls_server_free(tls);
+	autocert_destroy(ac);
 	notify_close(&notifier);
 	push_sender_destroy(push);
 	return exit_code;

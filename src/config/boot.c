@@ -239,8 +239,36 @@ static int check_tls_files_mode(const struct config *cfg, struct boot_refusal *r
 	return CONFIG_OK;
 }
 
+/* --domain as a DNS name (the certificate is for it and the cache file is named by it). */
+bool config_domain_valid(const char *d)
+{
+	size_t n = strlen(d), label = 0;
+	if (n == 0 || n > 253 || d[0] == '.' || d[n - 1] == '.')
+		return false;
+	for (size_t i = 0; i <= n; i++) {
+		char ch = d[i];
+		if (ch == '.' || ch == '\0') {
+			if (label == 0 || label > 63 || d[i - 1] == '-' || d[i - label] == '-')
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-'))
+			return false;
+		label++;
+	}
+	return true;
+}
+
 int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
 		 struct boot_refusal *r)
+{
+	int rc = config_check_boot(cfg, cap_eff, cap_eff_ok, euid, r);
+	return rc != CONFIG_OK ? rc : config_check_listeners(cfg, r);
+}
+
+int config_check_boot(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
+		      struct boot_refusal *r)
 {
 	bool insecure = cfg->insecure_listen[0] != '\0';
 	bool files = config_mode(cfg) == CONFIG_MODE_TLS_FILES;
@@ -261,6 +289,16 @@ int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, ui
 		field_add(r, "err", "relay: neither --domain nor --insecure-listen is set");
 		field_add(r, "fix", "pass --domain FQDN to terminate TLS here, or --insecure-listen "
 				    "IP:PORT behind a TLS-terminating reverse proxy");
+		return CONFIG_EXIT_USAGE;
+	}
+
+	/* 3b. (ours) the domain is a DNS name: it names the certificate and its cache file */
+	if (config_mode(cfg) == CONFIG_MODE_AUTOCERT && !config_domain_valid(cfg->domain)) {
+		refusal_begin(r, CONFIG_EXIT_USAGE, "refusing to start: invalid --domain");
+		field_add(r, "err", "relay: --domain %s is not a DNS name", config_quote(q, sizeof q, cfg->domain));
+		field_add(r, "value", "%s", cfg->domain);
+		field_add(r, "fix", "pass the fully qualified host name clients connect to, e.g. --domain relay.example.com "
+				    "(letters, digits, '-' and '.', no scheme, port or trailing dot)");
 		return CONFIG_EXIT_USAGE;
 	}
 
@@ -392,6 +430,16 @@ int config_check(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, ui
 		return CONFIG_EXIT_USAGE;
 	}
 
+	return CONFIG_OK;
+}
+
+int config_check_listeners(const struct config *cfg, struct boot_refusal *r)
+{
+	bool insecure = cfg->insecure_listen[0] != '\0';
+	bool files = config_mode(cfg) == CONFIG_MODE_TLS_FILES;
+	int rc;
+
+	refusal_begin(r, CONFIG_OK, NULL);
 	/* 14. the ports of the mode's listeners (§1.6). The expected and actual sets are
 	 * built from the same flags, so the surplus check belongs to whoever adds a
 	 * listener that is not a flag; what can fail here is the address itself. */

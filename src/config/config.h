@@ -52,6 +52,8 @@
 #define CONFIG_FCM_ENDPOINT_DEFAULT "https://fcm.googleapis.com/v1/projects/pyrycode-mobile/messages:send"
 #define CONFIG_FCM_TIMEOUT_MS_DEFAULT 10000u
 #define CONFIG_MAX_CONNECTIONS_LIMIT 16000000u
+/* --domain mode: the ACME directory (Let's Encrypt production, as Go's autocert) */
+#define CONFIG_ACME_DIRECTORY_DEFAULT "https://acme-v02.api.letsencrypt.org/directory"
 /* --batch-wait-us: default and bound (a worker wakes at most this late for a batch;
  * the default is measured in docs/benchmarks.md). */
 #define CONFIG_BATCH_WAIT_US_DEFAULT 50u
@@ -117,6 +119,7 @@ struct config {
 	/* outbound HTTPS (push wake): the FCM send URL (an https:// URL, core/url.h), an
 	 * extra CA bundle trusted besides the system's ("" for none), the per-call timeout */
 	const char *fcm_endpoint;
+	const char *acme_directory; /* --domain mode: the ACME directory URL (https://) */
 	const char *outbound_ca_file;
 	uint64_t fcm_timeout_ms;
 
@@ -161,6 +164,18 @@ const char *config_public_listen(const struct config *cfg);
  * CONFIG_EXIT_USAGE, refusal->msg / fields say why (key "err"). */
 int config_parse(struct config *cfg, int argc, char *const argv[], char *const envp[],
 		 struct boot_refusal *refusal);
+
+/* --domain: 1-253 bytes of [A-Za-z0-9-.], labels of 1-63 bytes that neither start nor
+ * end with '-', no trailing dot. Pure. */
+bool config_domain_valid(const char *domain);
+
+/* config_check in two halves, for --domain mode, where the cache directory is set up
+ * between them (§7.4 step 14: cert-cache setup, exit 1, before the port checks):
+ * config_check_boot is everything up to the listener addresses, config_check_listeners
+ * the rest. config_check = both. */
+int config_check_boot(const struct config *cfg, uint64_t cap_eff, bool cap_eff_ok, uint32_t euid,
+		      struct boot_refusal *refusal);
+int config_check_listeners(const struct config *cfg, struct boot_refusal *refusal);
 
 /* Boot checks of §7.4 steps 3-10 in order, then --metrics-listen (§1.5) and the
  * listener port allowlist (§1.6). cap_eff is the CapEff bitmask read from

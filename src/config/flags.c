@@ -330,8 +330,12 @@ const struct flag_def config_flags[] = {
 	{ "fcm-timeout", FLAG_DURATION, CFG_OFF(fcm_timeout_ms), NO_SET_FIELD, 0, true, "DURATION",
 	  "Time limit of each HTTP call a push wake makes (the OAuth token fetch, the\n"
 	  "FCM send), connect to last byte (> 0)." },
+	{ "acme-directory", FLAG_HTTPS_URL, CFG_OFF(acme_directory), NO_SET_FIELD, 0, false, "URL",
+	  "ACME directory of the certificate authority (--domain mode). The default is\n"
+	  "Let's Encrypt production; use its staging directory, or a test CA such as\n"
+	  "Pebble (with --outbound-ca-file for its TLS root), to try a set-up." },
 	{ "outbound-ca-file", FLAG_STRING, CFG_OFF(outbound_ca_file), NO_SET_FIELD, 0, false, "PATH",
-	  "PEM bundle of CA certificates trusted for outbound HTTPS (FCM, OAuth) besides\n"
+	  "PEM bundle of CA certificates trusted for outbound HTTPS (FCM, OAuth, ACME) besides\n"
 	  "the system's /etc/ssl/certs/ca-certificates.crt: a private CA or a TLS-\n"
 	  "inspecting egress proxy." },
 	{ "version", FLAG_BOOL, CFG_OFF(show_version), NO_SET_FIELD, 0, false, NULL,
@@ -371,6 +375,7 @@ void config_defaults(struct config *cfg)
 	cfg->workers = 0;
 	cfg->batch_wait_us = CONFIG_BATCH_WAIT_US_DEFAULT;
 	cfg->fcm_endpoint = CONFIG_FCM_ENDPOINT_DEFAULT;
+	cfg->acme_directory = CONFIG_ACME_DIRECTORY_DEFAULT;
 	cfg->outbound_ca_file = "";
 	cfg->fcm_timeout_ms = CONFIG_FCM_TIMEOUT_MS_DEFAULT;
 }

@@ -114,6 +114,12 @@ static bool http_request(struct worker *w, struct conn *c, const struct http_req
 {
 	unsigned flags = http_resp_flags_for(req, http_head_closes(req, ++c->requests, w->stopping));
 	enum http_route route = *routep = http_route_of(req->path);
+	/* §1.3: in --domain mode, before anything else (also /healthz), the Host gate */
+	if (c->tls && w->cfg->domain[0] != '\0' && config_mode(w->cfg) == CONFIG_MODE_AUTOCERT &&
+	    !http_host_matches(req, w->cfg->domain)) {
+		respond_canned(w, c, HTTP_CANNED_MISDIRECTED, flags);
+		return false;
+	}
 	switch (route) {
 	case HTTP_ROUTE_HEALTHZ:
 		respond_healthz(w, c, flags);

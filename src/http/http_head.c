@@ -38,3 +38,22 @@ uint64_t http_head_deadline_ms(uint64_t now_ms, uint32_t pending)
 {
 	return now_ms + (pending ? HTTP_HEADER_READ_TIMEOUT_MS : HTTP_IDLE_TIMEOUT_MS);
 }
+
+bool http_host_matches(const struct http_request *req, const char *domain)
+{
+	struct span h;
+	if (!http_header_get(req, "Host", &h))
+		return false;
+	const uint8_t *colon = memchr(h.ptr, ':', h.len);
+	if (h.len > 0 && h.ptr[0] == '[') {
+		const uint8_t *close = memchr(h.ptr, ']', h.len);
+		size_t end = close ? (size_t)(close - h.ptr) : 0;
+		/* "[host]:port" only; "[host]" alone fails SplitHostPort (missing port) */
+		if (close && end + 1 < h.len && h.ptr[end + 1] == ':' && !memchr(close + 2, ':', h.len - end - 2) &&
+		    !memchr(h.ptr + 1, '[', end - 1))
+			h = span_make(h.ptr + 1, end - 1);
+	} else if (colon && !memchr(colon + 1, ':', h.len - (size_t)(colon - h.ptr) - 1)) {
+		h.len = (size_t)(colon - h.ptr);
+	}
+	return span_eq_nocase(h, domain);
+}

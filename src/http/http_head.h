@@ -41,4 +41,10 @@ uint32_t http_head_consume(uint8_t *buf, uint32_t len, uint32_t head_bytes);
  * timeout once a head has begun, the idle timeout before. */
 uint64_t http_head_deadline_ms(uint64_t now_ms, uint32_t pending);
 
+/* The autocert Host gate (reference §1.3): is the request's Host header, after an
+ * optional ":port" is stripped as Go's net.SplitHostPort does ("[v6]:port" -> v6, one
+ * colon -> what precedes it, otherwise the whole value), ASCII case-insensitively equal
+ * to domain? A request without Host (Go's r.Host "") never matches. Pure. */
+bool http_host_matches(const struct http_request *req, const char *domain);
+
 #endif

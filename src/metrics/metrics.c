@@ -1,5 +1,6 @@
 #include "metrics/metrics.h"
 
+#include "control/autocert.h"
 #include "control/fcm.h"
 
 /* A worker index as a label value: "4294967295" and its NUL fit. */
@@ -394,6 +395,27 @@ static void proxy_family(struct prom_out *o, const struct totals *t)
 		 PROM_COUNTER, "reason", reasons, t->engine.proxy_rejects + 1, PROXY_REJECT_COUNT - 1);
 }
 
+/* --domain mode (ours): issuance and renewal outcomes of the autocert thread. The
+ * served certificate's expiry is pyrycode_relay_tls_certificate_expiry_timestamp_seconds. */
+static void acme_families(struct prom_out *o, const struct autocert_stats *a)
+{
+	const char *stages[ACME_STAGE_COUNT - 1];
+	uint64_t failures[ACME_STAGE_COUNT - 1];
+	for (int k = 0; k < ACME_STAGE_COUNT - 1; k++) { /* "cancelled" is not a failure */
+		stages[k] = acme_stage_name((enum acme_stage)k);
+		failures[k] = __atomic_load_n(&a->failures[k], __ATOMIC_RELAXED);
+	}
+	_Static_assert(ACME_STAGE_CANCELLED == ACME_STAGE_COUNT - 1, "cancelled is the last stage");
+	labelled(o, "pyrycode_relay_acme_failures_total",
+		 "ACME certificate requests (issuance or renewal) that failed, by the stage that failed.",
+		 PROM_COUNTER, "stage", stages, failures, ACME_STAGE_COUNT - 1);
+	scalar(o, "pyrycode_relay_acme_issued_total", "Certificates obtained over ACME (issuance and renewal).",
+	       PROM_COUNTER, (double)__atomic_load_n(&a->issued, __ATOMIC_RELAXED));
+	scalar(o, "pyrycode_relay_acme_last_success_timestamp_seconds",
+	       "When the last certificate was obtained over ACME, seconds since the epoch; 0: none since start.",
+	       PROM_GAUGE, (double)__atomic_load_n(&a->last_success_s, __ATOMIC_RELAXED));
+}
+
 void metrics_render(struct prom_out *o, const struct metrics_input *in)
 {
 	ASSERT(in->nworkers <= METRICS_WORKERS_MAX);
@@ -404,6 +426,8 @@ void metrics_render(struct prom_out *o, const struct metrics_input *in)
 	labelled(o, "promhttp_metric_handler_errors_total",
 		 "Total number of internal errors encountered by the metrics handler.", PROM_COUNTER, "cause",
 		 handler_error_names, in->handler_errors, METRICS_ERR_COUNT);
+	if (in->acme != NULL)
+		acme_families(o, in->acme);
 	own_families(o, &t, in);
 	if (in->tls_cert_not_after_s != NULL)
 		tls_families(o, &t, in);

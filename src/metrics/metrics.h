@@ -19,6 +19,8 @@
 #include "metrics/prom.h"
 #include "relay/relay.h"
 
+struct autocert_stats;
+
 /* An exposition of this many workers fits in METRICS_BODY_BYTES_MAX (asserted by the
  * unit test with every counter at its widest). */
 #define METRICS_WORKERS_MAX CONFIG_WORKERS_MAX
@@ -59,6 +61,9 @@ struct metrics_input {
 	 * with relaxed loads); NULL when push is off, and then the family is absent */
 	const uint64_t *push_wakes;
 	bool proxy_protocol; /* --https-proxy-protocol: pyrycode_relay_proxy_protocol_rejects_total */
+	/* --domain mode: the autocert thread's figures (control/autocert.h); NULL: the
+	 * pyrycode_relay_acme_* families are absent */
+	const struct autocert_stats *acme;
 };
 
 /* Write the whole exposition. On overflow o->overflow is set and the body is unusable. */

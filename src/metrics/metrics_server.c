@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "control/acme.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "engine/net.h"
@@ -61,6 +62,9 @@ struct metrics_server {
 	bool proxy_protocol;
 	uint32_t nworkers;
 	const uint64_t *push_wakes; /* FCM_OUTCOME_COUNT cells, or NULL: push off */
+	const struct autocert_stats *acme; /* --domain mode, or NULL */
+	metrics_challenge_lookup challenge; /* non-NULL: the HTTP-01 listener, no /metrics */
+	void *challenge_ctx;
 	char *body; /* METRICS_BODY_BYTES_MAX scratch for one exposition */
 	struct mconn conns[METRICS_CONNECTIONS_MAX];
 };
@@ -143,7 +147,8 @@ struct metrics_server *metrics_server_create(const char *addr, const struct metr
 	m->listen_fd = m->wake_fd = -1;
 	m->version = version;
 	m->start_time_seconds = start_time_seconds;
-	memcpy(m->workers, workers, nworkers * sizeof *workers);
+	if (nworkers > 0)
+		memcpy(m->workers, workers, nworkers * sizeof *workers);
 	m->nworkers = nworkers;
 	for (uint32_t i = 0; i < METRICS_CONNECTIONS_MAX; i++)
 		m->conns[i].fd = -1;
@@ -292,6 +297,7 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 		.tls_cert_not_after_s = m->tls_cert_not_after_s,
 		.proxy_protocol = m->proxy_protocol,
 		.push_wakes = m->push_wakes,
+		.acme = m->acme,
 	};
 	metrics_render(&o, &in);
 	char head[METRICS_HEAD_BYTES_MAX];
@@ -310,6 +316,24 @@ static bool respond_metrics(struct metrics_server *m, struct mconn *c, bool head
 			 c->close_after ? "Connection: close\r\n" : "", o.len);
 	ASSERT(n > 0 && (size_t)n < sizeof head);
 	return set_response(c, head, (size_t)n, m->body, head_only ? 0 : o.len);
+}
+
+#define CHALLENGE_PREFIX "/.well-known/acme-challenge/"
+
+/* The HTTP-01 listener: the key authorization of a published token, else 404. */
+static bool respond_challenge(struct metrics_server *m, struct mconn *c, struct span path, bool head_only)
+{
+	static const size_t plen = sizeof CHALLENGE_PREFIX - 1;
+	char body[ACME_KEY_AUTH_BYTES];
+	if (path.len <= plen || memcmp(path.ptr, CHALLENGE_PREFIX, plen) != 0 ||
+	    !m->challenge(m->challenge_ctx, span_make(path.ptr + plen, path.len - plen), body, sizeof body))
+		return respond_canned(c, HTTP_CANNED_NOT_FOUND, head_only);
+	size_t n = strlen(body);
+	char head[METRICS_HEAD_BYTES_MAX];
+	int hn = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n%sContent-Length: %zu\r\n\r\n",
+			  c->close_after ? "Connection: close\r\n" : "", n);
+	ASSERT(hn > 0 && (size_t)hn < sizeof head);
+	return set_response(c, head, (size_t)hn, body, head_only ? 0 : n);
 }
 
 /* Parse and answer the request at the start of c->req, if it is complete. */
@@ -333,7 +357,9 @@ static void serve(struct metrics_server *m, struct mconn *c, uint32_t idx)
 	} else {
 		c->close_after = http_head_closes(&req, ++c->requests, m->stopping);
 		bool head_only = http_request_is_head(&req); /* every answer: headers only */
-		if (span_eq_cstr(req.path, "/metrics"))
+		if (m->challenge != NULL)
+			ok = respond_challenge(m, c, req.path, head_only);
+		else if (span_eq_cstr(req.path, "/metrics"))
 			ok = respond_metrics(m, c, head_only);
 		else
 			ok = respond_canned(c, HTTP_CANNED_NOT_FOUND, head_only);
@@ -456,6 +482,22 @@ static bool any_conn(const struct metrics_server *m)
 		if (m->conns[i].state != MC_FREE)
 			return true;
 	return false;
+}
+
+void metrics_server_set_acme(struct metrics_server *m, const struct autocert_stats *acme)
+{
+	m->acme = acme;
+}
+
+struct metrics_server *metrics_server_create_challenge(const char *addr, metrics_challenge_lookup lookup, void *ctx,
+						       char why[URING_WHY_BYTES])
+{
+	struct metrics_server *m = metrics_server_create(addr, NULL, 0, "", 0, why);
+	if (m != NULL) {
+		m->challenge = lookup;
+		m->challenge_ctx = ctx;
+	}
+	return m;
 }
 
 void metrics_server_set_push(struct metrics_server *m, const uint64_t *push_wakes)

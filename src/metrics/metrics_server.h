@@ -44,6 +44,20 @@ void metrics_server_set_proxy_protocol(struct metrics_server *m);
  * FCM_OUTCOME_COUNT counters (control/push.h), which must outlive the server. Without
  * it the family is absent: push is off (reference §8.2). */
 void metrics_server_set_push(struct metrics_server *m, const uint64_t *push_wakes);
+/* Before run: expose the pyrycode_relay_acme_* families (--domain mode). */
+void metrics_server_set_acme(struct metrics_server *m, const struct autocert_stats *acme);
+
+/*
+ * The ACME HTTP-01 listener (--http-listen, reference §1.3): the same responder on its
+ * own thread, serving only GET/HEAD /.well-known/acme-challenge/<token> with the key
+ * authorization lookup() finds (200, text/plain), 404 for an unknown token and for every
+ * other path (never a redirect). Binds addr (any address: config checked it), no
+ * SO_REUSEPORT. lookup runs on the responder's thread.
+ */
+typedef bool (*metrics_challenge_lookup)(void *ctx, struct span token, char *out, size_t cap);
+struct metrics_server *metrics_server_create_challenge(const char *addr, metrics_challenge_lookup lookup, void *ctx,
+						       char why[URING_WHY_BYTES]);
+
 /* On the server's own thread: serve until metrics_server_stop. False (why filled) if
  * the ring could not be set up or failed. */
 bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES]);

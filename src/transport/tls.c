@@ -23,6 +23,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,6 +67,10 @@ struct ticket_key {
 struct tls_server {
 	SSL_CTX *ctx;
 	enum tls_sni_policy sni;
+	/* autocert (tls_server_set_acme): the one name, and who to tell it has no certificate */
+	const char *acme_name;
+	void (*want_cert)(void *ctx);
+	void *want_cert_ctx;
 	/* Guards cert and the ticket keys: taken once per new connection and twice per
 	 * handshake that issues or reads a ticket, never on the data path. */
 	pthread_mutex_t lock;
@@ -127,6 +132,7 @@ static const char *const error_names[TLS_ERR_COUNT] = {
 	[TLS_ERR_EOF] = "eof",
 	[TLS_ERR_KEY_UPDATE] = "key_update",
 	[TLS_ERR_INTERNAL] = "internal",
+	[TLS_ERR_NO_CERT] = "no_certificate",
 };
 
 const char *tls_error_name(enum tls_error e)
@@ -349,6 +355,21 @@ static int servername_check(SSL *ssl, int *out_alert, void *arg)
 	struct tls_conn *c = conn_of(ssl);
 	const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 	bool ok;
+	if (c->srv->acme_name != NULL) {
+		/* autocert: exactly the domain; no certificate yet: ask for one, fail cleanly */
+		if (name == NULL || strcasecmp(name, c->srv->acme_name) != 0) {
+			c->refusal = TLS_ERR_SNI;
+			*out_alert = SSL_AD_UNRECOGNIZED_NAME;
+			return SSL_TLSEXT_ERR_ALERT_FATAL;
+		}
+		if (c->cert == NULL) {
+			c->srv->want_cert(c->srv->want_cert_ctx);
+			c->refusal = TLS_ERR_NO_CERT;
+			*out_alert = SSL_AD_INTERNAL_ERROR;
+			return SSL_TLSEXT_ERR_ALERT_FATAL;
+		}
+		return SSL_TLSEXT_ERR_OK;
+	}
 	switch (c->srv->sni) {
 	case TLS_SNI_ANY:
 		ok = true;
@@ -416,7 +437,6 @@ static int ticket_key_cb(SSL *ssl, uint8_t *key_name, uint8_t *iv, EVP_CIPHER_CT
 
 struct tls_server *tls_server_new(struct tls_cert *cert, enum tls_sni_policy sni, uint64_t now_ms)
 {
-	ASSERT(cert != NULL);
 	pthread_once(&bio_once, bio_method_init);
 	struct tls_server *s = calloc(1, sizeof *s);
 	if (s == NULL || bio_method == NULL) {
@@ -461,6 +481,14 @@ void tls_server_free(struct tls_server *s)
 	OPENSSL_cleanse(&s->previous, sizeof s->previous);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
+}
+
+void tls_server_set_acme(struct tls_server *s, const char *name, void (*want_cert)(void *ctx), void *ctx)
+{
+	ASSERT(name != NULL && want_cert != NULL);
+	s->acme_name = name;
+	s->want_cert = want_cert;
+	s->want_cert_ctx = ctx;
 }
 
 void tls_server_swap_cert(struct tls_server *s, struct tls_cert *cert)
@@ -513,9 +541,9 @@ struct tls_conn *tls_conn_new(struct tls_server *s, struct tls_stats *stats)
 	SSL_set_shed_handshake_config(c->ssl, 1);
 
 	pthread_mutex_lock(&s->lock);
-	c->cert = tls_cert_get(s->cert);
+	c->cert = s->cert ? tls_cert_get(s->cert) : NULL;
 	pthread_mutex_unlock(&s->lock);
-	if (!SSL_set_chain_and_key(c->ssl, c->cert->chain, c->cert->chain_len, c->cert->key, NULL))
+	if (c->cert != NULL && !SSL_set_chain_and_key(c->ssl, c->cert->chain, c->cert->chain_len, c->cert->key, NULL))
 		goto fail;
 	return c;
 fail:

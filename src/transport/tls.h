@@ -152,6 +152,7 @@ enum tls_error {
 	TLS_ERR_KEY_UPDATE,       /* kTLS: the peer sent a KeyUpdate; the kernel's keys cannot follow it
 				   * here (transport/ktls.h), so the connection is closed */
 	TLS_ERR_INTERNAL,         /* out of memory, output over its bound, a BoringSSL failure */
+	TLS_ERR_NO_CERT,          /* autocert: the name is served but no certificate is there yet */
 	TLS_ERR_COUNT
 };
 
@@ -178,7 +179,8 @@ enum tls_sni_policy {
 
 /* A server with cert (its reference is taken, also on failure). now_ms: the owner's
  * monotonic clock, the origin of the ticket-key schedule. NULL when BoringSSL refuses
- * (out of memory). */
+ * (out of memory). cert may be NULL only for a server that tls_server_set_acme then
+ * configures: its handshakes fail (TLS_ERR_NO_CERT) until tls_server_swap_cert. */
 struct tls_server *tls_server_new(struct tls_cert *cert, enum tls_sni_policy sni, uint64_t now_ms);
 /* After every connection of the server is freed. */
 void tls_server_free(struct tls_server *s);
@@ -186,6 +188,14 @@ void tls_server_free(struct tls_server *s);
  * already started keep the certificate they began with. For SIGHUP: load and check
  * with tls_cert_load first, and keep the old one when that fails. */
 void tls_server_swap_cert(struct tls_server *s, struct tls_cert *cert);
+/* Autocert (ACME, before any connection): only `name` is served (the ClientHello's
+ * server name must equal it, ASCII case-insensitively; no name is refused); while no
+ * certificate is there, a handshake for it fails with TLS_ERR_NO_CERT and calls
+ * want_cert(ctx) first, on the worker's thread: it must not block (the autocert thread
+ * starts the issuance; the client's next handshake gets the certificate). name must
+ * outlive the server. */
+void tls_server_set_acme(struct tls_server *s, const char *name, void (*want_cert)(void *ctx), void *ctx);
+
 /* Rotate the ticket keys when TLS_TICKET_KEY_ROTATE_MS have passed since the last
  * rotation (or since tls_server_new); true when it rotated. Call it on a timer, with
  * the same clock as tls_server_new; any thread. */
