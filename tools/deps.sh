@@ -10,7 +10,8 @@
 #                          unit's HAProxy pair), promtool (prometheus), systemd-analyze
 #                          and systemd-nspawn (the unit verified and run), man-db +
 #                          groff (the man page), iproute2's ss (run-local.sh), procps'
-#                          sysctl)
+#                          sysctl, pebble + pebble-challtestsrv: the ACME server the
+#                          --domain tests issue certificates from)
 #   tools/deps.sh docs     what tools/render-dashboard.py uses (make dashboard-png:
 #                          matplotlib, a real Prometheus, openssl for the relay's
 #                          throwaway certificate); not needed by make test
@@ -25,7 +26,7 @@ want=(make gcc g++ liburing-dev android-libboringssl-dev util-linux)
 if [[ "${1:-}" == "test" ]]; then
   want+=(clang-14 libclang-rt-14-dev libcmocka-dev python3 python3-websockets
          python3-pytest python3-yaml python3-cryptography prometheus haproxy openssl systemd
-         systemd-container man-db groff-base iproute2 procps)
+         systemd-container man-db groff-base iproute2 procps pebble)
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
 fi

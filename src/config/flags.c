@@ -335,9 +335,9 @@ const struct flag_def config_flags[] = {
 	  "Let's Encrypt production; use its staging directory, or a test CA such as\n"
 	  "Pebble (with --outbound-ca-file for its TLS root), to try a set-up." },
 	{ "outbound-ca-file", FLAG_STRING, CFG_OFF(outbound_ca_file), NO_SET_FIELD, 0, false, "PATH",
-	  "PEM bundle of CA certificates trusted for outbound HTTPS (FCM, OAuth, ACME) besides\n"
-	  "the system's /etc/ssl/certs/ca-certificates.crt: a private CA or a TLS-\n"
-	  "inspecting egress proxy." },
+	  "PEM bundle of CA certificates trusted for outbound HTTPS (FCM, OAuth,\n"
+	  "ACME) besides the system's /etc/ssl/certs/ca-certificates.crt: a private CA,\n"
+	  "a TLS-inspecting egress proxy, or a test ACME server's root." },
 	{ "version", FLAG_BOOL, CFG_OFF(show_version), NO_SET_FIELD, 0, false, NULL,
 	  "Print the version and exit 0." },
 };

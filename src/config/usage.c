@@ -177,6 +177,7 @@ void config_print_summary(int fd, const struct config *cfg, uint32_t workers)
 			 cfg->https_proxy_protocol ? " (PROXY protocol v2 required)" : "");
 		text_add(&t, "http-listen: %s (ACME HTTP-01)\n", cfg->http_listen);
 		text_add(&t, "cert-cache: %s\n", cfg->cert_cache);
+		text_add(&t, "acme-directory: %s\n", cfg->acme_directory);
 	}
 	text_add(&t, "metrics-listen: %s\n", cfg->metrics_listen[0] ? cfg->metrics_listen : "off");
 	if (cfg->handover_socket[0])

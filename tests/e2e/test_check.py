@@ -83,7 +83,8 @@ def test_check_usage_error_exits_2(relay_factory):
 
 
 def test_check_autocert_is_refused_with_exit_1_as_the_boot(relay_factory):
-    # This build terminates no TLS: the boot refuses --domain with exit 1, so must --check.
+    # A cache directory the relay's user cannot create: the boot refuses with exit 1
+    # (reference §1.3), and so must --check.
     boot = relay_factory.boot(["--domain", "relay.example.com", "--cert-cache", "/nonexistent"])
     check = relay_factory.boot(["--check", "--domain", "relay.example.com", "--cert-cache", "/nonexistent"])
     assert boot.returncode == check.returncode == 1, (boot, check)

@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "control/autocert.h"
 #include "control/fcm.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_server.h"
@@ -71,6 +72,8 @@ static int teardown(void **state)
 static const uint64_t *push_wakes;
 /* --https-proxy-protocol on: pyrycode_relay_proxy_protocol_rejects_total */
 static bool proxy_protocol;
+/* --domain mode's figures, or NULL (the acme families are absent) */
+static const struct autocert_stats *acme;
 
 static size_t render(uint32_t nworkers, bool *overflow)
 {
@@ -79,7 +82,7 @@ static size_t render(uint32_t nworkers, bool *overflow)
 					.max_fds = 1024, .rss_ok = true, .resident_bytes = 4096,
 					.virtual_bytes = 8192, .cpu_seconds = 0.25 };
 	static const int64_t cert_expiry_s = 1800000000; /* TLS on: its families are rendered too */
-	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s, push_wakes, proxy_protocol };
+	struct metrics_input in = { sources, nworkers, "1.2.3", &proc, errs, &cert_expiry_s, push_wakes, proxy_protocol, acme };
 	struct prom_out o;
 	prom_out_init(&o, body, METRICS_BODY_BYTES_MAX);
 	metrics_render(&o, &in);
@@ -252,6 +255,32 @@ static void test_sums_and_per_worker(void **state)
 	assert_true(value_of(s) == 3 * (2 * 3e-6 + 2.0));
 }
 
+/* --domain mode: the acme families, each failure stage from its own cell, "cancelled"
+ * never a label; absent otherwise. */
+static void test_acme_families(void **state)
+{
+	(void)state;
+	static struct autocert_stats st = { .last_success_s = 1790000000, .issued = 2 };
+	st.failures[ACME_STAGE_CHALLENGE] = 4;
+	st.failures[ACME_STAGE_CANCELLED] = 9;
+	memset(fakes, 0, sizeof *fakes * 1);
+	bool overflow;
+	render(1, &overflow);
+	assert_null(strstr(body, "pyrycode_relay_acme_"));
+	acme = &st;
+	render(1, &overflow);
+	acme = NULL;
+	assert_false(overflow);
+	check_structure();
+	assert_int_equal(count_prefix("pyrycode_relay_acme_failures_total{"), ACME_STAGE_COUNT - 1);
+	assert_true(value_of("pyrycode_relay_acme_failures_total{stage=\"challenge\"}") == 4);
+	assert_true(value_of("pyrycode_relay_acme_failures_total{stage=\"directory\"}") == 0);
+	assert_null(strstr(body, "stage=\"cancelled\""));
+	assert_true(value_of("pyrycode_relay_acme_issued_total") == 2);
+	assert_true(value_of("pyrycode_relay_acme_last_success_timestamp_seconds") == 1790000000);
+	assert_non_null(strstr(body, "# TYPE pyrycode_relay_acme_last_success_timestamp_seconds gauge\n"));
+}
+
 /* Push on: the family has exactly the five outcomes, pre-created at 0 (§8.2), each
  * from its own cell. */
 static void test_push_wakes_family(void **state)
@@ -377,6 +406,7 @@ int main(void)
 		cmocka_unit_test(test_sums_and_per_worker),
 		cmocka_unit_test(test_push_wakes_family),
 		cmocka_unit_test(test_proxy_protocol_rejects_family),
+		cmocka_unit_test(test_acme_families),
 		cmocka_unit_test(test_widest_body_fits),
 		cmocka_unit_test(test_scrape_cpu_budget),
 	};

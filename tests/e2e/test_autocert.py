@@ -1,0 +1,396 @@
+"""--domain mode end to end against Pebble, a real ACME server (reference §1.1, §1.3,
+§7.4; issue #13; ADR 14).
+
+Pebble (Debian `pebble`) runs on loopback with a TLS certificate made here (the
+package ships none), its DNS pointed at pebble-challtestsrv, which answers every A
+query with 127.0.0.1, so Pebble's HTTP-01 validation really connects to the relay's
+--http-listen port (Pebble's httpPort). Pebble's default 5% badNonce rejections stay
+on: the relay must retry them. PEBBLE_VA_NOSLEEP=1 skips its random validation
+delays. The domain is relay.test, the Host relayctl's requests carry by default.
+
+Runs in one e2e stage only (1 worker, plaintext suite settings): nothing here depends
+on the worker count, and these relays terminate TLS themselves.
+"""
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from relayctl import (OP_TEXT, RawConn, Relay, claim, free_port, read_wrapped, register, relay_env, route,
+                      read_text, unique_id, wait_until)
+
+DOMAIN = "relay.test"
+RUN_UID = int(os.environ.get("RELAY_RUN_UID", "65534"))
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("RELAY_WORKERS", "1") != "1"
+                       or os.environ.get("RELAY_TLS", "") not in ("", "0"),
+                       reason="autocert runs in the 1-worker plaintext e2e stage only"),
+    pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None,
+                       reason="Debian package pebble not installed (tools/deps.sh test installs it)"),
+]
+
+
+def _openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+
+class Pebble:
+    """A Pebble ACME server and its challenge-test DNS, on free loopback ports."""
+
+    def __init__(self, workdir: Path, http_port: int, validity_s: int, ca_pem: Path, cert: Path, key: Path):
+        self.dir = workdir
+        self.port = free_port()
+        self.mgmt_port = free_port()
+        self.dns_port = free_port()
+        self.chall_mgmt = free_port()
+        self.ca_pem = ca_pem
+        cfg = {"pebble": {"listenAddress": f"127.0.0.1:{self.port}",
+                          "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
+                          "certificate": str(cert), "privateKey": str(key),
+                          "httpPort": http_port, "tlsPort": free_port(),
+                          "ocspResponderURL": "", "externalAccountBindingRequired": False,
+                          "certificateValidityPeriod": validity_s}}
+        conf = workdir / f"pebble-{self.port}.json"
+        conf.write_text(json.dumps(cfg))
+        self.chall = subprocess.Popen(
+            ["pebble-challtestsrv", "-http01", "", "-https01", "", "-tlsalpn01", "",
+             "-dns01", f"127.0.0.1:{self.dns_port}", "-management", f"127.0.0.1:{self.chall_mgmt}",
+             "-defaultIPv6", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
+        env.pop("PEBBLE_WFE_NONCEREJECT", None)  # keep Pebble's default 5% badNonce
+        self.log = open(workdir / f"pebble-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(["pebble", "-config", str(conf), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        ctx = ssl.create_default_context(cafile=str(ca_pem))
+        wait_until(lambda: self._answers(ctx), 10, 0.05, "pebble directory")
+
+    def _answers(self, ctx) -> bool:
+        try:
+            with urllib.request.urlopen(self.directory, context=ctx, timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def root_pem(self) -> str:
+        """The root Pebble signs with (made at its start): what a client must trust."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_pem))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt_port}/roots/0", context=ctx, timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self):
+        for p in (self.proc, self.chall):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A CA for Pebble's own HTTPS listener (the relay trusts it via --outbound-ca-file)."""
+    d = Path(tempfile.mkdtemp(prefix="relay-e2e-acme-"))
+    os.chmod(d, 0o755)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2", "-subj", "/CN=e2e pebble ca")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(d / "pebble.key"), "-out", str(d / "pebble.csr"), "-subj", "/CN=localhost")
+    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(d / "pebble.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+             "-CAcreateserial", "-out", str(d / "pebble.pem"), "-days", "2", "-extfile", str(d / "ext"))
+    os.chmod(d / "ca.pem", 0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class AutocertRelay(Relay):
+    """A --domain relay: clients connect to 127.0.0.1 with SNI relay.test and trust
+    Pebble's root (set .root once the relay has a certificate)."""
+
+    root: str = ""
+
+    def client_ctx(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.root)
+        ctx.check_hostname = True
+        return ctx
+
+    def connect(self, timeout: float = 5.0, sni: str = DOMAIN, **kw) -> RawConn:
+        c = RawConn(self.host, self.port, timeout=timeout)
+        c.sock = self.client_ctx().wrap_socket(c.sock, server_hostname=sni)
+        self._conns.append(c)
+        return c
+
+
+def start_relay(pki: Path, cache: Path, directory: str, http_port: int, env=None) -> AutocertRelay:
+    port, mport = free_port(), free_port()
+    args = ["--domain", DOMAIN, "--cert-cache", str(cache), "--https-listen", f"127.0.0.1:{port}",
+            "--http-listen", f":{http_port}", f"--metrics-listen=127.0.0.1:{mport}", "--acme-directory", directory,
+            "--outbound-ca-file", str(pki / "ca.pem"), "--workers", "1"]
+    r = AutocertRelay(os.environ.get("RELAY_BIN") or str(Path(__file__).resolve().parents[2] / "build/gcc/pyrycode-relay"),
+                      args, relay_env(env), "127.0.0.1", port, mport)
+    r._spawn()
+    r.wait_log("starting", timeout=10)
+    wait_until(lambda: _accepts(port), 5, 0.02, "the TLS listener")
+    return r
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def cache_dir(name: str) -> Path:
+    """A fresh parent owned by the relay's uid; the cache itself does not exist yet."""
+    parent = Path(tempfile.mkdtemp(prefix=f"relay-e2e-{name}-"))
+    os.chown(parent, RUN_UID, RUN_UID)
+    return parent / "nested" / "certs"
+
+
+def handshake_fails(relay: AutocertRelay, sni: str) -> bool:
+    try:
+        relay.connect(timeout=3, sni=sni)
+    except (ssl.SSLError, OSError):
+        return True
+    return False
+
+
+def _healthz_ok(relay: AutocertRelay) -> bool:
+    try:
+        return relay.http("GET", "/healthz").status == 200
+    except ConnectionRefusedError:
+        return False  # the workers are not listening yet
+
+
+def http_get(port: int, target: str) -> tuple:
+    with RawConn("127.0.0.1", port, timeout=5) as c:
+        r = c.request("GET", target, headers={"Connection": "close"})
+        return r.status, r.body, r.header("Location")
+
+
+def metric(relay: Relay, series: str) -> float:
+    for line in relay.metrics_text().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} missing")
+
+
+def serial_of(relay: AutocertRelay) -> int:
+    c = relay.connect()
+    der = c.sock.getpeercert(binary_form=True)
+    c.close()
+    from cryptography import x509
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_fresh_issuance_serves_wss_gates_host_and_restarts_from_cache(pki):
+    http_port = free_port()
+    pebble = Pebble(pki, http_port, 3600, pki / "ca.pem", pki / "pebble.pem", pki / "pebble.key")
+    cache = cache_dir("fresh")
+    relays = []
+    try:
+        # production mode, unprivileged: --domain starts (reference §7.3 step 9 passes)
+        r = start_relay(pki, cache, pebble.directory, http_port, {"PYRYCODE_RELAY_PRODUCTION": "1"})
+        relays.append(r)
+        # cache created 0700 with its parents; the account key made once, 0600
+        assert (cache.stat().st_mode & 0o777) == 0o700
+        assert (cache.parent.stat().st_mode & 0o777) == 0o700
+        assert ((cache / "acme_account+key").stat().st_mode & 0o777) == 0o600
+        # nothing issued until a handshake asks: the first one fails cleanly ...
+        time.sleep(0.3)
+        assert not r.find_logs("acme certificate request started")
+        r.root = pebble.root_pem()
+        assert handshake_fails(r, DOMAIN)
+        # ... and starts the issuance (real HTTP-01 against --http-listen)
+        r.wait_log("acme certificate request started", timeout=5, stage="issuance")
+        rec = r.wait_log("acme certificate obtained", timeout=30)
+        assert int(rec["not_after"]) > time.time() + 3000
+        assert ((cache / DOMAIN).stat().st_mode & 0o777) == 0o600
+        # another name never gets a certificate, nor starts an issuance
+        assert handshake_fails(r, "other.test")
+        assert len(r.find_logs("acme certificate request started")) == 1
+
+        # the next handshake is served, trusted through Pebble's root
+        resp = r.http("GET", "/healthz")
+        assert resp.status == 200 and json.loads(resp.body)["status"] == "ok"
+        # §1.3 Host gate: 421, empty body, before anything else (also /healthz, /v1/*)
+        for target, host in (("/healthz", "other.test"), ("/v1/server", "relay.test.evil"), ("/nope", "x")):
+            resp = r.http("GET", target, headers={"Host": host})
+            assert resp.status == 421 and resp.body == b"", (target, resp)
+        assert r.http("GET", "/healthz", headers={"Host": "RELAY.test:443"}).status == 200
+
+        # a routed session over wss:// (binary and phone both through TLS with the ACME certificate)
+        sid = unique_id("acme")
+        binary = claim(r, sid)
+        phone, conn_id = register(r, sid)
+        phone.send_text(b'{"hello":"over acme"}')
+        cid, frame = read_wrapped(binary)
+        assert cid == conn_id and frame == b'{"hello":"over acme"}'
+        route(binary, conn_id, b'{"back":1}')
+        assert read_text(phone) == b'{"back":1}'
+
+        # the HTTP-01 listener: 404 for anything but a published token, never a redirect
+        for target in ("/", "/healthz", "/.well-known/acme-challenge/", "/.well-known/acme-challenge/unknown",
+                       "/v1/server"):
+            status, body, location = http_get(http_port, target)
+            assert status == 404 and location is None, (target, status)
+
+        # our metrics
+        assert metric(r, "pyrycode_relay_acme_issued_total") == 1
+        assert metric(r, "pyrycode_relay_acme_last_success_timestamp_seconds") > time.time() - 60
+        assert metric(r, "pyrycode_relay_tls_certificate_expiry_timestamp_seconds") == float(rec["not_after"])
+        assert metric(r, 'pyrycode_relay_tls_handshake_failures_total{reason="no_certificate"}') >= 1
+        assert metric(r, 'pyrycode_relay_tls_handshake_failures_total{reason="sni"}') >= 1
+        serial = serial_of(r)
+        binary.close()
+        phone.close()
+        assert r.stop() == 0
+
+        # restart with the ACME server gone: the cached certificate is served at once
+        pebble.stop()
+        r2 = start_relay(pki, cache, pebble.directory, http_port)
+        relays.append(r2)
+        r2.root = r.root
+        r2.wait_log("serving cached certificate", timeout=5)
+        wait_until(lambda: _healthz_ok(r2), 5, 0.05, "healthz over TLS with the cached certificate")
+        assert serial_of(r2) == serial
+        assert not r2.find_logs("acme certificate request started")
+        log = r.stderr_text() + r2.stderr_text()
+        key = (cache / "acme_account+key").read_text()
+        assert key.split("\n")[1][:20] not in log  # no key material in the logs
+        assert r2.stop() == 0
+    finally:
+        for x in relays:
+            x.stop()
+        pebble.stop()
+        shutil.rmtree(cache.parent.parent, ignore_errors=True)
+
+
+def test_short_lived_certificate_is_renewed_while_a_session_stays_open(pki):
+    http_port = free_port()
+    # 15 s certificates: renewal two thirds in, at ~10 s
+    pebble = Pebble(pki, http_port, 15, pki / "ca.pem", pki / "pebble.pem", pki / "pebble.key")
+    cache = cache_dir("renew")
+    r = None
+    try:
+        r = start_relay(pki, cache, pebble.directory, http_port)
+        r.root = pebble.root_pem()
+        assert handshake_fails(r, DOMAIN)
+        first = r.wait_log("acme certificate obtained", timeout=30)
+        issued_at = time.time()
+        sid = unique_id("renew")
+        binary = claim(r, sid)
+        phone, conn_id = register(r, sid)
+        old_serial = serial_of(r)
+        mark = r.log_mark()
+        r.wait_log("acme certificate request started", since=mark, timeout=20, stage="renewal")
+        second = r.wait_log("acme certificate obtained", since=mark, timeout=20)
+        renewed_after = time.time() - issued_at
+        assert 5 <= renewed_after <= 14, renewed_after
+        assert int(second["not_after"]) > int(first["not_after"])
+        # the session that began with the old certificate still routes both ways
+        phone.send_text(b'{"after":"renewal"}')
+        cid, frame = read_wrapped(binary)
+        assert cid == conn_id and frame == b'{"after":"renewal"}'
+        route(binary, conn_id, b'{"ok":true}')
+        assert read_text(phone) == b'{"ok":true}'
+        # new handshakes get the new certificate
+        assert serial_of(r) != old_serial
+        assert metric(r, "pyrycode_relay_acme_issued_total") == 2
+        binary.close()
+        phone.close()
+        assert r.stop() == 0
+    finally:
+        if r is not None:
+            r.stop()
+        pebble.stop()
+        shutil.rmtree(cache.parent.parent, ignore_errors=True)
+
+
+def _boot(relay_factory, cache, *extra, env=None):
+    return relay_factory.boot(["--check", "--domain", DOMAIN, "--cert-cache", str(cache), "--https-listen", ":18443",
+                               "--http-listen", ":18080", *extra], env=env)
+
+
+def _last(res) -> dict:
+    recs = [x for x in res.log_records if x.get("level") in ("ERROR", "INFO")]
+    return recs[-1] if recs else {}
+
+
+def test_cache_directory_policy_and_boot_refusals(relay_factory):
+    base = Path(tempfile.mkdtemp(prefix="relay-e2e-cachedir-"))
+    os.chmod(base, 0o755)
+    try:
+        # ours with group/other bits: tightened to 0700, logged, the boot goes on
+        mine = base / "mine"
+        mine.mkdir(mode=0o755)
+        os.chmod(mine, 0o755)
+        os.chown(mine, RUN_UID, RUN_UID)
+        res = _boot(relay_factory, mine)
+        assert res.returncode == 0, res.stderr
+        rec = [x for x in res.log_records if x.get("msg") == "tightened cert cache dir perms"]
+        assert rec and rec[0]["path"] == str(mine) and rec[0]["from"] == "0755" and rec[0]["to"] == "0700"
+        assert (mine.stat().st_mode & 0o777) == 0o700
+        assert "cert-cache: " + str(mine) in res.stdout
+        # ours and 0700: nothing to say
+        res = _boot(relay_factory, mine)
+        assert res.returncode == 0 and "tightened" not in res.stderr
+        # someone else's (root's) with group/other bits: refused, exit 1, untouched
+        theirs = base / "theirs"
+        theirs.mkdir()
+        os.chmod(theirs, 0o750)
+        res = _boot(relay_factory, theirs)
+        assert res.returncode == 1, res.stderr
+        rec = [x for x in res.log_records if x.get("msg") == "autocert setup failed"][0]
+        assert "must be 0700" in rec["err"] and rec["fix"]
+        assert (theirs.stat().st_mode & 0o777) == 0o750
+        # not a directory: refused, exit 1
+        f = base / "file"
+        f.write_text("x")
+        res = _boot(relay_factory, f)
+        assert res.returncode == 1 and "not a directory" in res.stderr
+        # a path the relay's user cannot create: refused, exit 1
+        res = _boot(relay_factory, Path("/proc/no-such-dir/certs"))
+        assert res.returncode == 1 and "autocert setup failed" in res.stderr
+        # §7.4 order: the cache refusal (exit 1) comes before the listener address check (exit 2)
+        res = relay_factory.boot(["--domain", DOMAIN, "--cert-cache", str(theirs), "--https-listen", "nope"])
+        assert res.returncode == 1, res.stderr
+        res = _boot(relay_factory, mine, "--http-listen", "localhost:80")
+        assert res.returncode == 2 and "invalid listener address" in res.stderr
+        # not a DNS name: exit 2 with a fix
+        res = relay_factory.boot(["--check", "--domain", "relay.test/x", "--cert-cache", str(mine)])
+        assert res.returncode == 2, res.stderr
+        rec = [x for x in res.log_records if x.get("msg") == "refusing to start: invalid --domain"][0]
+        assert rec["fix"]
+        # autocert flags with --insecure-listen: exit 2 (§1.1)
+        res = relay_factory.boot(["--insecure-listen", "127.0.0.1:18081", "--http-listen", ":80"])
+        assert res.returncode == 2
+        # production mode with --domain passes every check (unprivileged)
+        res = _boot(relay_factory, mine, env={"PYRYCODE_RELAY_PRODUCTION": "1"})
+        assert res.returncode == 0, res.stderr
+        assert "acme-directory: https://acme-v02.api.letsencrypt.org/directory" in res.stdout
+        # an https:// ACME directory only
+        res = _boot(relay_factory, mine, "--acme-directory", "http://127.0.0.1:1/dir")
+        assert res.returncode == 2
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
