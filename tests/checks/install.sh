@@ -58,10 +58,12 @@ man8=$root/usr/local/share/man/man8/pyrycode-relay.8
 share=$root/usr/local/share/pyrycode-relay
 unit=$share/systemd/pyrycode-relay.service
 unit_files=$share/systemd/pyrycode-relay-certfiles.service
+unit_acme=$share/systemd/pyrycode-relay-autocert.service
 
 # ---- the binary
 ver=$("$bin" --version 2>&1) && [[ -n $ver ]] && ok "installed --version: $ver" || bad "installed --version: $ver"
-for f in systemd/pyrycode-relay.service systemd/pyrycode-relay-certfiles.service grafana/pyrycode-relay.json \
+for f in systemd/pyrycode-relay.service systemd/pyrycode-relay-certfiles.service \
+	systemd/pyrycode-relay-autocert.service grafana/pyrycode-relay.json \
 	sysctl/pyrycode-relay.conf prometheus/prometheus.yml \
 	prometheus/pyrycode-relay-rules.yml haproxy/pyrycode-relay-tls.cfg haproxy/pyrycode-relay-scaleout.cfg; do
 	[[ -f $share/$f ]] && ok "installed $f" || bad "missing $share/$f"
@@ -70,7 +72,7 @@ done
 [[ -x $share/systemd/pyrycode-relay-upgrade ]] && ok "pyrycode-relay-upgrade installed executable" \
 	|| bad "pyrycode-relay-upgrade not executable"
 [[ -f $root/etc/systemd/system/pyrycode-relay.service ]] && ok "SYSTEMD_UNIT_DIR copy" || bad "no unit in SYSTEMD_UNIT_DIR"
-for u in "$unit" "$unit_files"; do
+for u in "$unit" "$unit_files" "$unit_acme"; do
 	grep -q "^ExecStart=/usr/local/bin/pyrycode-relay " "$u" && ok "$(basename "$u") names the installed binary" \
 		|| bad "$(basename "$u") ExecStart does not name /usr/local/bin/pyrycode-relay"
 done
@@ -109,7 +111,9 @@ mkcert() { # $1: directory, $2: common name
 }
 mkcert "$tmp/tls" pyrelay-install-1 || bad "openssl could not make a test certificate"
 chmod 0755 "$tmp" "$tmp/tls"
-for u in "$unit" "$unit_files"; do
+# The --domain unit's cache (/var/lib is the service manager's): one the relay may create
+mkdir -p "$tmp/state" && chown "${RELAY_RUN_UID:-65534}" "$tmp/state" && chmod 0700 "$tmp/state"
+for u in "$unit" "$unit_files" "$unit_acme"; do
 	name=$(basename "$u")
 	sed "s|/usr/local/|$root/usr/local/|g" "$u" >"$tmp/verify/$name"
 	if (cd "$tmp" && MANPATH=$root/usr/local/share/man systemd-analyze verify "$tmp/verify/$name") \
@@ -129,7 +133,7 @@ for u in "$unit" "$unit_files"; do
 	env=()
 	grep -q '^Environment=PYRYCODE_RELAY_PRODUCTION=1$' "$u" && env=(PYRYCODE_RELAY_PRODUCTION=1)
 	# As nobody (no capability): :443 becomes :8443, the certificate the test one.
-	flags=$(echo "$flags" | sed "s|:443 |:8443 |; s|/etc/pyrycode-relay/tls|$tmp/tls|g")
+	flags=$(echo "$flags" | sed "s|:443 |:8443 |; s|/etc/pyrycode-relay/tls|$tmp/tls|g; s|/var/lib/pyrycode-relay/certs|$tmp/state/certs|g")
 	# shellcheck disable=SC2086 # word splitting as systemd splits $RELAY_FLAGS
 	if env "${env[@]}" tools/run-unprivileged.sh "$bin" --check $flags >"$tmp/check.out" 2>&1; then
 		ok "$name flags pass --check: $flags"
@@ -137,6 +141,11 @@ for u in "$unit" "$unit_files"; do
 		cat "$tmp/check.out"; bad "$name flags refused by --check"
 	fi
 done
+grep -q '^Environment=PYRYCODE_RELAY_PRODUCTION=1$' "$unit_acme" &&
+	grep -q '^AmbientCapabilities=CAP_NET_BIND_SERVICE$' "$unit_acme" &&
+	grep -q '^StateDirectory=pyrycode-relay$' "$unit_acme" &&
+	ok "--domain unit: production mode, CAP_NET_BIND_SERVICE alone, the cache in StateDirectory" ||
+	bad "--domain unit lacks production mode, the capability or the state directory"
 grep -q '^ExecReload=/usr/local/bin/pyrycode-relay --check $RELAY_FLAGS$' "$unit_files" &&
 	grep -q '^ExecReload=/bin/kill -HUP $MAINPID$' "$unit_files" &&
 	ok "certificate-files unit: reload runs --check, then SIGHUP" || bad "certificate-files unit ExecReload"
