@@ -567,12 +567,14 @@ static void *autocert_thread(void *arg)
 			continue;
 		}
 		/* wait for: shutdown, a kick, the renewal time, the end of the back-off */
+		/* not due: the renewal time is ahead, or a back-off runs (then wait for its end
+		 * even when the renewal time has passed), or nothing asked for a certificate yet */
 		int64_t wait_ms = -1;
 		if (have)
 			wait_ms = MAX((int64_t)0, (renew_at_s - now_s) * 1000);
 		if (!due_time && (have || kicked)) {
 			int64_t b = (int64_t)(retry_at_ms - now_ms);
-			wait_ms = wait_ms < 0 ? b : MIN(wait_ms, b);
+			wait_ms = MAX(wait_ms, b);
 		}
 		if (wait_ms > 0)
 			wait_ms = MIN(wait_ms, (int64_t)60000); /* the wall clock may jump: look again each minute */

@@ -182,6 +182,11 @@ def _healthz_ok(relay: AutocertRelay) -> bool:
         return False  # the workers are not listening yet
 
 
+def _cpu_seconds(relay: Relay) -> float:
+    fields = Path(f"/proc/{relay.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def http_get(port: int, target: str) -> tuple:
     with RawConn("127.0.0.1", port, timeout=5) as c:
         r = c.request("GET", target, headers={"Connection": "close"})
@@ -317,6 +322,25 @@ def test_short_lived_certificate_is_renewed_while_a_session_stays_open(pki):
         # new handshakes get the new certificate
         assert serial_of(r) != old_serial
         assert metric(r, "pyrycode_relay_acme_issued_total") == 2
+
+        # the CA goes away: the next renewal fails, is counted by stage, and is retried
+        # with back-off (5 s, then 10 s), not in a loop; the served certificate stays
+        pebble.stop()
+        mark = r.log_mark()
+        rec = r.wait_log("acme certificate request failed", since=mark, timeout=20)
+        failed_at = time.monotonic()
+        assert "refused" in rec["err"], rec
+        cpu0 = _cpu_seconds(r)
+        time.sleep(3)
+        assert _cpu_seconds(r) - cpu0 < 0.5, "the renewal back-off spins"
+        assert len(r.find_logs("acme certificate request failed", since=mark)) == 1
+        r.wait_log("acme certificate request started", since=r.log_mark(), timeout=8, stage="renewal")
+        assert time.monotonic() - failed_at >= 4.5  # AUTOCERT_BACKOFF_MIN_MS
+        failures = sum(metric(r, f'pyrycode_relay_acme_failures_total{{stage="{st}"}}')
+                       for st in ("directory", "nonce", "account", "order"))
+        assert failures >= 1
+        phone.send_text(b'{"still":"open"}')
+        assert read_wrapped(binary)[1] == b'{"still":"open"}'
         binary.close()
         phone.close()
         assert r.stop() == 0
