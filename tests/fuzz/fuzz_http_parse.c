@@ -15,9 +15,11 @@
  *     it must agree with the real parser on the status and, on OK, on every span.
  */
 #include "http/http_parse.h"
+#include "http/http_head.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -102,6 +104,8 @@ static void check_list_element(const struct http_request *req, const char *name,
 	ASSERT(http_header_has_token(req, name, tok));
 }
 
+static void check_host_gate(const struct http_request *req);
+
 static void check_ok_structure(const uint8_t *buf, size_t len, const struct http_request *req)
 {
 	const uint8_t *head_end;
@@ -178,6 +182,39 @@ static void check_ok_structure(const uint8_t *buf, size_t len, const struct http
 				   (size_t)(h->value.ptr + h->value.len - last));
 	}
 	ASSERT(prev_end < head_end);
+	check_host_gate(req);
+}
+
+/* ------------------------------------------------------------------ 1b. the Host gate */
+
+/* http_host_matches (the --domain Host gate): against the first Host value itself when
+ * it has no ':' or '[' (must match, in any case mix of the domain), and against a fixed
+ * domain (a match means the value is that domain, bracketed or not, with at most a
+ * ":port" after it). */
+static void check_host_gate(const struct http_request *req)
+{
+	static const char domain[] = "relay.example.com";
+	const size_t dn = sizeof domain - 1;
+	struct span v;
+	if (!http_header_get(req, "Host", &v)) {
+		ASSERT(!http_host_matches(req, domain));
+		return;
+	}
+	if (http_host_matches(req, domain)) {
+		size_t off = v.len > 0 && v.ptr[0] == '[' ? 1 : 0;
+		ASSERT(v.len >= off + dn && strncasecmp((const char *)v.ptr + off, domain, dn) == 0);
+		size_t rest = off + dn + (off ? 1 : 0);
+		ASSERT(!off || v.ptr[off + dn] == ']');
+		ASSERT(v.len == rest || (v.ptr[rest] == ':' && !memchr(v.ptr + rest + 1, ':', v.len - rest - 1)));
+	}
+	char own[256];
+	if (v.len > 0 && v.len < sizeof own && !memchr(v.ptr, ':', v.len) && !memchr(v.ptr, '[', v.len) &&
+	    !memchr(v.ptr, '\0', v.len)) {
+		for (size_t i = 0; i < v.len; i++)
+			own[i] = (char)((v.ptr[i] >= 'a' && v.ptr[i] <= 'z') ? v.ptr[i] - 32 : v.ptr[i]);
+		own[v.len] = '\0';
+		ASSERT(http_host_matches(req, own));
+	}
 }
 
 /* ------------------------------------------------------------------ 2. prefixes */
