@@ -534,13 +534,17 @@ int main(int argc, char **argv)
 		if (ct.m == NULL)
 			return boot_listener_failed(cfg.http_listen, why);
 		ct.addr = cfg.http_listen;
+		/* the autocert thread first: a failure after it is undone by boot_release
+		 * (autocert_destroy joins it); nothing undoes a running listener thread */
+		if (!autocert_start(ac, tls)) {
+			metrics_server_destroy(ct.m);
+			return boot_listener_failed(listen, "cannot start the autocert thread");
+		}
 		if (pthread_create(&ct.tid, NULL, metrics_thread, &ct) != 0) {
 			metrics_server_destroy(ct.m);
 			return boot_listener_failed(cfg.http_listen, "cannot start the ACME challenge listener thread");
 		}
 		ct.started = true;
-		if (!autocert_start(ac, tls))
-			return boot_listener_failed(listen, "cannot start the autocert thread");
 	}
 
 	for (uint32_t i = 0; i < nworkers; i++) {
