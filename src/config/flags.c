@@ -240,10 +240,14 @@ void config_format_duration_ms(char *out, size_t cap, uint64_t ms)
 const struct flag_def config_flags[] = {
 	{ "domain", FLAG_STRING, CFG_OFF(domain), NO_SET_FIELD, 0, false, "FQDN",
 	  "Public domain the relay obtains a Let's Encrypt certificate for and serves\n"
-	  "(autocert mode). Required unless --insecure-listen is set." },
+	  "(autocert mode). Required unless --insecure-listen is set. The certificate is\n"
+	  "obtained on the first TLS connection after a fresh start (that one fails; the\n"
+	  "client's retry is served) and renewed two thirds into its lifetime." },
 	{ "cert-cache", FLAG_STRING, CFG_OFF(cert_cache), NO_SET_FIELD, 0, false, "DIR",
-	  "Directory for the ACME certificate cache (autocert mode). Created 0700 if\n"
-	  "missing; refused if group/other can access it and it is not ours." },
+	  "Directory for the ACME certificate cache (autocert mode): the account key and\n"
+	  "the certificate, in Go autocert's file layout. Created 0700 if missing;\n"
+	  "tightened to 0700 if ours; refused if group/other can access it and it is not\n"
+	  "ours." },
 	{ "insecure-listen", FLAG_STRING, CFG_OFF(insecure_listen), NO_SET_FIELD, 0, false, "ADDR",
 	  "Serve plain HTTP on ADDR (IP:PORT or :PORT) and disable autocert. Use only\n"
 	  "behind a TLS-terminating reverse proxy, or for development." },
