@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+import relayctl
+
 from relayctl import (RawConn, Relay, claim, read_wrapped, register, relay_env, route,
                       read_text, unique_id, wait_until)
 
@@ -406,6 +408,65 @@ def test_bad_nonce_rejections_are_retried(pki):
         assert not r.find_logs("acme certificate request failed")
         assert metric(r, "pyrycode_relay_acme_issued_total") == 1
         assert r.http("GET", "/healthz").status == 200
+        assert r.stop() == 0
+    finally:
+        if r is not None:
+            r.stop()
+        pebble.stop()
+        shutil.rmtree(cache.parent.parent, ignore_errors=True)
+
+
+class PrivilegedPortRelay(AutocertRelay):
+    """Started as the relay's unprivileged uid holding CAP_NET_BIND_SERVICE alone (what
+    the systemd unit's AmbientCapabilities gives), not through run-unprivileged.sh."""
+
+    def _spawn(self) -> None:
+        self.wrapper = []
+        cmd = ["setpriv", f"--reuid={RUN_UID}", f"--regid={RUN_UID}", "--clear-groups",
+               "--inh-caps=-all,+net_bind_service", "--ambient-caps=+net_bind_service", "--"]
+        real = relayctl.RUN_UNPRIVILEGED
+        relayctl.RUN_UNPRIVILEGED = Path(cmd[0])
+        self.wrapper = cmd[1:]
+        try:
+            super()._spawn()
+        finally:
+            relayctl.RUN_UNPRIVILEGED = real
+
+
+def _port_in_use(port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
+            s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the relay: TIME_WAIT is no owner
+            s6.bind(("::", port))
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the relay CAP_NET_BIND_SERVICE")
+def test_production_mode_on_ports_443_and_80_with_only_cap_net_bind_service(pki):
+    if _port_in_use(80) or _port_in_use(443):
+        pytest.skip("port 80 or 443 is taken on this machine")
+    pebble = Pebble(pki, 80, 3600, pki / "ca.pem", pki / "pebble.pem", pki / "pebble.key")
+    cache = cache_dir("prod")
+    r = None
+    try:
+        mport = free_port_all()
+        args = ["--domain", DOMAIN, "--cert-cache", str(cache), f"--metrics-listen=127.0.0.1:{mport}",
+                "--acme-directory", pebble.directory, "--outbound-ca-file", str(pki / "ca.pem"), "--workers", "1"]
+        r = PrivilegedPortRelay(os.environ.get("RELAY_BIN") or str(Path(__file__).resolve().parents[2] / "build/gcc/pyrycode-relay"),
+                                args, relay_env({"PYRYCODE_RELAY_PRODUCTION": "1"}), "127.0.0.1", 443, mport)
+        r._spawn()
+        r.wait_log("starting", timeout=20)
+        wait_until(lambda: _accepts(443) or not r.alive(), 20, 0.02, "the TLS listener on 443")
+        assert r.alive(), r.log_tail()
+        status = Path(f"/proc/{r.proc.pid}/status").read_text()
+        assert "CapEff:\t0000000000000400" in status and f"Uid:\t{RUN_UID}" in status
+        r.root = pebble.root_pem()
+        assert handshake_fails(r, DOMAIN)
+        r.wait_log("acme certificate obtained", timeout=30)  # HTTP-01 on port 80
+        assert r.http("GET", "/healthz").status == 200
+        assert http_get(80, "/")[0] == 404
         assert r.stop() == 0
     finally:
         if r is not None:
