@@ -357,7 +357,11 @@ static int servername_check(SSL *ssl, int *out_alert, void *arg)
 	bool ok;
 	if (c->srv->acme_name != NULL) {
 		/* autocert: exactly the domain; no certificate yet: ask for one, fail cleanly */
-		if (name == NULL || strcasecmp(name, c->srv->acme_name) != 0) {
+		/* a trailing dot is the same name (Go's autocert trims it too) */
+		size_t n = name ? strlen(name) : 0, want = strlen(c->srv->acme_name);
+		if (n == want + 1 && name[want] == '.')
+			n--;
+		if (name == NULL || n != want || strncasecmp(name, c->srv->acme_name, want) != 0) {
 			c->refusal = TLS_ERR_SNI;
 			*out_alert = SSL_AD_UNRECOGNIZED_NAME;
 			return SSL_TLSEXT_ERR_ALERT_FATAL;

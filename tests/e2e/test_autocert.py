@@ -97,7 +97,14 @@ class Pebble:
         self.proc = subprocess.Popen(["pebble", "-config", str(conf), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
         ctx = ssl.create_default_context(cafile=str(ca_pem))
-        wait_until(lambda: self._answers(ctx), 10, 0.05, "pebble directory")
+        try:
+            wait_until(lambda: self._answers(ctx) or self.proc.poll() is not None, 30, 0.05, "pebble directory")
+        except TimeoutError:
+            self.stop()
+            raise AssertionError("pebble did not answer; its log:\n" + (workdir / f"pebble-{self.port}.log").read_text()[-2000:]) from None
+        if self.proc.poll() is not None:
+            self.stop()
+            raise AssertionError("pebble exited; its log:\n" + (workdir / f"pebble-{self.port}.log").read_text()[-2000:])
 
     def _answers(self, ctx) -> bool:
         try:
@@ -271,6 +278,12 @@ def test_fresh_issuance_serves_wss_gates_host_and_restarts_from_cache(pki):
         rec = r.wait_log("acme certificate obtained", timeout=30)
         assert int(rec["not_after"]) > time.time() + 3000
         assert ((cache / DOMAIN).stat().st_mode & 0o777) == 0o600
+        # the name in another case, or with a trailing dot, is the same name
+        for sni in ("RELAY.Test", DOMAIN + "."):
+            ctx = ssl.create_default_context(cadata=r.root)
+            ctx.check_hostname = False  # verified against the chain; the name is the test
+            with socket.create_connection(("127.0.0.1", r.port), timeout=5) as sock:
+                ctx.wrap_socket(sock, server_hostname=sni).close()
         # another name never gets a certificate, nor starts an issuance
         assert handshake_fails(r, "other.test")
         assert len(r.find_logs("acme certificate request started")) == 1
