@@ -28,7 +28,7 @@ import pytest
 
 import relayctl
 
-from relayctl import (RawConn, Relay, claim, read_wrapped, register, relay_env, route,
+from relayctl import (RawConn, Relay, claim, proxy_v2_header, read_wrapped, register, relay_env, route,
                       read_text, unique_id, wait_until)
 
 DOMAIN = "relay.test"
@@ -170,20 +170,21 @@ class AutocertRelay(Relay):
         return c
 
 
-def start_relay(pki: Path, cache: Path, directory: str, http_port: int, env=None) -> AutocertRelay:
+def start_relay(pki: Path, cache: Path, directory: str, http_port: int, env=None, extra=(),
+                cls=None) -> AutocertRelay:
     for _attempt in range(4):
-        r = _start_relay(pki, cache, directory, http_port, env)
+        r = _start_relay(pki, cache, directory, http_port, env, extra, cls or AutocertRelay)
         if r is not None:
             return r
     raise AssertionError("the relay's listeners lost every bind race")
 
 
-def _start_relay(pki: Path, cache: Path, directory: str, http_port: int, env=None):
+def _start_relay(pki: Path, cache: Path, directory: str, http_port: int, env, extra, cls):
     port, mport = free_port_all(), free_port_all()
     args = ["--domain", DOMAIN, "--cert-cache", str(cache), "--https-listen", f"127.0.0.1:{port}",
             "--http-listen", f":{http_port}", f"--metrics-listen=127.0.0.1:{mport}", "--acme-directory", directory,
-            "--outbound-ca-file", str(pki / "ca.pem"), "--workers", "1"]
-    r = AutocertRelay(os.environ.get("RELAY_BIN") or str(Path(__file__).resolve().parents[2] / "build/gcc/pyrycode-relay"),
+            "--outbound-ca-file", str(pki / "ca.pem"), "--workers", "1", *extra]
+    r = cls(os.environ.get("RELAY_BIN") or str(Path(__file__).resolve().parents[2] / "build/gcc/pyrycode-relay"),
                       args, relay_env(env), "127.0.0.1", port, mport)
     r._spawn()
     r.wait_log("starting", timeout=20)
@@ -421,6 +422,50 @@ def test_bad_nonce_rejections_are_retried(pki):
         assert not r.find_logs("acme certificate request failed")
         assert metric(r, "pyrycode_relay_acme_issued_total") == 1
         assert r.http("GET", "/healthz").status == 200
+        assert r.stop() == 0
+    finally:
+        if r is not None:
+            r.stop()
+        pebble.stop()
+        shutil.rmtree(cache.parent.parent, ignore_errors=True)
+
+
+class ProxiedAutocertRelay(AutocertRelay):
+    """Every connection starts with a PROXY v2 header from 203.0.113.7 (a TCP balancer
+    in front, as the Go relay's Fly deployment)."""
+
+    def connect(self, timeout: float = 5.0, sni: str = DOMAIN, **kw) -> RawConn:
+        c = RawConn(self.host, self.port, timeout=timeout)
+        c.sock.sendall(proxy_v2_header(src="203.0.113.7", src_port=41000, dst="127.0.0.1", dst_port=self.port))
+        c.sock = self.client_ctx().wrap_socket(c.sock, server_hostname=sni)
+        self._conns.append(c)
+        return c
+
+
+def test_domain_mode_behind_a_proxy_v2_balancer(pki):
+    # the Go relay's production line on Fly: --domain with --https-proxy-protocol; the
+    # HTTP-01 listener takes no header, the TLS listener requires one
+    http_port = free_port_all()
+    pebble = Pebble(pki, http_port, 3600, pki / "ca.pem", pki / "pebble.pem", pki / "pebble.key")
+    cache = cache_dir("proxied")
+    r = None
+    try:
+        r = start_relay(pki, cache, pebble.directory, http_port, extra=["--https-proxy-protocol"],
+                        cls=ProxiedAutocertRelay)
+        r.root = pebble.root_pem()
+        assert handshake_fails(r, DOMAIN)
+        r.wait_log("acme certificate obtained", timeout=30)
+        assert r.http("GET", "/healthz").status == 200
+        sid = unique_id("proxied")
+        mark = r.log_mark()
+        binary = claim(r, sid)
+        assert r.find_logs("server_claimed", since=mark, server_id=sid)[0]["remote"] == "203.0.113.7"
+        binary.close()
+        # without the header: closed unserved (test_proxy_v2.py checks the zero bytes)
+        with socket.create_connection(("127.0.0.1", r.port), timeout=5) as sock:
+            ctx = r.client_ctx()
+            with pytest.raises((ssl.SSLError, OSError)):
+                ctx.wrap_socket(sock, server_hostname=DOMAIN)
         assert r.stop() == 0
     finally:
         if r is not None:
