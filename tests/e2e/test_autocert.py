@@ -474,6 +474,39 @@ def test_domain_mode_behind_a_proxy_v2_balancer(pki):
         shutil.rmtree(cache.parent.parent, ignore_errors=True)
 
 
+def test_binary_upgrade_hands_the_acme_listener_over(pki):
+    # ADR 0018 in --domain mode: the successor takes every listener (the HTTP-01 one
+    # too: it binds ":PORT" without SO_REUSEPORT, so a second bind would fail) and serves
+    # the cached certificate; the predecessor drains and exits 0
+    http_port = free_port_all()
+    pebble = Pebble(pki, http_port, 3600, pki / "ca.pem", pki / "pebble.pem", pki / "pebble.key")
+    cache = cache_dir("handover")
+    sock = str(cache.parent.parent / "handover.sock")
+    old = new = None
+    try:
+        old = start_relay(pki, cache, pebble.directory, http_port, extra=["--handover-socket", sock])
+        old.root = pebble.root_pem()
+        assert handshake_fails(old, DOMAIN)
+        old.wait_log("acme certificate obtained", timeout=30)
+        serial = serial_of(old)
+        new = AutocertRelay(old.binary, old.args, old.env, old.host, old.port, old.metrics_port)
+        new.root = old.root
+        new._spawn()
+        new.wait_log("took over listeners", timeout=20)
+        new.wait_log("serving cached certificate", timeout=20)
+        assert old.wait_exit(30) == 0
+        assert serial_of(new) == serial
+        assert new.http("GET", "/healthz").status == 200
+        assert http_get(http_port, "/")[0] == 404  # the HTTP-01 listener, now the successor's
+        assert new.stop() == 0
+    finally:
+        for x in (old, new):
+            if x is not None:
+                x.stop()
+        pebble.stop()
+        shutil.rmtree(cache.parent.parent, ignore_errors=True)
+
+
 class PrivilegedPortRelay(AutocertRelay):
     """Started as the relay's unprivileged uid holding CAP_NET_BIND_SERVICE alone (what
     the systemd unit's AmbientCapabilities gives), not through run-unprivileged.sh."""
