@@ -608,8 +608,9 @@ static char *key_to_pem(EVP_PKEY *key, size_t *len)
 		memcpy(out, p, n);
 		out[n] = '\0';
 		*len = n;
+		OPENSSL_cleanse((void *)p, n); /* the BIO frees its buffer without wiping it */
 	}
-	BIO_free(b); /* BoringSSL's memory BIO wipes nothing: the key is short-lived there */
+	BIO_free(b);
 	ERR_clear_error();
 	return out;
 }

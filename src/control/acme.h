@@ -97,7 +97,8 @@ bool acme_obtain(struct acme_client *c, const char *domain, const struct acme_ch
 /* ---- pure pieces, for tests ---- */
 
 /* RFC 4648 §5 base64url without padding; returns the length written (cap must hold
- * 4 * ceil(n / 3) + 1 bytes; the output is NUL-terminated). */
+ * that length + 1: 4 * floor(n / 3) + (n % 3 ? n % 3 + 1 : 0) + 1 bytes, asserted; the
+ * output is NUL-terminated). */
 size_t acme_b64url(char *out, size_t cap, const uint8_t *in, size_t n);
 
 /* A new EC P-256 key, or NULL. */

@@ -265,11 +265,13 @@ static EVP_PKEY *account_key(const struct autocert *a, char why[AUTOCERT_WHY_BYT
 	}
 	EVP_PKEY *k = acme_key_generate();
 	BIO *b = BIO_new(BIO_s_mem());
-	const uint8_t *p;
-	size_t n;
+	const uint8_t *p = NULL;
+	size_t n = 0;
 	bool ok = k && b && PEM_write_bio_ECPrivateKey(b, EVP_PKEY_get0_EC_KEY(k), NULL, NULL, 0, NULL, NULL) &&
 		  BIO_mem_contents(b, &p, &n);
 	ok = ok && write_file(a, AUTOCERT_ACCOUNT_KEY_FILE, (const char *)p, n, "", 0, why);
+	if (p != NULL)
+		OPENSSL_cleanse((void *)p, n); /* the BIO frees its buffer without wiping it */
 	BIO_free(b);
 	ERR_clear_error();
 	if (!ok) {
