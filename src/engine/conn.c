@@ -143,6 +143,48 @@ static void tls_failed(struct worker *w, struct conn *c)
 	conn_drain(w, c);
 }
 
+/* The handshake of c waits for autocert's first certificate: remember it (bounded)
+ * and poll for the certificate. */
+static void cert_wait(struct worker *w, struct conn *c)
+{
+	for (uint32_t i = 0; i < w->n_cert_waiters; i++) {
+		if (w->cert_waiters[i].idx == c->idx && w->cert_waiters[i].gen == c->gen)
+			return;
+	}
+	if (w->n_cert_waiters == CERT_WAITERS_MAX) {
+		tls_conn_fail(c->tls, TLS_ERR_NO_CERT);
+		tls_failed(w, c);
+		return;
+	}
+	w->cert_waiters[w->n_cert_waiters++] = conn_ref_of(c);
+	if (!tw_node_scheduled(&w->cert_poll))
+		timer_wheel_schedule(&w->tw, &w->cert_poll, w->now_ms + CERT_POLL_MS);
+}
+
+static void tls_input(struct worker *w, struct conn *c, const uint8_t *p, size_t n);
+
+void conn_cert_poll(struct worker *w)
+{
+	uint64_t gen = tls_server_cert_generation(w->tls_server);
+	if (gen == w->cert_gen_seen) {
+		if (w->n_cert_waiters)
+			timer_wheel_schedule(&w->tw, &w->cert_poll, w->now_ms + CERT_POLL_MS);
+		return;
+	}
+	w->cert_gen_seen = gen;
+	struct conn_ref waiting[CERT_WAITERS_MAX];
+	uint32_t n = w->n_cert_waiters;
+	memcpy(waiting, w->cert_waiters, n * sizeof waiting[0]);
+	w->n_cert_waiters = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct conn *c = &w->conns[waiting[i].idx];
+		if (c->gen != waiting[i].gen || c->state != CONN_HTTP || c->tls == NULL || !tls_conn_waiting_cert(c->tls))
+			continue; /* gone, or no longer waiting */
+		tls_input(w, c, NULL, 0); /* the handshake goes on with the certificate */
+		conn_maybe_free(w, c);
+	}
+}
+
 /* Ciphertext in: decrypt into a buffer on the stack and hand the plaintext on, a
  * record's worth at a time. Bounded: every pass consumes input or drains the
  * plaintext buffer. */
@@ -175,6 +217,9 @@ static void tls_input(struct worker *w, struct conn *c, const uint8_t *p, size_t
 			return;
 		case TLS_PEER_CLOSED:
 			conn_kill(w, c); /* close_notify: the peer is gone, as at EOF */
+			return;
+		case TLS_WAIT_CERT:
+			cert_wait(w, c);
 			return;
 		case TLS_FAILED:
 			tls_failed(w, c);
@@ -269,7 +314,7 @@ void conn_timer_fire(struct worker *w, struct conn *c)
 		/* TLS handshake, HTTP header/idle timeout, or a WebSocket message that did not
 		 * finish within 30 s of its first header (§5.3): torn down without a close frame. */
 		if (c->tls != NULL && !tls_conn_established(c->tls))
-			tls_conn_fail(c->tls, TLS_ERR_TIMEOUT);
+			tls_conn_fail(c->tls, tls_conn_waiting_cert(c->tls) ? TLS_ERR_NO_CERT : TLS_ERR_TIMEOUT);
 		conn_note_end(c, CONN_END_READ_TIMEOUT);
 		conn_kill(w, c);
 		return;

@@ -77,6 +77,12 @@
 #define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
 /* --batch-wait-us: how many completions a waiting worker would like before it wakes. */
 #define WAKEUP_BATCH_COMPLETIONS 16u
+/* Autocert: at most this many handshakes per worker wait for the first certificate
+ * (more fail at once, TLS_ERR_NO_CERT), polled this often; the handshake deadline
+ * (TLS_HANDSHAKE_TIMEOUT_MS from accept) bounds each wait, as the reference's 5 s read
+ * deadline bounds its first handshake. */
+#define CERT_WAITERS_MAX 256u
+#define CERT_POLL_MS 50u
 /* Heartbeat ping payloads are a decimal sequence number. */
 #define HEARTBEAT_PAYLOAD_BYTES_MAX 16u
 
@@ -197,6 +203,12 @@ struct worker {
 	bool accept_off_requested; /* atomic: worker_stop_accepting (a successor took the listeners) */
 	bool accept_off;           /* the worker acted on it */
 	struct tw_node accept_backoff;
+	/* Handshakes paused for autocert's first certificate (TLS_WAIT_CERT): re-driven
+	 * when the server's certificate generation moves, polled every CERT_POLL_MS. */
+	struct conn_ref cert_waiters[CERT_WAITERS_MAX];
+	uint32_t n_cert_waiters;
+	uint64_t cert_gen_seen;
+	struct tw_node cert_poll;
 	bool accept_failing; /* "accept failed" is logged; "accept recovered" at the next accept */
 	int wake_fd;
 	uint64_t wake_value;
@@ -258,6 +270,8 @@ static inline struct conn_ref conn_ref_of(const struct conn *c)
 {
 	return (struct conn_ref){ .idx = c->idx, .gen = c->gen };
 }
+/* The certificate poll timer fired: re-drive waiting handshakes if it arrived. */
+void conn_cert_poll(struct worker *w);
 /* The one entrance of received bytes into the phases (the transport seam). */
 void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
 bool conn_reads(const struct conn *c);

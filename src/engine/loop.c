@@ -94,6 +94,9 @@ struct worker *worker_create(const struct config *cfg, struct worker_group *grou
 	w->now_ms = w->start_ms = w->iter_ns / 1000000u;
 	timer_wheel_init(&w->tw, w->now_ms);
 	w->accept_backoff.kind = TW_KIND_ACCEPT_BACKOFF;
+	w->cert_poll.kind = TW_KIND_CERT_POLL;
+	if (tls != NULL)
+		w->cert_gen_seen = tls_server_cert_generation(tls);
 	w->app = hooks->create(w, cfg, app_shared);
 	if (w->app == NULL) {
 		snprintf(why, URING_WHY_BYTES, "out of memory for the application state");
@@ -409,6 +412,8 @@ static void on_timer(struct tw_node *n, void *ctx)
 		conn_timer_fire(w, CONTAINER_OF(n, struct conn, timer));
 	else if (n->kind == TW_KIND_ACCEPT_BACKOFF)
 		arm_accept(w);
+	else if (n->kind == TW_KIND_CERT_POLL)
+		conn_cert_poll(w);
 	else
 		w->hooks->timer(w->app, n);
 	conn_run_ended(w);

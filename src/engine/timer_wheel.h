@@ -23,6 +23,7 @@
 enum tw_kind {
 	TW_KIND_CONN = 0,
 	TW_KIND_ACCEPT_BACKOFF = 1,
+	TW_KIND_CERT_POLL = 2, /* handshakes wait for the autocert certificate (conn.c) */
 	TW_KIND_APP = 16, /* kinds of the application above the engine are >= this */
 };
 

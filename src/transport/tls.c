@@ -75,6 +75,7 @@ struct tls_server {
 	 * handshake that issues or reads a ticket, never on the data path. */
 	pthread_mutex_t lock;
 	struct tls_cert *cert;
+	uint64_t cert_gen; /* bumped by every tls_server_swap_cert (read without the lock too) */
 	struct ticket_key current;
 	struct ticket_key previous; /* decrypts (and renews) only */
 	bool have_previous;
@@ -115,6 +116,7 @@ struct tls_conn {
 	bool peer_closed : 1;
 	bool close_sent : 1;
 	bool drained : 1;
+	bool cert_wait : 1; /* autocert: the handshake waits for the first certificate */
 };
 
 static const char *const error_names[TLS_ERR_COUNT] = {
@@ -366,12 +368,8 @@ static int servername_check(SSL *ssl, int *out_alert, void *arg)
 			*out_alert = SSL_AD_UNRECOGNIZED_NAME;
 			return SSL_TLSEXT_ERR_ALERT_FATAL;
 		}
-		if (c->cert == NULL) {
-			c->srv->want_cert(c->srv->want_cert_ctx);
-			c->refusal = TLS_ERR_NO_CERT;
-			*out_alert = SSL_AD_INTERNAL_ERROR;
-			return SSL_TLSEXT_ERR_ALERT_FATAL;
-		}
+		if (c->cert == NULL)
+			c->srv->want_cert(c->srv->want_cert_ctx); /* cert_select waits for it */
 		return SSL_TLSEXT_ERR_OK;
 	}
 	switch (c->srv->sni) {
@@ -394,6 +392,30 @@ static int servername_check(SSL *ssl, int *out_alert, void *arg)
 	c->refusal = TLS_ERR_SNI;
 	*out_alert = SSL_AD_UNRECOGNIZED_NAME;
 	return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/*
+ * BoringSSL's certificate callback, after the server-name check. Autocert without a
+ * certificate yet: take the server's current one if it has arrived since the
+ * connection began, or pause the handshake (SSL_ERROR_WANT_X509_LOOKUP: tls_conn_input
+ * returns TLS_WAIT_CERT) until the owner calls tls_conn_input again. The owner's
+ * handshake deadline bounds the wait.
+ */
+static int cert_select(SSL *ssl, void *arg)
+{
+	(void)arg;
+	struct tls_conn *c = conn_of(ssl);
+	if (c->cert != NULL || c->srv->acme_name == NULL)
+		return 1; /* chosen at tls_conn_new (none: BoringSSL fails the handshake) */
+	pthread_mutex_lock(&c->srv->lock);
+	c->cert = c->srv->cert ? tls_cert_get(c->srv->cert) : NULL;
+	pthread_mutex_unlock(&c->srv->lock);
+	if (c->cert == NULL) {
+		c->cert_wait = true;
+		return -1;
+	}
+	c->cert_wait = false;
+	return SSL_set_chain_and_key(ssl, c->cert->chain, c->cert->chain_len, c->cert->key, NULL) ? 1 : 0;
 }
 
 static void ticket_key_new(struct ticket_key *k)
@@ -470,6 +492,7 @@ struct tls_server *tls_server_new(struct tls_cert *cert, enum tls_sni_policy sni
 	SSL_CTX_set_session_psk_dhe_timeout(ctx, TLS_TICKET_LIFETIME_S);
 	SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 	SSL_CTX_set_tlsext_servername_callback(ctx, servername_check);
+	SSL_CTX_set_cert_cb(ctx, cert_select, NULL);
 	ticket_key_new(&s->current);
 	s->keys_at_ms = now_ms;
 	return s;
@@ -501,9 +524,15 @@ void tls_server_swap_cert(struct tls_server *s, struct tls_cert *cert)
 	pthread_mutex_lock(&s->lock);
 	struct tls_cert *old = s->cert;
 	s->cert = cert;
+	__atomic_add_fetch(&s->cert_gen, 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&s->lock);
 	/* Connections in their handshake hold their own reference to the old one. */
 	tls_cert_put(old);
+}
+
+uint64_t tls_server_cert_generation(const struct tls_server *s)
+{
+	return __atomic_load_n(&s->cert_gen, __ATOMIC_ACQUIRE);
 }
 
 bool tls_server_rotate_ticket_keys(struct tls_server *s, uint64_t now_ms)
@@ -666,11 +695,21 @@ enum tls_status tls_conn_input(struct tls_conn *c, const uint8_t *in, size_t in_
 	enum tls_status st = TLS_AGAIN;
 	if (!c->established) {
 		int rc = SSL_do_handshake(c->ssl);
+		int kind = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, rc);
 		if (rc == 1) {
 			on_established(c);
-		} else if (SSL_get_error(c->ssl, rc) == SSL_ERROR_WANT_READ) {
+		} else if (kind == SSL_ERROR_WANT_READ) {
 			ERR_clear_error();
 			st = TLS_WANT_INPUT;
+		} else if (kind == SSL_ERROR_WANT_X509_LOOKUP && c->in_off == c->in_len) {
+			/* paused for the certificate (cert_select) with the hello consumed */
+			ERR_clear_error();
+			st = TLS_WAIT_CERT;
+		} else if (kind == SSL_ERROR_WANT_X509_LOOKUP) {
+			/* more than a hello while waiting: a client has no business sending it */
+			ERR_clear_error();
+			tls_conn_fail(c, TLS_ERR_PROTOCOL);
+			st = TLS_FAILED;
 		} else {
 			fail_from_ssl(c, rc);
 			st = TLS_FAILED;
@@ -709,6 +748,11 @@ enum tls_status tls_conn_input(struct tls_conn *c, const uint8_t *in, size_t in_
 	if (st != TLS_FAILED)
 		tls_conn_flush(c); /* a KeyUpdate we must answer, read just now */
 	return st;
+}
+
+bool tls_conn_waiting_cert(const struct tls_conn *c)
+{
+	return c->cert_wait && !c->established && c->error == TLS_ERR_NONE;
 }
 
 bool tls_conn_established(const struct tls_conn *c)

@@ -180,7 +180,7 @@ enum tls_sni_policy {
 /* A server with cert (its reference is taken, also on failure). now_ms: the owner's
  * monotonic clock, the origin of the ticket-key schedule. NULL when BoringSSL refuses
  * (out of memory). cert may be NULL only for a server that tls_server_set_acme then
- * configures: its handshakes fail (TLS_ERR_NO_CERT) until tls_server_swap_cert. */
+ * configures: its handshakes wait (TLS_WAIT_CERT) until tls_server_swap_cert. */
 struct tls_server *tls_server_new(struct tls_cert *cert, enum tls_sni_policy sni, uint64_t now_ms);
 /* After every connection of the server is freed. */
 void tls_server_free(struct tls_server *s);
@@ -189,17 +189,21 @@ void tls_server_free(struct tls_server *s);
  * with tls_cert_load first, and keep the old one when that fails. */
 void tls_server_swap_cert(struct tls_server *s, struct tls_cert *cert);
 /* Autocert (ACME, before any connection): only `name` is served (the ClientHello's
- * server name must equal it, ASCII case-insensitively; no name is refused); while no
- * certificate is there, a handshake for it fails with TLS_ERR_NO_CERT and calls
- * want_cert(ctx) first, on the worker's thread: it must not block (the autocert thread
- * starts the issuance; the client's next handshake gets the certificate). name must
- * outlive the server. */
+ * server name must equal it, ASCII case-insensitively, a trailing dot allowed; no name
+ * is refused); while no certificate is there, a handshake for it calls want_cert(ctx)
+ * on the worker's thread (it must not block: the autocert thread starts the issuance)
+ * and pauses (TLS_WAIT_CERT) until the certificate is swapped in or the owner gives up
+ * (tls_conn_fail with TLS_ERR_NO_CERT at its handshake deadline). name must outlive
+ * the server. */
 void tls_server_set_acme(struct tls_server *s, const char *name, void (*want_cert)(void *ctx), void *ctx);
 
 /* Rotate the ticket keys when TLS_TICKET_KEY_ROTATE_MS have passed since the last
  * rotation (or since tls_server_new); true when it rotated. Call it on a timer, with
  * the same clock as tls_server_new; any thread. */
 bool tls_server_rotate_ticket_keys(struct tls_server *s, uint64_t now_ms);
+/* Moves at every tls_server_swap_cert: a worker whose handshakes wait for a certificate
+ * (TLS_WAIT_CERT) polls it. Any thread. */
+uint64_t tls_server_cert_generation(const struct tls_server *s);
 
 /* ------------------------------------------------------------------ first bytes */
 
@@ -219,6 +223,10 @@ enum tls_status {
 	TLS_WANT_INPUT = 0, /* all input consumed and decrypted: receive more */
 	TLS_AGAIN,          /* the plaintext buffer filled: consume it, call again with the rest */
 	TLS_PEER_CLOSED,    /* the peer sent close_notify: no more plaintext will come */
+	TLS_WAIT_CERT,      /* autocert: the handshake waits for the server's first certificate;
+			     * call tls_conn_input again (no input needed) once
+			     * tls_server_cert_generation moves, or fail it (TLS_ERR_NO_CERT) at the
+			     * handshake deadline */
 	TLS_FAILED,         /* tls_conn_error says why; send what tls_conn_out_take gives (an
 			     * alert), then close (TLS_ERR_PLAINTEXT_HTTP: see its comment) */
 };
@@ -243,6 +251,8 @@ void tls_conn_set_stats(struct tls_conn *c, struct tls_stats *stats);
 enum tls_status tls_conn_input(struct tls_conn *c, const uint8_t *in, size_t in_len, size_t *in_used,
 			       uint8_t *out, size_t out_cap, size_t *out_len);
 
+/* The handshake is paused for a certificate (TLS_WAIT_CERT). */
+bool tls_conn_waiting_cert(const struct tls_conn *c);
 /* The handshake completed (and the connection has not failed). */
 bool tls_conn_established(const struct tls_conn *c);
 

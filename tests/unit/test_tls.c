@@ -526,6 +526,67 @@ static void test_refusals_classified(void **state)
 	tls_server_free(rsa);
 }
 
+static void count_want(void *ctx)
+{
+	(*(int *)ctx)++;
+}
+
+/*
+ * Autocert before its first certificate: a hello for the domain asks for one and the
+ * handshake waits (TLS_WAIT_CERT) instead of failing; once the certificate is swapped
+ * in (the generation moves), an input-less call carries the handshake on to the end.
+ * Another name is refused without asking; one waiting handshake fails as the owner
+ * says at its deadline (TLS_ERR_NO_CERT).
+ */
+static void test_autocert_waits_for_the_first_certificate(void **state)
+{
+	for (int v = 0; v < 2; v++) {
+		struct tls_server *s = tls_server_new(NULL, TLS_SNI_REQUIRED, 0);
+		assert_non_null(s);
+		int wanted = 0;
+		tls_server_set_acme(s, NAME, count_want, &wanted);
+		uint64_t gen0 = tls_server_cert_generation(s);
+		struct tls_stats st = { 0 };
+
+		struct pair other;
+		struct client_opts oo = { .sni = "other.example", .max_version = v ? TLS1_2_VERSION : TLS1_3_VERSION };
+		pair_init(&other, s, &st, &oo, NULL);
+		assert_false(handshake(&other));
+		assert_int_equal(tls_conn_error(other.sv), TLS_ERR_SNI);
+		assert_int_equal(wanted, 0);
+		pair_free(&other);
+
+		struct pair late;
+		struct client_opts o = { .sni = "RELAY.example.", .max_version = v ? TLS1_2_VERSION : TLS1_3_VERSION };
+		pair_init(&late, s, &st, &o, NULL);
+		assert_int_equal(SSL_get_error(late.cl, client_step(&late)), SSL_ERROR_WANT_READ);
+		assert_int_equal(to_server(&late), TLS_WAIT_CERT);
+		assert_true(tls_conn_waiting_cert(late.sv));
+		tls_conn_fail(late.sv, TLS_ERR_NO_CERT); /* its deadline passed */
+		assert_false(tls_conn_waiting_cert(late.sv));
+		assert_int_equal(tls_conn_error(late.sv), TLS_ERR_NO_CERT);
+		pair_free(&late);
+
+		struct pair p;
+		pair_init(&p, s, &st, &o, NULL);
+		assert_int_equal(SSL_get_error(p.cl, client_step(&p)), SSL_ERROR_WANT_READ);
+		assert_int_equal(to_server(&p), TLS_WAIT_CERT);
+		assert_int_equal(wanted, 2);
+		assert_int_equal(tls_conn_out_pending(p.sv), 0); /* nothing said yet */
+		/* still none: it keeps waiting */
+		assert_int_equal(server_feed(&p, NULL, 0), TLS_WAIT_CERT);
+		tls_server_swap_cert(s, load_test_cert(&fx.ec_good));
+		assert_true(tls_server_cert_generation(s) != gen0);
+		assert_int_equal(server_feed(&p, NULL, 0), TLS_WANT_INPUT);
+		assert_false(tls_conn_waiting_cert(p.sv));
+		assert_true(tls_conn_out_pending(p.sv) > 0); /* the server's flight */
+		assert_true(handshake(&p));
+		assert_true(tls_conn_established(p.sv));
+		pair_free(&p);
+		tls_server_free(s);
+	}
+}
+
 static void test_sni_policies(void **state)
 {
 	struct {
@@ -1132,6 +1193,7 @@ int main(void)
 		cmocka_unit_test(test_alpn),
 		cmocka_unit_test(test_refusals_classified),
 		cmocka_unit_test(test_sni_policies),
+		cmocka_unit_test(test_autocert_waits_for_the_first_certificate),
 		cmocka_unit_test(test_first_bytes_kind),
 		cmocka_unit_test(test_plaintext_http_on_tls_port),
 		cmocka_unit_test(test_record_too_large),
