@@ -180,7 +180,8 @@ void conn_cert_poll(struct worker *w)
 		struct conn *c = &w->conns[waiting[i].idx];
 		if (c->gen != waiting[i].gen || c->state != CONN_HTTP || c->tls == NULL || !tls_conn_waiting_cert(c->tls))
 			continue; /* gone, or no longer waiting */
-		tls_input(w, c, NULL, 0); /* the handshake goes on with the certificate */
+		static const uint8_t no_input[1];
+		tls_input(w, c, no_input, 0); /* the handshake goes on with the certificate */
 		conn_maybe_free(w, c);
 	}
 }
