@@ -6,7 +6,8 @@
 #   make test         install test deps if missing, run the whole suite (what CI runs)
 #   make unit         unit tests for the current CC/SAN
 #   make SAN=asan     build with ASan+UBSan (SAN=tsan: ThreadSanitizer)
-#   make fuzz         build the libFuzzer targets (clang)
+#   make fuzz         run every libFuzzer target FUZZ_SECONDS (default 60) each (clang);
+#                     make fuzz-bins only builds them
 #   make soak         10,000 connections churning for SOAK_SECONDS (default 600; make test: 20)
 #   make install      binary, man page pyrycode-relay(8) and deploy/ files under PREFIX
 #                     (default /usr/local; DESTDIR for staging; see README "Install")
@@ -79,7 +80,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all deps deps-test run test unit fuzz fuzz-smoke clean tools install uninstall
+.PHONY: all deps deps-test run test unit fuzz fuzz-bins fuzz-build fuzz-smoke clean tools install uninstall
 
 # The man page is generated from the binary's own --help (src/config/usage.c), so the
 # two cannot drift; tools/man-from-help.sh turns that text into roff. Sanitizer builds
@@ -122,19 +123,30 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 unit: $(UNIT_BINS)
 	@tests/run_unit.sh $(UNIT_BINS)
 
-# libFuzzer targets: always clang, with their own copy of the library.
+# libFuzzer targets (tests/fuzz/fuzz_*.c, corpus in tests/fuzz/corpus/<name>/): always
+# clang, ASan+UBSan, with their own copy of the library in build/fuzz/.
+#   make fuzz-bins    build them
+#   make fuzz         run each for FUZZ_SECONDS (default 60) over its corpus
+#   make fuzz-smoke   the same for FUZZ_SMOKE_SECONDS each (default 6): the `make test` stage
 FUZZ_CC ?= clang-14
-fuzz:
-	@$(MAKE) --no-print-directory CC=$(FUZZ_CC) SAN=fuzz BUILD=build/fuzz fuzz-bins
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 6
+fuzz-bins:
+	@$(MAKE) --no-print-directory CC=$(FUZZ_CC) SAN=fuzz BUILD=build/fuzz fuzz-build
 
-fuzz-bins: $(FUZZ_BINS)
+fuzz-build: $(FUZZ_BINS)
+
+# kept, so a second `make fuzz` relinks nothing
+.SECONDARY: $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/obj/tests/fuzz/%.o)
 
 build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o $(LIB)
 	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LIBS)
 
-FUZZ_SECONDS ?= 10
-fuzz-smoke: fuzz
+fuzz: fuzz-bins
 	@tests/run_fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+fuzz-smoke: fuzz-bins
+	@tests/run_fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_BINS)
 
 # kTLS self-test (tests/ktls/): fixed keys, no handshake; BoringSSL's libcrypto only, for
 # the user-space end of its wire-format checks. `make test-ktls` boots Debian's 6.1
