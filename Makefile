@@ -127,10 +127,10 @@ unit: $(UNIT_BINS)
 # clang, ASan+UBSan, with their own copy of the library in build/fuzz/.
 #   make fuzz-bins    build them
 #   make fuzz         run each for FUZZ_SECONDS (default 60) over its corpus
-#   make fuzz-smoke   the same for FUZZ_SMOKE_SECONDS each (default 6): the `make test` stage
+#   make fuzz-smoke   the same for FUZZ_SMOKE_SECONDS each (default 5): the `make test` stage
 FUZZ_CC ?= clang-14
 FUZZ_SECONDS ?= 60
-FUZZ_SMOKE_SECONDS ?= 6
+FUZZ_SMOKE_SECONDS ?= 5
 fuzz-bins:
 	@$(MAKE) --no-print-directory CC=$(FUZZ_CC) SAN=fuzz BUILD=build/fuzz fuzz-build
 

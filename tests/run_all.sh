@@ -61,7 +61,7 @@ stage "e2e asan+ubsan, 4 workers" e2e build/"$CLANG"-asan/pyrycode-relay 4
 # TSan needs a fixed address layout on this kernel (high mmap entropy); a report makes
 # the relay exit 66, which the harness's teardown turns into a failure.
 stage "e2e tsan, 4 workers"   setarch -R bash -c "$(declare -f e2e); PY=$PY; e2e build/$CLANG-tsan/pyrycode-relay 4"
-stage "fuzz smoke"            make --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS="${FUZZ_SMOKE_SECONDS:-6}"
+stage "fuzz smoke"            make --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS="${FUZZ_SMOKE_SECONDS:-5}"
 for check in tests/checks/*.sh; do
   [[ -e $check ]] || continue
   stage "check $(basename "$check" .sh)" "$check"
