@@ -134,9 +134,10 @@ FUZZ_SMOKE_SECONDS ?= 5
 fuzz-bins:
 	@$(MAKE) --no-print-directory CC=$(FUZZ_CC) SAN=fuzz BUILD=build/fuzz fuzz-build
 
+# internal: the sub-make above, with the fuzz toolchain and flags
 fuzz-build: $(FUZZ_BINS)
 
-# kept, so a second `make fuzz` relinks nothing
+# kept, so a second `make fuzz` recompiles nothing
 .SECONDARY: $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/obj/tests/fuzz/%.o)
 
 build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o $(LIB)
