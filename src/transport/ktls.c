@@ -303,12 +303,21 @@ _Static_assert(CMSG_SPACE(sizeof(uint8_t)) <= KTLS_CMSG_BYTES, "the record type'
 
 uint8_t ktls_record_type(const void *control, size_t controllen)
 {
-	struct msghdr m = { .msg_control = (void *)control, .msg_controllen = controllen };
-	/* Bounded: CMSG_NXTHDR stops at msg_controllen. */
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm != NULL; cm = CMSG_NXTHDR(&m, cm)) {
-		if (cm->cmsg_level == SOL_TLS && cm->cmsg_type == TLS_GET_RECORD_TYPE &&
-		    cm->cmsg_len >= CMSG_LEN(sizeof(uint8_t)))
-			return *(const uint8_t *)CMSG_DATA(cm);
+	/* Walked by hand, not with CMSG_FIRSTHDR/CMSG_NXTHDR: those trust the first
+	 * header's length. Bounded: each step moves forward within controllen. */
+	const uint8_t *c = control;
+	size_t off = 0;
+	while (controllen - off >= sizeof(struct cmsghdr)) {
+		struct cmsghdr h;
+		memcpy(&h, c + off, sizeof h);
+		if (h.cmsg_len < sizeof h || h.cmsg_len > controllen - off)
+			break; /* not a message the kernel would write: no type in it */
+		if (h.cmsg_level == SOL_TLS && h.cmsg_type == TLS_GET_RECORD_TYPE && h.cmsg_len >= CMSG_LEN(sizeof(uint8_t)))
+			return c[off + CMSG_LEN(0)];
+		size_t step = CMSG_ALIGN(h.cmsg_len);
+		if (step > controllen - off)
+			break;
+		off += step;
 	}
 	return KTLS_RECORD_APPLICATION_DATA;
 }

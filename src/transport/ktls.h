@@ -165,7 +165,8 @@ void ktls_secrets_wipe(struct ktls_secrets *s);
 
 /* The record type in the control messages of a kTLS recvmsg (msg_control of msgh, the
  * length the kernel wrote in controllen), or KTLS_RECORD_APPLICATION_DATA when there is
- * none (the kernel adds it for every record when asked; a missing one is data). Pure. */
+ * none (the kernel adds it for every record when asked; a missing one is data). Pure;
+ * reads nothing past controllen: a header longer than what is left ends the walk. */
 uint8_t ktls_record_type(const void *control, size_t controllen);
 
 /* Send an alert record (level, description) on a socket with TLS_TX installed, without

@@ -813,6 +813,30 @@ static void test_key_update_after_install(void **state)
 	}
 }
 
+/* The record-type reader stays inside the control bytes it is given: a first header
+ * claiming more than there is ends the walk (found by fuzz_ktls), and a well-formed
+ * record type is read. */
+static void test_record_type_reader_bounds(void **state)
+{
+	union {
+		uint8_t b[64];
+		struct cmsghdr align;
+	} u;
+	memset(&u, 0, sizeof u);
+	struct cmsghdr h = { .cmsg_len = CMSG_LEN(1), .cmsg_level = SOL_TLS, .cmsg_type = TLS_GET_RECORD_TYPE };
+	memcpy(u.b, &h, sizeof h);
+	u.b[CMSG_LEN(0)] = KTLS_RECORD_ALERT;
+	assert_int_equal(ktls_record_type(u.b, CMSG_SPACE(1)), KTLS_RECORD_ALERT);
+	/* the type byte would be just past the bytes given */
+	uint8_t *tight = malloc(CMSG_LEN(0));
+	memcpy(tight, u.b, CMSG_LEN(0));
+	assert_int_equal(ktls_record_type(tight, CMSG_LEN(0)), KTLS_RECORD_APPLICATION_DATA);
+	free(tight);
+	/* nothing, or less than a header */
+	assert_int_equal(ktls_record_type(u.b, 0), KTLS_RECORD_APPLICATION_DATA);
+	assert_int_equal(ktls_record_type(u.b, sizeof h - 1), KTLS_RECORD_APPLICATION_DATA);
+}
+
 static void test_not_established(void **state)
 {
 	struct tls_stats st = { 0 };
@@ -979,6 +1003,7 @@ int main(void)
 		cmocka_unit_test(test_rx_pending_until_drained),
 		cmocka_unit_test(test_key_update_before_export),
 		cmocka_unit_test(test_key_update_after_install),
+		cmocka_unit_test(test_record_type_reader_bounds),
 		cmocka_unit_test(test_not_established),
 		cmocka_unit_test(test_install_on_loopback),
 	};
