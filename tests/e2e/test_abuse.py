@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from relayctl import (E2E_DIR, OP_CLOSE, OP_TEXT, RawConn, barrier, build_frame, build_request, build_upgrade, claim,
+from relayctl import (E2E_DIR, OP_CLOSE, OP_TEXT, ConnClosed, RawConn, barrier, build_frame, build_request, build_upgrade, claim,
                       client_headers, read_text, read_wrapped, register, route, server_headers, tls_enabled,
                       unique_id, wait_healthz, wait_until, wrapped)
 
@@ -461,3 +461,39 @@ def test_exhausted_receive_ring_at_its_ceiling_recovers(relay_factory, server_id
     b = claim(relay, server_id)
     p, cid = register(relay, server_id)
     round_trips(b, p, cid, 0.1)
+
+
+# --------------------------------------------------------------------------------------
+# a message begun and never finished (§5.3)
+
+
+def test_a_message_begun_and_never_finished_is_cut_at_30_s(relay_factory, server_id):
+    """§5.3: a WebSocket message must arrive whole within 30 s of its first header. One
+    phone sends the first fragment of a text message (FIN=0) and nothing more; another
+    sends a frame header announcing 100 bytes and only 10 of them. Both are torn down
+    without a close frame between 30 and 33 s after they began, while a pair that keeps
+    its messages whole is served throughout and afterwards. The
+    heartbeat is pushed out of the way (120 s) so only the message deadline can act."""
+    relay = relay_factory.start(args=["--heartbeat-interval", "120s", "--rate-limit-burst", "0"], tls=False)
+    b = claim(relay, server_id)
+    p1, _ = register(relay, server_id)
+    p2, _ = register(relay, server_id)
+    live = unique_id("whole")
+    b3 = claim(relay, live)
+    p3, cid3 = register(relay, live)
+    t0 = time.monotonic()
+    p1.send(build_frame(OP_TEXT, b'{"begun":', fin=False))
+    whole = build_frame(OP_TEXT, b"x" * 100)
+    p2.send(whole[:len(whole) - 90])
+    # the third phone talks all along: its messages are whole, the deadline never applies
+    round_trips(b3, p3, cid3, 27.0)
+    for p in (p1, p2):
+        try:
+            extra = p.read_exact(1, timeout=max(0.1, t0 + 36 - time.monotonic()))
+            raise AssertionError(f"the relay sent {extra!r}: a cut connection gets no frame")
+        except ConnClosed:
+            pass
+        took = time.monotonic() - t0
+        assert 29.5 <= took <= 33.5, f"cut after {took:.1f} s"
+        assert not p.buf, bytes(p.buf)
+    round_trips(b3, p3, cid3, 0.5)
