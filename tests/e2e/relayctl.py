@@ -37,6 +37,7 @@ import tempfile
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,11 @@ def tls_material() -> tuple:
         _TLS_DIR = d
         atexit.register(shutil.rmtree, str(d), True)
     return str(_TLS_DIR / "cert.pem"), str(_TLS_DIR / "key.pem")
+
+
+# TLS names that stand for a loopback address in these tests (a --domain relay's domain):
+# name -> (address to connect to, CA file to trust). Filled by Relay.ws_url.
+_SERVER_NAMES: dict = {}
 
 
 def tls_client_context(cafile: Optional[str] = None) -> ssl.SSLContext:
@@ -402,12 +408,14 @@ class RawConn:
 
     def __init__(self, host: str, port: int, timeout: float = 5.0, nodelay: bool = True,
                  source: Optional[str] = None, rcvbuf: Optional[int] = None, mss: Optional[int] = None,
-                 tls: Optional[ssl.SSLContext] = None, preamble: bytes = b""):
+                 tls: Optional[ssl.SSLContext] = None, preamble: bytes = b"",
+                 server_name: Optional[str] = None):
         """rcvbuf / mss: SO_RCVBUF / TCP_MAXSEG set before connecting, so the relay sees a
         small window and keeps what the test does not read in its own outbox (a slow
         reader), instead of in loopback's megabytes of socket buffers. tls: speak TLS
         over the connection (the handshake happens here, bounded by timeout). preamble:
-        bytes sent first, before TLS (a PROXY protocol header, proxy_v2_header)."""
+        bytes sent first, before TLS (a PROXY protocol header, proxy_v2_header).
+        server_name: the TLS name to send and verify (default: host)."""
         self.host, self.port, self.timeout = host, port, timeout
         if rcvbuf is None and mss is None:
             self.sock = socket.create_connection((host, port), timeout=timeout,
@@ -427,7 +435,7 @@ class RawConn:
         if preamble:
             self.sock.sendall(preamble)
         if tls is not None:  # the handshake happens here, bounded by timeout
-            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_name or host)
         self.buf = bytearray()
         self.eof = False
         self.reset = False
@@ -853,6 +861,9 @@ class Relay:
         # certificate-files mode: clients speak TLS and trust the relay's own certificate
         self.tls_cert = args[args.index("--tls-cert") + 1] if "--tls-cert" in args else None
         self.tls = self.tls_cert is not None
+        # --domain relays (test_autocert.py): the name clients send as SNI and Host and
+        # check the certificate against; connections still go to `host`
+        self.tls_server_name: Optional[str] = None
         # --https-proxy-protocol: the harness's own connections (readiness, connect())
         # start with a PROXY v2 header from 127.0.0.1
         self.proxy_v2 = "--https-proxy-protocol" in args
@@ -1019,6 +1030,9 @@ class Relay:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def ws_url(self, path: str = "/v1/server") -> str:
+        if self.tls_server_name:  # clients resolve it to `host` (wsclient_spec, py_ws_connect)
+            _SERVER_NAMES[self.tls_server_name] = (self.host, self.tls_cert)
+            return f"wss://{self.tls_server_name}:{self.port}{path}"
         return f"{'wss' if self.tls else 'ws'}://{self._netloc()}{path}"
 
     def connect(self, timeout: float = 5.0, **kw) -> RawConn:
@@ -1026,6 +1040,8 @@ class Relay:
         closed at teardown."""
         if self.tls and "tls" not in kw:
             kw["tls"] = tls_client_context(self.tls_cert)
+        if self.tls_server_name:
+            kw.setdefault("server_name", self.tls_server_name)
         if self.proxy_v2 and "preamble" not in kw:
             kw["preamble"] = proxy_v2_header()
         c = RawConn(self.host, self.port, timeout=timeout, **kw)
@@ -1183,7 +1199,11 @@ def wsclient_spec(url: str, headers: Optional[Mapping[str, str]], steps: Sequenc
                   options: Optional[dict] = None) -> dict:
     """wsclient.mjs's input; a wss:// URL trusts the session's test certificate."""
     options = dict(options or {})
-    if url.startswith("wss:"):
+    named = _SERVER_NAMES.get(urllib.parse.urlsplit(url).hostname or "")
+    if named:  # connect to its address; SNI, Host and the name check stay the name's
+        options.setdefault("ca", Path(named[1]).read_text())
+        options.setdefault("lookupAddress", named[0])
+    elif url.startswith("wss:"):
         options.setdefault("ca", Path(tls_material()[0]).read_text())
     return {"url": url, "headers": dict(headers or {}), "steps": list(steps),
             "options": options, "timeout_ms": int(timeout * 1000) - 500}
@@ -1231,6 +1251,9 @@ def py_ws_connect(relay: Relay, path: str, headers: Mapping[str, str], **kw):
         kw["user_agent_header"] = ua
     if relay.tls:
         kw.setdefault("ssl", tls_client_context(relay.tls_cert))
+    if relay.tls_server_name:  # a --domain relay: the URL names it, the socket goes to host
+        kw.setdefault("sock", socket.create_connection((relay.host, relay.port), timeout=5))
+        kw.setdefault("server_hostname", relay.tls_server_name)
     return websockets.connect(relay.ws_url(path), extra_headers=list(hdrs.items()), **kw)
 
 

@@ -165,7 +165,8 @@ class AutocertRelay(Relay):
         return ctx
 
     def connect(self, timeout: float = 5.0, sni: str = DOMAIN, **kw) -> RawConn:
-        c = RawConn(self.host, self.port, timeout=timeout)
+        kw.pop("server_name", None)
+        c = RawConn(self.host, self.port, timeout=timeout, **kw)
         c.sock = self.client_ctx().wrap_socket(c.sock, server_hostname=sni)
         self._conns.append(c)
         return c
@@ -679,3 +680,66 @@ def test_cache_directory_policy_and_boot_refusals(relay_factory):
         assert res.returncode == 2
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# the protocol suite over the ACME certificate
+
+
+PROTOCOL_MODULES = ("test_upgrade", "test_ws", "test_routing", "test_registry", "test_limits")
+
+
+def _protocol_tests() -> list:
+    """The protocol suite's tests that need nothing but a relay as started by default and
+    a server-id (the `relay, server_id` fixtures, no parameters): each runs unchanged
+    below against a --domain relay, over TLS with the certificate Pebble issued, its
+    clients trusting Pebble's root and sending the domain as SNI and Host."""
+    import importlib
+    import inspect
+    out = []
+    for mod in PROTOCOL_MODULES:
+        m = importlib.import_module(mod)
+        for name, fn in vars(m).items():
+            if (name.startswith("test_") and inspect.isfunction(fn) and fn.__module__ == m.__name__
+                    and list(inspect.signature(fn).parameters) == ["relay", "server_id"]
+                    and not getattr(fn, "pytestmark", None)):
+                out.append(pytest.param(fn, id=f"{mod}.{name}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def issued(pki):
+    """Pebble, and a certificate cache it filled once (real HTTP-01): every relay below
+    starts from it and serves the cached certificate at once."""
+    http_port = free_port_all()
+    pebble = Pebble(pki, http_port, 3600, pki / "ca.pem", pki / "pebble.pem", pki / "pebble.key")
+    cache = cache_dir("suite")
+    try:
+        r = start_relay(pki, cache, pebble.directory, http_port)
+        r.root = pebble.root_pem()
+        first_handshake(r)
+        r.wait_log("acme certificate obtained", timeout=30)
+        assert r.stop() == 0
+        yield pebble, cache, http_port, r.root
+    finally:
+        pebble.stop()
+        shutil.rmtree(cache.parent.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("proto_test", _protocol_tests())
+def test_protocol_suite_over_the_acme_certificate(pki, issued, proto_test):
+    pebble, cache, http_port, root = issued
+    r = start_relay(pki, cache, pebble.directory, http_port)
+    r.root = root
+    # the suite's library clients (Python websockets, Node ws): wss://relay.test:PORT,
+    # connected to 127.0.0.1, trusting Pebble's root
+    r.tls_server_name = DOMAIN
+    r.tls_cert = str(cache.parent.parent / "pebble-root.pem")
+    Path(r.tls_cert).write_text(root)
+    r.tls = True
+    try:
+        r.wait_log("serving cached certificate", timeout=10)
+        proto_test(r, unique_id(proto_test.__name__[5:40]))
+    finally:
+        code = r.stop()
+    assert code == 0, r.log_tail()

@@ -63,7 +63,17 @@ const waitFor = (pred, ms, what) => new Promise((resolve, reject) => {
 });
 
 const t0 = Date.now();
-const ws = new WebSocket(spec.url, { headers: spec.headers || {}, handshakeTimeout: 5000, ...(spec.options || {}) });
+// options.lookupAddress: the URL's host name stands for this address (a --domain relay
+// on loopback): the connection goes there, SNI, Host and the certificate check keep the name
+const { lookupAddress, ...wsOptions } = spec.options || {};
+if (lookupAddress) {
+  wsOptions.lookup = (hostname, opts, cb) => {
+    if (typeof opts === 'function') cb = opts;
+    if (opts && opts.all) cb(null, [{ address: lookupAddress, family: 4 }]);
+    else cb(null, lookupAddress, 4);
+  };
+}
+const ws = new WebSocket(spec.url, { headers: spec.headers || {}, handshakeTimeout: 5000, ...wsOptions });
 
 const opened = new Promise((resolve, reject) => {
   ws.on('upgrade', (res) => { out.upgrade = { status: res.statusCode, headers: res.headers }; });
