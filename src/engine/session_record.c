@@ -56,11 +56,6 @@ static bool zeros(const void *p, size_t n)
 	return true;
 }
 
-/* A phone carries its conn_id suffix, a binary none. */
-static bool conn_hex_ok(uint8_t route, const char *h)
-{
-	return route == SESSION_ROUTE_PHONE ? hex_ok(h) : zeros(h, SESSION_CONN_HEX_LEN);
-}
 
 /* The address as the wire spells its family; false for one we cannot carry. */
 static bool family_to_wire(const struct peer_addr *a, uint8_t *wire)
@@ -86,7 +81,7 @@ size_t session_record_size(const struct session_record *r)
 {
 	uint8_t fam;
 	if (r->route >= SESSION_ROUTE_COUNT || r->transport >= SESSION_TRANSPORT_COUNT ||
-	    !family_to_wire(&r->remote, &fam) || !conn_hex_ok(r->route, r->conn_hex) || r->server_id.len == 0 ||
+	    !family_to_wire(&r->remote, &fam) || !hex_ok(r->conn_hex) || r->server_id.len == 0 ||
 	    r->server_id.len > SESSION_RECORD_TEXT_BYTES_MAX || r->version.len > SESSION_RECORD_TEXT_BYTES_MAX ||
 	    r->device.len > SESSION_RECORD_TEXT_BYTES_MAX || r->early.len > SESSION_RECORD_EARLY_BYTES_MAX)
 		return 0;
@@ -157,7 +152,7 @@ enum session_record_err session_record_parse(struct span in, struct session_reco
 	memcpy(out.conn_hex, p + 34, SESSION_CONN_HEX_LEN);
 	uint8_t fam;
 	if (out.route >= SESSION_ROUTE_COUNT || out.transport >= SESSION_TRANSPORT_COUNT ||
-	    !family_to_wire(&out.remote, &fam) || !conn_hex_ok(out.route, out.conn_hex))
+	    !family_to_wire(&out.remote, &fam) || !hex_ok(out.conn_hex))
 		return SESSION_RECORD_BAD_FIELD;
 	if (in.len < total)
 		return SESSION_RECORD_NEED_MORE;

@@ -14,7 +14,7 @@
  *   u8   addr[16]    the peer's address, unused bytes zero
  *   u16  port
  *   u64  client_key  its --max-connections-per-ip key, 0 for none
- *   u8   conn_hex[8] phone: its conn_id suffix, lowercase hex; binary: eight zero bytes
+ *   u8   conn_hex[8] the suffix of its conn_id (phone) or binary_conn_id, lowercase hex
  *   u16  server_id_len, version_len, device_len
  *   u32  early_len
  *   then server-id, version, device name, early bytes, in that order.
@@ -32,10 +32,11 @@
 
 #define SESSION_RECORD_VERSION 1u
 #define SESSION_RECORD_FIXED_BYTES 52u
-/* Header values are cut by the HTTP head bound anyway; a record's are at most this. */
-#define SESSION_RECORD_TEXT_BYTES_MAX (16u * 1024u)
+/* A session whose header values are longer stays behind (drained as before). */
+#define SESSION_RECORD_TEXT_BYTES_MAX 4096u
 /* Bytes read from the socket after its reader stopped: a session with more is drained
- * instead of moved (a whole hand-over message must fit the unix socket's buffer). */
+ * instead of moved (a record must fit one message of the unix socket, whose default
+ * buffer is about 208 KiB). */
 #define SESSION_RECORD_EARLY_BYTES_MAX (64u * 1024u)
 #define SESSION_RECORD_BYTES_MAX \
 	(SESSION_RECORD_FIXED_BYTES + 3u * SESSION_RECORD_TEXT_BYTES_MAX + SESSION_RECORD_EARLY_BYTES_MAX)
@@ -49,7 +50,7 @@ struct session_record {
 	uint8_t transport; /* enum session_transport */
 	struct peer_addr remote;
 	uint64_t client_key;
-	char conn_hex[SESSION_CONN_HEX_LEN]; /* phones only */
+	char conn_hex[SESSION_CONN_HEX_LEN]; /* its conn_id suffix */
 	struct span server_id;               /* 1..SESSION_RECORD_TEXT_BYTES_MAX bytes */
 	struct span version;
 	struct span device;
