@@ -25,6 +25,7 @@
 #include "core/notify.h"
 #include "engine/group.h"
 #include "engine/handover.h"
+#include "engine/migrate.h"
 #include "engine/net.h"
 #include "engine/worker.h"
 #include "metrics/metrics_server.h"
@@ -287,6 +288,19 @@ static void stop_accepting_all(void *arg)
 		worker_stop_accepting(boot.workers[i]);
 }
 
+/* The successor takes live sessions: each worker gives up its movable ones. */
+static void export_sessions(void *arg, struct handover_sessions *out)
+{
+	(void)arg;
+	migrate_export(boot.workers, boot.nworkers, out);
+}
+
+/* Our predecessor's live sessions: to the workers that own their server-ids. */
+static void resume_sessions(void *arg, struct handover_sessions *s)
+{
+	migrate_resume(arg, s);
+}
+
 static int boot_listener_failed(const char *addr, const char *err)
 {
 	boot_release();
@@ -463,10 +477,11 @@ int main(int argc, char **argv)
 	/* ADR 0018: a predecessor serving --handover-socket hands its listeners over;
 	 * net_listen (workers, metrics) adopts them instead of binding. */
 	int handover_conn = -1;
+	bool handover_sessions = false;
 	if (cfg.handover_socket[0] != '\0') {
 		char hwhy[HANDOVER_WHY_BYTES];
 		uint32_t adopted = 0;
-		handover_conn = handover_take(cfg.handover_socket, &adopted, hwhy);
+		handover_conn = handover_take(cfg.handover_socket, &adopted, &handover_sessions, hwhy);
 		if (handover_conn == -2)
 			return boot_listener_failed(cfg.handover_socket, hwhy);
 		if (handover_conn >= 0)
@@ -564,9 +579,12 @@ int main(int argc, char **argv)
 	struct handover_server *handover = NULL;
 	if (cfg.handover_socket[0] != '\0') {
 		char hwhy[HANDOVER_WHY_BYTES];
-		if (handover_conn >= 0 && !handover_finish(handover_conn, workers_running, group, &notifier))
+		if (handover_conn >= 0 &&
+		    !handover_finish(handover_conn, workers_running, group, &notifier, handover_sessions))
 			LOG_WARN("handover aborted", KV_STR("err", "this relay did not start serving in time"));
-		handover = handover_serve(cfg.handover_socket, stop_accepting_all, NULL, hwhy);
+		else if (handover_conn >= 0 && handover_sessions)
+			handover_receive_sessions(handover_conn, resume_sessions, group); /* closes it */
+		handover = handover_serve(cfg.handover_socket, stop_accepting_all, export_sessions, NULL, hwhy);
 		if (handover == NULL)
 			LOG_WARN("handover aborted", KV_STR("err", hwhy),
 				 KV_STR("fix", "make the --handover-socket directory writable; restarts will not be seamless"));

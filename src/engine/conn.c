@@ -232,6 +232,10 @@ static void tls_input(struct worker *w, struct conn *c, const uint8_t *p, size_t
 void conn_input(struct worker *w, struct conn *c, uint8_t *p, size_t n)
 {
 	STAT_ADD(w->stats.bytes_in, n);
+	if (c->exporting && c->state == CONN_WS_OPEN) {
+		migrate_export_input(w, c, p, n); /* plaintext, raw: the successor reads it */
+		return;
+	}
 	if (c->proxy_pending && !proxy_phase_input(w, c, &p, &n))
 		return; /* the PROXY v2 header is incomplete or refused, or nothing follows it */
 	if (c->tls != NULL && c->state != CONN_DRAINING)
@@ -252,7 +256,7 @@ bool conn_has_output(const struct conn *c)
 bool conn_reads(const struct conn *c)
 {
 	return c->state != CONN_FREE && c->state != CONN_HANDOFF && c->state != CONN_DEAD && !c->recv_paused &&
-	       !c->ktls_wait_tx;
+	       !c->ktls_wait_tx && !(c->exporting && c->state == CONN_WS_OPEN);
 }
 
 void conn_arm_recv(struct worker *w, struct conn *c)

@@ -79,6 +79,10 @@ struct upgraded {
 	uint32_t early_len;     /* bytes after the request head: the first WebSocket frames (plaintext) */
 	struct tls_conn *tls;   /* TRANSPORT_TLS: the connection's TLS state, owned by the value */
 	struct ktls_secrets *ktls_sec; /* TRANSPORT_KTLS over TLS 1.3: its traffic secrets (KeyUpdate), owned */
+	/* A live session a predecessor handed over (ADR 0018): adopted without a 101, the
+	 * application told through resume instead of open, under this conn_id suffix. */
+	bool resume;
+	char conn_hex[8];
 	uint8_t bytes[];
 };
 
@@ -89,6 +93,9 @@ struct upgraded {
 /* Copies of the header values of req and of the early bytes (two pieces, either may be
  * empty). NULL when out of memory. */
 struct upgraded *upgraded_new(const struct http_request *req, struct span early_a, struct span early_b);
+/* The same from the values themselves (a live session from a predecessor relay). */
+struct upgraded *upgraded_of(struct span id, struct span version, struct span device, struct span early_a,
+			     struct span early_b);
 /* More bytes after the head (they arrived while a handoff waited for its receive to
  * stop): appended to the early bytes. False, with *u unchanged, when out of memory or
  * the early bytes would pass UPGRADED_EARLY_BYTES_MAX. */
@@ -114,6 +121,7 @@ enum conn_end_cause {
 	CONN_END_CLOSED,        /* the application closed or aborted it */
 	CONN_END_SHUTDOWN,      /* the relay is shutting down (§7.6) */
 	CONN_END_NO_MEMORY,     /* the buffer pool refused */
+	CONN_END_MOVED,         /* handed to a successor relay, still open there (ADR 0018) */
 	CONN_END_CAUSES
 };
 
@@ -141,6 +149,8 @@ static inline const char *conn_end_cause_text(enum conn_end_cause why)
 		return "shutting down";
 	case CONN_END_NO_MEMORY:
 		return "out of buffer memory";
+	case CONN_END_MOVED:
+		return "moved to the new relay";
 	default:
 		return "connection closed";
 	}
@@ -187,6 +197,15 @@ struct engine_hooks {
 	void (*shutdown)(void *app);
 	/* The application's counts for /healthz. */
 	void (*healthz)(void *app, struct healthz *h);
+	/* Live-session hand-over (ADR 0018). Predecessor: c stopped reading, its outbox is
+	 * written, and it may move to the successor; pass 0 asks binaries, pass 1 phones.
+	 * True: fill *route (enum session_route), conn_hex and *server_id (valid until c
+	 * ends), and c moves (its end comes with CONN_END_MOVED); false: it is drained. */
+	bool (*export)(void *app, struct conn_ref c, unsigned pass, uint8_t *route, char conn_hex[8],
+		       struct span *server_id);
+	/* Successor: u->resume: the session is ours, open, without a 101. The application
+	 * registers it (closing it if it cannot). */
+	void (*resume)(void *app, struct conn_ref c, const struct upgraded *u);
 };
 
 /* ---- operations on a WebSocket connection ---- */
@@ -216,6 +235,8 @@ void conn_heartbeat_start(struct worker *w, struct conn_ref c);
 /* Stop / resume reading from this connection (back-pressure). */
 void conn_pause_recv(struct worker *w, struct conn_ref c);
 void conn_resume_recv(struct worker *w, struct conn_ref c);
+/* Live-session hand-over: c stopped reading for it and has written its outbox. */
+bool conn_export_ready(struct worker *w, struct conn_ref c);
 /* Open: frames may still be queued (no close frame sent or received). */
 bool conn_ws_is_open(struct worker *w, struct conn_ref c);
 /* Bytes queued for the socket and not yet written, and how many of them belong to

@@ -75,6 +75,7 @@ struct worker_group {
 	uint64_t owner_key[2];
 	uint32_t counted __attribute__((aligned(CACHE_LINE_BYTES))); /* atomic: cap slots held */
 	pthread_barrier_t start; /* every worker's ring exists before any loop runs */
+	uint32_t resumed; /* atomic: live sessions from a predecessor its workers took (migrate.c) */
 	struct group_member member[];
 };
 

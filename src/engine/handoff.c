@@ -121,6 +121,8 @@ void handoff_progress(struct worker *w, struct conn *c)
 static void adopt(struct worker *w, struct upgraded *u)
 {
 	group_release(w->group, w->id);
+	if (u->resume) /* counted taken, whatever comes of it: migrate_resume waits for the binaries */
+		__atomic_fetch_add(&w->group->resumed, 1, __ATOMIC_RELEASE);
 	if (w->stopping) {
 		count_failure(w, HANDOFF_OWNER_GONE, w->id);
 		drop_upgrade(w, u);
@@ -151,6 +153,12 @@ static void adopt(struct worker *w, struct upgraded *u)
 	u->ktls_sec = NULL;
 	c->counted_tls_path |= c->ktls;
 	c->client_key = u->client_key;
+	if (u->resume) {
+		/* a live session from our predecessor: read once all are in (migrate.c) */
+		ws_phase_resume(w, c, u);
+		migrate_resume_hold(w, c, u);
+		return;
+	}
 	ws_phase_start(w, c, u);
 	upgraded_free(u);
 	ktls_phase_try(w, c); /* nothing of ours is in flight yet: the moment for the keys */

@@ -2,12 +2,18 @@
  * handover.c - the listener hand-over between a relay and its successor (handover.h).
  *
  * The exchange, on one SOCK_SEQPACKET connection to PATH:
- *   successor -> "PYRELAY-HANDOVER 1"
+ *   successor -> "PYRELAY-HANDOVER 2" (or 1: it takes no sessions)
  *   relay     -> "LISTENERS n" then messages of at most HANDOVER_FDS_PER_MESSAGE
  *                descriptors (SCM_RIGHTS) each, "FDS k", until n have been sent
  *   successor -> "READY" once every worker of its own runs on them
+ * Protocol 2 goes on, after the relay's quiesce and its workers' export:
+ *   relay     -> "SESSIONS n" (n may be 0), then messages each holding k records
+ *                (engine/session_record.h) back to back and their k sockets, in the
+ *                records' order, until n have been sent
+ * A relay of protocol 1 only closes the connection at "PYRELAY-HANDOVER 2": the
+ * successor then asks again with 1 (an upgrade from an older relay drains as before).
  * Anything else, a peer of another uid, or a step that times out ends the exchange;
- * the relay keeps serving.
+ * the relay keeps serving (after READY: the sessions not sent are drained).
  */
 #include "engine/handover.h"
 
@@ -31,8 +37,10 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "engine/net.h"
+#include "engine/session_record.h"
 
 #define HANDOVER_HELLO "PYRELAY-HANDOVER 1"
+#define HANDOVER_HELLO_SESSIONS "PYRELAY-HANDOVER 2"
 #define HANDOVER_TEXT_BYTES 64
 #define HANDOVER_READY_POLL_MS 10
 #define HANDOVER_BACKLOG 4
@@ -61,15 +69,16 @@ static bool wait_readable(int fd, int stop_fd, int ms)
 	return n > 0 && (p[0].revents & (POLLIN | POLLHUP)) && !(stop_fd >= 0 && p[1].revents);
 }
 
-/* One message of text (NUL-terminated into text) and any descriptors it carries
- * (appended to fds, at most cap in all). -1 on error or EOF. */
-static ssize_t recv_message(int conn, char text[HANDOVER_TEXT_BYTES], int *fds, uint32_t *nfds, uint32_t cap)
+/* One message of at most size - 1 bytes (NUL-terminated into buf) and any
+ * descriptors it carries (appended to fds, at most cap in all). -1 on error or EOF. */
+static ssize_t recv_bytes(int conn, void *buf, size_t size, int *fds, uint32_t *nfds, uint32_t cap)
 {
+	char *text = buf;
 	union {
 		char buf[CMSG_SPACE(HANDOVER_FDS_PER_MESSAGE * sizeof(int))];
 		struct cmsghdr align;
 	} ctl;
-	struct iovec iov = { .iov_base = text, .iov_len = HANDOVER_TEXT_BYTES - 1 };
+	struct iovec iov = { .iov_base = text, .iov_len = size - 1 };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
 	ssize_t n;
 	do
@@ -97,13 +106,25 @@ static ssize_t recv_message(int conn, char text[HANDOVER_TEXT_BYTES], int *fds, 
 	return n;
 }
 
+static ssize_t recv_message(int conn, char text[HANDOVER_TEXT_BYTES], int *fds, uint32_t *nfds, uint32_t cap)
+{
+	return recv_bytes(conn, text, HANDOVER_TEXT_BYTES, fds, nfds, cap);
+}
+
+static bool send_bytes(int conn, const void *bytes, size_t len, const int *fds, uint32_t nfds);
+
 static bool send_text(int conn, const char *text, const int *fds, uint32_t nfds)
+{
+	return send_bytes(conn, text, strlen(text), fds, nfds);
+}
+
+static bool send_bytes(int conn, const void *bytes, size_t len, const int *fds, uint32_t nfds)
 {
 	union {
 		char buf[CMSG_SPACE(HANDOVER_FDS_PER_MESSAGE * sizeof(int))];
 		struct cmsghdr align;
 	} ctl;
-	struct iovec iov = { .iov_base = (void *)text, .iov_len = strlen(text) };
+	struct iovec iov = { .iov_base = (void *)bytes, .iov_len = len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	if (nfds > 0) {
 		ASSERT(nfds <= HANDOVER_FDS_PER_MESSAGE);
@@ -144,11 +165,65 @@ bool handover_parse_count(struct span msg, const char *word, uint32_t max, uint3
 	return true;
 }
 
+bool handover_sessions_add(struct handover_sessions *s, int fd, const uint8_t *record, size_t len)
+{
+	if (s->n == s->cap) {
+		if (s->cap >= HANDOVER_SESSIONS_MAX)
+			return false;
+		uint32_t cap = s->cap ? s->cap * 2 : 64;
+		struct handover_session *v = realloc(s->v, (size_t)cap * sizeof *v);
+		if (v == NULL)
+			return false;
+		s->v = v;
+		s->cap = cap;
+	}
+	uint8_t *copy = malloc(len);
+	if (copy == NULL)
+		return false;
+	memcpy(copy, record, len);
+	s->v[s->n++] = (struct handover_session){ .fd = fd, .len = (uint32_t)len, .record = copy };
+	return true;
+}
+
+void handover_sessions_free(struct handover_sessions *s)
+{
+	for (uint32_t i = 0; i < s->n; i++) {
+		if (s->v[i].fd >= 0)
+			close(s->v[i].fd);
+		free(s->v[i].record);
+	}
+	free(s->v);
+	*s = (struct handover_sessions){ 0 };
+}
+
 /* ------------------------------------------------------------------ successor */
 
-int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES])
+/* Does this successor offer to take sessions? (HANDOVER_SESSIONS_ENV=0: no.) */
+static bool offer_sessions(void)
+{
+	const char *v = getenv(HANDOVER_SESSIONS_ENV);
+	return v == NULL || strcmp(v, "0") != 0;
+}
+
+static int take_once(const char *path, uint32_t *count, bool sessions, bool *refused, char why[HANDOVER_WHY_BYTES]);
+
+int handover_take(const char *path, uint32_t *count, bool *sessions, char why[HANDOVER_WHY_BYTES])
+{
+	bool refused = false;
+	*sessions = offer_sessions();
+	int rc = take_once(path, count, *sessions, &refused, why);
+	if (rc == -2 && refused && *sessions) {
+		/* A predecessor of protocol 1 hung up at our hello: ask as it expects. */
+		*sessions = false;
+		rc = take_once(path, count, false, &refused, why);
+	}
+	return rc;
+}
+
+static int take_once(const char *path, uint32_t *count, bool sessions, bool *refused, char why[HANDOVER_WHY_BYTES])
 {
 	*count = 0;
+	*refused = false;
 	struct sockaddr_un sa;
 	if (!path_fits(path, &sa)) {
 		snprintf(why, HANDOVER_WHY_BYTES, "handover socket path too long for a unix socket");
@@ -172,11 +247,12 @@ int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES
 	char text[HANDOVER_TEXT_BYTES];
 	const char *fail = NULL;
 	ssize_t len = -1;
-	if (!send_text(conn, HANDOVER_HELLO, NULL, 0))
+	if (!send_text(conn, sessions ? HANDOVER_HELLO_SESSIONS : HANDOVER_HELLO, NULL, 0))
 		fail = "the relay serving it closed the connection";
-	else if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS) ||
-		 (len = recv_message(conn, text, NULL, NULL, 0)) < 0)
+	else if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS))
 		fail = "no answer from the relay serving it";
+	else if ((len = recv_message(conn, text, NULL, NULL, 0)) < 0)
+		fail = "no answer from the relay serving it", *refused = true;
 	else if (!handover_parse_count(span_make(text, (size_t)len), "LISTENERS", NET_LISTENERS_MAX, &want))
 		fail = "the relay serving it speaks another hand-over protocol";
 	while (fail == NULL && nfds < want) {
@@ -232,7 +308,7 @@ static void *follow_thread(void *arg)
 	return NULL;
 }
 
-bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const struct notifier *n)
+bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const struct notifier *n, bool keep_open)
 {
 	uint64_t deadline = monotonic_ms() + HANDOVER_READY_TIMEOUT_MS;
 	while (!running(arg) && monotonic_ms() < deadline) {
@@ -243,7 +319,8 @@ bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const stru
 	socklen_t len = sizeof cred;
 	bool spawned = getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid == getppid();
 	bool ok = running(arg) && send_text(conn, "READY", NULL, 0);
-	close(conn);
+	if (!ok || !keep_open)
+		close(conn);
 	if (ok && spawned && notify_enabled(n)) {
 		struct follower *f = malloc(sizeof *f);
 		pthread_t tid;
@@ -260,6 +337,62 @@ bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const stru
 	return ok;
 }
 
+uint32_t handover_receive_sessions(int conn, void (*resume)(void *arg, struct handover_sessions *s), void *arg)
+{
+	static uint8_t buf[HANDOVER_SESSION_MESSAGE_BYTES_MAX + 1];
+	static int fds[HANDOVER_FDS_PER_MESSAGE];
+	struct handover_sessions got = { 0 };
+	char text[HANDOVER_TEXT_BYTES];
+	uint32_t want = 0;
+	ssize_t len;
+	const char *fail = NULL;
+	if (!wait_readable(conn, -1, HANDOVER_SESSIONS_WAIT_MS) || (len = recv_message(conn, text, NULL, NULL, 0)) < 0)
+		fail = "the old relay sent no sessions";
+	else if (strcmp(text, "SESSIONS 0") != 0 &&
+		 !handover_parse_count(span_make(text, (size_t)len), "SESSIONS", HANDOVER_SESSIONS_MAX, &want))
+		fail = "the old relay sent something else than its sessions";
+	while (fail == NULL && got.n < want) {
+		uint32_t nfds = 0;
+		if (!wait_readable(conn, -1, HANDOVER_STEP_TIMEOUT_MS) ||
+		    (len = recv_bytes(conn, buf, sizeof buf, fds, &nfds, HANDOVER_FDS_PER_MESSAGE)) < 0) {
+			fail = "the sessions did not arrive";
+			for (uint32_t i = 0; i < nfds; i++)
+				close(fds[i]);
+			break;
+		}
+		/* Each record goes with the descriptor at its position; a message whose
+		 * records and descriptors disagree ends the exchange. */
+		size_t off = 0;
+		uint32_t k = 0;
+		while (off < (size_t)len && fail == NULL) {
+			struct session_record r;
+			size_t used = 0;
+			if (session_record_parse(span_make(buf + off, (size_t)len - off), &r, &used) != SESSION_RECORD_OK ||
+			    k >= nfds || got.n >= want)
+				fail = "a session record was malformed";
+			else if (!handover_sessions_add(&got, fds[k], buf + off, used))
+				fail = "out of memory for the sessions";
+			else
+				k++, off += used;
+		}
+		if (fail == NULL && k != nfds)
+			fail = "a session record was malformed";
+		for (uint32_t i = k; i < nfds; i++)
+			close(fds[i]);
+	}
+	close(conn);
+	if (fail != NULL) {
+		/* The ones received are still moved; the rest the old relay drains or loses. */
+		LOG_WARN("handover aborted", KV_STR("err", fail), KV_STR("fix", "read the old relay's log"));
+	}
+	uint32_t n = got.n;
+	if (n > 0)
+		resume(arg, &got); /* owns them now */
+	else
+		handover_sessions_free(&got);
+	return n;
+}
+
 /* ------------------------------------------------------------------ predecessor */
 
 struct handover_server {
@@ -268,8 +401,10 @@ struct handover_server {
 	int stop_fd;
 	pthread_t tid;
 	void (*stop_accepting)(void *arg);
+	void (*export)(void *arg, struct handover_sessions *out);
 	void *arg;
 	bool completed; /* atomic */
+	bool sessions;  /* the successor takes live sessions (protocol 2) */
 };
 
 /* Send every listener we hold; false when the successor went away. */
@@ -309,8 +444,13 @@ static bool serve_one(struct handover_server *s, int conn)
 			 KV_STR("fix", "start the new relay as the user this one runs as"));
 		return false;
 	}
-	if (!wait_readable(conn, s->stop_fd, HANDOVER_STEP_TIMEOUT_MS) || recv_message(conn, text, NULL, NULL, 0) < 0 ||
-	    strcmp(text, HANDOVER_HELLO) != 0)
+	if (!wait_readable(conn, s->stop_fd, HANDOVER_STEP_TIMEOUT_MS) || recv_message(conn, text, NULL, NULL, 0) < 0)
+		return false;
+	if (strcmp(text, HANDOVER_HELLO_SESSIONS) == 0 && s->export != NULL)
+		s->sessions = true;
+	else if (strcmp(text, HANDOVER_HELLO) == 0)
+		s->sessions = false;
+	else
 		return false;
 	if (!send_listeners(conn)) {
 		LOG_WARN("handover aborted", KV_STR("err", "the new relay went away while the listeners were sent"));
@@ -326,19 +466,51 @@ static bool serve_one(struct handover_server *s, int conn)
 	return true;
 }
 
+/* Send the live sessions our workers exported, then close our copies of their sockets.
+ * A failure part-way leaves the rest to close here: those clients see the connection
+ * end without a close frame and reconnect. */
+static void send_sessions(int conn, struct handover_sessions *ss)
+{
+	static uint8_t buf[HANDOVER_SESSION_MESSAGE_BYTES_MAX];
+	static int fds[HANDOVER_FDS_PER_MESSAGE];
+	char text[HANDOVER_TEXT_BYTES];
+	snprintf(text, sizeof text, "SESSIONS %u", ss->n);
+	bool ok = send_text(conn, text, NULL, 0);
+	for (uint32_t i = 0; ok && i < ss->n;) {
+		size_t len = 0;
+		uint32_t k = 0;
+		while (i + k < ss->n && k < HANDOVER_FDS_PER_MESSAGE &&
+		       len + ss->v[i + k].len <= sizeof buf) {
+			memcpy(buf + len, ss->v[i + k].record, ss->v[i + k].len);
+			len += ss->v[i + k].len;
+			fds[k] = ss->v[i + k].fd;
+			k++;
+		}
+		ASSERT(k > 0); /* a record always fits a message (SESSION_RECORD_BYTES_MAX) */
+		ok = send_bytes(conn, buf, len, fds, k);
+		i += k;
+	}
+	if (ok)
+		LOG_INFO("sessions handed over", KV_UINT("sessions", ss->n));
+	else
+		LOG_WARN("handover aborted", KV_STR("err", "the new relay went away while the sessions were sent"),
+			 KV_STR("fix", "read the new relay's log; those clients reconnect"));
+	handover_sessions_free(ss);
+}
+
 static void *server_thread(void *arg)
 {
 	struct handover_server *s = arg;
+	int conn = -1;
 	for (;;) {
 		if (!wait_readable(s->listen_fd, s->stop_fd, -1))
 			return NULL; /* stopped */
-		int conn = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		conn = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (conn < 0)
 			continue;
-		bool done = serve_one(s, conn);
-		close(conn);
-		if (done)
+		if (serve_one(s, conn))
 			break;
+		close(conn);
 	}
 	/* The path names the successor's socket now (it replaced the name): ours goes. */
 	__atomic_store_n(&s->completed, true, __ATOMIC_RELEASE);
@@ -348,11 +520,20 @@ static void *server_thread(void *arg)
 	struct timespec ts = { HANDOVER_QUIESCE_MS / 1000, (HANDOVER_QUIESCE_MS % 1000) * 1000000L };
 	struct pollfd p = { .fd = s->stop_fd, .events = POLLIN };
 	(void)poll(&p, 1, (int)(ts.tv_sec * 1000 + ts.tv_nsec / 1000000));
+	if (s->sessions && !(p.revents & POLLIN)) {
+		/* The upgrades in progress are done: the open WebSockets move (the others
+		 * drain on the SIGTERM below, as on protocol 1). */
+		struct handover_sessions ss = { 0 };
+		s->export(s->arg, &ss);
+		send_sessions(conn, &ss);
+	}
+	close(conn);
 	kill(getpid(), SIGTERM);
 	return NULL;
 }
 
-struct handover_server *handover_serve(const char *path, void (*stop_accepting)(void *arg), void *arg,
+struct handover_server *handover_serve(const char *path, void (*stop_accepting)(void *arg),
+				       void (*export)(void *arg, struct handover_sessions *out), void *arg,
 				       char why[HANDOVER_WHY_BYTES])
 {
 	struct sockaddr_un sa, tmp;
@@ -369,6 +550,7 @@ struct handover_server *handover_serve(const char *path, void (*stop_accepting)(
 	}
 	snprintf(s->path, sizeof s->path, "%s", path);
 	s->stop_accepting = stop_accepting;
+	s->export = export;
 	s->arg = arg;
 	s->stop_fd = eventfd(0, EFD_CLOEXEC);
 	s->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);

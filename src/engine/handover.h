@@ -42,26 +42,69 @@
 /* File descriptors per message (the kernel's SCM_MAX_FD is 253). */
 #define HANDOVER_FDS_PER_MESSAGE 240u
 
+/* Live sessions (protocol 2): the records and sockets of open WebSockets follow the
+ * successor's READY in messages of at most this many bytes (below the unix socket's
+ * default send buffer, ~208 KiB, so one record always fits) and
+ * HANDOVER_FDS_PER_MESSAGE descriptors. */
+#define HANDOVER_SESSION_MESSAGE_BYTES_MAX (160u * 1024u)
+/* Sessions one hand-over carries at most (a bound on the successor's list). */
+#define HANDOVER_SESSIONS_MAX (4u * 1024u * 1024u)
+/* How long the predecessor's workers may take, after the quiesce, to stop reading the
+ * sessions and write what they owe them; what is not ready by then is drained. */
+#define HANDOVER_EXPORT_TIMEOUT_MS 2000
+/* The successor waits this long beyond the quiesce and the export for the sessions. */
+#define HANDOVER_SESSIONS_WAIT_MS (HANDOVER_QUIESCE_MS + HANDOVER_EXPORT_TIMEOUT_MS + HANDOVER_STEP_TIMEOUT_MS)
+/* Set to 0 in the environment, a successor does not offer to take sessions (protocol
+ * 1: its predecessor drains them, closing each 1001). For tests and for a cautious
+ * operator. */
+#define HANDOVER_SESSIONS_ENV "PYRELAY_HANDOVER_SESSIONS"
+
+/* One live session in transit: its record (engine/session_record.h) and socket. */
+struct handover_session {
+	int fd;
+	uint32_t len;
+	uint8_t *record; /* malloc'd */
+};
+struct handover_sessions {
+	struct handover_session *v;
+	uint32_t n, cap;
+};
+/* Append (copying the record); false when out of memory or at HANDOVER_SESSIONS_MAX
+ * (the fd is then still the caller's). */
+bool handover_sessions_add(struct handover_sessions *s, int fd, const uint8_t *record, size_t len);
+/* Free the records and close the descriptors still held (fd >= 0). */
+void handover_sessions_free(struct handover_sessions *s);
+
 /* The counts of the exchange: msg is exactly word, one space, and a decimal 1..max
  * without sign or leading zero. Pure (a parser over the peer's bytes). */
 bool handover_parse_count(struct span msg, const char *word, uint32_t max, uint32_t *n);
 
 /* Ask the relay serving path for its listeners and give them to net_adopt. Returns the
  * connection to it (for handover_finish), -1 when nobody serves path (start afresh),
- * or -2 with the reason in why. *count: listeners adopted. */
-int handover_take(const char *path, uint32_t *count, char why[HANDOVER_WHY_BYTES]);
+ * or -2 with the reason in why. *count: listeners adopted. *sessions: the predecessor
+ * will send its live sessions after READY (both speak protocol 2). */
+int handover_take(const char *path, uint32_t *count, bool *sessions, char why[HANDOVER_WHY_BYTES]);
 /* Wait (bounded) until running(arg) holds, then tell the predecessor to stop
  * accepting. False (and the predecessor keeps serving) when running never held or the
- * predecessor is gone. Closes conn. When the predecessor is our parent (SIGUSR2) and a
+ * predecessor is gone. Closes conn, unless it succeeded and keep_open (the sessions
+ * follow: handover_receive_sessions). When the predecessor is our parent (SIGUSR2) and a
  * service manager listens, a thread says MAINPID=<us> once the predecessor has exited
  * (the unit needs NotifyAccess=all and ExitType=cgroup); n must outlive it. */
-bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const struct notifier *n);
+bool handover_finish(int conn, bool (*running)(void *arg), void *arg, const struct notifier *n, bool keep_open);
+/* After handover_finish said READY on a protocol-2 exchange (handover_take's
+ * *sessions): receive the predecessor's live sessions (bounded by
+ * HANDOVER_SESSIONS_WAIT_MS) and give them to resume, which owns them then. Closes
+ * conn. Returns the sessions received. */
+uint32_t handover_receive_sessions(int conn, void (*resume)(void *arg, struct handover_sessions *s), void *arg);
 
 struct handover_server;
 /* Serve hand-overs at path (replacing whatever name is there). stop_accepting(arg) runs
- * on the server's thread once a successor is ready; HANDOVER_QUIESCE_MS later the
- * server raises SIGTERM in this process. NULL with why on failure. */
-struct handover_server *handover_serve(const char *path, void (*stop_accepting)(void *arg), void *arg,
+ * on the server's thread once a successor is ready; HANDOVER_QUIESCE_MS later, if the
+ * successor takes sessions, export(arg, out) collects the live ones (bounded by
+ * HANDOVER_EXPORT_TIMEOUT_MS) and they are sent; then the server raises SIGTERM in
+ * this process. NULL with why on failure. */
+struct handover_server *handover_serve(const char *path, void (*stop_accepting)(void *arg),
+				       void (*export)(void *arg, struct handover_sessions *out), void *arg,
 				       char why[HANDOVER_WHY_BYTES]);
 /* True once a successor took over (the drain that follows is not a stop of the service). */
 bool handover_completed(const struct handover_server *s);

@@ -102,6 +102,7 @@ enum op {
 	OP_IGNORE, /* cancels: their completion needs no action */
 	OP_HANDOFF,      /* another worker's MSG_RING: an upgrade for us (HANDOFF_UD) */
 	OP_HANDOFF_SENT, /* our MSG_RING completed (HANDOFF_UD) */
+	OP_RESUME_GO,    /* every live session from a predecessor is in: read them (migrate.c) */
 };
 
 /* A handoff's user_data carries its struct upgraded: the pointer below the op byte
@@ -121,6 +122,12 @@ enum conn_state {
 };
 
 struct send_ctx;
+
+/* A live session from a predecessor waiting to be read (migrate.c). */
+struct resume_hold {
+	struct conn_ref ref;
+	struct upgraded *u;
+};
 
 struct conn {
 	struct tw_node timer;
@@ -178,6 +185,7 @@ struct conn {
 	bool ktls_wait_tx : 1;        /* ... waiting for user space's ciphertext to leave first */
 	bool ktls_rekeyed : 1;        /* a KeyUpdate was followed: the receive's EKEYEXPIRED is expected */
 	bool proxy_pending : 1;       /* its PROXY v2 header is still to come (proxy_phase.c) */
+	bool exporting : 1;           /* moving to a successor relay: not read, bytes kept raw (migrate.c) */
 	uint8_t end_cause;        /* enum conn_end_cause: the first one noted */
 	uint64_t client_key;      /* counted: its --max-connections-per-ip key, 0 for none */
 	int32_t zc_res;           /* that send's result, applied when the notification comes */
@@ -202,6 +210,14 @@ struct worker {
 	bool stop_requested;  /* atomic: worker_stop */
 	bool accept_off_requested; /* atomic: worker_stop_accepting (a successor took the listeners) */
 	bool accept_off;           /* the worker acted on it */
+	bool export_requested;     /* atomic: worker_export_sessions */
+	bool export_started;       /* the worker acted on it (once per process) */
+	struct export_state *export; /* sessions on their way out, NULL otherwise (migrate.c) */
+	/* Live sessions from a predecessor, open but not yet read until all of them are in
+	 * (a binary's early bytes may address phones still on their way): migrate.c. */
+	struct resume_hold *held;
+	uint32_t nheld, held_cap;
+	uint64_t held_deadline_ms;
 	struct tw_node accept_backoff;
 	/* Handshakes paused for autocert's first certificate (TLS_WAIT_CERT): re-driven
 	 * when the server's certificate generation moves, polled every CERT_POLL_MS. */
@@ -368,11 +384,34 @@ void handoff_on_cqe(struct worker *w, const struct io_uring_cqe *cqe);
 /* Release what a connection that dies in HANDOFF still holds. */
 void handoff_drop(struct worker *w, struct conn *c);
 
+/* ---- migrate.c: live sessions to / from another relay (ADR 0018) ---- */
+
+/* While sessions are on their way out, the loop checks them at least this often. */
+#define MIGRATE_EXPORT_POLL_MS 10
+/* Stop reading every movable WebSocket (worker_export_sessions arrived). */
+void migrate_export_begin(struct worker *w);
+/* Each iteration while w->export: finish once every session is ready or the deadline
+ * passed. abort: the worker drains now (no session moves). */
+void migrate_export_progress(struct worker *w, bool abort);
+/* Bytes received by an exporting connection: kept raw, they travel as early bytes. */
+void migrate_export_input(struct worker *w, struct conn *c, const uint8_t *p, size_t n);
+/* Successor: c was opened from u (ws_phase_resume); its early bytes and its receive
+ * wait for migrate_resume_release (OP_RESUME_GO, or MIGRATE_RESUME_HOLD_MS). Takes u. */
+void migrate_resume_hold(struct worker *w, struct conn *c, struct upgraded *u);
+void migrate_resume_release(struct worker *w);
+/* The longest a resumed session waits for the others before it is read anyway. */
+#define MIGRATE_RESUME_HOLD_MS 3000
+
 /* ---- ws_phase.c ---- */
 
 /* The upgrade is accepted: queue the 101, open the connection to the application, then
  * feed it the early bytes. c is in the HTTP phase on entry. */
 void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u);
+/* A live session from a predecessor relay (u->resume): open without a 101, the
+ * application told through its resume hook, then the early bytes. */
+void ws_phase_resume(struct worker *w, struct conn *c, struct upgraded *u);
+/* ... and later its early bytes (migrate_resume_release). */
+void ws_phase_resume_input(struct worker *w, struct conn *c, struct upgraded *u);
 void ws_phase_input(struct worker *w, struct conn *c, uint8_t *p, size_t n);
 /* A heartbeat deadline of c passed (conn_timer_fire). */
 void ws_phase_heartbeat_due(struct worker *w, struct conn *c);

@@ -144,6 +144,9 @@ bool worker_add_listener(struct worker *w, int fd)
 
 void worker_destroy(struct worker *w)
 {
+	for (uint32_t i = 0; i < w->nheld; i++) /* a loop that never drained (fatal) */
+		upgraded_free(w->held[i].u);
+	free(w->held);
 	w->hooks->destroy(w->app);
 	close_listeners(w); /* out of LISTEN even if a dead ring still holds them */
 	close(w->wake_fd);
@@ -386,9 +389,14 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		w->wake_armed = false;
 		if (__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE)) {
 			begin_shutdown(w);
-		} else if (__atomic_load_n(&w->accept_off_requested, __ATOMIC_ACQUIRE)) {
-			stop_accepting(w);
-			arm_wake(w);
+		} else {
+			if (__atomic_load_n(&w->accept_off_requested, __ATOMIC_ACQUIRE))
+				stop_accepting(w);
+			if (__atomic_load_n(&w->export_requested, __ATOMIC_ACQUIRE))
+				migrate_export_begin(w); /* once */
+			if (__atomic_load_n(&w->accept_off_requested, __ATOMIC_ACQUIRE) ||
+			    __atomic_load_n(&w->export_requested, __ATOMIC_ACQUIRE))
+				arm_wake(w);
 		}
 		break;
 	case OP_IGNORE:
@@ -396,6 +404,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_HANDOFF:
 	case OP_HANDOFF_SENT:
 		handoff_on_cqe(w, cqe);
+		break;
+	case OP_RESUME_GO:
+		group_release(w->group, w->id);
+		migrate_resume_release(w);
 		break;
 	default:
 		ASSERT(!"unknown completion");
@@ -435,7 +447,11 @@ static void begin_shutdown(struct worker *w)
 {
 	if (w->stopping)
 		return;
+	migrate_export_progress(w, true); /* sessions still on their way out stay and drain */
+	migrate_resume_release(w);        /* sessions just in are read (and drained) */
 	w->stopping = true;
+	if (__atomic_load_n(&w->export_requested, __ATOMIC_ACQUIRE))
+		migrate_export_begin(w); /* asked and never acted on: reports none (no-op if acted on) */
 	w->drain_deadline_ms = w->now_ms + SHUTDOWN_DRAIN_TIMEOUT_MS;
 	group_stop_accepting(w->group, w->id); /* no more handoffs to us */
 	/* Stop accepting: closing the socket ends the multishot accept; new dials are
@@ -514,7 +530,13 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 					break;
 			}
 		}
+		if (w->export != NULL)
+			migrate_export_progress(w, false);
+		if (w->nheld > 0 && w->now_ms >= w->held_deadline_ms)
+			migrate_resume_release(w); /* the go never came: read them anyway */
 		int64_t wait_ms = timer_wheel_wait_ms(&w->tw, w->now_ms);
+		if ((w->export != NULL || w->nheld > 0) && (wait_ms < 0 || wait_ms > (int64_t)MIGRATE_EXPORT_POLL_MS))
+			wait_ms = MIGRATE_EXPORT_POLL_MS; /* its deadline is not a timer */
 		if (w->stopping && (wait_ms < 0 || (uint64_t)wait_ms > w->drain_deadline_ms - w->now_ms))
 			wait_ms = w->now_ms < w->drain_deadline_ms ? (int64_t)(w->drain_deadline_ms - w->now_ms) : 0;
 		struct __kernel_timespec ts, *tsp = NULL;

@@ -5,6 +5,7 @@
  */
 #include "engine/engine.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,9 +20,13 @@ static struct span header_or_empty(const struct http_request *req, const char *n
 
 struct upgraded *upgraded_new(const struct http_request *req, struct span early_a, struct span early_b)
 {
-	struct span id = header_or_empty(req, "X-Pyrycode-Server");
-	struct span version = header_or_empty(req, "X-Pyrycode-Version");
-	struct span device = header_or_empty(req, "X-Pyrycode-Device-Name");
+	return upgraded_of(header_or_empty(req, "X-Pyrycode-Server"), header_or_empty(req, "X-Pyrycode-Version"),
+			   header_or_empty(req, "X-Pyrycode-Device-Name"), early_a, early_b);
+}
+
+struct upgraded *upgraded_of(struct span id, struct span version, struct span device, struct span early_a,
+			     struct span early_b)
+{
 	size_t n = id.len + version.len + device.len + early_a.len + early_b.len;
 	struct upgraded *u = malloc(sizeof *u + n);
 	if (u == NULL)
@@ -45,7 +50,8 @@ struct upgraded *upgraded_new(const struct http_request *req, struct span early_
 
 static size_t upgraded_bytes(const struct upgraded *u)
 {
-	return sizeof *u + u->server_id_len + u->version_len + u->device_len + u->early_len;
+	/* bytes[] may begin before sizeof *u ends (tail padding): count from it */
+	return offsetof(struct upgraded, bytes) + u->server_id_len + u->version_len + u->device_len + u->early_len;
 }
 
 bool upgraded_append(struct upgraded **u, struct span more)

@@ -78,6 +78,8 @@ struct worker_stats {
 	uint64_t handoffs_sent;     /* upgrades sent to their server-id's owner (cross-worker messages) */
 	uint64_t handoffs_received; /* upgrades taken from other workers */
 	uint64_t handoff_failures[HANDOFF_RESULT_COUNT]; /* [HANDOFF_OK] unused */
+	uint64_t sessions_exported; /* live WebSockets handed to a successor relay (ADR 0018) */
+	uint64_t sessions_resumed;  /* live WebSockets taken from a predecessor relay */
 	uint64_t tls_paths[TLS_PATH_COUNT];
 	uint64_t tls_key_updates; /* peer KeyUpdates followed on kTLS connections (kernel rekey) */
 	struct tls_stats tls; /* written by this worker's TLS connections (transport/tls.h) */
@@ -122,6 +124,11 @@ void worker_stop(struct worker *w);
  * and close our descriptors of them (never shutdown: they are shared), keep serving
  * what was accepted until worker_stop. */
 void worker_stop_accepting(struct worker *w);
+/* Thread-safe: a successor takes live sessions (ADR 0018). The worker stops reading its
+ * movable WebSockets, writes what they are owed (at most HANDOVER_EXPORT_TIMEOUT_MS),
+ * gives each one's record and socket to migrate_collect (engine/migrate.h) and closes
+ * the rest 1001. */
+void worker_export_sessions(struct worker *w);
 /* Control thread, before worker_run: one more listener to accept from (one a
  * predecessor with more workers handed over). False when the worker holds
  * WORKER_LISTENERS_MAX. */

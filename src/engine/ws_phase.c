@@ -362,3 +362,24 @@ void ws_phase_start(struct worker *w, struct conn *c, struct upgraded *u)
 	if (early.len && ws_reads(c))
 		ws_phase_input(w, c, (uint8_t *)early.ptr, early.len);
 }
+
+void ws_phase_resume(struct worker *w, struct conn *c, struct upgraded *u)
+{
+	ASSERT(c->state == CONN_HTTP && c->fd == u->fd && c->http_buf == NULL && c->ws == NULL);
+	/* The client upgraded with our predecessor; its reader was at rest there, so the
+	 * early bytes begin at a frame. */
+	conn_move(c, CONN_WS_OPEN);
+	c->upgraded = true;
+	c->read_deadline_ms = 0;
+	conn_timer_update(w, c);
+	STAT_INC(w->stats.sessions_resumed);
+	w->hooks->resume(w->app, conn_ref_of(c), u);
+	/* its early bytes: migrate_resume_release, once every session is registered */
+}
+
+void ws_phase_resume_input(struct worker *w, struct conn *c, struct upgraded *u)
+{
+	struct span early = upgraded_early(u);
+	if (early.len && ws_reads(c))
+		ws_phase_input(w, c, (uint8_t *)early.ptr, early.len);
+}

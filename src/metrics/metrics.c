@@ -321,6 +321,13 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 		   "Upgrades sent to the worker that owns their server-id: the only messages between workers, "
 		   "one per handed-off connection and none per frame.",
 		   in, offsetof(struct worker_stats, handoffs_sent));
+	per_worker(o, "pyrycode_relay_worker_sessions_exported_total",
+		   "Open WebSockets handed to a successor relay at an upgrade (ADR 0018), per worker.", in,
+		   offsetof(struct worker_stats, sessions_exported));
+	per_worker(o, "pyrycode_relay_worker_sessions_resumed_total",
+		   "Open WebSockets taken from a predecessor relay at an upgrade, without a new handshake (ADR 0018), "
+		   "per worker.",
+		   in, offsetof(struct worker_stats, sessions_resumed));
 	per_worker(o, "pyrycode_relay_worker_io_uring_enters_total",
 		   "io_uring_enter system calls, per worker (CQEs per enter: divide).", in,
 		   offsetof(struct worker_stats, enters));

@@ -15,6 +15,7 @@
 
 #include "core/log.h"
 #include "envelope/envelope.h"
+#include "engine/session_record.h"
 #include "envelope/json.h"
 #include "ws/ws_frame.h"
 
@@ -129,7 +130,6 @@ static void install_binary(struct relay_shard *s, struct relay_slot *sl, struct 
 	rc->slot = sl;
 	rc->role = RELAY_ROLE_BINARY;
 	STAT_INC(s->stats.binaries);
-	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_SERVER][RELAY_OUT_ACCEPT]);
 	conn_heartbeat_start(s->w, c);
 }
 
@@ -178,6 +178,7 @@ static void open_binary(struct relay_shard *s, struct conn_ref c, const struct u
 	if (sl->binary == RELAY_NO_CONN) {
 		/* Free, or gracing: a reclaim evicts the phones (§4.2). */
 		install_binary(s, sl, c);
+		STAT_INC(s->stats.upgrade_attempts[RELAY_EP_SERVER][RELAY_OUT_ACCEPT]);
 		log_claimed(s, c, sl, upgraded_version(u));
 		return;
 	}
@@ -212,6 +213,7 @@ static void takeover(struct relay_shard *s, struct relay_slot *sl)
 		conn_ws_close(s->w, old, WS_CLOSE_INTERNAL_ERROR, "heartbeat timeout");
 	}
 	install_binary(s, sl, c);
+	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_SERVER][RELAY_OUT_ACCEPT]);
 	char ip[INET6_ADDRSTRLEN];
 	conn_remote_ip(s->w, c, ip, sizeof ip);
 	LOG_INFO("server_id_takeover", KV_SPAN("server_id", slot_id(sl)), KV_STR("remote", ip));
@@ -219,6 +221,8 @@ static void takeover(struct relay_shard *s, struct relay_slot *sl)
 	log_claimed(s, c, sl, span_make(version, version ? version_len : 0));
 	free(version);
 }
+
+static void register_phone(struct relay_shard *s, struct conn_ref c, struct relay_slot *sl);
 
 static void open_phone(struct relay_shard *s, struct conn_ref c, const struct upgraded *u)
 {
@@ -244,6 +248,16 @@ static void open_phone(struct relay_shard *s, struct conn_ref c, const struct up
 		conn_abort(s->w, c);
 		return;
 	}
+	register_phone(s, c, sl);
+	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_CLIENT][RELAY_OUT_ACCEPT]);
+	LOG_INFO("phone_registered", KV_SPAN("server_id", id), KV_SPAN("conn_id", phone_conn_id(rc)),
+		 KV_SPAN("device_name", upgraded_device(u)), KV_STR("remote", ip));
+}
+
+/* c, whose rc->hex is set, joins sl's phones (which have room). */
+static void register_phone(struct relay_shard *s, struct conn_ref c, struct relay_slot *sl)
+{
+	struct relay_conn *rc = rc_of(s, c);
 	/* conn_id = client-<id>-<hex8>: the slot holds all but the hex (phone_conn_id). */
 	rc->slot = sl;
 	rc->role = RELAY_ROLE_PHONE;
@@ -251,13 +265,10 @@ static void open_phone(struct relay_shard *s, struct conn_ref c, const struct up
 	rc->phone_index = sl->nphones;
 	sl->phones[sl->nphones++] = c.idx;
 	STAT_INC(s->stats.phones);
-	STAT_INC(s->stats.upgrade_attempts[RELAY_EP_CLIENT][RELAY_OUT_ACCEPT]);
 	if (sl->phones_paused) {
 		rc->flags |= RELAY_F_PAUSED;
 		conn_pause_recv(s->w, c);
 	}
-	LOG_INFO("phone_registered", KV_SPAN("server_id", id), KV_SPAN("conn_id", phone_conn_id(rc)),
-		 KV_SPAN("device_name", upgraded_device(u)), KV_STR("remote", ip));
 	conn_heartbeat_start(s->w, c);
 }
 
@@ -270,6 +281,78 @@ static void on_open(void *app, struct conn_ref c, const struct upgraded *u)
 		open_binary(s, c, u);
 	else
 		open_phone(s, c, u);
+}
+
+/* ------------------------------------------------------------------ live sessions (ADR 0018) */
+
+/* Predecessor: may c move to our successor? A binary that holds its server-id (no
+ * probe running) moves with all its phones, or not at all; a phone only with its
+ * binary (one in grace has none: the phone is drained). The successor's registry
+ * starts empty, so its binaries claim without conflict and its phones register again
+ * under their own conn_ids: envelopes the binary addresses to them still route. */
+static bool on_export(void *app, struct conn_ref c, unsigned pass, uint8_t *route, char conn_hex[8],
+		      struct span *server_id)
+{
+	struct relay_shard *s = app;
+	struct relay_conn *rc = rc_of(s, c);
+	struct relay_slot *sl = rc->slot;
+	if (sl == NULL || slot_id(sl).len > SESSION_RECORD_TEXT_BYTES_MAX)
+		return false;
+	if (pass == 0) {
+		if (rc->role != RELAY_ROLE_BINARY || !is_conn(sl->binary, c) || sl->claimant != RELAY_NO_CONN)
+			return false;
+		for (uint8_t i = 0; i < sl->nphones; i++)
+			if (!conn_export_ready(s->w, slot_phone(s, sl, i)))
+				return false;
+		rc->flags |= RELAY_F_MOVING;
+		*route = SESSION_ROUTE_BINARY;
+	} else {
+		if (rc->role != RELAY_ROLE_PHONE || sl->binary == RELAY_NO_CONN || rc->epoch != sl->epoch ||
+		    !(s->rc[sl->binary].flags & RELAY_F_MOVING))
+			return false;
+		*route = SESSION_ROUTE_PHONE;
+	}
+	memcpy(conn_hex, rc->hex, RELAY_CONN_HEX_LEN);
+	*server_id = slot_id(sl);
+	return true;
+}
+
+/* Successor: a live session of our predecessor, under its own conn_id. */
+static void on_resume(void *app, struct conn_ref c, const struct upgraded *u)
+{
+	struct relay_shard *s = app;
+	enum relay_endpoint ep = endpoint_of((enum http_route)u->route);
+	struct relay_conn *rc = rc_of(s, c);
+	*rc = (struct relay_conn){ .gen = c.gen, .endpoint = (uint8_t)ep };
+	memcpy(rc->hex, u->conn_hex, RELAY_CONN_HEX_LEN);
+	struct span id = upgraded_server_id(u);
+	struct relay_slot *sl = slot_find(s, id);
+	char ip[INET6_ADDRSTRLEN];
+	conn_remote_ip(s->w, c, ip, sizeof ip);
+	if (ep == RELAY_EP_SERVER) {
+		if (sl == NULL)
+			sl = slot_create(s, id);
+		/* a binary of that server-id connected to us meanwhile: this one reconnects */
+		if (sl == NULL || sl->binary != RELAY_NO_CONN || sl->claimant != RELAY_NO_CONN) {
+			if (sl != NULL)
+				slot_maybe_free(s, sl);
+			conn_ws_close(s->w, c, WS_CLOSE_GOING_AWAY, "shutting down");
+			return;
+		}
+		install_binary(s, sl, c);
+		char bid[BINARY_CONN_ID_BYTES_MAX];
+		LOG_INFO("session_resumed", KV_SPAN("server_id", id),
+			 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("remote", ip));
+		return;
+	}
+	/* its binary came first (migrate_resume); without it the phone reconnects */
+	if (sl == NULL || sl->binary == RELAY_NO_CONN || sl->nphones >= RELAY_PHONES_PER_SERVER_MAX) {
+		conn_ws_close(s->w, c, WS_CLOSE_GOING_AWAY, "shutting down");
+		return;
+	}
+	register_phone(s, c, sl);
+	LOG_INFO("session_resumed", KV_SPAN("server_id", id), KV_SPAN("conn_id", phone_conn_id(rc)),
+		 KV_STR("remote", ip));
 }
 
 /* ------------------------------------------------------------------ routing */
@@ -545,20 +628,21 @@ static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_cl
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
+	bool moved = why == CONN_END_MOVED; /* open in our successor: nothing ended for anyone */
 	/* §3.2 step 1: the phone's reading ended, unless the forwarder ended it itself
 	 * (invalid JSON, no binary to send to) and logged that instead. */
 	/* §5.7: the directive's frame never reached the phone (it did not take what was
 	 * queued before the connection ended): the writer's failure line. */
-	if ((rc->flags & RELAY_F_DIRECTIVE_FRAME) && conn_queued_items(s->w, c) > 0)
+	if (!moved && (rc->flags & RELAY_F_DIRECTIVE_FRAME) && conn_queued_items(s->w, c) > 0)
 		LOG_INFO("binary_forwarder_close_frame_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_UINT("close_code", rc->directive_code),
 			 KV_STR("err", "connection ended before the frame was written"));
-	if (!(rc->flags & RELAY_F_FORWARDER_ENDED))
+	if (!moved && !(rc->flags & RELAY_F_FORWARDER_ENDED))
 		LOG_INFO("phone_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", conn_end_cause_text(why)));
 	/* Unless the binary itself asked for this close; the notice carries the phone's
 	 * own close status, or 1001 when it sent none. */
-	if (!(rc->flags & RELAY_F_CLOSED_BY_BINARY) && sl->epoch == rc->epoch)
+	if (!moved && !(rc->flags & RELAY_F_CLOSED_BY_BINARY) && sl->epoch == rc->epoch)
 		send_close_notice(s, rc, peer_close_code ? peer_close_code : WS_CLOSE_GOING_AWAY);
 	/* unregister: swap with the last (§4.3) */
 	uint8_t i = rc->phone_index;
@@ -567,7 +651,8 @@ static void phone_end(struct relay_shard *s, struct conn_ref c, uint16_t peer_cl
 	if (i < sl->nphones)
 		s->rc[sl->phones[i]].phone_index = i;
 	STAT_DEC(s->stats.phones);
-	LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(rc)));
+	if (!moved)
+		LOG_INFO("phone_unregistered", KV_SPAN("server_id", slot_id(sl)), KV_SPAN("conn_id", phone_conn_id(rc)));
 	detach(rc);
 	slot_maybe_free(s, sl);
 }
@@ -577,6 +662,15 @@ static void binary_end(struct relay_shard *s, struct conn_ref c, enum conn_end_c
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
 	char bid[BINARY_CONN_ID_BYTES_MAX];
+	if (why == CONN_END_MOVED) {
+		/* open in our successor with its phones: no grace, no release, no line */
+		ASSERT(is_conn(sl->binary, c) && sl->claimant == RELAY_NO_CONN);
+		detach(rc);
+		sl->binary = RELAY_NO_CONN;
+		STAT_DEC(s->stats.binaries);
+		slot_maybe_free(s, sl);
+		return;
+	}
 	/* §3.3 step 1, before the release (§2.2 step 8) */
 	LOG_INFO("binary_forwarder_read_end", KV_SPAN("server_id", slot_id(sl)),
 		 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", conn_end_cause_text(why)));
@@ -695,4 +789,6 @@ const struct engine_hooks relay_hooks = {
 	.timer = on_timer,
 	.shutdown = on_shutdown,
 	.healthz = on_healthz,
+	.export = on_export,
+	.resume = on_resume,
 };

@@ -28,6 +28,7 @@ enum relay_flags {
 	RELAY_F_PAUSED = 1u << 1,           /* receive paused: its binary is backed up */
 	RELAY_F_FORWARDER_ENDED = 1u << 2,  /* the relay ended this phone's forwarding (and said why) */
 	RELAY_F_DIRECTIVE_FRAME = 1u << 3,  /* the close directive's frame was queued (directive_code) */
+	RELAY_F_MOVING = 1u << 4,           /* binary: moving to a successor relay, its phones with it */
 };
 
 /*

@@ -5,6 +5,11 @@ and no unanswered request.
 
 test_handover runs in every e2e stage (workers, TLS, sanitizers); the worker-count and
 SIGUSR2 tests pick their own worker counts and run in the 1-worker plaintext stage only.
+
+Live sessions (ADR 0018, protocol 2): open plaintext WebSockets move to the successor
+with their sockets; binaries and phones keep exchanging frames across the hand-over
+without a close frame, a lost or reordered byte, or a new conn_id. A successor that
+does not take sessions, and TLS sessions, get the old behaviour (1001).
 """
 
 import os
@@ -18,8 +23,8 @@ import time
 
 import pytest
 
-from relayctl import (REPO_ROOT, RawConn, Relay, server_headers, tls_client_context, unique_id,
-                      wait_until)
+from relayctl import (REPO_ROOT, RawConn, Relay, claim, read_wrapped, register, route,
+                      server_headers, tls_client_context, unique_id, wait_until)
 
 ONE_STAGE = os.environ.get("RELAY_WORKERS", "1") == "1" and os.environ.get("RELAY_TLS", "0") != "1"
 DRAIN_EXIT_S = 20.0  # HANDOVER_QUIESCE_MS + the drain's own bound, with room on a slow machine
@@ -275,3 +280,134 @@ def test_handover_under_connection_churn(relay_factory, relay_bin, handover_dir)
     assert lg.returncode == 0 and js["errors"] == 0, f"{js}\n{err.decode()[-2000:]}"
     assert js["handshakes_completed"] == js["handshakes_started"] >= 200, js
     assert Path(sock).exists()
+
+
+# --------------------------------------------------------------------------------------
+# live sessions across the hand-over
+
+
+def successor_env(factory, old: Relay, args, env_extra) -> Relay:
+    r = Relay(old.binary, list(args), {**old.env, **env_extra}, old.host, old.port, old.metrics_port, old.wrapper)
+    r.expect_exit_code = 0
+    factory.relays.append(r)
+    r._spawn()
+    return r
+
+
+class Pair:
+    """One server-id: a binary and its phones exchanging numbered frames in lock step,
+    each checked byte for byte and in order, until stopped."""
+
+    def __init__(self, relay: Relay, phones: int):
+        self.sid = unique_id("live")
+        self.binary = claim(relay, self.sid)
+        self.phones = [register(relay, self.sid) for _ in range(phones)]
+        self.rounds = 0
+        self.error = None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            while not self.stop_flag.is_set():
+                n = self.rounds
+                for i, (p, _) in enumerate(self.phones):
+                    p.send_text(b'{"up":%d,"phone":%d,"pad":"%s"}' % (n, i, b"x" * (n % 300)))
+                # each phone's frames in order; between phones (two sockets) no order exists
+                got = sorted(read_wrapped(self.binary, timeout=15) for _ in self.phones)
+                want = sorted((cid, b'{"up":%d,"phone":%d,"pad":"%s"}' % (n, i, b"x" * (n % 300)))
+                              for i, (_, cid) in enumerate(self.phones))
+                assert got == want, f"{self.sid} round {n}: binary got {got!r}, want {want!r}"
+                for i, (_, cid) in enumerate(self.phones):
+                    route(self.binary, cid, b'{"down":%d,"phone":%d}' % (n, i))
+                for i, (p, _) in enumerate(self.phones):
+                    op, payload = p.read_message(timeout=15)
+                    assert payload == b'{"down":%d,"phone":%d}' % (n, i), f"{self.sid} round {n}: {payload!r}"
+                self.rounds += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = f"{self.sid} after {self.rounds} rounds: {type(e).__name__}: {e}"
+
+    def conns(self):
+        return [self.binary] + [p for p, _ in self.phones]
+
+
+@pytest.mark.skipif(not ONE_STAGE, reason="picks its own worker counts: runs in the 1-worker plaintext stage")
+def test_live_sessions_survive_handover(relay_factory, handover_dir):
+    """3 server-ids (a binary and 2 phones each) on a 3-worker relay hand over to a
+    2-worker one while they exchange frames: every session moves (binaries first, the
+    owners change), no client sees a close frame, every frame arrives byte-exact and in
+    order, conn_ids stay, and the old relay exits 0."""
+    sock = os.path.join(handover_dir, "handover.sock")
+    base = ["--handover-socket", sock, "--rate-limit-burst", "0"]
+    old = relay_factory.start(args=["--workers", "3", *base], metrics=True)
+    pairs = [Pair(old, phones=2) for _ in range(3)]
+    for pr in pairs:
+        pr.thread.start()
+    try:
+        wait_until(lambda: all(pr.rounds >= 20 for pr in pairs), 15, what="frames flowing before the hand-over")
+        new = successor(relay_factory, old, with_workers(old.args, 2))
+        new.wait_log("took over listeners", timeout=15)
+        old.wait_log("sessions handed over", timeout=15, sessions="9")
+        assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
+        marks = [pr.rounds for pr in pairs]
+        wait_until(lambda: all(pr.rounds >= m + 20 for pr, m in zip(pairs, marks)) or any(pr.error for pr in pairs),
+                   15, what="frames flowing after the hand-over")
+    finally:
+        for pr in pairs:
+            pr.stop_flag.set()
+        for pr in pairs:
+            pr.thread.join(20)
+    assert [pr.error for pr in pairs] == [None] * 3, [pr.error for pr in pairs]
+    for pr in pairs:
+        assert len(new.find_logs("session_resumed", server_id=pr.sid)) == 3, new.log_tail()  # binary + 2 phones
+        for _, cid in pr.phones:
+            assert len(new.find_logs("session_resumed", server_id=pr.sid, conn_id=cid)) == 1, cid
+        for c in pr.conns():
+            c.ping(b"still-open", timeout=5)  # alive, nothing queued before the pong
+    assert not old.find_logs("phone_unregistered") and not old.find_logs("server_released")
+    text = new.metrics_text()
+    resumed = sum(float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("pyrycode_relay_worker_sessions_resumed_total{"))
+    assert resumed == 9, text
+    h = new.healthz()
+    assert (h["connected_binaries"], h["connected_phones"]) == (3, 6), h
+    for pr in pairs:
+        for c in pr.conns():
+            c.close()
+
+
+@pytest.mark.skipif(not ONE_STAGE, reason="runs in the 1-worker plaintext stage")
+def test_successor_without_sessions_gets_the_drain(relay_factory, handover_dir):
+    """A successor that does not offer to take sessions (protocol 1, as an older relay
+    would speak) gets the listeners only: the open WebSockets are closed 1001 and their
+    clients reconnect to it."""
+    sock = os.path.join(handover_dir, "handover.sock")
+    old = relay_factory.start(args=["--handover-socket", sock, "--rate-limit-burst", "0"])
+    sid = unique_id("nosess")
+    b = claim(old, sid)
+    p, _ = register(old, sid)
+    new = successor_env(relay_factory, old, old.args, {"PYRELAY_HANDOVER_SESSIONS": "0"})
+    new.wait_log("took over listeners", timeout=15)
+    assert b.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
+    assert p.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
+    assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
+    assert not old.find_logs("sessions handed over") and not new.find_logs("session_resumed")
+    b2 = claim(new, sid)  # the client reconnects to the new relay
+    b2.close()
+
+
+@pytest.mark.skipif(os.environ.get("RELAY_TLS", "0") != "1", reason="TLS sessions: the RELAY_TLS=1 stage")
+def test_tls_sessions_are_drained_at_handover(relay_factory, handover_dir):
+    """TLS sessions stay behind (user-space TLS state cannot move, and kTLS sessions are
+    not moved either, ADR 0018): they are closed 1001 as before; plaintext ones are none
+    here."""
+    sock = os.path.join(handover_dir, "handover.sock")
+    old = relay_factory.start(args=["--handover-socket", sock, "--rate-limit-burst", "0"])
+    sid = unique_id("tlssess")
+    b = claim(old, sid)
+    new = successor(relay_factory, old)
+    new.wait_log("took over listeners", timeout=15)
+    assert b.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
+    assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
+    assert old.find_logs("sessions handed over", sessions="0")
+    assert not new.find_logs("session_resumed")

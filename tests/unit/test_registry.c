@@ -52,6 +52,7 @@
 #include "core/log.h"
 #include "engine/bufpool.h"
 #include "engine/engine.h"
+#include "engine/session_record.h"
 #include "engine/outq.h"
 #include "engine/timer_wheel.h"
 #include "relay/ratelimit.h"
@@ -113,6 +114,7 @@ struct fconn {
 	unsigned resume_calls;
 	unsigned hb_starts;
 	bool refuse_sends; /* emulate a refused append (buffer budget) */
+	bool export_ready; /* conn_export_ready: stopped reading for a hand-over, outbox written */
 	bool end_queued;
 	unsigned ends;     /* relay_hooks.end calls */
 	char cid[CID_MAX]; /* phone: its conn_id as its binary received it ("" until then) */
@@ -332,6 +334,11 @@ uint64_t worker_now_ms(const struct worker *w)
 struct bufpool *worker_pool(struct worker *w)
 {
 	return &w->pool;
+}
+
+bool conn_export_ready(struct worker *w, struct conn_ref ref)
+{
+	return at(w, ref)->export_ready;
 }
 
 uint32_t worker_conn_cap(const struct worker *w)
@@ -1309,6 +1316,116 @@ static void test_binary_directive_illegal_code_1011(void **state)
 	assert_int_equal(b->nframes, 2); /* p's and q's, from learn_cid: no close notice */
 }
 
+/* ------------------------------------------------------------------ live sessions (ADR 0018) */
+
+static bool export_of(struct fconn *c, unsigned pass, uint8_t *route, char hex[8], struct span *id)
+{
+	return relay_hooks.export(app(), ref_of(c), pass, route, hex, id);
+}
+
+/* The engine ends a session that moved: CONN_END_MOVED, no close frame. */
+static void moved(struct fconn *c)
+{
+	note_end(c, CONN_END_MOVED);
+	c->state = FC_DEAD;
+	queue_end(c);
+}
+
+static void test_export_binary_only_with_all_its_phones(void **state)
+{
+	(void)state;
+	struct fconn *b = open_binary(SID);
+	struct fconn *p = open_phone(SID);
+	struct fconn *q = open_phone(SID);
+	const char *cid = learn_cid(p, b, SID);
+	uint8_t route = 99;
+	char hex[8];
+	struct span id;
+	b->export_ready = p->export_ready = true; /* q not ready: the binary stays, and p with it */
+	assert_false(export_of(b, 0, &route, hex, &id));
+	assert_false(export_of(p, 1, &route, hex, &id));
+	q->export_ready = true;
+	assert_false(export_of(p, 0, &route, hex, &id)); /* phones in pass 1 only */
+	assert_true(export_of(b, 0, &route, hex, &id));
+	assert_int_equal(route, SESSION_ROUTE_BINARY);
+	assert_true(span_eq_cstr(id, SID));
+	assert_false(export_of(b, 1, &route, hex, &id));
+	assert_true(export_of(p, 1, &route, hex, &id));
+	assert_int_equal(route, SESSION_ROUTE_PHONE);
+	assert_memory_equal(hex, cid + strlen(cid) - RELAY_CONN_HEX_LEN, RELAY_CONN_HEX_LEN);
+	assert_true(export_of(q, 1, &route, hex, &id));
+	/* They end here as moved: silently (no close notice to the binary, no grace). */
+	size_t frames = b->nframes;
+	moved(p);
+	moved(b);
+	moved(q);
+	pump();
+	assert_int_equal(b->nframes, frames);
+	assert_int_equal(stats()->binaries, 0);
+	assert_int_equal(stats()->phones, 0);
+	assert_int_equal(stats()->grace_expiries, 0);
+	assert_int_equal(F->w->tw.count, 1); /* the rate limiter's sweep only: no grace armed */
+}
+
+static void test_export_refuses_phone_in_grace_and_claimant(void **state)
+{
+	(void)state;
+	struct fconn *b = open_binary(SID);
+	struct fconn *p = open_phone(SID);
+	p->export_ready = b->export_ready = true;
+	uint8_t route;
+	char hex[8];
+	struct span id;
+	peer_end(b, 0); /* grace: the phone has no binary to move with */
+	assert_false(export_of(p, 1, &route, hex, &id));
+	struct fconn *b2 = open_binary("srv-2");
+	struct fconn *c2 = open_binary("srv-2"); /* a claimant: a probe runs */
+	b2->export_ready = c2->export_ready = true;
+	assert_false(export_of(b2, 0, &route, hex, &id));
+	assert_false(export_of(c2, 0, &route, hex, &id));
+}
+
+static struct fconn *resume_conn(enum http_route route, const char *id, const char *hex)
+{
+	struct fconn *c = new_conn(route, 3, FC_OPEN);
+	c->upgraded = true;
+	struct upgraded *u = upgraded_of(span_cstr(id), span_make("", 0), span_make("", 0), span_make("", 0),
+					 span_make("", 0));
+	assert_non_null(u);
+	u->fd = -1;
+	u->resume = true;
+	u->route = (uint8_t)route;
+	u->remote = c->remote;
+	memcpy(u->conn_hex, hex, 8);
+	relay_hooks.resume(app(), ref_of(c), u);
+	upgraded_free(u);
+	pump();
+	return c;
+}
+
+static void test_resume_keeps_conn_ids_and_routes(void **state)
+{
+	(void)state;
+	struct fconn *orphan = resume_conn(HTTP_ROUTE_CLIENT, SID, "00000000"); /* before its binary */
+	assert_closed(orphan, 1001, "shutting down");
+	struct fconn *b = resume_conn(HTTP_ROUTE_SERVER, SID, "0123abcd");
+	struct fconn *p = resume_conn(HTTP_ROUTE_CLIENT, SID, "89abcdef");
+	assert_open(b);
+	assert_open(p);
+	assert_int_equal(stats()->binaries, 1);
+	assert_int_equal(stats()->phones, 1);
+	send_msg(p, "{\"n\":1}");
+	assert_frame(last_frame(b), "{\"conn_id\":\"client-" SID "-89abcdef\",\"frame\":{\"n\":1}}");
+	char env[256];
+	wrapped(env, sizeof env, "client-" SID "-89abcdef", "{\"down\":2}");
+	send_msg(b, env);
+	assert_frame(last_frame(p), "{\"down\":2}");
+	/* a binary of that server-id is there already: the moved one reconnects */
+	struct fconn *dup = resume_conn(HTTP_ROUTE_SERVER, SID, "ffffffff");
+	assert_closed(dup, 1001, "shutting down");
+	assert_open(b);
+}
+
 static void test_binary_unknown_conn_id_dropped(void **state)
 {
 	struct fconn *b = open_binary(SID);
@@ -1844,6 +1961,9 @@ int main(void)
 		T(test_binary_directive_without_frame),
 		T(test_binary_directive_illegal_code_1011),
 		T(test_binary_unknown_conn_id_dropped),
+		T(test_export_binary_only_with_all_its_phones),
+		T(test_export_refuses_phone_in_grace_and_claimant),
+		T(test_resume_keeps_conn_ids_and_routes),
 		T(test_other_server_phone_unreachable),
 		T(test_frame_to_closing_phone_dropped),
 		T(test_close_notice_codes),
