@@ -388,8 +388,10 @@ def test_successor_without_sessions_gets_the_drain(relay_factory, handover_dir):
     p, _ = register(old, sid)
     new = successor_env(relay_factory, old, old.args, {"PYRELAY_HANDOVER_SESSIONS": "0"})
     new.wait_log("took over listeners", timeout=15)
-    assert b.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
-    assert p.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
+    for c in (b, p):
+        assert c.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
+        c.send_close(1001)  # the close handshake: the old relay need not wait it out
+        c.close()
     assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
     assert not old.find_logs("sessions handed over") and not new.find_logs("session_resumed")
     b2 = claim(new, sid)  # the client reconnects to the new relay
@@ -408,6 +410,8 @@ def test_tls_sessions_are_drained_at_handover(relay_factory, handover_dir):
     new = successor(relay_factory, old)
     new.wait_log("took over listeners", timeout=15)
     assert b.read_close(timeout=DRAIN_EXIT_S)[0] == 1001
+    b.send_close(1001)
+    b.close()
     assert old.wait_exit(DRAIN_EXIT_S) == 0, old.log_tail()
     assert old.find_logs("sessions handed over", sessions="0")
     assert not new.find_logs("session_resumed")
