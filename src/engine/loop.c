@@ -517,6 +517,10 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 	arm_wake(w);
 	arm_accept(w);
 	for (;;) {
+		if (w->export != NULL)
+			migrate_export_progress(w, false); /* before the flush: its 1001s go out now */
+		if (w->nheld > 0 && w->now_ms >= w->held_deadline_ms)
+			migrate_resume_release(w); /* the go never came: read them anyway */
 		send_flush(w);
 		publish_buffers(w);
 		if (!w->stopping)
@@ -530,10 +534,6 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 					break;
 			}
 		}
-		if (w->export != NULL)
-			migrate_export_progress(w, false);
-		if (w->nheld > 0 && w->now_ms >= w->held_deadline_ms)
-			migrate_resume_release(w); /* the go never came: read them anyway */
 		int64_t wait_ms = timer_wheel_wait_ms(&w->tw, w->now_ms);
 		if ((w->export != NULL || w->nheld > 0) && (wait_ms < 0 || wait_ms > (int64_t)MIGRATE_EXPORT_POLL_MS))
 			wait_ms = MIGRATE_EXPORT_POLL_MS; /* its deadline is not a timer */

@@ -232,14 +232,17 @@ static struct conn *live(struct worker *w, const struct export_entry *e)
 static void try_move(struct worker *w, struct conn *c, struct export_entry *e, unsigned pass,
 		     struct handover_sessions *mine)
 {
-	static uint8_t rec[SESSION_RECORD_BYTES_MAX];
 	struct session_record r = { .transport = SESSION_TRANSPORT_PLAIN, .remote = c->remote, .client_key = c->client_key };
 	if (!w->hooks->export(w->app, e->ref, pass, &r.route, r.conn_hex, &r.server_id))
 		return;
 	r.version = r.device = span_make("", 0);
 	r.early = span_make(e->early, e->early_len);
-	size_t n = session_record_write(&r, rec, sizeof rec);
-	if (n > 0 && handover_sessions_add(mine, c->fd, rec, n)) {
+	/* every worker exports at once: a buffer of its own (once per session, at a hand-over) */
+	size_t n = session_record_size(&r);
+	uint8_t *rec = n > 0 ? malloc(n) : NULL;
+	bool ok = rec != NULL && session_record_write(&r, rec, n) == n && handover_sessions_add(mine, c->fd, rec, n);
+	free(rec);
+	if (ok) {
 		e->moved = true;
 		c->handed_off = true; /* the fd is the hand-over thread's now */
 		return;
