@@ -481,7 +481,8 @@ int main(int argc, char **argv)
 	if (cfg.handover_socket[0] != '\0') {
 		char hwhy[HANDOVER_WHY_BYTES];
 		uint32_t adopted = 0;
-		handover_conn = handover_take(cfg.handover_socket, &adopted, &handover_sessions, hwhy);
+		handover_conn = handover_take(cfg.handover_socket, !cfg.handover_no_sessions, &adopted,
+					      &handover_sessions, hwhy);
 		if (handover_conn == -2)
 			return boot_listener_failed(cfg.handover_socket, hwhy);
 		if (handover_conn >= 0)

@@ -42,6 +42,9 @@ void config_read_env(struct config *cfg, char *const envp[])
 	cfg->single_instance_env = env_get(envp, "PYRYCODE_RELAY_SINGLE_INSTANCE");
 	cfg->production = cfg->production_env && strcmp(cfg->production_env, "1") == 0;
 	cfg->single_instance = cfg->single_instance_env && strcmp(cfg->single_instance_env, "1") == 0;
+	cfg->handover_no_sessions_env = env_get(envp, "PYRYCODE_RELAY_HANDOVER_NO_SESSIONS");
+	cfg->handover_no_sessions =
+		cfg->handover_no_sessions_env && strcmp(cfg->handover_no_sessions_env, "1") == 0;
 	cfg->fcm_credentials = env_get(envp, "PYRYCODE_RELAY_FCM_CREDENTIALS");
 	cfg->fly_app_name = env_get(envp, "FLY_APP_NAME");
 	cfg->home = env_get(envp, "HOME");
@@ -158,6 +161,8 @@ static int check_env(const struct config *cfg, struct boot_refusal *r)
 		  "set PYRYCODE_RELAY_PRODUCTION=1 for production mode, or unset it" },
 		{ "PYRYCODE_RELAY_SINGLE_INSTANCE", cfg->single_instance_env,
 		  "set PYRYCODE_RELAY_SINGLE_INSTANCE=1 to assert single-instance intent, or unset it" },
+		{ "PYRYCODE_RELAY_HANDOVER_NO_SESSIONS", cfg->handover_no_sessions_env,
+		  "set PYRYCODE_RELAY_HANDOVER_NO_SESSIONS=1 to take no live sessions at a hand-over, or unset it" },
 	};
 
 	for (size_t i = 0; i < ARRAY_LEN(one_or_unset); i++) {

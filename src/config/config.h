@@ -126,10 +126,12 @@ struct config {
 	/* environment (§7.3) */
 	bool production;      /* PYRYCODE_RELAY_PRODUCTION=1 */
 	bool single_instance; /* PYRYCODE_RELAY_SINGLE_INSTANCE=1 */
+	bool handover_no_sessions; /* PYRYCODE_RELAY_HANDOVER_NO_SESSIONS=1: take no live sessions (ADR 0018) */
 	/* the raw values (NULL when unset): config_check refuses anything but "1" and
 	 * names the bad value in its reason, as the reference does */
 	const char *production_env;
 	const char *single_instance_env;
+	const char *handover_no_sessions_env;
 	const char *fcm_credentials; /* NULL when unset */
 	const char *fly_app_name;    /* NULL or "" when unset */
 	const char *home;

@@ -198,19 +198,13 @@ void handover_sessions_free(struct handover_sessions *s)
 
 /* ------------------------------------------------------------------ successor */
 
-/* Does this successor offer to take sessions? (HANDOVER_SESSIONS_ENV=0: no.) */
-static bool offer_sessions(void)
-{
-	const char *v = getenv(HANDOVER_SESSIONS_ENV);
-	return v == NULL || strcmp(v, "0") != 0;
-}
-
 static int take_once(const char *path, uint32_t *count, bool sessions, bool *refused, char why[HANDOVER_WHY_BYTES]);
 
-int handover_take(const char *path, uint32_t *count, bool *sessions, char why[HANDOVER_WHY_BYTES])
+int handover_take(const char *path, bool offer_sessions, uint32_t *count, bool *sessions,
+		  char why[HANDOVER_WHY_BYTES])
 {
 	bool refused = false;
-	*sessions = offer_sessions();
+	*sessions = offer_sessions;
 	int rc = take_once(path, count, *sessions, &refused, why);
 	if (rc == -2 && refused && *sessions) {
 		/* A predecessor of protocol 1 hung up at our hello: ask as it expects. */

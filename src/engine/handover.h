@@ -54,10 +54,6 @@
 #define HANDOVER_EXPORT_TIMEOUT_MS 2000
 /* The successor waits this long beyond the quiesce and the export for the sessions. */
 #define HANDOVER_SESSIONS_WAIT_MS (HANDOVER_QUIESCE_MS + HANDOVER_EXPORT_TIMEOUT_MS + HANDOVER_STEP_TIMEOUT_MS)
-/* Set to 0 in the environment, a successor does not offer to take sessions (protocol
- * 1: its predecessor drains them, closing each 1001). For tests and for a cautious
- * operator. */
-#define HANDOVER_SESSIONS_ENV "PYRELAY_HANDOVER_SESSIONS"
 
 /* One live session in transit: its record (engine/session_record.h) and socket. */
 struct handover_session {
@@ -81,9 +77,12 @@ bool handover_parse_count(struct span msg, const char *word, uint32_t max, uint3
 
 /* Ask the relay serving path for its listeners and give them to net_adopt. Returns the
  * connection to it (for handover_finish), -1 when nobody serves path (start afresh),
- * or -2 with the reason in why. *count: listeners adopted. *sessions: the predecessor
- * will send its live sessions after READY (both speak protocol 2). */
-int handover_take(const char *path, uint32_t *count, bool *sessions, char why[HANDOVER_WHY_BYTES]);
+ * or -2 with the reason in why. *count: listeners adopted. offer_sessions: speak
+ * protocol 2 (false: 1, PYRYCODE_RELAY_HANDOVER_NO_SESSIONS=1, and the predecessor
+ * drains its WebSockets 1001). *sessions: the predecessor will send its live sessions
+ * after READY (both speak protocol 2). */
+int handover_take(const char *path, bool offer_sessions, uint32_t *count, bool *sessions,
+		  char why[HANDOVER_WHY_BYTES]);
 /* Wait (bounded) until running(arg) holds, then tell the predecessor to stop
  * accepting. False (and the predecessor keeps serving) when running never held or the
  * predecessor is gone. Closes conn, unless it succeeded and keep_open (the sessions

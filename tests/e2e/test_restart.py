@@ -386,7 +386,7 @@ def test_successor_without_sessions_gets_the_drain(relay_factory, handover_dir):
     sid = unique_id("nosess")
     b = claim(old, sid)
     p, _ = register(old, sid)
-    new = successor_env(relay_factory, old, old.args, {"PYRELAY_HANDOVER_SESSIONS": "0"})
+    new = successor_env(relay_factory, old, old.args, {"PYRYCODE_RELAY_HANDOVER_NO_SESSIONS": "1"})
     new.wait_log("took over listeners", timeout=15)
     for c in (b, p):
         assert c.read_close(timeout=DRAIN_EXIT_S)[0] == 1001

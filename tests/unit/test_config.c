@@ -626,7 +626,8 @@ static void test_max_connections_per_ip(void **state)
 
 static void test_check_env_one_or_unset(void **state)
 {
-	static const char *const vars[] = { "PYRYCODE_RELAY_PRODUCTION", "PYRYCODE_RELAY_SINGLE_INSTANCE" };
+	static const char *const vars[] = { "PYRYCODE_RELAY_PRODUCTION", "PYRYCODE_RELAY_SINGLE_INSTANCE",
+					    "PYRYCODE_RELAY_HANDOVER_NO_SESSIONS" };
 	static const struct {
 		const char *value;
 		const char *shown;
@@ -639,9 +640,11 @@ static void test_check_env_one_or_unset(void **state)
 	char env[128], reason[128], err[256];
 
 	(void)state;
-	for (size_t v = 0; v < 2; v++) {
+	for (size_t v = 0; v < sizeof vars / sizeof vars[0]; v++) {
 		snprintf(env, sizeof env, "%s=1", vars[v]);
 		assert_int_equal(check(&cfg, &r, ENV(env), ARGV("--domain", "d")), CONFIG_OK);
+		if (v == 2)
+			assert_true(cfg.handover_no_sessions);
 		for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 			snprintf(env, sizeof env, "%s=%s", vars[v], bad[i].value);
 			assert_int_equal(check(&cfg, &r, ENV(env), ARGV("--domain", "d")), CONFIG_EXIT_USAGE);
