@@ -49,6 +49,16 @@ def scrape(port: int) -> dict:
             "waits": total("pyrycode_relay_worker_waits_total")}
 
 
+def per_ip_off(relay_bin: str) -> list:
+    """--max-connections-per-ip 0 where the binary has the flag (builds from before it
+    existed, compared in bench/issue17.py, refuse unknown flags)."""
+    try:
+        out = benchrun.subprocess.run([relay_bin, "--help"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return []
+    return ["--max-connections-per-ip", "0"] if "--max-connections-per-ip" in out.stdout + out.stderr else []
+
+
 def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str, relay_args: list,
             loadgen_args: list, port: int, mport: int, timeout_s: float) -> dict:
     """One run: the relay pinned to relay_cpus with relay_args, the generator pinned to
@@ -57,7 +67,7 @@ def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str
     relay = benchrun.Child("relay", ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
                                      "--insecure-listen", f"127.0.0.1:{port}",
                                      f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
-                                     "--max-connections-per-ip", "0", "--rate-limit-burst", "0", "--grace-period", "0",
+                                     *per_ip_off(relay_bin), "--rate-limit-burst", "0", "--grace-period", "0",
                                      *relay_args],
                            None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
     try:

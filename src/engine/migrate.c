@@ -128,7 +128,9 @@ void worker_export_sessions(struct worker *w)
 
 static bool movable(const struct conn *c)
 {
-	return c->state == CONN_WS_OPEN && c->ws == NULL && c->tls == NULL && !c->ktls && !c->ktls_undecided &&
+	/* plaintext, or kTLS (the keys travel in the kernel with the socket); never
+	 * user-space TLS (BoringSSL's state cannot move) */
+	return c->state == CONN_WS_OPEN && c->ws == NULL && c->tls == NULL && !c->ktls_undecided &&
 	       !c->proxy_pending && !c->close_sent;
 }
 
@@ -232,7 +234,8 @@ static struct conn *live(struct worker *w, const struct export_entry *e)
 static void try_move(struct worker *w, struct conn *c, struct export_entry *e, unsigned pass,
 		     struct handover_sessions *mine)
 {
-	struct session_record r = { .transport = SESSION_TRANSPORT_PLAIN, .remote = c->remote, .client_key = c->client_key };
+	struct session_record r = { .transport = c->ktls ? SESSION_TRANSPORT_KTLS : SESSION_TRANSPORT_PLAIN,
+				    .remote = c->remote, .client_key = c->client_key };
 	if (!w->hooks->export(w->app, e->ref, pass, &r.route, r.conn_hex, &r.server_id))
 		return;
 	r.version = r.device = span_make("", 0);
@@ -350,7 +353,9 @@ static bool post(struct worker_group *g, struct io_uring *ring, const struct ses
 	u->fd = fd;
 	u->resume = true;
 	u->route = r->route == SESSION_ROUTE_BINARY ? HTTP_ROUTE_SERVER : HTTP_ROUTE_CLIENT;
-	u->transport = TRANSPORT_PLAIN;
+	/* kTLS: the socket still holds its keys; the TLS 1.3 traffic secrets stay behind, so
+	 * a later KeyUpdate ends the session (ADR 0018) */
+	u->transport = r->transport == SESSION_TRANSPORT_KTLS ? TRANSPORT_KTLS : TRANSPORT_PLAIN;
 	u->remote = r->remote;
 	memcpy(u->conn_hex, r->conn_hex, sizeof u->conn_hex);
 	/* Its --max-connections slot, and its per-IP share under our own key (the keys are

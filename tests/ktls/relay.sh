@@ -23,6 +23,8 @@
 #   - the metrics must then say: every TLS connection took the kTLS path, none user
 #     space; the KeyUpdate was followed or closed as the kernel allows; no PROXY header
 #     was refused; the relays are still serving.
+#   - live kTLS sessions move to a successor relay (--handover-socket, a binary upgrade):
+#     loadgen's 6 connections keep routing, byte-checked, across it;
 #   Default kernel: Debian 12's 6.1; `--kernel-suite trixie-backports` boots the newest
 #   kernel there (7.x: rekey).
 set -euo pipefail
@@ -122,6 +124,26 @@ echo "RELAY-KTLS: KeyUpdates followed ${followed:-none}, closed ${closes:-none}"
 if [ $ku = answered ]; then want_f=1; want_c=0; else want_f=0; want_c=1; fi
 [ "${followed:-0}" -eq $want_f ] && [ "${closes:-0}" -eq $want_c ] ||
   fail "KeyUpdates followed ${followed:-none} (want $want_f), closed ${closes:-none} (want $want_c)"
+# live kTLS sessions across a binary upgrade (ADR 0018): a successor takes the listener and
+# the sessions over --handover-socket while loadgen's connections keep routing; a session
+# that were closed instead (1001) would fail loadgen (it never reconnects)
+start ec 8446 9446 --handover-socket /tmp/handover.sock
+pid_old=$(pidof pyrycode-relay | tr ' ' '\n' | sort -n | tail -n1)
+unprivileged loadgen --url wss://127.0.0.1:8446 --ca /etc/relay/ec.pem --binaries 2 --phones 2 --size 2000 \
+  --warmup 0.2 --duration 7 --drain 3 --connect-timeout 20 --quiet >/tmp/lg-ho.json &
+lg_pid=$!
+sleep 2
+unprivileged pyrycode-relay --https-listen 127.0.0.1:8446 --tls-cert /etc/relay/ec.pem --tls-key /etc/relay/ec.key \
+  --metrics-listen 127.0.0.1:9446 --workers 1 --rate-limit-burst 0 --max-connections 256 \
+  --handover-socket /tmp/handover.sock 2>/tmp/relay-ec-8446-new.log &
+wait $lg_pid || fail "loadgen across the upgrade: $(cat /tmp/lg-ho.json)"
+i=0
+while kill -0 "$pid_old" 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 100 ] || fail "the old relay did not exit after the hand-over"; sleep 0.1
+done
+moved=$(wget -q -O - "http://127.0.0.1:9446/metrics" | awk '/^pyrycode_relay_worker_sessions_resumed_total/ {n += $NF} END {print n + 0}')
+echo "RELAY-KTLS: kTLS sessions moved to the new relay: $moved"
+[ "$moved" -eq 6 ] || fail "kTLS sessions moved: $moved, want 6 (2 binaries, 4 phones)"
 grep -q 'level=ERROR' /tmp/relay-*.log && fail "the relays logged an error"
 echo "RELAY-KTLS: ok"
 EOF
