@@ -29,6 +29,7 @@
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "transport/tls_x509.h"
 
 #define CACHE_FILE_BYTES_MAX TLS_PEM_FILE_BYTES_MAX
 #define PATH_BYTES 4096u
@@ -284,24 +285,12 @@ static EVP_PKEY *account_key(const struct autocert *a, char why[AUTOCERT_WHY_BYT
 	return k;
 }
 
-/* Seconds since the epoch of an ASN.1 time. */
-static bool asn1_posix(const ASN1_TIME *t, int64_t *out)
-{
-	ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
-	int days = 0, secs = 0;
-	bool ok = epoch != NULL && ASN1_TIME_diff(&days, &secs, epoch, t);
-	ASN1_TIME_free(epoch);
-	if (ok)
-		*out = (int64_t)days * 86400 + secs;
-	return ok;
-}
-
 /* The leaf's validity, and that it names domain. */
 static bool leaf_check(const char *pem, size_t len, const char *domain, int64_t *nb, int64_t *na)
 {
 	BIO *b = BIO_new_mem_buf(pem, (int)len);
 	X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-	bool ok = x != NULL && asn1_posix(X509_get0_notBefore(x), nb) && asn1_posix(X509_get0_notAfter(x), na) &&
+	bool ok = x != NULL && tls_asn1_time_posix(X509_get0_notBefore(x), nb) && tls_asn1_time_posix(X509_get0_notAfter(x), na) &&
 		  X509_check_host(x, domain, strlen(domain), 0, NULL) == 1;
 	X509_free(x);
 	BIO_free(b);

@@ -7,6 +7,7 @@
  * are wiped from memory as soon as they are parsed).
  */
 #include "transport/tls_internal.h"
+#include "transport/tls_x509.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,8 +178,7 @@ struct tls_cert *tls_cert_load(const char *cert_path, const char *key_path, int6
 
 /* ------------------------------------------------------------------ checks */
 
-/* Seconds since the epoch of an ASN.1 time; false when it does not parse. */
-static bool asn1_time_posix(const ASN1_TIME *t, int64_t *out)
+bool tls_asn1_time_posix(const ASN1_TIME *t, int64_t *out)
 {
 	ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
 	int days = 0, secs = 0;
@@ -302,8 +302,8 @@ static bool check_dates(struct tls_cert *c, int64_t now_s, struct tls_load_error
 	for (uint32_t i = 0; i < c->chain_len; i++) {
 		X509 *x = X509_parse_from_buffer(c->chain[i]);
 		int64_t nb = 0, na = 0;
-		bool ok = x != NULL && asn1_time_posix(X509_get0_notBefore(x), &nb) &&
-			  asn1_time_posix(X509_get0_notAfter(x), &na);
+		bool ok = x != NULL && tls_asn1_time_posix(X509_get0_notBefore(x), &nb) &&
+			  tls_asn1_time_posix(X509_get0_notAfter(x), &na);
 		X509_free(x);
 		const char *which = i == 0 ? "the certificate" : "an intermediate certificate";
 		char when[32], now[32];
