@@ -123,62 +123,36 @@ static bool str_into(struct json_str s, char *out, size_t cap)
 	return true;
 }
 
+struct member_scan {
+	struct json_str *member;
+	bool *have;
+};
+
+/* One member: a known one must be a string (the last duplicate wins, as in
+ * encoding/json) or null (which leaves a Go string field as it was); any other type
+ * fails to unmarshal into it. Unknown members are only validated (by the walker, as
+ * encoding/json validates before it decodes). */
+static bool scan_member(void *ctx, struct json_str name, struct span v)
+{
+	struct member_scan *ms = ctx;
+	enum fcm_member m = member_of(name);
+	if (m == FCM_MEMBERS)
+		return true;
+	if (json_type_of(v) == JSON_TYPE_NULL)
+		return true;
+	size_t j = 0;
+	if (json_type_of(v) != JSON_TYPE_STRING || !json_scan_string(v, &j, &ms->member[m]))
+		return false;
+	ms->have[m] = true;
+	return true;
+}
+
 /* The members, walked once; false if the value is not one JSON object of the shape
  * config.h states. */
 static bool scan_members(struct span in, struct json_str member[FCM_MEMBERS], bool have[FCM_MEMBERS])
 {
-	const uint8_t *p = in.ptr;
-	bool first = true;
-	size_t i;
-
-	/* one object, walked member by member; every value is validated by the scanner,
-	 * whether we look at it or not, as encoding/json validates before it decodes */
-	i = json_skip_ws(in, 0);
-	if (i >= in.len || p[i] != '{')
-		return false;
-	i = json_skip_ws(in, i + 1);
-	for (;;) {
-		struct json_str name;
-
-		if (i >= in.len)
-			return false;
-		if (p[i] == '}') {
-			i++;
-			break;
-		}
-		if (!first) {
-			if (p[i] != ',')
-				return false;
-			i = json_skip_ws(in, i + 1);
-		}
-		first = false;
-		if (i >= in.len || p[i] != '"' || !json_scan_string(in, &i, &name))
-			return false;
-		i = json_skip_ws(in, i);
-		if (i >= in.len || p[i] != ':')
-			return false;
-		i = json_skip_ws(in, i + 1);
-
-		enum fcm_member m = member_of(name);
-		if (m != FCM_MEMBERS && i < in.len && p[i] == '"') {
-			/* the last duplicate wins, as in encoding/json */
-			if (!json_scan_string(in, &i, &member[m]))
-				return false;
-			have[m] = true;
-		} else {
-			struct span v;
-
-			/* depth 1: the key's object is open around every member value */
-			if (!json_skip_value(in, &i, 1, &v))
-				return false;
-			/* null leaves a Go string field as it was; any other type fails to
-			 * unmarshal into it */
-			if (m != FCM_MEMBERS && json_type_of(v) != JSON_TYPE_NULL)
-				return false;
-		}
-		i = json_skip_ws(in, i);
-	}
-	return json_skip_ws(in, i) == in.len;
+	struct member_scan ms = { member, have };
+	return json_walk_object(in, scan_member, &ms);
 }
 
 static bool parse_members(const struct json_str member[FCM_MEMBERS], const bool have[FCM_MEMBERS],

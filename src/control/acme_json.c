@@ -11,40 +11,7 @@
 
 #include "envelope/json.h"
 
-typedef bool (*member_fn)(void *ctx, struct json_str name, struct span value);
 typedef bool (*element_fn)(void *ctx, struct span value);
-
-/* Each member of the object `in` (a raw value span): fn(name, raw value). */
-static bool walk_object(struct span in, member_fn fn, void *ctx)
-{
-	const uint8_t *p = in.ptr;
-	size_t i = json_skip_ws(in, 0);
-	if (i >= in.len || p[i] != '{')
-		return false;
-	i = json_skip_ws(in, i + 1);
-	for (bool first = true;; first = false) {
-		if (i >= in.len)
-			return false;
-		if (p[i] == '}')
-			return json_skip_ws(in, i + 1) == in.len;
-		if (!first) {
-			if (p[i] != ',')
-				return false;
-			i = json_skip_ws(in, i + 1);
-		}
-		struct json_str name;
-		struct span v;
-		if (i >= in.len || p[i] != '"' || !json_scan_string(in, &i, &name))
-			return false;
-		i = json_skip_ws(in, i);
-		if (i >= in.len || p[i] != ':')
-			return false;
-		i = json_skip_ws(in, i + 1);
-		if (!json_skip_value(in, &i, 1, &v) || !fn(ctx, name, v))
-			return false;
-		i = json_skip_ws(in, i);
-	}
-}
 
 /* Each element of the array `in` (a raw value span). */
 static bool walk_array(struct span in, element_fn fn, void *ctx)
@@ -147,7 +114,7 @@ static bool directory_member(void *ctx, struct json_str name, struct span v)
 bool acme_parse_directory(struct span in, struct acme_directory *out)
 {
 	memset(out, 0, sizeof *out);
-	if (json_valid(in) && walk_object(in, directory_member, out) && out->new_nonce[0] &&
+	if (json_valid(in) && json_walk_object(in, directory_member, out) && out->new_nonce[0] &&
 	    out->new_account[0] && out->new_order[0])
 		return true;
 	memset(out, 0, sizeof *out);
@@ -188,7 +155,7 @@ static bool order_member(void *ctx, struct json_str name, struct span v)
 bool acme_parse_order(struct span in, struct acme_order *out)
 {
 	memset(out, 0, sizeof *out);
-	if (json_valid(in) && walk_object(in, order_member, out))
+	if (json_valid(in) && json_walk_object(in, order_member, out))
 		return true;
 	memset(out, 0, sizeof *out);
 	return false;
@@ -235,7 +202,7 @@ static bool challenge_element(void *ctx, struct span v)
 	if (++w->nchallenges > ACME_CHALLENGES_MAX || json_type_of(v) != JSON_TYPE_OBJECT)
 		return false;
 	memset(&w->c, 0, sizeof w->c);
-	if (!walk_object(v, challenge_member, &w->c))
+	if (!json_walk_object(v, challenge_member, &w->c))
 		return false;
 	if (strcmp(w->c.type, "http-01") != 0)
 		return true;
@@ -270,7 +237,7 @@ bool acme_parse_authz(struct span in, struct acme_authz *out)
 {
 	struct authz_walk w = { .a = out };
 	memset(out, 0, sizeof *out);
-	if (json_valid(in) && walk_object(in, authz_member, &w))
+	if (json_valid(in) && json_walk_object(in, authz_member, &w))
 		return true;
 	memset(out, 0, sizeof *out);
 	return false;
@@ -289,7 +256,7 @@ static bool problem_member(void *ctx, struct json_str name, struct span v)
 bool acme_parse_problem(struct span in, struct acme_problem *out)
 {
 	memset(out, 0, sizeof *out);
-	if (json_valid(in) && walk_object(in, problem_member, out))
+	if (json_valid(in) && json_walk_object(in, problem_member, out))
 		return true;
 	memset(out, 0, sizeof *out);
 	return false;

@@ -666,3 +666,35 @@ size_t json_escape(uint8_t *out, size_t cap, struct span s)
 		return s.len == 0 ? 0 : SIZE_MAX;
 	return escape_impl(out, cap, s);
 }
+
+/* One level of an object, member by member (json.h). */
+bool json_walk_object(struct span in, json_member_fn fn, void *ctx)
+{
+	const uint8_t *p = in.ptr;
+	size_t i = json_skip_ws(in, 0);
+	if (i >= in.len || p[i] != '{')
+		return false;
+	i = json_skip_ws(in, i + 1);
+	for (bool first = true;; first = false) {
+		if (i >= in.len)
+			return false;
+		if (p[i] == '}')
+			return json_skip_ws(in, i + 1) == in.len;
+		if (!first) {
+			if (p[i] != ',')
+				return false;
+			i = json_skip_ws(in, i + 1);
+		}
+		struct json_str name;
+		struct span v;
+		if (i >= in.len || p[i] != '"' || !json_scan_string(in, &i, &name))
+			return false;
+		i = json_skip_ws(in, i);
+		if (i >= in.len || p[i] != ':')
+			return false;
+		i = json_skip_ws(in, i + 1);
+		if (!json_skip_value(in, &i, 1, &v) || !fn(ctx, name, v))
+			return false;
+		i = json_skip_ws(in, i);
+	}
+}

@@ -60,6 +60,13 @@ struct json_str {
 	bool has_escapes; /* raw contains at least one backslash escape */
 };
 
+/* Walk the members of the one object that is the whole span (whitespace around it
+ * allowed): fn(ctx, name, raw value) for each, in order, duplicates included. Every
+ * value is checked by json_skip_value (depth 1). False when the span is not one
+ * object or fn returns false (config/fcm.c, control/acme_json.c). */
+typedef bool (*json_member_fn)(void *ctx, struct json_str name, struct span value);
+bool json_walk_object(struct span in, json_member_fn fn, void *ctx);
+
 /* First position >= pos that is not RFC 8259 whitespace (or in.len). */
 size_t json_skip_ws(struct span in, size_t pos);
 
