@@ -56,7 +56,7 @@
 #define CONFIG_ACME_DIRECTORY_DEFAULT "https://acme-v02.api.letsencrypt.org/directory"
 /* --batch-wait-us: default and bound (a worker wakes at most this late for a batch;
  * the default is measured in docs/benchmarks.md). */
-#define CONFIG_BATCH_WAIT_US_DEFAULT 50u
+#define CONFIG_BATCH_WAIT_US_DEFAULT 250u
 #define CONFIG_BATCH_WAIT_US_MAX 1000u
 /* --max-connections-per-ip default: a tenth of --max-connections, at least
  * CONFIG_PER_IP_DEFAULT_MIN and at most CONFIG_PER_IP_DEFAULT_MAX, never above the cap

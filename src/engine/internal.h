@@ -32,6 +32,7 @@
 #include "core/common.h"
 #include "config/config.h"
 #include "core/stat.h"
+#include "engine/batch.h"
 #include "engine/bufpool.h"
 #include "engine/engine.h"
 #include "engine/group.h"
@@ -77,6 +78,9 @@
 #define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
 /* --batch-wait-us: how many completions a waiting worker would like before it wakes. */
 #define WAKEUP_BATCH_COMPLETIONS 16u
+/* ... and with no timer due, the timeout of that wait (the kernel needs one: without it
+ * the bound's end wakes the worker whether or not anything came). */
+#define BATCH_IDLE_WAIT_S 3600
 /* Autocert: at most this many handshakes per worker wait for the first certificate
  * (more fail at once, TLS_ERR_NO_CERT), polled this often; the handshake deadline
  * (TLS_HANDSHAKE_TIMEOUT_MS from accept) bounds each wait, as the reference's 5 s read
@@ -232,6 +236,8 @@ struct worker {
 	bool ring_ready;
 	bool ring_registered;    /* the ring fd is registered: enter with IORING_ENTER_REGISTERED_RING */
 	uint32_t batch_wait_us;  /* --batch-wait-us when the kernel supports it, else 0 */
+	struct batch_gate batch_gate; /* whether completions come often enough to batch */
+	bool batching;
 	struct msghdr ktls_msg;  /* the header of every kTLS receive: room for the record type */
 	/* [conn idx]: a TLS 1.3 kTLS connection's traffic secrets, to follow a KeyUpdate
 	 * (ktls_phase.c); only when ktls_available. A slot has no room for the pointer. */

@@ -73,6 +73,7 @@ struct worker_stats {
 	uint64_t enters; /* io_uring_enter system calls (to submit and/or wait) */
 	uint64_t waits;  /* of those, the ones made with no completion ready: the worker slept */
 	uint64_t batch_wait_us; /* gauge: the --batch-wait-us in force (0: off or unsupported) */
+	uint64_t batching;      /* gauge: 1 while completions come often enough that waits are batched */
 	uint64_t cqes;
 	uint64_t accepts;
 	uint64_t handoffs_sent;     /* upgrades sent to their server-id's owner (cross-worker messages) */

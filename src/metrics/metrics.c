@@ -312,6 +312,10 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 			  "How long a waiting worker lets the kernel hold it for a batch of completions "
 			  "(--batch-wait-us; 0: off, or the kernel cannot).",
 			  in, offsetof(struct worker_stats, batch_wait_us), PROM_GAUGE, 1e-6);
+	per_worker_gauge(o, "pyrycode_relay_worker_batching",
+			 "1 while completions reach the worker often enough that its waits are batched "
+			 "(at least two expected within --batch-wait-us), else 0.",
+			 in, offsetof(struct worker_stats, batching));
 	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
 		   offsetof(struct worker_stats, cqes));
 	per_worker(o, "pyrycode_relay_worker_handoffs_received_total",

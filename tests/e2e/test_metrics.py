@@ -171,6 +171,11 @@ def test_every_reference_series_precreated_at_zero(mrelay):
     for fam in ("pyrycode_relay_worker_loop_iterations_total", "pyrycode_relay_worker_cqes_total",
                 "pyrycode_relay_worker_io_uring_enters_total", "pyrycode_relay_worker_recv_buffer_exhausted_total"):
         assert f'{fam}{{worker="0"}}' in samples
+    # batched wake-ups (ADR 19): the bound in force is the default, or 0 on a kernel
+    # without IORING_FEAT_MIN_TIMEOUT; an idle relay is not batching
+    assert families["pyrycode_relay_worker_waits_total"] == "counter"
+    assert samples['pyrycode_relay_worker_batch_wait_seconds{worker="0"}'] in (0, 0.00025)
+    assert samples['pyrycode_relay_worker_batching{worker="0"}'] == 0
     assert families["pyrycode_relay_phone_to_binary_latency_seconds"] == "histogram"
     assert samples['pyrycode_relay_phone_to_binary_latency_seconds_bucket{le="+Inf"}'] == 0
     assert abs(samples["process_start_time_seconds"] - time.time()) < 60

@@ -1,0 +1,116 @@
+/*
+ * test_batch.c - the batched-wait gate (engine/batch.h): off until a whole window has
+ * been seen, on when two or more wake-causing completions are expected within the
+ * bound, off again only below one and a half (hysteresis), never on with a zero bound,
+ * a count or clock that goes back restarts the window, and no overflow at extreme
+ * counts.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "engine/batch.h"
+
+/* Feed one window of `per_s` completions per second and return the gate's answer. */
+static bool window(struct batch_gate *g, uint64_t *now_ms, uint64_t *events, uint64_t per_s, uint32_t wait_us)
+{
+	*now_ms += BATCH_RATE_WINDOW_MS;
+	*events += per_s * BATCH_RATE_WINDOW_MS / 1000u;
+	return batch_gate_update(g, *now_ms, *events, wait_us);
+}
+
+static void test_off_until_a_window_is_seen(void **state)
+{
+	(void)state;
+	struct batch_gate g = { 0 };
+	assert_false(batch_gate_update(&g, 1000, 0, 250));
+	/* a burst inside the first window does not decide yet */
+	assert_false(batch_gate_update(&g, 1000 + BATCH_RATE_WINDOW_MS - 1, 1000000, 250));
+	assert_true(batch_gate_update(&g, 1000 + BATCH_RATE_WINDOW_MS, 1000000, 250));
+}
+
+static void test_threshold(void **state)
+{
+	(void)state;
+	/* 250 us bound: 2 expected needs 8,000 completions/s */
+	struct batch_gate g = { 0 };
+	uint64_t now = 5000, ev = 0;
+	batch_gate_update(&g, now, ev, 250);
+	assert_false(window(&g, &now, &ev, 7990, 250));
+	assert_int_equal(g.expected_milli, 1997);
+	assert_true(window(&g, &now, &ev, 8000, 250));
+	assert_int_equal(g.expected_milli, 2000);
+	/* stays on down to 1.5 expected (6,000/s), off below */
+	assert_true(window(&g, &now, &ev, 6000, 250));
+	assert_false(window(&g, &now, &ev, 5990, 250));
+	/* and needs 2 again to come back */
+	assert_false(window(&g, &now, &ev, 7000, 250));
+	assert_true(window(&g, &now, &ev, 9000, 250));
+}
+
+static void test_the_bound_scales_the_rate(void **state)
+{
+	(void)state;
+	/* the issue's 4 KiB open-loop point: 2,000 wake-ups/s. 250 us: half a completion
+	 * per bound (off); 1000 us: two (on) */
+	struct batch_gate a = { 0 }, b = { 0 };
+	uint64_t na = 0, ea = 0, nb = 0, eb = 0;
+	batch_gate_update(&a, na, ea, 250);
+	batch_gate_update(&b, nb, eb, 1000);
+	assert_false(window(&a, &na, &ea, 2000, 250));
+	assert_true(window(&b, &nb, &eb, 2000, 1000));
+}
+
+static void test_zero_bound_is_off(void **state)
+{
+	(void)state;
+	struct batch_gate g = { 0 };
+	uint64_t now = 0, ev = 0;
+	batch_gate_update(&g, now, ev, 250);
+	assert_true(window(&g, &now, &ev, 1000000, 250));
+	assert_false(window(&g, &now, &ev, 1000000, 0));
+	assert_false(g.active);
+}
+
+static void test_going_back_restarts(void **state)
+{
+	(void)state;
+	struct batch_gate g = { 0 };
+	uint64_t now = 10000, ev = 500000;
+	batch_gate_update(&g, now, ev, 250);
+	assert_true(window(&g, &now, &ev, 100000, 250));
+	/* a count that went back: no decision from a negative difference, the state holds */
+	assert_true(batch_gate_update(&g, now + BATCH_RATE_WINDOW_MS, 3, 250));
+	assert_int_equal(g.events_at_start, 3);
+	/* a clock that went back likewise */
+	assert_true(batch_gate_update(&g, 1, 10, 250));
+	assert_int_equal(g.window_start_ms, 1);
+}
+
+static void test_no_overflow(void **state)
+{
+	(void)state;
+	struct batch_gate g = { 0 };
+	batch_gate_update(&g, 0, 0, 1000);
+	assert_true(batch_gate_update(&g, BATCH_RATE_WINDOW_MS, UINT64_MAX - 1, 1000));
+	assert_true(g.expected_milli >= BATCH_ON_EXPECTED_MILLI);
+	/* a long quiet stretch: a huge elapsed time, few completions */
+	assert_false(batch_gate_update(&g, UINT64_MAX / 2, UINT64_MAX - 1, 1000));
+	assert_int_equal(g.expected_milli, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_off_until_a_window_is_seen),
+		cmocka_unit_test(test_threshold),
+		cmocka_unit_test(test_the_bound_scales_the_rate),
+		cmocka_unit_test(test_zero_bound_is_off),
+		cmocka_unit_test(test_going_back_restarts),
+		cmocka_unit_test(test_no_overflow),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
