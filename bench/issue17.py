@@ -11,8 +11,10 @@ each round, relay on CPU 0 with one worker, loadgen on CPU 1:
 
 Relay CPU-seconds per million frames come from the difference between a run and one
 twice as long (connecting, warm-up and drain cancel out); the p99 round trip is the
-longer run's. Prints each row and the before/after ratio per round. (The floor,
-tools/rawfwd at the same points, is in `make bench`: raw/... scenarios.)
+longer run's. Frames per sleep count the relay's voluntary context switches (the
+kernel's count of its wake-ups). The floor, tools/rawfwd (a trivial io_uring forwarder,
+no WebSocket) carrying the same traffic, is measured in the same round (--no-floor
+skips it). Prints each row and the before/after ratio per round.
 
     make CC=gcc all tools
     git worktree add /tmp/before17 03679d2 && make -C /tmp/before17 CC=gcc build/gcc/pyrycode-relay
@@ -44,6 +46,7 @@ def main() -> int:
     ap.add_argument("--build", default=str(benchrun.REPO / "build" / "gcc"))
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-floor", action="store_true", help="skip the rawfwd runs")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     after = str(Path(args.build) / "pyrycode-relay")
@@ -54,20 +57,26 @@ def main() -> int:
         for r in range(args.rounds):
             for name, shape in POINTS.items():
                 per = {}
-                for label, relay in (("before", args.before), ("after", after)):
+                servers = [("before", args.before), ("after", after)]
+                if not args.no_floor:
+                    servers.append(("rawfwd", str(Path(args.build) / "rawfwd")))
+                for label, relay in servers:
                     port += 4
                     m = steady(relay, loadgen, ["--workers", "1"], [*shape, *common], args.duration, port)
                     per[label] = m["cpu_s_per_mframe"]
                     row = {"round": r + 1, "point": name, "relay": label, "ok": m["ok"],
                            "cpu_s_per_mframe": m["cpu_s_per_mframe"], "p99_us": m["long"]["lat_p99_us"],
                            "frames_per_wakeup": m["frames"] / m["waits"] if m["waits"] > 0 else None,
+                           "frames_per_sleep": m["frames"] / m["sleeps"] if m["sleeps"] > 0 else None,
                            "command_relay": m["command_relay"], "command_loadgen": m["command_loadgen"]}
                     rows.append(row)
                     print(f"round {r + 1} {name:<24} {label:<6} {row['cpu_s_per_mframe'] or 0:7.2f} cpu-s/Mframe"
-                          f"  p99 {row['p99_us']:8.0f} us  {row['frames_per_wakeup'] or 0:6.2f} frames/wake-up"
+                          f"  p99 {row['p99_us']:8.0f} us  {row['frames_per_sleep'] or 0:6.2f} frames/sleep"
                           f"  ok={row['ok']}", flush=True)
                 if per.get("before") and per.get("after"):
-                    print(f"round {r + 1} {name:<24} before/after = {per['before'] / per['after']:.2f}x", flush=True)
+                    floor = (f", after/rawfwd = {per['after'] / per['rawfwd']:.2f}x" if per.get("rawfwd") else "")
+                    print(f"round {r + 1} {name:<24} before/after = {per['before'] / per['after']:.2f}x{floor}",
+                          flush=True)
     finally:
         benchrun.kill_all_children()
     return finish(rows, args.json)

@@ -54,11 +54,13 @@ def main() -> int:
                            "batch_wait_us": wait, "ok": m["ok"], "cpu_s_per_mframe": m["cpu_s_per_mframe"],
                            "p99_us": m["long"]["lat_p99_us"],
                            "frames_per_wakeup": m["frames"] / m["waits"] if m["waits"] > 0 else None,
+                           "frames_per_sleep": m["frames"] / m["sleeps"] if m["sleeps"] > 0 else None,
                            "command_relay": m["command_relay"], "command_loadgen": m["command_loadgen"]}
                     rows.append(row)
                     print(f"round {r + 1} {b}x{p} {size} B {rate}/s batch-wait {wait:>4} us: "
                           f"{row['cpu_s_per_mframe'] or 0:.2f} cpu-s/Mframe, p99 {row['p99_us']:.0f} us, "
-                          f"{row['frames_per_wakeup'] or 0:.2f} frames/wake-up, ok={row['ok']}", flush=True)
+                          f"{row['frames_per_wakeup'] or 0:.2f} frames/wait, {row['frames_per_sleep'] or 0:.2f} frames/sleep, "
+                          f"ok={row['ok']}", flush=True)
     finally:
         benchrun.kill_all_children()
     return finish(rows, args.json)

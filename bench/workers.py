@@ -59,34 +59,69 @@ def per_ip_off(relay_bin: str) -> list:
     return ["--max-connections-per-ip", "0"] if "--max-connections-per-ip" in out.stdout + out.stderr else []
 
 
+def voluntary_switches(pid: int) -> int:
+    """Times the process's threads went to sleep (voluntary context switches, /proc):
+    the kernel's own count of wake-ups, whatever the relay's counters say."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def is_rawfwd(server_bin: str) -> bool:
+    return Path(server_bin).name == "rawfwd"
+
+
 def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str, relay_args: list,
             loadgen_args: list, port: int, mport: int, timeout_s: float) -> dict:
     """One run: the relay pinned to relay_cpus with relay_args, the generator pinned to
     loadgen_cpus with loadgen_args; relay CPU over the generator's whole run, the
-    generator's JSON result, and the relay's cross-worker messages and wake-ups."""
-    relay = benchrun.Child("relay", ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
-                                     "--insecure-listen", f"127.0.0.1:{port}",
-                                     f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
-                                     *per_ip_off(relay_bin), "--rate-limit-burst", "0", "--grace-period", "0",
-                                     *relay_args],
-                           None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+    generator's JSON result, and the relay's cross-worker messages and wake-ups. A
+    relay_bin named rawfwd runs tools/rawfwd instead (the floor: the same traffic
+    without WebSocket, relay_args ignored) with the generator in --raw mode."""
+    raw = is_rawfwd(relay_bin)
+    if raw:
+        argv = ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
+                "--listen", f"127.0.0.1:{port}"]
+    else:
+        argv = ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
+                "--insecure-listen", f"127.0.0.1:{port}",
+                f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
+                *per_ip_off(relay_bin), "--rate-limit-burst", "0", "--grace-period", "0",
+                *relay_args]
+    relay = benchrun.Child("relay", argv, None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                if raw:
+                    # nothing may connect but the generator: rawfwd pairs in arrival order
+                    if not benchrun.listening(port):
+                        raise OSError("not yet")
+                else:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
                 break
             except OSError:
                 if time.monotonic() > deadline or not relay.alive():
                     raise RuntimeError("relay did not come up")
                 time.sleep(0.05)
-        lg = ["taskset", "-c", loadgen_cpus, loadgen_bin, "--quiet", "--url", f"ws://127.0.0.1:{port}",
-              *loadgen_args]
-        before = scrape(mport)
-        cpu0 = benchrun.proc_cpu_s(relay.pid)
+        url = f"tcp://127.0.0.1:{port}" if raw else f"ws://127.0.0.1:{port}"
+        lg = ["taskset", "-c", loadgen_cpus, loadgen_bin, "--quiet", "--url", url, *loadgen_args]
+        before = {"handoffs": 0.0, "waits": 0.0} if raw else scrape(mport)
+        cpu0, vcsw0 = benchrun.proc_cpu_s(relay.pid), voluntary_switches(relay.pid)
         out = benchrun.subprocess.run(lg, capture_output=True, text=True, timeout=timeout_s)
-        cpu1 = benchrun.proc_cpu_s(relay.pid)
-        after = scrape(mport)
+        cpu1, vcsw1 = benchrun.proc_cpu_s(relay.pid), voluntary_switches(relay.pid)
+        after = before if raw else scrape(mport)
         res = json.loads(out.stdout.strip().splitlines()[-1])
         frames = res["frames_p2b"] + res["frames_b2p"]
         return {
@@ -94,6 +129,7 @@ def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str
             "cpu_s_per_mframe": (cpu1 - cpu0) / frames * 1e6 if frames else None,
             "handoffs": after["handoffs"] - before["handoffs"],
             "waits": after["waits"] - before["waits"],
+            "sleeps": vcsw1 - vcsw0,
             "command_relay": relay.command(), "command_loadgen": " ".join(lg),
         }
     finally:
@@ -112,6 +148,7 @@ def steady(relay_bin: str, loadgen_bin: str, relay_args: list, loadgen_args: lis
     frames = long_["frames"] - short["frames"]
     cpu = long_["relay_cpu_s"] - short["relay_cpu_s"]
     return {"ok": short["ok"] and long_["ok"], "frames": frames, "waits": long_["waits"] - short["waits"],
+            "sleeps": long_["sleeps"] - short["sleeps"],
             "cpu_s_per_mframe": cpu / frames * 1e6 if frames > 0 else None, "long": long_["result"],
             "command_relay": long_["command_relay"], "command_loadgen": long_["command_loadgen"]}
 

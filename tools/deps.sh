@@ -17,7 +17,7 @@
 #                          throwaway certificate); not needed by make test
 #   tools/deps.sh bench    also what `make bench` uses (HAProxy for the TLS scenarios,
 #                          openssl for their throwaway certificate, matplotlib for the
-#                          charts, taskset from util-linux)
+#                          charts, taskset from util-linux, perf for bench/profile.py)
 set -euo pipefail
 
 # g++: src/transport/tls13_secrets.cc, the one C++ file (BoringSSL's traffic-secret API
@@ -34,7 +34,7 @@ if [[ "${1:-}" == "docs" ]]; then
   want+=(python3 python3-matplotlib prometheus openssl)
 fi
 if [[ "${1:-}" == "bench" ]]; then
-  want+=(python3 python3-matplotlib haproxy openssl)
+  want+=(python3 python3-matplotlib haproxy openssl linux-perf)
 fi
 
 missing=()
