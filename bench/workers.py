@@ -49,14 +49,7 @@ def scrape(port: int) -> dict:
             "waits": total("pyrycode_relay_worker_waits_total")}
 
 
-def per_ip_off(relay_bin: str) -> list:
-    """--max-connections-per-ip 0 where the binary has the flag (builds from before it
-    existed, compared in bench/issue17.py, refuse unknown flags)."""
-    try:
-        out = benchrun.subprocess.run([relay_bin, "--help"], capture_output=True, text=True, timeout=10)
-    except OSError:
-        return []
-    return ["--max-connections-per-ip", "0"] if "--max-connections-per-ip" in out.stdout + out.stderr else []
+per_ip_off = benchrun.per_ip_off  # (kept importable from here)
 
 
 def voluntary_switches(pid: int) -> int:
