@@ -3,6 +3,32 @@
  */
 #include "engine/batch.h"
 
+/* a * b / c, saturating at UINT64_MAX / c where the product would overflow. */
+static uint64_t scale(uint64_t a, uint64_t b, uint64_t c)
+{
+	if (b != 0 && a > UINT64_MAX / b)
+		return UINT64_MAX / c;
+	return a * b / c;
+}
+
+/* The first batched window's rate against the unbatched one before it. */
+static bool slowed_by_batching(const struct batch_gate *g)
+{
+	return scale(g->rate_per_s, 100u, 1u) < scale(g->off_rate_per_s, BATCH_STARVED_PERCENT, 1u);
+}
+
+static void turn_off_for_a_while(struct batch_gate *g)
+{
+	g->active = false;
+	g->starved++;
+	g->probe_windows = 0; /* after the next pass, test again soon */
+	if (g->backoff_windows < BATCH_BACKOFF_MIN_WINDOWS)
+		g->backoff_windows = BATCH_BACKOFF_MIN_WINDOWS;
+	g->hold_windows = g->backoff_windows;
+	g->backoff_windows = g->backoff_windows > BATCH_BACKOFF_MAX_WINDOWS / 2u ? BATCH_BACKOFF_MAX_WINDOWS
+										 : 2u * g->backoff_windows;
+}
+
 bool batch_gate_update(struct batch_gate *g, uint64_t now_ms, uint64_t events, uint32_t wait_us)
 {
 	if (wait_us == 0) {
@@ -19,15 +45,38 @@ bool batch_gate_update(struct batch_gate *g, uint64_t now_ms, uint64_t events, u
 	uint64_t elapsed_ms = now_ms - g->window_start_ms;
 	if (elapsed_ms < BATCH_RATE_WINDOW_MS)
 		return g->active;
-	/* completions per bound, in thousandths: (events / elapsed_ms) * (wait_us / 1000) * 1000 */
 	uint64_t n = events - g->events_at_start;
-	uint64_t per_ms_limit = UINT64_MAX / wait_us; /* no overflow for any count */
-	g->expected_milli = n > per_ms_limit ? UINT64_MAX / elapsed_ms : n * wait_us / elapsed_ms;
-	if (g->active)
-		g->active = g->expected_milli >= BATCH_OFF_EXPECTED_MILLI;
-	else
-		g->active = g->expected_milli >= BATCH_ON_EXPECTED_MILLI;
+	/* messages per bound, in thousandths: (n / elapsed_ms) * (wait_us / 1000) * 1000 */
+	g->expected_milli = scale(n, wait_us, elapsed_ms);
+	g->rate_per_s = scale(n, 1000u, elapsed_ms);
 	g->window_start_ms = now_ms;
 	g->events_at_start = events;
+
+	if (g->active) {
+		if (g->windows_on == 0 && slowed_by_batching(g)) {
+			turn_off_for_a_while(g);
+			return false;
+		}
+		if (g->windows_on == 0) {
+			/* the test passed: forget earlier failures, test again later */
+			g->backoff_windows = 0;
+			g->probe_windows = g->probe_windows < BATCH_PROBE_MIN_WINDOWS ? BATCH_PROBE_MIN_WINDOWS
+				: g->probe_windows > BATCH_PROBE_MAX_WINDOWS / 2u ? BATCH_PROBE_MAX_WINDOWS
+				: 2u * g->probe_windows;
+		}
+		g->windows_on++;
+		if (g->expected_milli < BATCH_OFF_EXPECTED_MILLI || g->windows_on > g->probe_windows)
+			g->active = false; /* too slow to batch, or one window off to test again */
+		return g->active;
+	}
+	g->off_rate_per_s = g->rate_per_s;
+	if (g->hold_windows > 0) {
+		g->hold_windows--;
+		return false;
+	}
+	if (g->expected_milli >= BATCH_ON_EXPECTED_MILLI) {
+		g->active = true;
+		g->windows_on = 0;
+	}
 	return g->active;
 }

@@ -2,13 +2,26 @@
  * batch.h - when a worker's wait should be a batched one (--batch-wait-us, ADR 0019).
  *
  * A batched wait asks the kernel to hold the sleeping worker up to the bound for a few
- * completions (IORING_ENTER_EXT_ARG min_wait_usec). It pays only when completions
- * arrive often enough that a second one is likely within the bound; otherwise it adds
- * a timer to every sleep and serves no more frames per wake-up. The gate estimates,
- * once per BATCH_RATE_WINDOW_MS, how many wake-causing completions arrive within one
- * bound, and turns batching on at BATCH_ON_EXPECTED_MILLI thousandths of a completion,
- * off below BATCH_OFF_EXPECTED_MILLI (hysteresis, so a rate near the threshold does
- * not flap). Pure: the caller supplies the clock and a running count of completions.
+ * completions (IORING_ENTER_EXT_ARG min_wait_usec). It pays only when messages arrive
+ * often enough that a second one is likely within the bound; otherwise it adds a timer
+ * to every sleep and serves no more frames per wake-up. The gate estimates, once per
+ * BATCH_RATE_WINDOW_MS, how many messages arrive within one bound, and turns batching
+ * on at BATCH_ON_EXPECTED_MILLI thousandths of a message, off below
+ * BATCH_OFF_EXPECTED_MILLI (hysteresis, so a rate near the threshold does not flap).
+ *
+ * That alone is wrong when the peers wait for the relay (request and response, or a
+ * sender with a small window in flight): there the relay's latency sets the rate, and a
+ * batched sleep holds back the very traffic it waits for. Open-loop traffic arrives
+ * at its own rate whatever the relay does, so the gate tests which it is: the first
+ * window after every turn-on is compared with the window before it, and a rate that
+ * fell below BATCH_STARVED_PERCENT of it means batching slowed the traffic. Batching
+ * then stays off for a back-off that doubles (BATCH_BACKOFF_MIN_WINDOWS up to
+ * BATCH_BACKOFF_MAX_WINDOWS) while the test keeps failing. A test can pass by luck (a
+ * load still ramping up), and traffic can change its nature while batched, so after
+ * BATCH_PROBE_MIN_WINDOWS batched windows one window is spent unbatched to test again,
+ * the interval doubling with each pass up to BATCH_PROBE_MAX_WINDOWS. Each test costs
+ * one window at the slower rate where batching hurts, and one unbatched window where
+ * it helps. Pure: the caller supplies the clock and a running count.
  */
 #ifndef PYRY_ENGINE_BATCH_H
 #define PYRY_ENGINE_BATCH_H
@@ -16,21 +29,33 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define BATCH_RATE_WINDOW_MS 100u
-#define BATCH_ON_EXPECTED_MILLI 2000u  /* two completions expected within one bound: batch */
+#define BATCH_RATE_WINDOW_MS 50u
+#define BATCH_ON_EXPECTED_MILLI 2000u  /* two messages expected within one bound: batch */
 #define BATCH_OFF_EXPECTED_MILLI 1500u /* fewer than one and a half: wake at once */
+#define BATCH_WAIT_COMPLETIONS 16u     /* a batched sleep ends early once this many are there */
+#define BATCH_STARVED_PERCENT 75u      /* batched rate below this share of the unbatched one */
+#define BATCH_BACKOFF_MIN_WINDOWS (2000u / BATCH_RATE_WINDOW_MS)  /* 2 s off after a failed test */
+#define BATCH_BACKOFF_MAX_WINDOWS (60000u / BATCH_RATE_WINDOW_MS) /* at most 60 s */
+#define BATCH_PROBE_MIN_WINDOWS 2u                                /* the first test again soon */
+#define BATCH_PROBE_MAX_WINDOWS (5000u / BATCH_RATE_WINDOW_MS)    /* at least every 5 s */
 
 struct batch_gate {
 	uint64_t window_start_ms;
 	uint64_t events_at_start; /* the running count when the window began */
-	uint64_t expected_milli;  /* the last window's estimate (thousandths of a completion per bound) */
+	uint64_t expected_milli;  /* the last window's estimate (thousandths of a message per bound) */
+	uint64_t rate_per_s;      /* the last window's rate */
+	uint64_t off_rate_per_s;  /* the rate of the last window spent unbatched */
+	uint32_t windows_on;      /* windows batched since the last turn-on */
+	uint32_t probe_windows;   /* batched windows before the next unbatched test window */
+	uint32_t hold_windows;    /* windows left before batching may turn on again */
+	uint32_t backoff_windows; /* the next hold after a failed test (0: none failed lately) */
+	uint32_t starved;         /* times the test found batching slowing the traffic */
 	bool started;
 	bool active;
 };
 
-/* events: a running (never decreasing) count of completions that would wake a sleeping
- * worker; wait_us: the bound in force (0: batching off). Returns whether the next wait
- * should be batched. */
+/* events: a running (never decreasing) count of messages received; wait_us: the bound
+ * in force (0: batching off). Call before each wait; returns whether to batch it. */
 bool batch_gate_update(struct batch_gate *g, uint64_t now_ms, uint64_t events, uint32_t wait_us);
 
 #endif

@@ -76,10 +76,9 @@
 #define LISTEN_BACKLOG 4096
 #define HTTP_HEAD_BUF_INITIAL_BYTES 1024u /* first head buffer; grows to HTTP_HEAD_BYTES_MAX */
 #define ACCEPT_BACKOFF_MS 100u /* after EMFILE and friends */
-/* --batch-wait-us: how many completions a waiting worker would like before it wakes. */
-#define WAKEUP_BATCH_COMPLETIONS 16u
-/* ... and with no timer due, the timeout of that wait (the kernel needs one: without it
- * the bound's end wakes the worker whether or not anything came). */
+/* --batch-wait-us (engine/batch.h): with no timer due, the timeout of a batched wait
+ * (the kernel needs one: without it the bound's end wakes the worker whether or not
+ * anything came). */
 #define BATCH_IDLE_WAIT_S 3600
 /* Autocert: at most this many handshakes per worker wait for the first certificate
  * (more fail at once, TLS_ERR_NO_CERT), polled this often; the handshake deadline

@@ -488,24 +488,17 @@ static void shed_all(struct worker *w)
 
 /* ------------------------------------------------------------------ the loop */
 
-/* Completions that wake a sleeping worker: all but those of its own sends (which
- * complete while it is awake, mostly inline at submission). */
-static uint64_t wake_events(const struct worker *w)
-{
-	uint64_t own = STAT_GET(w->stats.sends) + STAT_GET(w->stats.zc_sends);
-	uint64_t all = STAT_GET(w->stats.cqes);
-	return all > own ? all - own : 0;
-}
-
 /*
  * Submit what the iteration queued and wait for completions (ts: the next timer). With
- * --batch-wait-us on a kernel that supports it, and completions arriving often enough
+ * --batch-wait-us on a kernel that supports it, and messages arriving often enough
  * that a second one is likely within the bound (engine/batch.h), a worker that has to
- * wait lets the kernel hold it up to that long for WAKEUP_BATCH_COMPLETIONS
- * completions, then wakes as soon as there is one: one wake-up serves several frames;
- * at high load the batch is there at once and nothing waits. Below that rate it wakes
- * at once (a bound that would batch nothing costs a timer per sleep). No system call
- * at all when completions are already there and nothing is to be submitted.
+ * wait lets the kernel hold it up to that long for BATCH_WAIT_COMPLETIONS completions,
+ * then wakes as soon as there is one: one wake-up serves several frames; at high load
+ * the batch is there at once and nothing waits. Below that rate it wakes at once (a
+ * bound that would batch nothing costs a timer per sleep), and so it does for a while
+ * when batching slowed the traffic down (its peers wait for it).
+ * No system call at all when completions are already there and nothing is to be
+ * submitted.
  */
 static int wait_for_completions(struct worker *w, const struct __kernel_timespec *ts)
 {
@@ -516,11 +509,14 @@ static int wait_for_completions(struct worker *w, const struct __kernel_timespec
 	STAT_INC(w->stats.enters);
 	if (!ready)
 		STAT_INC(w->stats.waits);
-	bool batch = batch_gate_update(&w->batch_gate, w->now_ms, wake_events(w), w->batch_wait_us);
+	uint32_t starved_before = w->batch_gate.starved;
+	bool batch = batch_gate_update(&w->batch_gate, w->now_ms, STAT_GET(w->stats.messages_in), w->batch_wait_us);
 	if (batch != w->batching) {
 		w->batching = batch;
 		STAT_SET(w->stats.batching, batch ? 1u : 0u);
 	}
+	if (w->batch_gate.starved != starved_before)
+		STAT_INC(w->stats.batch_backoffs);
 	if (batch && !ready) {
 		/* Without a timeout the kernel ends the wait when the bound passes even with
 		 * nothing there: give it the longest one the loop allows. */
@@ -528,7 +524,7 @@ static int wait_for_completions(struct worker *w, const struct __kernel_timespec
 		if (ts == NULL)
 			ts = &idle;
 		if (ts->tv_sec > 0 || ts->tv_nsec > (long long)w->batch_wait_us * 1000)
-			return uring_submit_and_wait_batch(&w->ring, w->ring_registered, ts, WAKEUP_BATCH_COMPLETIONS,
+			return uring_submit_and_wait_batch(&w->ring, w->ring_registered, ts, BATCH_WAIT_COMPLETIONS,
 							   w->batch_wait_us);
 	}
 	struct io_uring_cqe *cqe = NULL;

@@ -74,6 +74,8 @@ struct worker_stats {
 	uint64_t waits;  /* of those, the ones made with no completion ready: the worker slept */
 	uint64_t batch_wait_us; /* gauge: the --batch-wait-us in force (0: off or unsupported) */
 	uint64_t batching;      /* gauge: 1 while completions come often enough that waits are batched */
+	uint64_t batch_backoffs; /* batching turned off for a while: it slowed the traffic (engine/batch.h) */
+	uint64_t messages_in;    /* WebSocket data messages received (what the batching gate counts) */
 	uint64_t cqes;
 	uint64_t accepts;
 	uint64_t handoffs_sent;     /* upgrades sent to their server-id's owner (cross-worker messages) */
@@ -92,6 +94,8 @@ struct worker_stats {
 	uint64_t recv_buffers; /* gauge: provided receive buffers handed to the ring so far */
 	uint64_t bytes_in;
 	uint64_t bytes_out;
+	uint64_t payload_bytes; /* data payload bytes through the one unmask+copy+ASCII pass */
+	uint64_t utf8_bytes;    /* of those, text bytes the UTF-8 validator walked as well */
 	uint64_t sends;
 	uint64_t zc_sends;  /* sends submitted as send_zc (--zerocopy-min-bytes) */
 	uint64_t zc_copied; /* of those, the kernel copied anyway (e.g. loopback) */

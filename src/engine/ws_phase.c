@@ -248,6 +248,10 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 		size_t used = 0;
 		struct ws_event ev = ws_reader_next(r, p, n, &used);
 		ASSERT(used <= n);
+		if (ev.payload_bytes) {
+			STAT_ADD(w->stats.payload_bytes, ev.payload_bytes);
+			STAT_ADD(w->stats.utf8_bytes, ev.utf8_bytes);
+		}
 		p += used;
 		n -= used;
 		switch (ev.kind) {
@@ -259,6 +263,7 @@ static void ws_consume(struct worker *w, struct conn *c, struct ws_reader *r, ui
 			conn_timer_update(w, c);
 			break;
 		case WS_EV_MESSAGE:
+			STAT_INC(w->stats.messages_in);
 			c->read_deadline_ms = 0;
 			conn_timer_update(w, c);
 			if (c->state == CONN_WS_OPEN)

@@ -2,6 +2,7 @@
 
 #include "control/autocert.h"
 #include "control/fcm.h"
+#include "ws/ws_frame.h"
 
 /* A worker index as a label value: "4294967295" and its NUL fit. */
 #define WORKER_LABEL_BYTES 12u
@@ -71,6 +72,8 @@ static void sum_engine(struct worker_stats *t, const struct worker_stats *e)
 		SUM(t->proxy_rejects[k], e->proxy_rejects[k]);
 	SUM(t->bytes_in, e->bytes_in);
 	SUM(t->bytes_out, e->bytes_out);
+	SUM(t->payload_bytes, e->payload_bytes);
+	SUM(t->utf8_bytes, e->utf8_bytes);
 	SUM(t->sends, e->sends);
 	SUM(t->zc_sends, e->zc_sends);
 	SUM(t->zc_copied, e->zc_copied);
@@ -283,6 +286,17 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 
 	scalar(o, "pyrycode_relay_outbox_bytes", "Bytes queued for sending on client sockets, not yet written.",
 	       PROM_GAUGE, (double)e->outbox_bytes);
+	static const char *const pass_names[] = { "unmask_ascii", "utf8" };
+	const uint64_t pass_bytes[] = { e->payload_bytes, e->utf8_bytes };
+	labelled(o, "pyrycode_relay_payload_bytes_total",
+		 "WebSocket data payload bytes walked in user space, by pass: unmask_ascii (every byte: unmask, copy "
+		 "and ASCII test in one pass), utf8 (text bytes that were not all ASCII, validated again).",
+		 PROM_COUNTER, "pass", pass_names, pass_bytes, ARRAY_LEN(pass_bytes));
+	const char *const isa_names[] = { ws_unmask_isa() };
+	const uint64_t one[] = { 1 };
+	labelled(o, "pyrycode_relay_payload_pass_info",
+		 "Always 1; isa is the widest instructions the unmask pass was built with (sse2, else word).",
+		 PROM_GAUGE, "isa", isa_names, one, 1);
 	scalar(o, "pyrycode_relay_phone_pauses_total",
 	       "Times a server-id's phones stopped being read because its binary's outbox crossed the high-water mark.",
 	       PROM_COUNTER, (double)t->relay.phone_pauses);
@@ -316,6 +330,10 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 			 "1 while completions reach the worker often enough that its waits are batched "
 			 "(at least two expected within --batch-wait-us), else 0.",
 			 in, offsetof(struct worker_stats, batching));
+	per_worker(o, "pyrycode_relay_worker_batch_backoffs_total",
+		   "Times batched waits were turned off for a while because they slowed the traffic down "
+		   "(peers that wait for the relay's answers, e.g. request/response; ADR 19).",
+		   in, offsetof(struct worker_stats, batch_backoffs));
 	per_worker(o, "pyrycode_relay_worker_cqes_total", "io_uring completions handled, per worker.", in,
 		   offsetof(struct worker_stats, cqes));
 	per_worker(o, "pyrycode_relay_worker_handoffs_received_total",

@@ -148,6 +148,15 @@ size_t ws_frame_header_encode(uint8_t *out, bool fin, uint8_t opcode, uint64_t p
 /* Below this many bytes the word loop's setup costs more than it saves. */
 #define WS_MASK_WORD_MIN_BYTES 16u
 
+const char *ws_unmask_isa(void)
+{
+#if defined(__SSE2__)
+	return "sse2";
+#else
+	return "word";
+#endif
+}
+
 bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask_key[4], uint64_t offset)
 {
 	ASSERT((dst != NULL && src != NULL) || n == 0);

@@ -213,6 +213,7 @@ struct ws_event ws_reader_next(struct ws_reader *r, uint8_t *in, size_t n, size_
 {
 	struct ws_event ev = { .kind = WS_EV_NEED_MORE };
 	size_t pos = 0;
+	size_t payload_bytes = 0, utf8_bytes = 0;
 
 	ASSERT(r != NULL && consumed != NULL);
 	ASSERT(in != NULL || n == 0);
@@ -280,6 +281,8 @@ struct ws_event ws_reader_next(struct ws_reader *r, uint8_t *in, size_t n, size_
 			ASSERT(r->asm_len == 0);
 			uint8_t *p = left ? in + pos : r->ctrl;
 			bool ascii = ws_unmask_ascii(p, p, left, r->mask_key, 0);
+			payload_bytes += left;
+			utf8_bytes += text && !ascii ? left : 0;
 			pos += left;
 			r->frame_payload_left = 0;
 			r->frame_payload_done = left;
@@ -307,12 +310,14 @@ struct ws_event ws_reader_next(struct ws_reader *r, uint8_t *in, size_t n, size_
 			uint8_t *dst = r->asm_buf + r->asm_len;
 			/* copy, unmask and the ASCII test in one pass over the payload */
 			bool ascii = ws_unmask_ascii(dst, in + pos, k, r->mask_key, r->frame_payload_done);
+			payload_bytes += k;
 			pos += k;
 			r->asm_len += k;
 			r->frame_payload_left -= k;
 			r->frame_payload_done += k;
 			/* ASCII after a complete code point leaves the UTF-8 state as it is */
 			bool feed = !ascii || r->utf8_state != UTF8_STATE_INIT;
+			utf8_bytes += text && feed ? k : 0;
 			if (text && feed && !utf8_feed(&r->utf8_state, dst, k)) {
 				ev = fail(r, WS_CLOSE_INVALID_DATA);
 				break;
@@ -326,5 +331,7 @@ struct ws_event ws_reader_next(struct ws_reader *r, uint8_t *in, size_t n, size_
 
 	ASSERT(pos <= n);
 	*consumed = pos;
+	ev.payload_bytes = payload_bytes;
+	ev.utf8_bytes = utf8_bytes;
 	return ev;
 }

@@ -47,6 +47,11 @@ struct ws_event {
 	uint16_t close_code; /* WS_EV_CLOSE, WS_EV_ERROR */
 	struct span data;    /* valid until the next ws_reader_next call or input reuse */
 	size_t need;         /* WS_EV_NEED_SPACE */
+	/* Any event: data-frame payload bytes this call unmasked, copied where a message
+	 * spans receives, and tested for ASCII in one pass (ws_unmask_ascii); of those, the
+	 * text bytes the UTF-8 validator walked too (not all ASCII). For /metrics. */
+	size_t payload_bytes;
+	size_t utf8_bytes;
 };
 
 struct ws_reader {

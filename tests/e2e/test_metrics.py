@@ -176,6 +176,8 @@ def test_every_reference_series_precreated_at_zero(mrelay):
     assert families["pyrycode_relay_worker_waits_total"] == "counter"
     assert samples['pyrycode_relay_worker_batch_wait_seconds{worker="0"}'] in (0, 0.00025)
     assert samples['pyrycode_relay_worker_batching{worker="0"}'] == 0
+    assert families["pyrycode_relay_worker_batch_backoffs_total"] == "counter"
+    assert sum(v for k, v in samples.items() if k.startswith("pyrycode_relay_payload_pass_info{")) == 1
     assert families["pyrycode_relay_phone_to_binary_latency_seconds"] == "histogram"
     assert samples['pyrycode_relay_phone_to_binary_latency_seconds_bucket{le="+Inf"}'] == 0
     assert abs(samples["process_start_time_seconds"] - time.time()) < 60
@@ -472,6 +474,11 @@ def test_frames_forwarded_and_drops(mrelay, server_id):
     assert after[f'{h}_sum'] > before[f'{h}_sum']
     assert after["pyrycode_relay_bytes_received_total"] > before["pyrycode_relay_bytes_received_total"]
     assert after["pyrycode_relay_bytes_sent_total"] > before["pyrycode_relay_bytes_sent_total"]
+    # every payload byte went through the one unmask pass; all of it JSON, so ASCII, so
+    # none through the UTF-8 validator as well (ADR 19)
+    one, utf8 = ('pyrycode_relay_payload_bytes_total{pass="%s"}' % p for p in ("unmask_ascii", "utf8"))
+    assert after[one] - before[one] >= 5 * len(b'{"r":0}')
+    assert after[utf8] == before[utf8]
     # a close directive carrying a frame: the frame counts, the phone closes 4401
     before = after
     directive(b, cid, 4401, b'"bye"')

@@ -2,8 +2,9 @@
  * test_batch.c - the batched-wait gate (engine/batch.h): off until a whole window has
  * been seen, on when two or more wake-causing completions are expected within the
  * bound, off again only below one and a half (hysteresis), never on with a zero bound,
- * a count or clock that goes back restarts the window, and no overflow at extreme
- * counts.
+ * a count or clock that goes back restarts the window, no overflow at extreme counts;
+ * and batched sleeps that collect less than half of what the rate promised turn it
+ * off for a back-off that doubles while they stay starved.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +21,14 @@ static bool window(struct batch_gate *g, uint64_t *now_ms, uint64_t *events, uin
 	*now_ms += BATCH_RATE_WINDOW_MS;
 	*events += per_s * BATCH_RATE_WINDOW_MS / 1000u;
 	return batch_gate_update(g, *now_ms, *events, wait_us);
+}
+
+/* One window whose rate depends on whether the gate batched it: open-loop traffic has
+ * one rate either way, traffic that waits for the relay is slower when batched. */
+static bool window_traffic(struct batch_gate *g, uint64_t *now_ms, uint64_t *events, uint64_t batched_per_s,
+			   uint64_t unbatched_per_s)
+{
+	return window(g, now_ms, events, g->active ? batched_per_s : unbatched_per_s, 250);
 }
 
 static void test_off_until_a_window_is_seen(void **state)
@@ -39,13 +48,13 @@ static void test_threshold(void **state)
 	struct batch_gate g = { 0 };
 	uint64_t now = 5000, ev = 0;
 	batch_gate_update(&g, now, ev, 250);
-	assert_false(window(&g, &now, &ev, 7990, 250));
-	assert_int_equal(g.expected_milli, 1997);
+	assert_false(window(&g, &now, &ev, 7980, 250));
+	assert_int_equal(g.expected_milli, 1995);
 	assert_true(window(&g, &now, &ev, 8000, 250));
 	assert_int_equal(g.expected_milli, 2000);
 	/* stays on down to 1.5 expected (6,000/s), off below */
 	assert_true(window(&g, &now, &ev, 6000, 250));
-	assert_false(window(&g, &now, &ev, 5990, 250));
+	assert_false(window(&g, &now, &ev, 5980, 250));
 	/* and needs 2 again to come back */
 	assert_false(window(&g, &now, &ev, 7000, 250));
 	assert_true(window(&g, &now, &ev, 9000, 250));
@@ -102,6 +111,83 @@ static void test_no_overflow(void **state)
 	assert_int_equal(g.expected_milli, 0);
 }
 
+static void test_open_loop_stays_on(void **state)
+{
+	(void)state;
+	/* 10,000 messages/s whatever the relay does: 2.5 per 250 us bound. Batched all the
+	 * time but the test windows, spent unbatched: soon after the turn-on, then at
+	 * doubling intervals up to one in BATCH_PROBE_MAX_WINDOWS + 1 */
+	struct batch_gate g = { 0 };
+	uint64_t now = 0, ev = 0;
+	batch_gate_update(&g, now, ev, 250);
+	uint32_t on = 0, total = 20 * (BATCH_PROBE_MAX_WINDOWS + 1);
+	for (uint32_t i = 0; i < total; i++)
+		on += window_traffic(&g, &now, &ev, 10000, 10000);
+	assert_int_equal(g.starved, 0);
+	assert_true(on >= total - 30 && on <= total - 20);
+	assert_int_equal(g.probe_windows, BATCH_PROBE_MAX_WINDOWS);
+	/* +-20% of noise passes the test too */
+	for (uint32_t i = 0; i < total; i++)
+		window_traffic(&g, &now, &ev, i % 2 ? 8500 : 11500, i % 2 ? 11500 : 8500);
+	assert_int_equal(g.starved, 0);
+}
+
+static void test_closed_loop_backs_off(void **state)
+{
+	(void)state;
+	/* a closed loop: 200,000 messages/s unbatched, a third of that batched (each sleep
+	 * holds back the answers the peers wait for) */
+	struct batch_gate g = { 0 };
+	uint64_t now = 0, ev = 0;
+	batch_gate_update(&g, now, ev, 250);
+	assert_true(window_traffic(&g, &now, &ev, 66000, 200000));   /* on: rate says so */
+	assert_false(window_traffic(&g, &now, &ev, 66000, 200000));  /* slower: off */
+	assert_int_equal(g.starved, 1);
+	/* off for BATCH_BACKOFF_MIN_WINDOWS, then tested again, then twice as long */
+	for (uint32_t i = 0; i < BATCH_BACKOFF_MIN_WINDOWS; i++)
+		assert_false(window_traffic(&g, &now, &ev, 66000, 200000));
+	assert_true(window_traffic(&g, &now, &ev, 66000, 200000));
+	assert_false(window_traffic(&g, &now, &ev, 66000, 200000));
+	assert_int_equal(g.starved, 2);
+	assert_int_equal(g.hold_windows, 2 * BATCH_BACKOFF_MIN_WINDOWS);
+	/* over minutes the tests cost little: batched a few windows, the back-off capped
+	 * at BATCH_BACKOFF_MAX_WINDOWS */
+	uint32_t on = 0, total = 4 * BATCH_BACKOFF_MAX_WINDOWS;
+	for (uint32_t i = 0; i < total; i++)
+		on += window_traffic(&g, &now, &ev, 66000, 200000);
+	assert_true(on <= 10);
+	assert_int_equal(g.backoff_windows, BATCH_BACKOFF_MAX_WINDOWS);
+	/* the traffic turns open-loop: the next test passes and the back-off is forgotten */
+	uint32_t starved = g.starved;
+	for (uint32_t i = 0; i <= BATCH_BACKOFF_MAX_WINDOWS + 1; i++)
+		window_traffic(&g, &now, &ev, 200000, 200000);
+	assert_int_equal(g.starved, starved);
+	assert_int_equal(g.backoff_windows, 0);
+	assert_true(g.windows_on > 0);
+}
+
+static void test_probe_finds_a_change(void **state)
+{
+	(void)state;
+	/* open loop first, batched; then the peers start waiting for the relay: the next
+	 * probe (one window unbatched) shows it, and batching stops */
+	struct batch_gate g = { 0 };
+	uint64_t now = 0, ev = 0;
+	batch_gate_update(&g, now, ev, 250);
+	for (uint32_t i = 0; i < 10 * BATCH_PROBE_MAX_WINDOWS; i++)
+		window_traffic(&g, &now, &ev, 50000, 50000);
+	assert_int_equal(g.probe_windows, BATCH_PROBE_MAX_WINDOWS);
+	uint32_t starved_at = 0;
+	for (uint32_t i = 1; i <= BATCH_PROBE_MAX_WINDOWS + 2 && !starved_at; i++) {
+		window_traffic(&g, &now, &ev, 50000, 150000);
+		if (g.starved)
+			starved_at = i;
+	}
+	assert_true(starved_at > 0);
+	assert_false(g.active);
+	assert_true(g.hold_windows > 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -111,6 +197,9 @@ int main(void)
 		cmocka_unit_test(test_zero_bound_is_off),
 		cmocka_unit_test(test_going_back_restarts),
 		cmocka_unit_test(test_no_overflow),
+		cmocka_unit_test(test_open_loop_stays_on),
+		cmocka_unit_test(test_closed_loop_backs_off),
+		cmocka_unit_test(test_probe_finds_a_change),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

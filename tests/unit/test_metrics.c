@@ -21,6 +21,7 @@
 #include "control/fcm.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_server.h"
+#include "ws/ws_frame.h"
 
 #define WORKERS 10u
 #define SCRAPE_RUNS 50
@@ -214,6 +215,8 @@ static void test_sums_and_per_worker(void **state)
 		f->engine.cqes = 100 + i;
 		f->engine.closes[CLOSE_CLASS_APPLICATION] = 4;                 /* 12 */
 		f->engine.bytes_in = 1u << 20;
+		f->engine.payload_bytes = 1000 + i;
+		f->engine.utf8_bytes = 10;
 		f->pool.bytes_in_use = 100;
 		f->pool.bytes_held = 300;
 		f->pool.budget_bytes_max = 1000;
@@ -234,6 +237,11 @@ static void test_sums_and_per_worker(void **state)
 	assert_true(value_of("pyrycode_relay_frames_dropped_total{reason=\"unknown_conn_id\"}") == 15);
 	assert_true(value_of("pyrycode_relay_connections_closed_total{class=\"application\"}") == 12);
 	assert_true(value_of("pyrycode_relay_bytes_received_total") == 3 * 1048576.0);
+	assert_true(value_of("pyrycode_relay_payload_bytes_total{pass=\"unmask_ascii\"}") == 3003);
+	assert_true(value_of("pyrycode_relay_payload_bytes_total{pass=\"utf8\"}") == 30);
+	char isa[96];
+	snprintf(isa, sizeof isa, "pyrycode_relay_payload_pass_info{isa=\"%s\"}", ws_unmask_isa());
+	assert_true(value_of(isa) == 1);
 	assert_true(value_of("pyrycode_relay_buffer_pool_bytes{state=\"in_use\"}") == 300);
 	assert_true(value_of("pyrycode_relay_buffer_pool_bytes{state=\"cached\"}") == 600);
 	assert_true(value_of("pyrycode_relay_buffer_pool_budget_bytes") == 3000);

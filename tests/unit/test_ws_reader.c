@@ -142,6 +142,8 @@ struct run {
 	size_t arena_len;
 	size_t need_space;
 	size_t parked; /* times the reader was dropped at rest and restarted */
+	size_t payload_bytes; /* the events' payload_bytes and utf8_bytes, summed */
+	size_t utf8_bytes;
 	bool in_message_after[MAX_EVENTS];
 };
 
@@ -213,6 +215,10 @@ static void run_stream(const uint8_t *s, size_t len, uint32_t max, enum split sp
 			size_t c = (size_t)-1;
 			struct ws_event ev = ws_reader_next(&r, buf + off, chunk - off, &c);
 			assert_true(c <= chunk - off);
+			assert_true(ev.payload_bytes <= c);
+			assert_true(ev.utf8_bytes <= ev.payload_bytes);
+			out->payload_bytes += ev.payload_bytes;
+			out->utf8_bytes += ev.utf8_bytes;
 			off += c;
 			if (dead) {
 				assert_int_equal(ev.kind, WS_EV_NEED_MORE);
@@ -317,6 +323,33 @@ static void compare(const struct run *run, const struct exp *exp, size_t n_exp,
 		if (x->len && memcmp(run->arena + e->off, x->data, x->len) != 0)
 			fail_msg("%s seed %u event %zu: payload differs", m, (unsigned)seed, i);
 	}
+	/* The pass counters (/metrics): when every message began was delivered and nothing
+	 * failed, the one pass saw exactly the messages' bytes, however the stream was cut;
+	 * the UTF-8 validator saw only text, and none of it when all text was ASCII. */
+	size_t begun = 0, done = 0, msg_bytes = 0, text_bytes = 0;
+	bool failed = false, non_ascii = false;
+	for (size_t i = 0; i < run->n; i++) {
+		const struct rec *e = &run->ev[i];
+		begun += e->kind == WS_EV_MESSAGE_BEGIN;
+		failed |= e->kind == WS_EV_ERROR;
+		if (e->kind != WS_EV_MESSAGE)
+			continue;
+		done++;
+		msg_bytes += e->len;
+		if (e->opcode != WS_OP_TEXT)
+			continue;
+		text_bytes += e->len;
+		for (size_t j = 0; j < e->len; j++)
+			non_ascii |= run->arena[e->off + j] >= 0x80;
+	}
+	if (!failed && begun == done) {
+		if (run->payload_bytes != msg_bytes)
+			fail_msg("%s seed %u: %zu payload bytes counted, %zu delivered", m, (unsigned)seed,
+				 run->payload_bytes, msg_bytes);
+		assert_true(run->utf8_bytes <= text_bytes);
+		if (!non_ascii)
+			assert_int_equal(run->utf8_bytes, 0);
+	}
 }
 
 /* The same events however the stream is cut and however the caller grows asm_buf. */
@@ -384,6 +417,8 @@ static void test_zero_copy_single_frame(void **state)
 	assert_int_equal(ev.data.len, 17);
 	assert_memory_equal(b.p + 6, "zero copy, please", 17);
 	assert_int_equal(c, 17);
+	assert_int_equal(ev.payload_bytes, 17); /* one pass, ASCII: no UTF-8 walk */
+	assert_int_equal(ev.utf8_bytes, 0);
 	assert_false(ws_reader_in_message(&r));
 	assert_false(ws_reader_buffer_in_use(&r));
 	off += c;
@@ -800,6 +835,34 @@ static void test_utf8_fails_fast(void **state)
 	sb_free(&b);
 }
 
+/* What the one pass and the UTF-8 validator each walked, per call (the /metrics pass
+ * counters): non-ASCII text is walked twice, ASCII text and binary once. */
+static void test_pass_counters(void **state)
+{
+	(void)state;
+	struct sb b = { 0 };
+	sb_str(&b, true, WS_OP_TEXT, "h\xC3\xA9llo");
+	sb_frame(&b, true, WS_OP_BINARY, "\xff\xfe", 2);
+	sb_str(&b, true, WS_OP_TEXT, "plain");
+	struct ws_reader r;
+	ws_reader_init(&r, SMALL_LIMIT);
+	size_t c, off = 0;
+	const size_t want_payload[] = { 6, 2, 5 }, want_utf8[] = { 6, 0, 0 };
+	for (size_t i = 0; i < 3; i++) {
+		struct ws_event ev = ws_reader_next(&r, b.p + off, b.len - off, &c);
+		assert_int_equal(ev.kind, WS_EV_MESSAGE_BEGIN);
+		assert_int_equal(ev.payload_bytes, 0);
+		off += c;
+		ev = ws_reader_next(&r, b.p + off, b.len - off, &c);
+		assert_int_equal(ev.kind, WS_EV_MESSAGE);
+		assert_int_equal(ev.payload_bytes, want_payload[i]);
+		assert_int_equal(ev.utf8_bytes, want_utf8[i]);
+		off += c;
+	}
+	assert_int_equal(off, b.len);
+	sb_free(&b);
+}
+
 static void test_close_frames(void **state)
 {
 	(void)state;
@@ -1175,6 +1238,7 @@ int main(void)
 		cmocka_unit_test(test_utf8_invalid),
 		cmocka_unit_test(test_utf8_ends_mid_code_point),
 		cmocka_unit_test(test_utf8_fails_fast),
+		cmocka_unit_test(test_pass_counters),
 		cmocka_unit_test(test_close_frames),
 		cmocka_unit_test(test_dead_after_error_discards_input),
 		cmocka_unit_test(test_need_space_protocol),
