@@ -11,10 +11,22 @@ static uint64_t scale(uint64_t a, uint64_t b, uint64_t c)
 	return a * b / c;
 }
 
-/* The first batched window's rate against the unbatched one before it. */
+/* The first batched window's rate against the unbatched one before it: lower by more
+ * than the percentage and, taking the windows' counts as Poisson, by more than
+ * BATCH_STARVED_SIGMAS standard deviations of their difference. */
 static bool slowed_by_batching(const struct batch_gate *g)
 {
-	return scale(g->rate_per_s, 100u, 1u) < scale(g->off_rate_per_s, BATCH_STARVED_PERCENT, 1u);
+	if (scale(g->rate_per_s, 100u, 1u) >= scale(g->off_rate_per_s, BATCH_STARVED_PERCENT, 1u))
+		return false;
+	uint64_t on = scale(g->rate_per_s, BATCH_RATE_WINDOW_MS, 1000u);
+	uint64_t off = scale(g->off_rate_per_s, BATCH_RATE_WINDOW_MS, 1000u);
+	if (off <= on)
+		return false;
+	uint64_t drop = off - on;
+	/* drop > k * sqrt(on + off)  <=>  drop^2 > k^2 * (on + off) */
+	if (drop > UINT32_MAX)
+		return true;
+	return drop * drop > (uint64_t)BATCH_STARVED_SIGMAS * BATCH_STARVED_SIGMAS * (on + off);
 }
 
 static void turn_off_for_a_while(struct batch_gate *g)
@@ -79,4 +91,13 @@ bool batch_gate_update(struct batch_gate *g, uint64_t now_ms, uint64_t events, u
 		g->windows_on = 0;
 	}
 	return g->active;
+}
+
+uint32_t batch_gate_bound_us(const struct batch_gate *g, uint32_t wait_us)
+{
+	if (g->rate_per_s == 0)
+		return wait_us > 0 ? wait_us : 1u;
+	uint64_t full_batch_us = scale(BATCH_WAIT_COMPLETIONS, 1000000u, g->rate_per_s);
+	uint64_t bound = full_batch_us < wait_us ? full_batch_us : wait_us;
+	return bound > 0 ? (uint32_t)bound : 1u;
 }

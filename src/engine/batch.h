@@ -14,14 +14,22 @@
  * batched sleep holds back the very traffic it waits for. Open-loop traffic arrives
  * at its own rate whatever the relay does, so the gate tests which it is: the first
  * window after every turn-on is compared with the window before it, and a rate that
- * fell below BATCH_STARVED_PERCENT of it means batching slowed the traffic. Batching
+ * fell below BATCH_STARVED_PERCENT of it, by more than BATCH_STARVED_SIGMAS standard
+ * deviations of the counts (so that a few hundred messages' noise is not taken for
+ * it), means batching slowed the traffic. Batching
  * then stays off for a back-off that doubles (BATCH_BACKOFF_MIN_WINDOWS up to
  * BATCH_BACKOFF_MAX_WINDOWS) while the test keeps failing. A test can pass by luck (a
  * load still ramping up), and traffic can change its nature while batched, so after
  * BATCH_PROBE_MIN_WINDOWS batched windows one window is spent unbatched to test again,
  * the interval doubling with each pass up to BATCH_PROBE_MAX_WINDOWS. Each test costs
  * one window at the slower rate where batching hurts, and one unbatched window where
- * it helps. Pure: the caller supplies the clock and a running count.
+ * it helps.
+ *
+ * A batched sleep never waits longer than a full batch takes to arrive at the measured
+ * rate (batch_gate_bound_us): at high rates the bound shrinks, so a sleep that the
+ * kernel ends by the clock, not by the count (few sockets, each completion carrying
+ * many messages), adds that much latency, not the whole bound. Pure: the caller
+ * supplies the clock and a running count.
  */
 #ifndef PYRY_ENGINE_BATCH_H
 #define PYRY_ENGINE_BATCH_H
@@ -33,7 +41,8 @@
 #define BATCH_ON_EXPECTED_MILLI 2000u  /* two messages expected within one bound: batch */
 #define BATCH_OFF_EXPECTED_MILLI 1500u /* fewer than one and a half: wake at once */
 #define BATCH_WAIT_COMPLETIONS 16u     /* a batched sleep ends early once this many are there */
-#define BATCH_STARVED_PERCENT 75u      /* batched rate below this share of the unbatched one */
+#define BATCH_STARVED_PERCENT 90u      /* batched rate below this share of the unbatched one */
+#define BATCH_STARVED_SIGMAS 3u        /* ... by more than this many standard deviations */
 #define BATCH_BACKOFF_MIN_WINDOWS (2000u / BATCH_RATE_WINDOW_MS)  /* 2 s off after a failed test */
 #define BATCH_BACKOFF_MAX_WINDOWS (60000u / BATCH_RATE_WINDOW_MS) /* at most 60 s */
 #define BATCH_PROBE_MIN_WINDOWS 2u                                /* the first test again soon */
@@ -57,5 +66,9 @@ struct batch_gate {
 /* events: a running (never decreasing) count of messages received; wait_us: the bound
  * in force (0: batching off). Call before each wait; returns whether to batch it. */
 bool batch_gate_update(struct batch_gate *g, uint64_t now_ms, uint64_t events, uint32_t wait_us);
+
+/* The bound for a batched wait: wait_us, or less where BATCH_WAIT_COMPLETIONS messages
+ * arrive sooner at the last window's rate; at least 1. */
+uint32_t batch_gate_bound_us(const struct batch_gate *g, uint32_t wait_us);
 
 #endif

@@ -523,9 +523,10 @@ static int wait_for_completions(struct worker *w, const struct __kernel_timespec
 		static const struct __kernel_timespec idle = { .tv_sec = BATCH_IDLE_WAIT_S, .tv_nsec = 0 };
 		if (ts == NULL)
 			ts = &idle;
-		if (ts->tv_sec > 0 || ts->tv_nsec > (long long)w->batch_wait_us * 1000)
+		uint32_t bound_us = batch_gate_bound_us(&w->batch_gate, w->batch_wait_us);
+		if (ts->tv_sec > 0 || ts->tv_nsec > (long long)bound_us * 1000)
 			return uring_submit_and_wait_batch(&w->ring, w->ring_registered, ts, BATCH_WAIT_COMPLETIONS,
-							   w->batch_wait_us);
+							   bound_us);
 	}
 	struct io_uring_cqe *cqe = NULL;
 	return io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, (struct __kernel_timespec *)ts, NULL);
