@@ -24,6 +24,7 @@ skips it). Prints each row and the before/after ratio per round.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-floor", action="store_true", help="skip the rawfwd runs")
+    ap.add_argument("--only", help="regex over the point names (e.g. 'open')")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     after = str(Path(args.build) / "pyrycode-relay")
@@ -56,6 +58,8 @@ def main() -> int:
     try:
         for r in range(args.rounds):
             for name, shape in POINTS.items():
+                if args.only and not re.search(args.only, name):
+                    continue
                 per = {}
                 servers = [("before", args.before), ("after", after)]
                 if not args.no_floor:

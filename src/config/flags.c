@@ -302,7 +302,7 @@ const struct flag_def config_flags[] = {
 	{ "batch-wait-us", FLAG_U32, CFG_OFF(batch_wait_us), NO_SET_FIELD, CONFIG_BATCH_WAIT_US_MAX, false, "N",
 	  "A worker with nothing ready waits up to N microseconds (default 250) for\n"
 	  "several completions before it wakes, so one wake-up serves several frames;\n"
-	  "only while two or more are expected within N and batching does not slow\n"
+	  "only while 1.6 or more are expected within N and batching does not slow\n"
 	  "the traffic (peers waiting for answers). Kernel 6.12+; older kernels wake\n"
 	  "at once. 0 turns it off; at most 1000." },
 	{ "rate-limit-burst", FLAG_U32, CFG_OFF(rate_limit_burst), NO_SET_FIELD, UINT32_MAX, false,

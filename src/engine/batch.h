@@ -38,8 +38,8 @@
 #include <stdint.h>
 
 #define BATCH_RATE_WINDOW_MS 50u
-#define BATCH_ON_EXPECTED_MILLI 2000u  /* two messages expected within one bound: batch */
-#define BATCH_OFF_EXPECTED_MILLI 1500u /* fewer than one and a half: wake at once */
+#define BATCH_ON_EXPECTED_MILLI 1600u  /* 1.6 messages expected within one bound: batch */
+#define BATCH_OFF_EXPECTED_MILLI 1200u /* fewer than 1.2: wake at once */
 #define BATCH_WAIT_COMPLETIONS 16u     /* a batched sleep ends early once this many are there */
 #define BATCH_STARVED_PERCENT 90u      /* batched rate below this share of the unbatched one */
 #define BATCH_STARVED_SIGMAS 3u        /* ... by more than this many standard deviations */

@@ -327,8 +327,8 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 			  "(--batch-wait-us; 0: off, or the kernel cannot).",
 			  in, offsetof(struct worker_stats, batch_wait_us), PROM_GAUGE, 1e-6);
 	per_worker_gauge(o, "pyrycode_relay_worker_batching",
-			 "1 while completions reach the worker often enough that its waits are batched "
-			 "(at least two expected within --batch-wait-us), else 0.",
+			 "1 while messages reach the worker often enough that its waits are batched "
+			 "(1.6 or more messages expected within --batch-wait-us, and batching does not slow the traffic), else 0.",
 			 in, offsetof(struct worker_stats, batching));
 	per_worker(o, "pyrycode_relay_worker_batch_backoffs_total",
 		   "Times batched waits were turned off for a while because they slowed the traffic down "

@@ -1,10 +1,12 @@
 /*
  * test_batch.c - the batched-wait gate (engine/batch.h): off until a whole window has
- * been seen, on when two or more wake-causing completions are expected within the
- * bound, off again only below one and a half (hysteresis), never on with a zero bound,
- * a count or clock that goes back restarts the window, no overflow at extreme counts;
- * and batched sleeps that collect less than half of what the rate promised turn it
- * off for a back-off that doubles while they stay starved.
+ * been seen, on when 1.6 or more messages are expected within the bound, off again
+ * only below 1.2 (hysteresis), never on with a zero bound, a count or clock that goes
+ * back restarts the window, no overflow at extreme counts; open-loop traffic stays
+ * batched but for the test windows, traffic that batching slows (peers waiting for the
+ * relay) turns it off for a back-off that doubles while the test keeps failing, a
+ * probe finds traffic that changed its kind, small counts need a bigger drop, and the
+ * bound shrinks to the time a full batch takes.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -50,21 +52,22 @@ static void test_off_until_a_window_is_seen(void **state)
 static void test_threshold(void **state)
 {
 	(void)state;
-	/* 250 us bound: 2 expected needs 8,000 completions/s */
+	/* 250 us bound: 1.6 expected needs 6,400 messages/s */
 	struct batch_gate g = { 0 };
 	uint64_t now = 5000, ev = 0;
 	batch_gate_update(&g, now, ev, 250);
-	assert_false(window(&g, &now, &ev, 7980, 250));
-	assert_int_equal(g.expected_milli, 1995);
-	assert_true(window(&g, &now, &ev, 8000, 250));
-	assert_int_equal(g.expected_milli, 2000);
-	assert_true(window(&g, &now, &ev, 8000, 250)); /* the turn-on's test: not slower */
-	/* stays on down to 1.5 expected (6,000/s), off below */
-	assert_true(window(&g, &now, &ev, 6000, 250));
-	assert_false(window(&g, &now, &ev, 5980, 250));
-	/* and needs 2 again to come back */
-	assert_false(window(&g, &now, &ev, 7000, 250));
-	assert_true(window(&g, &now, &ev, 9000, 250));
+	assert_false(window(&g, &now, &ev, 6380, 250));
+	assert_int_equal(g.expected_milli, 1595);
+	assert_true(window(&g, &now, &ev, 6400, 250));
+	assert_int_equal(g.expected_milli, BATCH_ON_EXPECTED_MILLI);
+	assert_true(window(&g, &now, &ev, 6400, 250)); /* the turn-on's test: not slower */
+	/* stays on down to 1.2 expected (4,800/s), off below */
+	assert_true(window(&g, &now, &ev, 4800, 250));
+	assert_int_equal(g.expected_milli, BATCH_OFF_EXPECTED_MILLI);
+	assert_false(window(&g, &now, &ev, 4780, 250));
+	/* and needs 1.6 again to come back */
+	assert_false(window(&g, &now, &ev, 5600, 250));
+	assert_true(window(&g, &now, &ev, 7000, 250));
 }
 
 static void test_the_bound_scales_the_rate(void **state)
