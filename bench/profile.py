@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as benchrun  # noqa: E402
-from workers import per_ip_off  # noqa: E402
+from workers import server_argv  # noqa: E402
 
 PERF_FREQ_HZ = 4999        # cpu-clock samples per second of the server's CPU time
 WARMUP_S = 2.0             # generator connected and running before perf attaches
@@ -111,12 +111,7 @@ def profile(args, pt: dict) -> dict:
         port += 2
     mport = port + 1
     raw = args.server == "rawfwd"
-    if raw:
-        argv = [str(benchrun.RUN_UNPRIVILEGED), args.rawfwd, "--listen", f"127.0.0.1:{port}"]
-    else:
-        argv = [str(benchrun.RUN_UNPRIVILEGED), args.relay, "--insecure-listen", f"127.0.0.1:{port}",
-                f"--metrics-listen=127.0.0.1:{mport}", "--workers", "1", "--max-connections", "30000",
-                *per_ip_off(args.relay), "--rate-limit-burst", "0", "--grace-period", "0", *args.relay_arg]
+    argv = server_argv(args.rawfwd if raw else args.relay, port, mport, ["--workers", "1", *args.relay_arg])
     srv = benchrun.Child("server", argv, 0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, srv)

@@ -49,9 +49,6 @@ def scrape(port: int) -> dict:
             "waits": total("pyrycode_relay_worker_waits_total")}
 
 
-per_ip_off = benchrun.per_ip_off  # (kept importable from here)
-
-
 def voluntary_switches(pid: int) -> int:
     """Times the process's threads went to sleep (voluntary context switches, /proc):
     the kernel's own count of wake-ups, whatever the relay's counters say."""
@@ -75,6 +72,16 @@ def is_rawfwd(server_bin: str) -> bool:
     return Path(server_bin).name == "rawfwd"
 
 
+def server_argv(server_bin: str, port: int, mport: int, relay_args: list) -> list:
+    """The benchmark server's command line, unprivileged: rawfwd (by name) on port, or
+    the relay on port with its metrics on mport, limits out of the way, relay_args."""
+    if is_rawfwd(server_bin):
+        return [str(benchrun.RUN_UNPRIVILEGED), server_bin, "--listen", f"127.0.0.1:{port}"]
+    return [str(benchrun.RUN_UNPRIVILEGED), server_bin, "--insecure-listen", f"127.0.0.1:{port}",
+            f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
+            *benchrun.per_ip_off(server_bin), "--rate-limit-burst", "0", "--grace-period", "0", *relay_args]
+
+
 def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str, relay_args: list,
             loadgen_args: list, port: int, mport: int, timeout_s: float) -> dict:
     """One run: the relay pinned to relay_cpus with relay_args, the generator pinned to
@@ -83,15 +90,7 @@ def measure(relay_bin: str, loadgen_bin: str, relay_cpus: str, loadgen_cpus: str
     relay_bin named rawfwd runs tools/rawfwd instead (the floor: the same traffic
     without WebSocket, relay_args ignored) with the generator in --raw mode."""
     raw = is_rawfwd(relay_bin)
-    if raw:
-        argv = ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
-                "--listen", f"127.0.0.1:{port}"]
-    else:
-        argv = ["taskset", "-c", relay_cpus, str(benchrun.RUN_UNPRIVILEGED), relay_bin,
-                "--insecure-listen", f"127.0.0.1:{port}",
-                f"--metrics-listen=127.0.0.1:{mport}", "--max-connections", "30000",
-                *per_ip_off(relay_bin), "--rate-limit-burst", "0", "--grace-period", "0",
-                *relay_args]
+    argv = ["taskset", "-c", relay_cpus, *server_argv(relay_bin, port, mport, relay_args)]
     relay = benchrun.Child("relay", argv, None, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
     try:
         deadline = time.monotonic() + 10

@@ -235,8 +235,7 @@ struct worker {
 	bool ring_ready;
 	bool ring_registered;    /* the ring fd is registered: enter with IORING_ENTER_REGISTERED_RING */
 	uint32_t batch_wait_us;  /* --batch-wait-us when the kernel supports it, else 0 */
-	struct batch_gate batch_gate; /* whether completions come often enough to batch */
-	bool batching;
+	struct batch_gate batch_gate; /* whether messages come often enough to batch */
 	struct msghdr ktls_msg;  /* the header of every kTLS receive: room for the record type */
 	/* [conn idx]: a TLS 1.3 kTLS connection's traffic secrets, to follow a KeyUpdate
 	 * (ktls_phase.c); only when ktls_available. A slot has no room for the pointer. */

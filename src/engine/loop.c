@@ -509,14 +509,12 @@ static int wait_for_completions(struct worker *w, const struct __kernel_timespec
 	STAT_INC(w->stats.enters);
 	if (!ready)
 		STAT_INC(w->stats.waits);
-	uint32_t starved_before = w->batch_gate.starved;
 	bool batch = batch_gate_update(&w->batch_gate, w->now_ms, STAT_GET(w->stats.messages_in), w->batch_wait_us);
-	if (batch != w->batching) {
-		w->batching = batch;
+	/* the gauges follow the gate (written only when they change: this is every loop) */
+	if (STAT_GET(w->stats.batching) != batch)
 		STAT_SET(w->stats.batching, batch ? 1u : 0u);
-	}
-	if (w->batch_gate.starved != starved_before)
-		STAT_INC(w->stats.batch_backoffs);
+	if (STAT_GET(w->stats.batch_backoffs) != w->batch_gate.starved)
+		STAT_SET(w->stats.batch_backoffs, w->batch_gate.starved);
 	if (batch && !ready) {
 		/* Without a timeout the kernel ends the wait when the bound passes even with
 		 * nothing there: give it the longest one the loop allows. */

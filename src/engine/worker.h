@@ -74,7 +74,7 @@ struct worker_stats {
 	uint64_t waits;  /* of those, the ones made with no completion ready: the worker slept */
 	uint64_t batch_wait_us; /* gauge: the --batch-wait-us in force (0: off or unsupported) */
 	uint64_t batching;      /* gauge: 1 while completions come often enough that waits are batched */
-	uint64_t batch_backoffs; /* batching turned off for a while: it slowed the traffic (engine/batch.h) */
+	uint64_t batch_backoffs; /* batching turned off for a while: it slowed the traffic (batch_gate.starved) */
 	uint64_t messages_in;    /* WebSocket data messages received (what the batching gate counts) */
 	uint64_t cqes;
 	uint64_t accepts;
