@@ -78,15 +78,24 @@ bool batch_gate_update(struct batch_gate *g, uint64_t now_ms, uint64_t events, u
 		}
 		g->windows_on++;
 		if (g->expected_milli < BATCH_OFF_EXPECTED_MILLI || g->windows_on > g->probe_windows)
-			g->active = false; /* too slow to batch, or one window off to test again */
+			g->active = false; /* too slow to batch, or off a while to test again */
 		return g->active;
 	}
-	g->off_rate_per_s = g->rate_per_s;
 	if (g->hold_windows > 0) {
 		g->hold_windows--;
+		g->qualified_windows = 0;
 		return false;
 	}
-	if (g->expected_milli >= BATCH_ON_EXPECTED_MILLI) {
+	if (g->expected_milli < BATCH_ON_EXPECTED_MILLI) {
+		g->qualified_windows = 0;
+		return false;
+	}
+	/* the test's reference is the slower of the qualifying windows, so one burst (the
+	 * peers connecting and registering) is not taken for the unbatched rate */
+	if (g->qualified_windows == 0 || g->rate_per_s < g->off_rate_per_s)
+		g->off_rate_per_s = g->rate_per_s;
+	if (++g->qualified_windows >= BATCH_ON_WINDOWS) {
+		g->qualified_windows = 0;
 		g->active = true;
 		g->windows_on = 0;
 	}

@@ -12,18 +12,19 @@
  * That alone is wrong when the peers wait for the relay (request and response, or a
  * sender with a small window in flight): there the relay's latency sets the rate, and a
  * batched sleep holds back the very traffic it waits for. Open-loop traffic arrives
- * at its own rate whatever the relay does, so the gate tests which it is: the first
- * window after every turn-on is compared with the window before it, and a rate that
+ * at its own rate whatever the relay does, so the gate tests which it is: batching
+ * turns on after BATCH_ON_WINDOWS unbatched windows in a row at the on-threshold, the
+ * first batched window is compared with the slower of them (one burst, such as the
+ * peers connecting and registering, is not the rate to hold it to), and a rate that
  * fell below BATCH_STARVED_PERCENT of it, by more than BATCH_STARVED_SIGMAS standard
  * deviations of the counts (so that a few hundred messages' noise is not taken for
- * it), means batching slowed the traffic. Batching
- * then stays off for a back-off that doubles (BATCH_BACKOFF_MIN_WINDOWS up to
- * BATCH_BACKOFF_MAX_WINDOWS) while the test keeps failing. A test can pass by luck (a
- * load still ramping up), and traffic can change its nature while batched, so after
- * BATCH_PROBE_MIN_WINDOWS batched windows one window is spent unbatched to test again,
- * the interval doubling with each pass up to BATCH_PROBE_MAX_WINDOWS. Each test costs
- * one window at the slower rate where batching hurts, and one unbatched window where
- * it helps.
+ * it), means batching slowed the traffic. Batching then stays off for a back-off that
+ * doubles (BATCH_BACKOFF_MIN_WINDOWS up to BATCH_BACKOFF_MAX_WINDOWS) while the test
+ * keeps failing. A test can pass by luck (a load still ramping up), and traffic can
+ * change its nature while batched, so after BATCH_PROBE_MIN_WINDOWS batched windows
+ * BATCH_ON_WINDOWS are spent unbatched to test again, the interval doubling with each
+ * pass up to BATCH_PROBE_MAX_WINDOWS. Each test costs one window at the slower rate
+ * where batching hurts, and BATCH_ON_WINDOWS unbatched windows where it helps.
  *
  * A batched sleep never waits longer than a full batch takes to arrive at the measured
  * rate (batch_gate_bound_us): at high rates the bound shrinks, so a sleep that the
@@ -40,6 +41,7 @@
 #define BATCH_RATE_WINDOW_MS 50u
 #define BATCH_ON_EXPECTED_MILLI 1600u  /* 1.6 messages expected within one bound: batch */
 #define BATCH_OFF_EXPECTED_MILLI 1200u /* fewer than 1.2: wake at once */
+#define BATCH_ON_WINDOWS 2u            /* unbatched windows in a row at the threshold to turn on */
 #define BATCH_WAIT_COMPLETIONS 16u     /* a batched sleep ends early once this many are there */
 #define BATCH_STARVED_PERCENT 90u      /* batched rate below this share of the unbatched one */
 #define BATCH_STARVED_SIGMAS 3u        /* ... by more than this many standard deviations */
@@ -53,7 +55,8 @@ struct batch_gate {
 	uint64_t events_at_start; /* the running count when the window began */
 	uint64_t expected_milli;  /* the last window's estimate (thousandths of a message per bound) */
 	uint64_t rate_per_s;      /* the last window's rate */
-	uint64_t off_rate_per_s;  /* the rate of the last window spent unbatched */
+	uint64_t off_rate_per_s;  /* the slowest of the unbatched windows that turned it on */
+	uint32_t qualified_windows; /* unbatched windows in a row at the on-threshold */
 	uint32_t windows_on;      /* windows batched since the last turn-on */
 	uint32_t probe_windows;   /* batched windows before the next unbatched test window */
 	uint32_t hold_windows;    /* windows left before batching may turn on again */
