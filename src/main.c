@@ -23,6 +23,7 @@
 #include "control/push.h"
 #include "core/log.h"
 #include "core/notify.h"
+#include "core/simd.h"
 #include "engine/group.h"
 #include "engine/handover.h"
 #include "engine/migrate.h"
@@ -446,6 +447,8 @@ int main(int argc, char **argv)
 		boot_release();
 		return 0;
 	}
+	/* the payload passes' instructions, before any worker runs one (core/simd.h) */
+	simd_select(simd_detect());
 	if (ac != NULL)
 		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "autocert"),
 			 KV_STR("domain", cfg.domain), KV_STR("cert_cache", cfg.cert_cache), KV_STR("listen", listen),

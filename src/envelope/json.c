@@ -9,8 +9,10 @@
 #include "envelope/json.h"
 
 #include <string.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
+
+#include "core/simd.h"
+#if SIMD_HAVE_AVX2
+#include <immintrin.h>
 #endif
 
 #define STACK_WORDS ((JSON_DEPTH_MAX + 63u) / 64u)
@@ -142,7 +144,7 @@ static size_t escape_len(const uint8_t *p, size_t n, size_t i)
 	}
 }
 
-#if defined(__SSE2__)
+#if SIMD_HAVE_AVX2
 /* Bit k set when byte k of the 16 at p is '"', '\\', a control byte or non-ASCII. */
 static inline uint32_t special16(const uint8_t *p)
 {
@@ -154,14 +156,42 @@ static inline uint32_t special16(const uint8_t *p)
 	return (uint32_t)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(q, b), c)) |
 	       (uint32_t)_mm_movemask_epi8(v); /* the top bit: >= 0x80 */
 }
+
+/* The same over 32 bytes at a time from i while 32 remain (AVX2): the index of the first
+ * flagged byte, or where fewer than 32 remain. */
+__attribute__((target("avx2"))) static size_t skip_plain_avx2(const uint8_t *p, size_t n, size_t i)
+{
+	const __m256i ctl_max = _mm256_set1_epi8(0x1f);
+	const __m256i quote = _mm256_set1_epi8('"');
+	const __m256i bslash = _mm256_set1_epi8('\\');
+	for (; i + 32 <= n; i += 32) {
+		__m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(p + i));
+		__m256i q = _mm256_cmpeq_epi8(v, quote);
+		__m256i b = _mm256_cmpeq_epi8(v, bslash);
+		__m256i c = _mm256_cmpeq_epi8(_mm256_max_epu8(v, ctl_max), ctl_max);
+		uint32_t m = (uint32_t)_mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(q, b), c)) |
+			     (uint32_t)_mm256_movemask_epi8(v);
+		if (m)
+			return i + (size_t)__builtin_ctz(m);
+	}
+	return i;
+}
 #endif
 
-/* From i, skip plain string content 16 (SSE2) or 8 bytes at a time; returns the index
- * of the first byte that needs a look (or where fewer than 8 bytes remain). */
+/* From i, skip plain string content 32 (AVX2), 16 (SSE2) or 8 bytes at a time, as chosen
+ * at start-up (core/simd.h); returns the index of the first byte that needs a look (or
+ * where fewer than 8 bytes remain). */
 static inline size_t skip_plain(const uint8_t *p, size_t n, size_t i)
 {
-#if defined(__SSE2__)
-	while (i + 16 <= n) {
+#if SIMD_HAVE_AVX2
+	enum simd_level level = simd_selected();
+	/* long stretches only: below that the call costs more than the wider steps save */
+	if (level >= SIMD_AVX2 && n - i >= 64) {
+		i = skip_plain_avx2(p, n, i);
+		if (i + 32 <= n)
+			return i; /* a flagged byte */
+	}
+	while (level >= SIMD_SSE2 && i + 16 <= n) {
 		uint32_t m = special16(p + i);
 		if (m)
 			return i + (size_t)__builtin_ctz(m);

@@ -2,7 +2,7 @@
 
 #include "control/autocert.h"
 #include "control/fcm.h"
-#include "ws/ws_frame.h"
+#include "core/simd.h"
 
 /* A worker index as a label value: "4294967295" and its NUL fit. */
 #define WORKER_LABEL_BYTES 12u
@@ -292,10 +292,11 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 		 "WebSocket data payload bytes walked in user space, by pass: unmask_ascii (every byte: unmask, copy "
 		 "and ASCII test in one pass), utf8 (text bytes that were not all ASCII, validated again).",
 		 PROM_COUNTER, "pass", pass_names, pass_bytes, ARRAY_LEN(pass_bytes));
-	const char *const isa_names[] = { ws_unmask_isa() };
+	const char *const isa_names[] = { simd_name(simd_selected()) };
 	const uint64_t one[] = { 1 };
 	labelled(o, "pyrycode_relay_payload_pass_info",
-		 "Always 1; isa is the widest instructions the unmask pass was built with (sse2, else word).",
+		 "Always 1; isa is the widest instructions the payload passes use, chosen at start-up (avx2, sse2, "
+		 "else word).",
 		 PROM_GAUGE, "isa", isa_names, one, 1);
 	scalar(o, "pyrycode_relay_phone_pauses_total",
 	       "Times a server-id's phones stopped being read because its binary's outbox crossed the high-water mark.",

@@ -6,9 +6,10 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/simd.h"
 #include "ws/utf8.h"
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if SIMD_HAVE_AVX2
+#include <immintrin.h>
 #endif
 
 #define WS_B0_FIN 0x80u
@@ -148,14 +149,50 @@ size_t ws_frame_header_encode(uint8_t *out, bool fin, uint8_t opcode, uint64_t p
 /* Below this many bytes the word loop's setup costs more than it saves. */
 #define WS_MASK_WORD_MIN_BYTES 16u
 
-const char *ws_unmask_isa(void)
+#if SIMD_HAVE_AVX2
+/* The key (rotated to src[0]) repeated over 32 bytes. */
+static inline void repeat_key(uint8_t *out, size_t n, const uint8_t key[4])
 {
-#if defined(__SSE2__)
-	return "sse2";
-#else
-	return "word";
-#endif
+	for (size_t j = 0; j < n; j++)
+		out[j] = key[j & 3u];
 }
+
+/* 32 bytes at a time while 32 remain: XOR into dst, OR the results into *high's top
+ * bits. Returns how many bytes it did (a multiple of 32, so the key stays in phase). */
+__attribute__((target("avx2"))) static size_t unmask_avx2(uint8_t *dst, const uint8_t *src, size_t n,
+							   const uint8_t key[4], uint64_t *high)
+{
+	uint8_t k32[32];
+	repeat_key(k32, sizeof k32, key);
+	__m256i kv = _mm256_loadu_si256((const __m256i *)(const void *)k32);
+	__m256i acc = _mm256_setzero_si256();
+	size_t i = 0;
+	for (; n - i >= 32; i += 32) {
+		__m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(src + i)), kv);
+		_mm256_storeu_si256((__m256i *)(void *)(dst + i), v);
+		acc = _mm256_or_si256(acc, v);
+	}
+	*high |= (uint32_t)_mm256_movemask_epi8(acc);
+	return i;
+}
+
+/* The same 16 bytes at a time, from i. */
+static size_t unmask_sse2(uint8_t *dst, const uint8_t *src, size_t n, size_t i, const uint8_t key[4],
+			  uint64_t *high)
+{
+	uint8_t k16[16];
+	repeat_key(k16, sizeof k16, key);
+	__m128i kv = _mm_loadu_si128((const __m128i *)(const void *)k16);
+	__m128i acc = _mm_setzero_si128();
+	for (; n - i >= 16; i += 16) {
+		__m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), kv);
+		_mm_storeu_si128((__m128i *)(void *)(dst + i), v);
+		acc = _mm_or_si128(acc, v);
+	}
+	*high |= (uint64_t)_mm_movemask_epi8(acc);
+	return i;
+}
+#endif
 
 bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask_key[4], uint64_t offset)
 {
@@ -171,20 +208,13 @@ bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t m
 	/* High bits of every output byte, ORed: zero iff all of it is ASCII. */
 	uint64_t high = 0;
 	size_t i = 0;
-#if defined(__SSE2__)
-	if (n >= 16) {
-		uint8_t k16[16];
-		for (size_t j = 0; j < sizeof k16; j++)
-			k16[j] = key[j & 3u];
-		__m128i kv = _mm_loadu_si128((const __m128i *)(const void *)k16);
-		__m128i acc = _mm_setzero_si128();
-		for (; n - i >= 16; i += 16) {
-			__m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), kv);
-			_mm_storeu_si128((__m128i *)(void *)(dst + i), v);
-			acc = _mm_or_si128(acc, v);
-		}
-		high |= (uint64_t)_mm_movemask_epi8(acc);
-	}
+#if SIMD_HAVE_AVX2
+	/* the widest chosen at start-up (core/simd.h), the narrower ones for what is left */
+	enum simd_level level = simd_selected();
+	if (level >= SIMD_AVX2 && n >= 64)
+		i = unmask_avx2(dst, src, n, key, &high);
+	if (level >= SIMD_SSE2 && n - i >= 16)
+		i = unmask_sse2(dst, src, n, i, key, &high);
 #endif
 	if (n - i >= WS_MASK_WORD_MIN_BYTES) {
 		/* The key repeated twice in memory order, whatever the host's byte order. */
@@ -201,7 +231,7 @@ bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t m
 		}
 		high |= acc & UINT64_C(0x8080808080808080);
 	}
-	/* i is a multiple of 8 here (16 after the vector loop), so key[i & 3] stays in phase. */
+	/* i is a multiple of 8 here (of 16 or 32 after a vector loop), so key[i & 3] stays in phase. */
 	for (; i < n; i++) {
 		dst[i] = src[i] ^ key[i & 3u];
 		high |= dst[i] & 0x80u;

@@ -4,7 +4,8 @@
  * Oracles:
  * - json_valid agrees with a second, independently written validator below (plain
  *   recursive descent, code points decoded arithmetically instead of by range tables),
- *   for inputs that nest less deeply than its recursion cap;
+ *   for inputs that nest less deeply than its recursion cap, and with itself at every
+ *   level of instructions the CPU has (core/simd.h: AVX2, SSE2, words);
  * - a valid document's top-level value skips to a span that is itself valid and is
  *   followed only by whitespace;
  * - every string at the top level of a valid object/array decodes to at most its raw
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/simd.h"
 #include "envelope/json.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -331,6 +333,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (ref >= 0 && ok != (ref == 1))
 		__builtin_trap();
+	/* every narrower level of instructions this CPU has gives the same answer */
+	enum simd_level most = simd_detect();
+	for (enum simd_level l = SIMD_WORD; l < most; l++) {
+		simd_select(l);
+		bool at_l = json_valid(in);
+		simd_select(most);
+		if (at_l != ok)
+			__builtin_trap();
+	}
 	if (ok) {
 		size_t pos = json_skip_ws(in, 0);
 		struct span raw;

@@ -21,7 +21,8 @@
  *   length) and its fields; an early refusal on a partial header stays a refusal
  *   however the header is completed (0x00 or 0xFF filling); an accepted header
  *   re-encodes (ws_frame_header_encode) to exactly its own bytes;
- * - unmask: ws_unmask_ascii equals the one-line XOR with key[(offset + i) % 4], to a
+ * - unmask: ws_unmask_ascii, at every level of instructions the CPU has (core/simd.h:
+ *   AVX2, SSE2, words), equals the one-line XOR with key[(offset + i) % 4], to a
  *   separate buffer and in place, at every alignment, whole and split in two at the
  *   fuzzer's point (the second part at offset + split); its verdict is true exactly
  *   when no output byte has the high bit set; ws_mask twice is the identity;
@@ -36,6 +37,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/simd.h"
 #include "ref_utf8.h"
 #include "ws/ws_frame.h"
 
@@ -341,7 +343,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_header((data[0] & 0x4) != 0, data + 1, size - 1);
 		break;
 	case 1:
-		fuzz_unmask(data + 1, size - 1);
+		/* at every level of instructions this CPU has, the widest last (as it stays) */
+		for (enum simd_level l = SIMD_WORD, most = simd_detect(); l <= most; l++) {
+			simd_select(l);
+			fuzz_unmask(data + 1, size - 1);
+		}
 		break;
 	default:
 		fuzz_close(data + 1, size - 1);

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "core/simd.h"
 #include "envelope/json.h"
 
 /* A span over a string literal, embedded NULs included. */
@@ -246,10 +247,11 @@ static void test_utf8(void **state)
 }
 
 /*
- * The string loop skips eight plain bytes at a time; put every special byte at every
- * offset of strings of several lengths so both the fast and the slow path see it.
+ * The string loop skips 32 (AVX2), 16 (SSE2) or eight plain bytes at a time; put every
+ * special byte at every offset of strings of several lengths so every fast path and the
+ * slow one see it, at every level of instructions this CPU has (core/simd.h).
  */
-static void test_string_fast_path_offsets(void **state)
+static void string_fast_path_offsets(void)
 {
 	static const struct {
 		const char *ins;
@@ -263,11 +265,10 @@ static void test_string_fast_path_offsets(void **state)
 		{ "\xf0\x9f\x98\x80", 4, true }, { "\\u0041", 6, true }, { "!", 1, true },
 		{ "#", 1, true },     { "[", 1, true },     { "]", 1, true },
 	};
-	char buf[64];
+	char buf[160];
 
-	(void)state;
 	for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
-		for (size_t len = 0; len <= 40; len++) { /* past the 8- and 16-byte fast paths */
+		for (size_t len = 0; len <= 140; len++) { /* past the 64 bytes the AVX2 path needs, and more */
 			for (size_t at = 0; at <= len; at++) {
 				size_t n = 0;
 				buf[n++] = '"';
@@ -280,12 +281,25 @@ static void test_string_fast_path_offsets(void **state)
 				buf[n++] = '"';
 				bool got = valid_lit(buf, n);
 				if (got != cases[c].ok) {
-					print_error("case %zu len %zu at %zu: got %d\n", c, len, at, got);
+					print_error("%s: case %zu len %zu at %zu: got %d\n", simd_name(simd_selected()), c,
+						    len, at, got);
 					fail();
 				}
 			}
 		}
 	}
+}
+
+static void test_string_fast_path_offsets(void **state)
+{
+	(void)state;
+	enum simd_level most = simd_detect();
+	for (enum simd_level l = SIMD_WORD; l <= most; l++) {
+		assert_int_equal(simd_select(l), l);
+		print_message("string scan at %s\n", simd_name(l));
+		string_fast_path_offsets();
+	}
+	simd_select(most);
 }
 
 static void test_numbers_big(void **state)

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "control/autocert.h"
+#include "core/simd.h"
 #include "control/fcm.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_server.h"
@@ -240,7 +241,7 @@ static void test_sums_and_per_worker(void **state)
 	assert_true(value_of("pyrycode_relay_payload_bytes_total{pass=\"unmask_ascii\"}") == 3003);
 	assert_true(value_of("pyrycode_relay_payload_bytes_total{pass=\"utf8\"}") == 30);
 	char isa[96];
-	snprintf(isa, sizeof isa, "pyrycode_relay_payload_pass_info{isa=\"%s\"}", ws_unmask_isa());
+	snprintf(isa, sizeof isa, "pyrycode_relay_payload_pass_info{isa=\"%s\"}", simd_name(simd_selected()));
 	assert_true(value_of(isa) == 1);
 	assert_true(value_of("pyrycode_relay_buffer_pool_bytes{state=\"in_use\"}") == 300);
 	assert_true(value_of("pyrycode_relay_buffer_pool_bytes{state=\"cached\"}") == 600);

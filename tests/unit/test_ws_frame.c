@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "core/simd.h"
 #include "rng.h"
 #include "ws/utf8.h"
 #include "ws/ws_frame.h"
@@ -433,12 +434,12 @@ static void test_close_payload_encode(void **state)
 	assert_int_equal(n, WS_CONTROL_PAYLOAD_BYTES_MAX);
 }
 
-/* The fused copy + unmask + ASCII test against the simple byte loop: random lengths
- * (every vector/word/tail split), alignments, key offsets, in place and copying, with
- * all-ASCII payloads and payloads with one high byte anywhere. */
-static void test_unmask_ascii_matches_simple_path(void **state)
+/* The fused copy + unmask + ASCII test against the simple byte loop, at every level of
+ * instructions this CPU has (core/simd.h): random lengths (every AVX2/SSE2/word/tail
+ * split), alignments, key offsets, in place and copying, with all-ASCII payloads and
+ * payloads with one high byte anywhere. */
+static void unmask_ascii_matches_simple_path(void)
 {
-	(void)state;
 	enum { MAX = 300, ROUNDS = 20000 };
 	static uint8_t src[MAX + 16], dst[MAX + 16], want[MAX];
 	rng_state = 0x5eed0017;
@@ -466,6 +467,19 @@ static void test_unmask_ascii_matches_simple_path(void **state)
 		if (n)
 			assert_memory_equal(out, want, n);
 	}
+}
+
+static void test_unmask_ascii_matches_simple_path(void **state)
+{
+	(void)state;
+	enum simd_level most = simd_detect();
+	for (enum simd_level l = SIMD_WORD; l <= most; l++) {
+		assert_int_equal(simd_select(l), l);
+		print_message("unmask at %s\n", simd_name(l));
+		unmask_ascii_matches_simple_path();
+	}
+	/* asking for more than the CPU has gives what it has */
+	assert_int_equal(simd_select(SIMD_AVX2), most);
 }
 
 int main(void)
