@@ -447,8 +447,11 @@ int main(int argc, char **argv)
 		boot_release();
 		return 0;
 	}
-	/* the payload passes' instructions, before any worker runs one (core/simd.h) */
-	simd_select(simd_detect());
+	/* the payload passes' instructions, before any worker runs one (core/simd.h);
+	 * config_check_boot accepted the name and the CPU has the level */
+	enum simd_level isa = SIMD_BASELINE;
+	(void)config_payload_isa(cfg.payload_isa, &isa);
+	simd_select(isa);
 	if (ac != NULL)
 		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "autocert"),
 			 KV_STR("domain", cfg.domain), KV_STR("cert_cache", cfg.cert_cache), KV_STR("listen", listen),

@@ -50,6 +50,50 @@ void config_read_env(struct config *cfg, char *const envp[])
 	cfg->home = env_get(envp, "HOME");
 }
 
+/* ---- the payload passes' instructions (ours, ADR 19) -------------------------- */
+
+bool config_payload_isa(const char *name, enum simd_level *level)
+{
+	static const enum simd_level named[] = { SIMD_AVX2, SIMD_SSE2, SIMD_WORD };
+
+	if (strcmp(name, "auto") == 0) {
+		*level = simd_detect();
+		return true;
+	}
+	for (size_t i = 0; i < ARRAY_LEN(named); i++) {
+		if (strcmp(name, simd_name(named[i])) == 0) {
+			*level = named[i];
+			return true;
+		}
+	}
+	return false;
+}
+
+static int check_payload_isa(const char *name, struct boot_refusal *r)
+{
+	enum simd_level level, most = simd_detect();
+	char q[QUOTE_BYTES];
+
+	if (!config_payload_isa(name, &level)) {
+		refusal_begin(r, CONFIG_EXIT_USAGE, "refusing to start: invalid --payload-isa");
+		field_add(r, "err", "relay: --payload-isa %s: not auto, avx2, sse2 or word",
+			  config_quote(q, sizeof q, name));
+		if (name[0] != '\0')
+			field_add(r, "value", "%s", name);
+		field_add(r, "fix", "pass auto (the widest this CPU has, the default), avx2, sse2 or word");
+		return CONFIG_EXIT_USAGE;
+	}
+	if (level > most) {
+		refusal_begin(r, CONFIG_EXIT_USAGE, "refusing to start: invalid --payload-isa");
+		field_add(r, "err", "relay: --payload-isa %s: this CPU or build has at most %s", simd_name(level),
+			  simd_name(most));
+		field_add(r, "value", "%s", name);
+		field_add(r, "fix", "pass auto, or %s or narrower", simd_name(most));
+		return CONFIG_EXIT_USAGE;
+	}
+	return CONFIG_OK;
+}
+
 /* ---- the metrics listener (§1.5) -------------------------------------------- */
 
 bool config_metrics_listen_valid(const char *s, const char **why)
@@ -347,6 +391,11 @@ int config_check_boot(const struct config *cfg, uint64_t cap_eff, bool cap_eff_o
 			  CONFIG_PER_IP_DEFAULT_MIN, CONFIG_PER_IP_DEFAULT_MAX);
 		return CONFIG_EXIT_USAGE;
 	}
+
+	/* 5c. (ours) the payload passes' instructions */
+	rc = check_payload_isa(cfg->payload_isa, r);
+	if (rc != CONFIG_OK)
+		return rc;
 
 	/* 6. environment */
 	rc = check_env(cfg, r);

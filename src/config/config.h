@@ -36,6 +36,7 @@
 #define PYRELAY_CONFIG_H
 
 #include "core/common.h"
+#include "core/simd.h"
 
 /* Reference defaults (§7.1) and ours where the reference's do not fit bare metal. */
 #define CONFIG_HTTPS_LISTEN_DEFAULT ":443"
@@ -58,6 +59,8 @@
  * the default is measured in docs/benchmarks.md). */
 #define CONFIG_BATCH_WAIT_US_DEFAULT 250u
 #define CONFIG_BATCH_WAIT_US_MAX 1000u
+/* --payload-isa: "auto" picks the widest the CPU has (core/simd.h) */
+#define CONFIG_PAYLOAD_ISA_DEFAULT "auto"
 /* --max-connections-per-ip default: a tenth of --max-connections, at least
  * CONFIG_PER_IP_DEFAULT_MIN and at most CONFIG_PER_IP_DEFAULT_MAX, never above the cap
  * (config_per_ip_default): one address cannot take the relay. 0 turns it off. */
@@ -110,6 +113,7 @@ struct config {
 	uint32_t rate_limit_burst; /* 0 turns the per-IP limiter off */
 	uint32_t zerocopy_min_bytes; /* sends of at least this many bytes use send_zc; 0: never */
 	uint32_t batch_wait_us;      /* a worker may wait this long for more completions; 0: off */
+	const char *payload_isa;     /* "auto", "avx2", "sse2" or "word" (config_payload_isa) */
 	uint64_t rate_limit_refill_ms;
 	uint64_t grace_period_ms;
 	uint64_t heartbeat_interval_ms;
@@ -170,6 +174,11 @@ int config_parse(struct config *cfg, int argc, char *const argv[], char *const e
 /* --domain: 1-253 bytes of [A-Za-z0-9-.], labels of 1-63 bytes that neither start nor
  * end with '-', no trailing dot. Pure. */
 bool config_domain_valid(const char *domain);
+
+/* --payload-isa: the instructions it names for the payload passes ("auto": the widest
+ * this CPU has). False for any other name; a level the CPU lacks is returned as named
+ * (config_check refuses it). Pure but for asking the CPU. */
+bool config_payload_isa(const char *name, enum simd_level *level);
 
 /* config_check in two halves, for --domain mode, where the cache directory is set up
  * between them (§7.4 step 14: cert-cache setup, exit 1, before the port checks):

@@ -305,6 +305,10 @@ const struct flag_def config_flags[] = {
 	  "only while 1.6 or more are expected within N and batching does not slow\n"
 	  "the traffic (peers waiting for answers). Kernel 6.12+; older kernels wake\n"
 	  "at once. 0 turns it off; at most 1000." },
+	{ "payload-isa", FLAG_STRING, CFG_OFF(payload_isa), NO_SET_FIELD, 0, false, "NAME",
+	  "Instructions for the passes over every payload byte (unmask, ASCII and\n"
+	  "JSON string scan): auto (the widest this CPU has), avx2 (32 bytes a step),\n"
+	  "sse2 (16) or word (8, any CPU). One this CPU lacks is refused." },
 	{ "rate-limit-burst", FLAG_U32, CFG_OFF(rate_limit_burst), NO_SET_FIELD, UINT32_MAX, false,
 	  "N",
 	  "Upgrade attempts a source IP may make in a burst before 429. 0 turns the\n"
@@ -380,6 +384,7 @@ void config_defaults(struct config *cfg)
 	cfg->conflict_probe_timeout_ms = CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT;
 	cfg->workers = 0;
 	cfg->batch_wait_us = CONFIG_BATCH_WAIT_US_DEFAULT;
+	cfg->payload_isa = CONFIG_PAYLOAD_ISA_DEFAULT;
 	cfg->fcm_endpoint = CONFIG_FCM_ENDPOINT_DEFAULT;
 	cfg->acme_directory = CONFIG_ACME_DIRECTORY_DEFAULT;
 	cfg->outbound_ca_file = "";

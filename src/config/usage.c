@@ -189,6 +189,10 @@ void config_print_summary(int fd, const struct config *cfg, uint32_t workers)
 			 cfg->handover_socket);
 	text_add(&t, "workers: %u%s\n", workers, cfg->workers == 0 ? " (one per CPU)" : "");
 	text_add(&t, "max-connections: %u\n", cfg->max_connections);
+	enum simd_level isa = SIMD_BASELINE;
+	if (config_payload_isa(cfg->payload_isa, &isa))
+		text_add(&t, "payload-isa: %s%s\n", simd_name(isa),
+			 strcmp(cfg->payload_isa, "auto") == 0 ? " (auto: the widest this CPU has)" : "");
 	text_add(&t, "client address: %s\n",
 		 cfg->trust_x_forwarded_for ? "left-most X-Forwarded-For entry (--trust-x-forwarded-for)"
 		 : !insecure && cfg->https_proxy_protocol ? "PROXY protocol source" : "TCP peer");

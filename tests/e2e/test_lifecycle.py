@@ -237,6 +237,7 @@ BOOT_REFUSALS = [
     pytest.param(lambda: _listen() + ["--http-listen", ":80"], {}, id="insecure-with-http-listen"),
     pytest.param(lambda: _listen() + ["--https-listen", ":443"], {}, id="insecure-with-https-listen"),
     pytest.param(lambda: _listen() + ["--https-proxy-protocol"], {}, id="insecure-with-proxy-protocol"),
+    pytest.param(lambda: _listen() + ["--payload-isa", "avx512"], {}, id="payload-isa-unknown"),
 ]
 
 

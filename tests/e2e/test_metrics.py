@@ -651,3 +651,47 @@ def test_zero_copy_off_by_default(mrelay, server_id):
     assert len(read_text(p, timeout=10)) == 50002
     s = scrape(mrelay)
     assert s[ZC_SENDS] == 0 and s[ZC_COPIED] == 0
+
+
+def _cpu_has_avx2() -> bool:
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " avx2" in line for line in f)
+
+
+@pytest.mark.parametrize("isa", ["word", "sse2", "avx2", "auto"])
+def test_payload_isa_each_level_relays_intact(relay_factory, server_id, isa):
+    """--payload-isa (ADR 19): every level of the payload passes (unmask + ASCII test,
+    JSON string scan) relays long, escaped and non-ASCII JSON byte for byte both ways,
+    refuses a control byte deep inside a long string, and says in /metrics which ran."""
+    if isa == "avx2" and not _cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2 (the relay refuses the flag; the unit test checks that)")
+    relay = relay_factory.start(metrics=True, args=["--payload-isa", isa, "--rate-limit-burst", "0"])
+    want = isa if isa != "auto" else ("avx2" if _cpu_has_avx2() else "sse2")
+    s = scrape(relay)
+    assert s[f'pyrycode_relay_payload_pass_info{{isa="{want}"}}'] == 1
+    assert sum(v for k, v in s.items() if k.startswith("pyrycode_relay_payload_pass_info{")) == 1
+    b = claim(relay, server_id)
+    p, cid = register(relay, server_id)
+    # lengths around every step (8, 16, 32, 64 bytes), escapes and non-ASCII at odd places
+    texts = []
+    for n in (0, 7, 15, 31, 33, 63, 64, 65, 100, 127, 129, 1000, 4093, 20000):
+        body = "".join(chr(0x61 + (i * 7) % 26) for i in range(n))
+        texts.append(json.dumps({"d": body}).encode())
+        texts.append(json.dumps({"d": body[: n // 2] + '\\"é€😀' + body[n // 2:]}, ensure_ascii=False).encode())
+    for t in texts:
+        p.send_text(t)
+    for t in texts:
+        got_cid, frame = read_wrapped(b)
+        assert got_cid == cid and frame == t
+    for t in texts:
+        route(b, cid, t)
+    for t in texts:
+        assert read_text(p, timeout=10) == t
+    # a control byte 70 bytes into a long string: past the vector steps, still refused
+    before = scrape(relay)
+    bad = b'{"d":"' + b"x" * 70 + b"\x01" + b"y" * 100 + b'"}'
+    route(b, cid, bad)
+    barrier(b)
+    settle(relay, before, {drop("malformed_envelope"): 1})
+    p.send_text(bad)
+    expect_close(p, (1000, b""))

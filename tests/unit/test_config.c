@@ -134,6 +134,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.heartbeat_timeout_ms, CONFIG_HEARTBEAT_TIMEOUT_MS_DEFAULT);
 	assert_int_equal(cfg.conflict_probe_timeout_ms, CONFIG_CONFLICT_PROBE_TIMEOUT_MS_DEFAULT);
 	assert_int_equal(cfg.workers, 0);
+	assert_string_equal(cfg.payload_isa, "auto");
 	assert_false(cfg.production);
 	assert_false(cfg.single_instance);
 	assert_null(cfg.production_env);
@@ -586,6 +587,51 @@ static void test_check_max_connections(void **state)
 			 CONFIG_OK);
 	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--max-connections", "1")),
 			 CONFIG_OK);
+}
+
+static void test_check_payload_isa(void **state)
+{
+	struct config cfg;
+	struct boot_refusal r;
+	enum simd_level level, most = simd_detect();
+
+	(void)state;
+	/* the names, and auto as the widest the CPU has */
+	assert_true(config_payload_isa("auto", &level));
+	assert_int_equal(level, most);
+	assert_true(config_payload_isa("word", &level));
+	assert_int_equal(level, SIMD_WORD);
+	assert_true(config_payload_isa("sse2", &level));
+	assert_int_equal(level, SIMD_SSE2);
+	assert_true(config_payload_isa("avx2", &level));
+	assert_int_equal(level, SIMD_AVX2);
+	assert_false(config_payload_isa("AVX2", &level));
+	assert_false(config_payload_isa("", &level));
+	assert_false(config_payload_isa("avx512", &level));
+
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d")), CONFIG_OK);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--payload-isa", "word")), CONFIG_OK);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--payload-isa=auto")), CONFIG_OK);
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--payload-isa", "avx512")),
+			 CONFIG_EXIT_USAGE);
+	assert_string_equal(r.msg, "refusing to start: invalid --payload-isa");
+	assert_string_equal(field(&r, "err"), "relay: --payload-isa \"avx512\": not auto, avx2, sse2 or word");
+	assert_string_equal(field(&r, "value"), "avx512");
+	assert_int_equal(check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--payload-isa=")), CONFIG_EXIT_USAGE);
+	assert_string_equal(field(&r, "err"), "relay: --payload-isa \"\": not auto, avx2, sse2 or word");
+	/* a level the CPU lacks is refused, naming what it has; one it has is taken */
+	static char word[] = "word", sse2[] = "sse2", avx2[] = "avx2";
+	char *const names[] = { word, sse2, avx2 };
+	for (enum simd_level l = SIMD_WORD; l <= SIMD_AVX2; l++) {
+		int rc = check(&cfg, &r, NO_ENV, ARGV("--domain", "d", "--payload-isa", names[l]));
+		if (l <= most) {
+			assert_int_equal(rc, CONFIG_OK);
+			continue;
+		}
+		assert_int_equal(rc, CONFIG_EXIT_USAGE);
+		assert_contains(field(&r, "err"), "this CPU or build has at most");
+		assert_contains(field(&r, "err"), simd_name(most));
+	}
 }
 
 static void test_max_connections_per_ip(void **state)
@@ -1258,7 +1304,7 @@ static void test_usage(void **state)
 		"--https-proxy-protocol", "--max-connections N", "--version", "--rate-limit-burst N",
 		"--rate-limit-refill DURATION", "--grace-period DURATION",
 		"--heartbeat-interval DURATION", "--heartbeat-timeout DURATION",
-		"--conflict-probe-timeout DURATION", "--workers N", "--help",
+		"--conflict-probe-timeout DURATION", "--workers N", "--payload-isa NAME", "--help",
 		"(default: :443)", "(default: :80)", "(default: 127.0.0.1:9090)", "(default: 100000)",
 		"(default: 20)", "(default: 6s)", "(default: 30s)", "(default: 10s)",
 		"(default: $HOME/.pyrycode-relay/certs", "(default: false)", "(default: none)",
@@ -1307,6 +1353,7 @@ int main(void)
 		cmocka_unit_test(test_check_no_mode),
 		cmocka_unit_test(test_check_insecure_exclusive),
 		cmocka_unit_test(test_check_max_connections),
+		cmocka_unit_test(test_check_payload_isa),
 		cmocka_unit_test(test_max_connections_per_ip),
 		cmocka_unit_test(test_check_env_one_or_unset),
 		cmocka_unit_test(test_check_env_fcm),
