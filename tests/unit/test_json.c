@@ -11,8 +11,8 @@
 
 #include <cmocka.h>
 
-#include "core/simd.h"
 #include "envelope/json.h"
+#include "simd_levels.h"
 
 /* A span over a string literal, embedded NULs included. */
 #define S(lit) span_make((lit), sizeof(lit) - 1)
@@ -293,13 +293,7 @@ static void string_fast_path_offsets(void)
 static void test_string_fast_path_offsets(void **state)
 {
 	(void)state;
-	enum simd_level most = simd_detect();
-	for (enum simd_level l = SIMD_WORD; l <= most; l++) {
-		assert_int_equal(simd_select(l), l);
-		print_message("string scan at %s\n", simd_name(l));
-		string_fast_path_offsets();
-	}
-	simd_select(most);
+	at_every_simd_level("string scan", string_fast_path_offsets);
 }
 
 static void test_numbers_big(void **state)

@@ -12,8 +12,8 @@
 
 #include <cmocka.h>
 
-#include "core/simd.h"
 #include "rng.h"
+#include "simd_levels.h"
 #include "ws/utf8.h"
 #include "ws/ws_frame.h"
 
@@ -472,14 +472,9 @@ static void unmask_ascii_matches_simple_path(void)
 static void test_unmask_ascii_matches_simple_path(void **state)
 {
 	(void)state;
-	enum simd_level most = simd_detect();
-	for (enum simd_level l = SIMD_WORD; l <= most; l++) {
-		assert_int_equal(simd_select(l), l);
-		print_message("unmask at %s\n", simd_name(l));
-		unmask_ascii_matches_simple_path();
-	}
+	at_every_simd_level("unmask", unmask_ascii_matches_simple_path);
 	/* asking for more than the CPU has gives what it has */
-	assert_int_equal(simd_select(SIMD_AVX2), most);
+	assert_int_equal(simd_select(SIMD_AVX2), simd_detect());
 }
 
 int main(void)
