@@ -366,6 +366,12 @@ int main(int argc, char **argv)
 		log_refusal(&refusal);
 		return rc;
 	}
+	/* the payload passes' instructions (core/simd.h), before any thread starts that
+	 * could run one (the workers, push wake and autocert parse JSON);
+	 * config_check_boot accepted the name and the CPU has the level */
+	enum simd_level isa = SIMD_BASELINE;
+	(void)config_payload_isa(cfg.payload_isa, &isa);
+	simd_select(isa);
 	/* §7.4 step 14, autocert branch: the cache directory (exit 1), then the ports */
 	if (config_mode(&cfg) == CONFIG_MODE_AUTOCERT && !prepare_cert_cache(&cfg))
 		return CONFIG_EXIT_RUNTIME;
@@ -447,11 +453,6 @@ int main(int argc, char **argv)
 		boot_release();
 		return 0;
 	}
-	/* the payload passes' instructions, before any worker runs one (core/simd.h);
-	 * config_check_boot accepted the name and the CPU has the level */
-	enum simd_level isa = SIMD_BASELINE;
-	(void)config_payload_isa(cfg.payload_isa, &isa);
-	simd_select(isa);
 	if (ac != NULL)
 		LOG_INFO("starting", KV_STR("version", PYRELAY_VERSION), KV_STR("mode", "autocert"),
 			 KV_STR("domain", cfg.domain), KV_STR("cert_cache", cfg.cert_cache), KV_STR("listen", listen),
