@@ -16,7 +16,7 @@ echo 'int main(void){return 0;}' | gcc -x c $san -o "$out/.santest" - 2>/dev/nul
 rm -f "$out/.santest"
 if ! gcc -std=gnu17 -D_GNU_SOURCE -Isrc -O1 -g $san \
 	-Wall -Wextra -Werror -Wshadow -Wformat=2 -Wvla -Wmissing-prototypes -Wstrict-prototypes \
-	tests/diff/json_verdict.c src/envelope/*.c src/core/common.c -o "$out/json_verdict"; then
+	tests/diff/json_verdict.c src/envelope/*.c src/core/common.c src/core/simd.c -o "$out/json_verdict"; then
 	echo "json differential: 0 passed, 1 failed (driver did not build)"
 	exit 1
 fi

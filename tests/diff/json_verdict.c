@@ -12,11 +12,16 @@
  * push_wake verdict is "ok:<decoded token hex>" or the refusal reason with '_' for
  * spaces, "-" when the kind is not push_wake. The Python side computes the same line
  * from its own json module and compares.
+ *
+ * The line is computed at the widest level of instructions the CPU has (core/simd.h),
+ * as the relay runs by default; every narrower level must give the same json_valid,
+ * kind and frame span, or the driver stops with status 2.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/simd.h"
 #include "envelope/envelope.h"
 
 static void put_reason(const char *s)
@@ -46,6 +51,24 @@ static long off_of(struct span whole, struct span part)
 	return (long)(part.ptr - whole.ptr);
 }
 
+/* The narrower levels agree with the widest (selected on return). */
+static void same_at_every_level(struct span in, bool valid, enum envelope_kind kind, const struct envelope *env)
+{
+	enum simd_level most = simd_detect();
+	for (enum simd_level l = SIMD_WORD; l < most; l++) {
+		struct envelope e;
+		simd_select(l);
+		bool v = json_valid(in);
+		enum envelope_kind k = envelope_scan(in, &e);
+		simd_select(most);
+		if (v != valid || k != kind || e.has_frame != env->has_frame ||
+		    (env->has_frame && (e.frame.ptr != env->frame.ptr || e.frame.len != env->frame.len))) {
+			fprintf(stderr, "json_verdict: %s disagrees with %s\n", simd_name(l), simd_name(most));
+			exit(2);
+		}
+	}
+}
+
 static void verdict(struct span in)
 {
 	struct envelope env;
@@ -56,7 +79,9 @@ static void verdict(struct span in)
 		perror("malloc");
 		exit(2);
 	}
-	printf("%d %s ", json_valid(in) ? 1 : 0, envelope_kind_name(kind));
+	bool valid = json_valid(in);
+	same_at_every_level(in, valid, kind, &env);
+	printf("%d %s ", valid ? 1 : 0, envelope_kind_name(kind));
 	put_reason(env.err);
 	putchar(' ');
 	size_t n = json_str_unescape(env.conn_id, dec, in.len + 1);
@@ -88,6 +113,7 @@ int main(void)
 {
 	uint8_t hdr[4];
 
+	simd_select(simd_detect());
 	while (fread(hdr, 1, 4, stdin) == 4) {
 		size_t len = (size_t)hdr[0] | (size_t)hdr[1] << 8 | (size_t)hdr[2] << 16 |
 			     (size_t)hdr[3] << 24;
