@@ -150,7 +150,7 @@ size_t ws_frame_header_encode(uint8_t *out, bool fin, uint8_t opcode, uint64_t p
 #define WS_MASK_WORD_MIN_BYTES 16u
 
 #if SIMD_HAVE_AVX2
-/* The key (rotated to src[0]) repeated over 32 bytes. */
+/* The key (rotated to src[0]) repeated over n bytes, a multiple of 4: one vector's worth. */
 static inline void repeat_key(uint8_t *out, size_t n, const uint8_t key[4])
 {
 	for (size_t j = 0; j < n; j++)
