@@ -5,8 +5,8 @@
  * ws_frame.c, the JSON string scan in json.c) have a portable path (8-byte words), an
  * SSE2 one (16 bytes; every x86-64, so the build's baseline there) and an AVX2 one (32
  * bytes), compiled with a per-function target so the binary still runs on any x86-64.
- * Which one runs is chosen once at start-up (simd_select(simd_detect()) in main,
- * before any worker starts) and read by the passes without a lock: nothing writes it
+ * Which one runs is chosen once at start-up (simd_select in main, from --payload-isa,
+ * before any thread starts) and read by the passes without a lock: nothing writes it
  * after that. Until it is chosen, the build's baseline runs, so tests and fuzz targets
  * need no set-up.
  *
@@ -31,6 +31,10 @@ enum simd_level {
 #define SIMD_BASELINE SIMD_WORD
 #define SIMD_HAVE_AVX2 0
 #endif
+
+/* The AVX2 paths run only over at least this many bytes: below that, the call and the
+ * key or constant set-up cost more than the wider steps save. */
+#define SIMD_AVX2_MIN_BYTES 64u
 
 /* The level in force; SIMD_BASELINE until simd_select. Read through simd_selected. */
 extern enum simd_level simd_level_selected;

@@ -185,8 +185,7 @@ static inline size_t skip_plain(const uint8_t *p, size_t n, size_t i)
 {
 #if SIMD_HAVE_AVX2
 	enum simd_level level = simd_selected();
-	/* long stretches only: below that the call costs more than the wider steps save */
-	if (level >= SIMD_AVX2 && n - i >= 64) {
+	if (level >= SIMD_AVX2 && n - i >= SIMD_AVX2_MIN_BYTES) {
 		i = skip_plain_avx2(p, n, i);
 		if (i + 32 <= n)
 			return i; /* a flagged byte */

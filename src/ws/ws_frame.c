@@ -211,7 +211,7 @@ bool ws_unmask_ascii(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t m
 #if SIMD_HAVE_AVX2
 	/* the widest chosen at start-up (core/simd.h), the narrower ones for what is left */
 	enum simd_level level = simd_selected();
-	if (level >= SIMD_AVX2 && n >= 64)
+	if (level >= SIMD_AVX2 && n >= SIMD_AVX2_MIN_BYTES)
 		i = unmask_avx2(dst, src, n, key, &high);
 	if (level >= SIMD_SSE2 && n - i >= 16)
 		i = unmask_sse2(dst, src, n, i, key, &high);
