@@ -158,14 +158,17 @@ static inline uint32_t special16(const uint8_t *p)
 }
 
 /* The same over 32 bytes at a time from i while 32 remain (AVX2): the index of the first
- * flagged byte, or where fewer than 32 remain. */
-__attribute__((target("avx2"))) static size_t skip_plain_avx2(const uint8_t *p, size_t n, size_t i)
+ * flagged byte, or where fewer than 32 remain. With dst, each 32 bytes loaded are also
+ * stored at the same offset of dst (the copy of json_valid_copy, in the same pass). */
+__attribute__((target("avx2"))) static size_t skip_plain_avx2(const uint8_t *p, size_t n, size_t i, uint8_t *dst)
 {
 	const __m256i ctl_max = _mm256_set1_epi8(0x1f);
 	const __m256i quote = _mm256_set1_epi8('"');
 	const __m256i bslash = _mm256_set1_epi8('\\');
 	for (; i + 32 <= n; i += 32) {
 		__m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(p + i));
+		if (dst != NULL)
+			_mm256_storeu_si256((__m256i *)(void *)(dst + i), v);
 		__m256i q = _mm256_cmpeq_epi8(v, quote);
 		__m256i b = _mm256_cmpeq_epi8(v, bslash);
 		__m256i c = _mm256_cmpeq_epi8(_mm256_max_epu8(v, ctl_max), ctl_max);
@@ -180,17 +183,22 @@ __attribute__((target("avx2"))) static size_t skip_plain_avx2(const uint8_t *p, 
 
 /* From i, skip plain string content 32 (AVX2), 16 (SSE2) or 8 bytes at a time, as chosen
  * at start-up (core/simd.h); returns the index of the first byte that needs a look (or
- * where fewer than 8 bytes remain). */
-static inline size_t skip_plain(const uint8_t *p, size_t n, size_t i)
+ * where fewer than 8 bytes remain). With dst (a constant NULL for the plain scan, so
+ * the stores compile away there), every step's bytes are stored at the same offset of
+ * dst too: [i, returned index) is copied, and at most one step's bytes past it. */
+static inline __attribute__((always_inline)) size_t skip_plain_steps(const uint8_t *p, size_t n, size_t i,
+								  uint8_t *dst)
 {
 #if SIMD_HAVE_AVX2
 	enum simd_level level = simd_selected();
 	if (level >= SIMD_AVX2 && n - i >= SIMD_AVX2_MIN_BYTES) {
-		i = skip_plain_avx2(p, n, i);
+		i = skip_plain_avx2(p, n, i, dst);
 		if (i + 32 <= n)
 			return i; /* a flagged byte */
 	}
 	while (level >= SIMD_SSE2 && i + 16 <= n) {
+		if (dst != NULL)
+			_mm_storeu_si128((__m128i *)(void *)(dst + i), _mm_loadu_si128((const __m128i *)(const void *)(p + i)));
 		uint32_t m = special16(p + i);
 		if (m)
 			return i + (size_t)__builtin_ctz(m);
@@ -198,6 +206,8 @@ static inline size_t skip_plain(const uint8_t *p, size_t n, size_t i)
 	}
 #endif
 	while (i + 8 <= n) {
+		if (dst != NULL)
+			memcpy(dst + i, p + i, 8);
 		uint64_t m = special8(p + i);
 		if (m)
 			return i + first_flagged(m);
@@ -206,8 +216,43 @@ static inline size_t skip_plain(const uint8_t *p, size_t n, size_t i)
 	return i;
 }
 
+/*
+ * json_valid_copy's copy: dst receives the input's bytes, and [0, done) of it is
+ * written. The scan stores what it loads only inside a long plain run of a string
+ * (JSON_COPY_FUSE_AFTER_BYTES plain bytes seen): there the bytes since `done` go in
+ * one memcpy first and the rest of the run is stored step by step as it is checked.
+ * Short strings, structure, numbers and escapes are copied in those memcpys and in
+ * the last one, so a document of many small strings costs no more calls than one
+ * copy per long run.
+ */
+struct copy_cursor {
+	uint8_t *dst;
+	size_t done;
+};
+
+/* A plain run this long makes the scan store what it loads from then on (above, the
+ * one memcpy it costs is paid back by the bytes it no longer copies separately). It is
+ * a multiple of 32, so each level's steps reach it exactly. */
+#define JSON_COPY_FUSE_AFTER_BYTES 128u
+
+static inline __attribute__((always_inline)) size_t skip_plain(const uint8_t *p, size_t n, size_t i,
+							    struct copy_cursor *cc)
+{
+	if (cc == NULL || n - i < JSON_COPY_FUSE_AFTER_BYTES + SIMD_AVX2_MIN_BYTES)
+		return skip_plain_steps(p, n, i, NULL);
+	size_t probe_end = i + JSON_COPY_FUSE_AFTER_BYTES;
+	size_t j = skip_plain_steps(p, probe_end, i, NULL);
+	if (j < probe_end)
+		return j; /* a flagged byte: a short run, copied later with what surrounds it */
+	ASSERT(cc->done <= probe_end);
+	memcpy(cc->dst + cc->done, p + cc->done, probe_end - cc->done);
+	j = skip_plain_steps(p, n, probe_end, cc->dst);
+	cc->done = j;
+	return j;
+}
+
 static inline __attribute__((always_inline)) bool scan_string(const uint8_t *p, size_t n, size_t *pos,
-							      struct json_str *out)
+							      struct json_str *out, struct copy_cursor *cc)
 {
 	size_t i = *pos;
 	size_t start;
@@ -217,7 +262,7 @@ static inline __attribute__((always_inline)) bool scan_string(const uint8_t *p, 
 	start = ++i;
 	for (;;) {
 		/* jump to the next byte that is not plain ASCII string content */
-		i = skip_plain(p, n, i);
+		i = skip_plain(p, n, i, cc);
 		if (i >= n)
 			return false; /* unterminated */
 		uint8_t c = p[i];
@@ -249,7 +294,7 @@ static inline __attribute__((always_inline)) bool scan_string(const uint8_t *p, 
 bool json_scan_string(struct span in, size_t *pos, struct json_str *out)
 {
 	ASSERT(*pos < in.len && in.ptr[*pos] == '"');
-	return scan_string(in.ptr, in.len, pos, out);
+	return scan_string(in.ptr, in.len, pos, out, NULL);
 }
 
 static bool scan_number(const uint8_t *p, size_t n, size_t *pos)
@@ -313,7 +358,8 @@ static inline bool stack_is_object(const uint64_t *stack, uint32_t level)
 	return (stack[level >> 6] >> (level & 63u)) & 1u;
 }
 
-bool json_skip_value(struct span in, size_t *pos, uint32_t depth, struct span *raw)
+static inline __attribute__((always_inline)) bool skip_value(struct span in, size_t *pos, uint32_t depth,
+							     struct span *raw, struct copy_cursor *cc)
 {
 	const uint8_t *p = in.ptr;
 	const size_t n = in.len;
@@ -346,7 +392,7 @@ value:
 			goto member;
 		goto value;
 	case '"':
-		if (!scan_string(p, n, &i, &key))
+		if (!scan_string(p, n, &i, &key, cc))
 			return false;
 		goto after;
 	case 't':
@@ -372,7 +418,7 @@ value:
 member: /* inside an object, where a key must start */
 	if (i >= n || p[i] != '"')
 		return false;
-	if (!scan_string(p, n, &i, &key))
+	if (!scan_string(p, n, &i, &key, cc))
 		return false;
 	i = skip_ws(p, n, i);
 	if (i >= n || p[i] != ':')
@@ -404,6 +450,11 @@ after: /* a complete value ends just before p[i] */
 	return false;
 }
 
+bool json_skip_value(struct span in, size_t *pos, uint32_t depth, struct span *raw)
+{
+	return skip_value(in, pos, depth, raw, NULL);
+}
+
 bool json_valid(struct span in)
 {
 	size_t i = json_skip_ws(in, 0);
@@ -411,6 +462,18 @@ bool json_valid(struct span in)
 	if (!json_skip_value(in, &i, 0, NULL))
 		return false;
 	return json_skip_ws(in, i) == in.len;
+}
+
+bool json_valid_copy(struct span in, uint8_t *dst)
+{
+	struct copy_cursor cc = { .dst = dst, .done = 0 };
+	size_t i = json_skip_ws(in, 0);
+
+	if (!skip_value(in, &i, 0, NULL, &cc) || json_skip_ws(in, i) != in.len)
+		return false;
+	ASSERT(cc.done <= in.len);
+	memcpy(dst + cc.done, in.ptr + cc.done, in.len - cc.done);
+	return true;
 }
 
 enum json_type json_type_of(struct span raw_value)

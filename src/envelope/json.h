@@ -52,6 +52,15 @@
 /* Is the whole span exactly one valid JSON text (RFC 8259 §2, plus the rules above)? */
 bool json_valid(struct span in);
 
+/*
+ * json_valid, and the span's bytes copied to dst (in.len bytes, caller-owned, not
+ * overlapping in) in the same pass where it can (issue #17): inside a long plain
+ * run of a string the scan stores each vector it checks; the bytes between such runs
+ * are copied with memcpy. True: dst holds exactly in's bytes. False: dst's first
+ * in.len bytes are unspecified; nothing past them is ever written.
+ */
+bool json_valid_copy(struct span in, uint8_t *dst);
+
 /* ---- building blocks for walking one level of a document (envelope.c) ---- */
 
 /* A scanned string: raw bytes between the quotes, escapes not decoded. */

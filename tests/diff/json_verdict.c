@@ -15,7 +15,8 @@
  *
  * The line is computed at the widest level of instructions the CPU has (core/simd.h),
  * as the relay runs by default; every narrower level must give the same json_valid,
- * kind and frame span, or the driver stops with status 2.
+ * kind and frame span, and json_valid_copy the same verdict and a byte-exact copy at
+ * every level, or the driver stops with status 2.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,7 +52,22 @@ static long off_of(struct span whole, struct span part)
 	return (long)(part.ptr - whole.ptr);
 }
 
-/* The narrower levels agree with the widest (selected on return). */
+/* json_valid_copy at the level in force: the verdict given, and a byte-exact copy. */
+static bool copy_agrees(struct span in, bool valid)
+{
+	uint8_t *dst = malloc(in.len ? in.len : 1);
+	if (dst == NULL) {
+		perror("malloc");
+		exit(2);
+	}
+	bool v = json_valid_copy(in, dst);
+	bool same = v == valid && (!v || memcmp(dst, in.ptr, in.len) == 0);
+	free(dst);
+	return same;
+}
+
+/* The narrower levels agree with the widest (selected on return), and json_valid_copy
+ * with json_valid at every level. */
 static void same_at_every_level(struct span in, bool valid, enum envelope_kind kind, const struct envelope *env)
 {
 	enum simd_level most = simd_detect();
@@ -59,9 +75,10 @@ static void same_at_every_level(struct span in, bool valid, enum envelope_kind k
 		struct envelope e;
 		simd_select(l);
 		bool v = json_valid(in);
+		bool vc = copy_agrees(in, valid);
 		enum envelope_kind k = envelope_scan(in, &e);
 		simd_select(most);
-		if (v != valid || k != kind || e.has_frame != env->has_frame ||
+		if (v != valid || !vc || k != kind || e.has_frame != env->has_frame ||
 		    (env->has_frame && (e.frame.ptr != env->frame.ptr || e.frame.len != env->frame.len))) {
 			fprintf(stderr, "json_verdict: %s disagrees with %s\n", simd_name(l), simd_name(most));
 			exit(2);
@@ -80,6 +97,10 @@ static void verdict(struct span in)
 		exit(2);
 	}
 	bool valid = json_valid(in);
+	if (!copy_agrees(in, valid)) {
+		fprintf(stderr, "json_verdict: json_valid_copy disagrees with json_valid at %s\n", simd_name(simd_selected()));
+		exit(2);
+	}
 	same_at_every_level(in, valid, kind, &env);
 	printf("%d %s ", valid ? 1 : 0, envelope_kind_name(kind));
 	put_reason(env.err);

@@ -6,6 +6,8 @@
  *   recursive descent, code points decoded arithmetically instead of by range tables),
  *   for inputs that nest less deeply than its recursion cap, and with itself at every
  *   level of instructions the CPU has (core/simd.h: AVX2, SSE2, words);
+ * - json_valid_copy gives json_valid's verdict at every level and, when valid, a byte-
+ *   for-byte copy, into a block of exactly the input's size (ASan: never past it);
  * - a valid document's top-level value skips to a span that is itself valid and is
  *   followed only by whitespace;
  * - every string at the top level of a valid object/array decodes to at most its raw
@@ -325,6 +327,19 @@ static void check_escape(const uint8_t *data, size_t size)
 	free(q);
 }
 
+/* The validating copy at the level in force: the same verdict, and the same bytes. */
+static void check_copy(struct span in, bool ok)
+{
+	uint8_t *dst = malloc(in.len ? in.len : 1);
+	if (dst == NULL)
+		__builtin_trap();
+	if (json_valid_copy(in, dst) != ok)
+		__builtin_trap();
+	if (ok && memcmp(dst, in.ptr, in.len) != 0)
+		__builtin_trap();
+	free(dst);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct span in = span_make(data, size);
@@ -338,10 +353,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (enum simd_level l = SIMD_WORD; l < most; l++) {
 		simd_select(l);
 		bool at_l = json_valid(in);
+		check_copy(in, ok);
 		simd_select(most);
 		if (at_l != ok)
 			__builtin_trap();
 	}
+	check_copy(in, ok);
 	if (ok) {
 		size_t pos = json_skip_ws(in, 0);
 		struct span raw;

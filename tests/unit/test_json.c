@@ -17,6 +17,37 @@
 /* A span over a string literal, embedded NULs included. */
 #define S(lit) span_make((lit), sizeof(lit) - 1)
 
+/* Guard bytes after json_valid_copy's destination: it must never write past in.len. */
+#define COPY_GUARD_BYTES 64u
+#define COPY_POISON 0xA5u
+
+/* json_valid_copy must agree with json_valid and, when it says valid, have copied the
+ * input byte for byte, writing nothing past it (checked here in every build, not only
+ * under ASan). Returns the verdict. */
+static bool valid_copy_agrees(const uint8_t *b, size_t n, bool want)
+{
+	uint8_t *dst = malloc(n + COPY_GUARD_BYTES);
+	assert_non_null(dst);
+	memset(dst, COPY_POISON, n + COPY_GUARD_BYTES);
+	bool got = json_valid_copy(span_make(b, n), dst);
+	if (got != want) {
+		print_error("%s: json_valid_copy says %d, json_valid %d (%zu bytes)\n", simd_name(simd_selected()), got,
+			    want, n);
+		fail();
+	}
+	if (got && memcmp(dst, b, n) != 0) {
+		size_t at = 0;
+		while (dst[at] == b[at])
+			at++;
+		print_error("%s: copy differs at byte %zu of %zu\n", simd_name(simd_selected()), at, n);
+		fail();
+	}
+	for (size_t k = 0; k < COPY_GUARD_BYTES; k++)
+		assert_int_equal(dst[n + k], COPY_POISON);
+	free(dst);
+	return got;
+}
+
 static bool valid_lit(const char *s, size_t n)
 {
 	/* Copy into an exact-size heap block so ASan catches any read past the end. */
@@ -24,6 +55,7 @@ static bool valid_lit(const char *s, size_t n)
 	assert_non_null(b);
 	memcpy(b, s, n);
 	bool ok = json_valid(span_make(b, n));
+	valid_copy_agrees(b, n, ok);
 	free(b);
 	return ok;
 }
@@ -294,6 +326,140 @@ static void test_string_fast_path_offsets(void **state)
 {
 	(void)state;
 	at_every_simd_level("string scan", string_fast_path_offsets);
+}
+
+/*
+ * json_valid_copy stores what it checks only inside plain runs of at least
+ * JSON_COPY_FUSE_AFTER_BYTES (128), and only when 192 bytes remain: strings of up to
+ * 700 bytes, with every special byte at every offset, put the end of a stored run (and
+ * a refusal) at every position of every step of every level.
+ */
+static void copy_run_offsets(void)
+{
+	static const struct {
+		const char *ins;
+		size_t len;
+	} cases[] = {
+		{ "\x01", 1 }, { "\"", 1 }, { "\\", 1 }, { "\xff", 1 }, { "\\n", 2 },
+		{ "\xc3\xa9", 2 }, { "\xe2\x82\xac", 3 }, { "\\u00e9", 6 }, { "\xf0\x9f\x98\x80", 4 },
+	};
+	static char buf[800];
+	for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
+		for (size_t len = 120; len <= 700; len += 97) {
+			for (size_t at = 0; at <= len; at++) {
+				size_t n = 0;
+				buf[n++] = '[';
+				buf[n++] = '"';
+				for (size_t k = 0; k < at; k++)
+					buf[n++] = 'a' + (char)(k % 26);
+				memcpy(buf + n, cases[c].ins, cases[c].len);
+				n += cases[c].len;
+				for (size_t k = at; k < len; k++)
+					buf[n++] = 'A' + (char)(k % 26);
+				memcpy(buf + n, "\",1]", 4);
+				n += 4;
+				uint8_t *b = malloc(n);
+				assert_non_null(b);
+				memcpy(b, buf, n);
+				valid_copy_agrees(b, n, json_valid(span_make(b, n)));
+				free(b);
+			}
+		}
+	}
+}
+
+static void test_valid_copy_run_offsets(void **state)
+{
+	(void)state;
+	at_every_simd_level("valid+copy runs", copy_run_offsets);
+}
+
+/* A random document: containers, keys, numbers, literals, and strings of long plain
+ * runs with escapes, non-ASCII and now and then a byte that makes it invalid. */
+static uint64_t rng_state;
+
+static uint32_t rnd(uint32_t below)
+{
+	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+	return (uint32_t)(rng_state >> 33) % below;
+}
+
+static void put(uint8_t *b, size_t cap, size_t *n, const char *s, size_t len)
+{
+	for (size_t k = 0; k < len && *n < cap; k++)
+		b[(*n)++] = (uint8_t)s[k];
+}
+
+static void random_string(uint8_t *b, size_t cap, size_t *n)
+{
+	static const char *const bits[] = { "\\n", "\\\"", "\\u00e9", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", " ", "~" };
+	static const char *const bad[] = { "\x01", "\xff", "\\x", "\xc3", "\xed\xa0\x80" };
+	put(b, cap, n, "\"", 1);
+	for (uint32_t pieces = rnd(4); pieces-- > 0;) {
+		size_t run = rnd(8) == 0 ? rnd(900) : rnd(40);
+		static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
+		for (size_t k = 0; k < run && *n < cap; k++)
+			b[(*n)++] = (uint8_t)b64[rnd(sizeof b64 - 1)]; /* the Noise ciphertext's alphabet */
+		const char *x = rnd(50) == 0 ? bad[rnd(ARRAY_LEN(bad))] : bits[rnd(ARRAY_LEN(bits))];
+		put(b, cap, n, x, strlen(x));
+	}
+	put(b, cap, n, "\"", 1);
+}
+
+static void random_value(uint8_t *b, size_t cap, size_t *n, unsigned depth)
+{
+	switch (depth > 4 ? 2 + rnd(3) : rnd(5)) {
+	case 0:
+	case 1: {
+		bool obj = rnd(2);
+		put(b, cap, n, obj ? "{" : "[", 1);
+		for (uint32_t k = rnd(5); k-- > 0;) {
+			if (obj) {
+				random_string(b, cap, n);
+				put(b, cap, n, " : ", 1 + rnd(3));
+			}
+			random_value(b, cap, n, depth + 1);
+			if (k)
+				put(b, cap, n, ",\n", 1 + rnd(2));
+		}
+		put(b, cap, n, obj ? "}" : "]", 1);
+		break;
+	}
+	case 2:
+	case 3:
+		random_string(b, cap, n);
+		break;
+	default: {
+		static const char *const lits[] = { "0", "-12.5e+3", "true", "false", "null", "01", "1.", "nul" };
+		const char *l = lits[rnd(rnd(10) == 0 ? ARRAY_LEN(lits) : 5)];
+		put(b, cap, n, l, strlen(l));
+		break;
+	}
+	}
+}
+
+static void copy_random(void)
+{
+	static uint8_t doc[16384];
+	unsigned valid = 0, rounds = 3000;
+	rng_state = 0x17u;
+	for (unsigned r = 0; r < rounds; r++) {
+		size_t n = 0;
+		random_value(doc, sizeof doc, &n, 0);
+		uint8_t *b = malloc(n ? n : 1);
+		assert_non_null(b);
+		memcpy(b, doc, n);
+		valid += valid_copy_agrees(b, n, json_valid(span_make(b, n)));
+		free(b);
+	}
+	/* both verdicts were exercised */
+	assert_true(valid > rounds / 10 && valid < rounds - rounds / 10);
+}
+
+static void test_valid_copy_random(void **state)
+{
+	(void)state;
+	at_every_simd_level("valid+copy random", copy_random);
 }
 
 static void test_numbers_big(void **state)
@@ -634,6 +800,8 @@ int main(void)
 		cmocka_unit_test(test_escapes),
 		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_string_fast_path_offsets),
+		cmocka_unit_test(test_valid_copy_run_offsets),
+		cmocka_unit_test(test_valid_copy_random),
 		cmocka_unit_test(test_numbers_big),
 		cmocka_unit_test(test_depth_limit),
 		cmocka_unit_test(test_skip_value_depth_param),
