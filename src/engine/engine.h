@@ -28,6 +28,7 @@
 
 #include "core/common.h"
 #include "engine/bufpool.h"
+#include "engine/outq.h"
 #include "engine/timer_wheel.h"
 #include "http/http_parse.h"
 #include "http/http_respond.h"
@@ -222,6 +223,21 @@ enum conn_send_flags {
  * connection no longer accepts frames or the buffer budget refused the bytes. */
 bool conn_ws_send_text(struct worker *w, struct conn_ref c, const struct iovec *parts, size_t nparts,
 		       unsigned flags);
+/*
+ * Or write the payload in place (issue #17: validated and copied in one pass): reserve
+ * a text frame of len payload bytes and get where they go (contiguous, in the outbox),
+ * then exactly one of commit (flags as above) or abort, with nothing else queued to any
+ * connection in between. NULL when the connection no longer accepts frames or the
+ * outbox cannot give len contiguous bytes (longer than a segment can be, or the buffer
+ * budget refused): conn_ws_send_text then says which.
+ */
+struct conn_text_resv {
+	struct outq_resv q;
+	size_t bytes; /* header + payload */
+};
+uint8_t *conn_ws_text_reserve(struct worker *w, struct conn_ref c, size_t len, struct conn_text_resv *r);
+void conn_ws_text_commit(struct worker *w, struct conn_ref c, struct conn_text_resv *r, unsigned flags);
+void conn_ws_text_abort(struct worker *w, struct conn_text_resv *r);
 /* Start the closing handshake with code and reason (first close wins; a code that may
  * not appear on the wire becomes 1011). */
 void conn_ws_close(struct worker *w, struct conn_ref c, uint16_t code, const char *reason);

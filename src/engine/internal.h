@@ -326,6 +326,9 @@ bool conn_pool_regrow(struct worker *w, uint8_t **buf, uint32_t *cap, uint32_t k
 /* ---- send.c: the outbox ---- */
 
 bool send_queue(struct worker *w, struct conn *c, const struct iovec *parts, size_t n);
+/* Bytes were added to c's outbox (it held `before`): count them, start the write
+ * deadline, and have the loop send them. */
+void send_queued(struct worker *w, struct conn *c, uint64_t before);
 bool send_queue_bytes(struct worker *w, struct conn *c, const void *p, size_t n);
 /* Submit a send for every connection queued to during this iteration (the transport
  * seam's other side: send_submit is the only place bytes leave). */

@@ -87,6 +87,48 @@ bool outq_append(struct outq *q, struct bufpool *pool, const struct iovec *parts
 	return true;
 }
 
+bool outq_reserve(struct outq *q, struct bufpool *pool, size_t n, struct outq_resv *r)
+{
+	ASSERT(n > 0);
+	if (n > BUFPOOL_CLASS_MAX_BYTES - sizeof(struct outq_seg))
+		return false;
+	if (q->last != NULL && q->last->cap - q->last->tail >= n) {
+		*r = (struct outq_resv){ .seg = q->last, .ptr = q->last->data + q->last->tail };
+		return true;
+	}
+	struct outq_seg *s = seg_new(pool, q->last, n);
+	if (s == NULL)
+		return false;
+	ASSERT(s->cap >= n);
+	*r = (struct outq_resv){ .seg = s, .ptr = s->data, .fresh = true };
+	return true;
+}
+
+/* Linked only now, so the invariant (no segment without an unsent byte) holds. */
+void outq_commit(struct outq *q, struct outq_resv *r, size_t m)
+{
+	struct outq_seg *s = r->seg;
+	ASSERT(m > 0 && r->ptr == s->data + s->tail && m <= (size_t)(s->cap - s->tail));
+	if (r->fresh) {
+		if (q->last)
+			q->last->next = s;
+		else
+			q->first = s;
+		q->last = s;
+	}
+	ASSERT(s == q->last);
+	s->tail += (uint32_t)m;
+	q->bytes += m;
+	r->seg = NULL;
+}
+
+void outq_abort(struct bufpool *pool, struct outq_resv *r)
+{
+	if (r->fresh)
+		seg_free(pool, r->seg);
+	r->seg = NULL;
+}
+
 void outq_mark_item(struct outq *q)
 {
 	ASSERT(q->last != NULL);

@@ -52,6 +52,22 @@ static inline bool outq_empty(const struct outq *q)
 
 /* Append parts (concatenated) or nothing at all. False when the pool refused memory. */
 bool outq_append(struct outq *q, struct bufpool *pool, const struct iovec *parts, size_t nparts);
+/*
+ * Or write in place (issue #17: a payload validated and copied in one pass): reserve n
+ * contiguous bytes at the queue's end, write them, then commit the first m <= n of
+ * them (m > 0) or abort. Until then nothing else may touch the queue. The stretch is
+ * the free end of the last segment when it is long enough, else a new segment (the
+ * last one's free end then stays unused); false when that would be larger than the
+ * pool's largest buffer or the pool refused it (the queue is unchanged).
+ */
+struct outq_resv {
+	struct outq_seg *seg;
+	uint8_t *ptr; /* where the n bytes go */
+	bool fresh;   /* seg is new: linked on commit, returned on abort */
+};
+bool outq_reserve(struct outq *q, struct bufpool *pool, size_t n, struct outq_resv *r);
+void outq_commit(struct outq *q, struct outq_resv *r, size_t m);
+void outq_abort(struct bufpool *pool, struct outq_resv *r);
 /* Mark the last appended byte as the end of a counted item. */
 void outq_mark_item(struct outq *q);
 /* Fill up to max iovecs with the unsent bytes, oldest first. Returns the count. */

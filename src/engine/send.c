@@ -75,13 +75,18 @@ bool send_queue(struct worker *w, struct conn *c, const struct iovec *parts, siz
 	uint64_t before = c->out.bytes;
 	if (!outq_append(&c->out, &w->pool, parts, n))
 		return false;
+	send_queued(w, c, before);
+	return true;
+}
+
+void send_queued(struct worker *w, struct conn *c, uint64_t before)
+{
 	STAT_ADD(w->stats.outbox_bytes, c->out.bytes - before);
 	if (c->write_deadline_ms == 0) {
 		c->write_deadline_ms = w->now_ms + WS_WRITE_TIMEOUT_MS;
 		conn_timer_update(w, c);
 	}
 	send_mark_dirty(w, c);
-	return true;
 }
 
 bool send_queue_bytes(struct worker *w, struct conn *c, const void *p, size_t n)

@@ -80,14 +80,9 @@ static bool ping(struct worker *w, struct conn *c, const void *payload, size_t l
 	return queue_frame(w, c, WS_OP_PING, &iov, 1);
 }
 
-bool conn_ws_send_text(struct worker *w, struct conn_ref ref, const struct iovec *parts, size_t nparts,
-		       unsigned flags)
+/* A text frame for the application joined c's outbox: count it, time it. */
+static void text_queued(struct worker *w, struct conn *c, unsigned flags)
 {
-	struct conn *c = conn_at(w, ref);
-	if (c->state != CONN_WS_OPEN)
-		return false;
-	if (!queue_frame(w, c, WS_OP_TEXT, parts, nparts))
-		return false;
 	if (flags & CONN_SEND_COUNTED) {
 		outq_mark_item(&c->out);
 		c->items_pending++;
@@ -99,7 +94,47 @@ bool conn_ws_send_text(struct worker *w, struct conn_ref ref, const struct iovec
 		c->lat_last_ns = w->iter_ns;
 		c->lat_frames++;
 	}
+}
+
+bool conn_ws_send_text(struct worker *w, struct conn_ref ref, const struct iovec *parts, size_t nparts,
+		       unsigned flags)
+{
+	struct conn *c = conn_at(w, ref);
+	if (c->state != CONN_WS_OPEN)
+		return false;
+	if (!queue_frame(w, c, WS_OP_TEXT, parts, nparts))
+		return false;
+	text_queued(w, c, flags);
 	return true;
+}
+
+uint8_t *conn_ws_text_reserve(struct worker *w, struct conn_ref ref, size_t len, struct conn_text_resv *r)
+{
+	struct conn *c = conn_at(w, ref);
+	if (c->state != CONN_WS_OPEN)
+		return NULL;
+	uint8_t hdr[WS_FRAME_HEADER_BYTES_MAX];
+	size_t h = ws_frame_header_encode(hdr, true, WS_OP_TEXT, len, NULL);
+	if (!outq_reserve(&c->out, &w->pool, h + len, &r->q))
+		return NULL;
+	memcpy(r->q.ptr, hdr, h);
+	r->bytes = h + len;
+	return r->q.ptr + h;
+}
+
+void conn_ws_text_commit(struct worker *w, struct conn_ref ref, struct conn_text_resv *r, unsigned flags)
+{
+	struct conn *c = conn_at(w, ref);
+	ASSERT(c->state == CONN_WS_OPEN);
+	uint64_t before = c->out.bytes;
+	outq_commit(&c->out, &r->q, r->bytes);
+	send_queued(w, c, before);
+	text_queued(w, c, flags);
+}
+
+void conn_ws_text_abort(struct worker *w, struct conn_text_resv *r)
+{
+	outq_abort(&w->pool, &r->q);
 }
 
 bool conn_ws_ping(struct worker *w, struct conn_ref ref, const void *payload, size_t len)

@@ -56,6 +56,8 @@ static void sum_relay(struct relay_stats *t, const struct relay_stats *r)
 		SUM(t->dropped[d], r->dropped[d]);
 	SUM(t->frames_phone_to_binary, r->frames_phone_to_binary);
 	SUM(t->frames_binary_to_phone, r->frames_binary_to_phone);
+	SUM(t->copied_in_scan_bytes, r->copied_in_scan_bytes);
+	SUM(t->copied_apart_bytes, r->copied_apart_bytes);
 	SUM(t->grace_expiries, r->grace_expiries);
 	SUM(t->binaries, r->binaries);
 	SUM(t->phones, r->phones);
@@ -203,6 +205,14 @@ static void reference_families(struct prom_out *o, const struct totals *t, const
 	labelled(o, "pyrycode_relay_frames_forwarded_total",
 		 "Frames forwarded, by direction: wrapped sends to a binary, and frames written to a phone.",
 		 PROM_COUNTER, "direction", directions, frames, ARRAY_LEN(frames));
+
+	static const char *const copies[] = { "in_scan", "separate" };
+	const uint64_t copied[] = { r->copied_in_scan_bytes, r->copied_apart_bytes };
+	labelled(o, "pyrycode_relay_payload_copy_bytes_total",
+		 "Forwarded payload bytes copied into an outbox, by how: in_scan (a phone's frame, copied by the JSON "
+		 "validation as it checked it), separate (a binary's frame for a phone, or a phone's frame the outbox "
+		 "could not take in one piece).",
+		 PROM_COUNTER, "copy", copies, copied, ARRAY_LEN(copied));
 
 	scalar(o, "pyrycode_relay_grace_expiries_total",
 	       "Grace periods that expired and released a server-id (stale timers never count).", PROM_COUNTER,

@@ -380,13 +380,70 @@ static void pause_phones(struct relay_shard *s, struct relay_slot *sl, bool paus
 /* Frames for a binary: counted when written, and their queueing latency observed. */
 #define TO_BINARY (CONN_SEND_COUNTED | CONN_SEND_LATENCY)
 
+enum wrap_result {
+	WRAP_QUEUED,    /* valid, and queued for the binary */
+	WRAP_INVALID,   /* not valid JSON: nothing queued */
+	WRAP_TWO_PASS,  /* the binary's outbox could not give the space in one piece */
+};
+
+/* The wrapped frame written straight into the binary's outbox, the payload validated
+ * and copied by one pass (json_valid_copy; issue #17, ADR 19). */
+static enum wrap_result wrap_in_place(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b,
+				      struct span data)
+{
+	struct relay_slot *sl = rc->slot;
+	uint32_t hex_off = slot_wrap_hex_off(sl);
+	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
+	struct conn_text_resv resv;
+	uint8_t *out = conn_ws_text_reserve(s->w, b, (size_t)sl->wrap_len + data.len + ENVELOPE_WRAP_SUFFIX_LEN, &resv);
+	if (out == NULL)
+		return WRAP_TWO_PASS;
+	const uint8_t *wrap = slot_wrap(sl);
+	memcpy(out, wrap, hex_off);
+	memcpy(out + hex_off, rc->hex, RELAY_CONN_HEX_LEN);
+	memcpy(out + tail, wrap + tail, sl->wrap_len - tail);
+	out += sl->wrap_len;
+	if (!json_valid_copy(data, out)) {
+		conn_ws_text_abort(s->w, &resv);
+		return WRAP_INVALID;
+	}
+	memcpy(out + data.len, ENVELOPE_WRAP_SUFFIX, ENVELOPE_WRAP_SUFFIX_LEN);
+	conn_ws_text_commit(s->w, b, &resv, TO_BINARY);
+	STAT_ADD(s->stats.copied_in_scan_bytes, data.len);
+	return WRAP_QUEUED;
+}
+
+/* The same in two passes: json_valid (already done), then the wrap copied from parts. */
+static bool wrap_two_pass(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b, struct span data)
+{
+	struct relay_slot *sl = rc->slot;
+	uint8_t *wrap = slot_wrap(sl);
+	uint32_t hex_off = slot_wrap_hex_off(sl);
+	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
+	struct iovec parts[] = {
+		{ .iov_base = wrap, .iov_len = hex_off },
+		{ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN },
+		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
+		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
+		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
+	};
+	_Static_assert(ARRAY_LEN(parts) <= CONN_SEND_PARTS_MAX, "the wrap takes more parts than a frame carries");
+	if (!conn_ws_send_text(s->w, b, parts, ARRAY_LEN(parts), TO_BINARY))
+		return false;
+	STAT_ADD(s->stats.copied_apart_bytes, data.len);
+	return true;
+}
+
 /* §3.2: validate, wrap, send to the binary. Back-pressure replaces the reference's
  * drop-after-10 s: above the binary's high-water mark the phones stop being read. */
 static void phone_message(struct relay_shard *s, struct conn_ref c, struct span data)
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
-	if (!json_valid(data)) {
+	enum wrap_result wrapped = WRAP_TWO_PASS;
+	if (sl->binary != RELAY_NO_CONN)
+		wrapped = wrap_in_place(s, rc, ref_at(s, sl->binary), data);
+	if (wrapped == WRAP_INVALID || (wrapped == WRAP_TWO_PASS && !json_valid(data))) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
 		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "phone frame is not valid JSON"));
@@ -403,18 +460,7 @@ static void phone_message(struct relay_shard *s, struct conn_ref c, struct span 
 		return;
 	}
 	struct conn_ref b = ref_at(s, sl->binary);
-	uint8_t *wrap = slot_wrap(sl);
-	uint32_t hex_off = slot_wrap_hex_off(sl);
-	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
-	struct iovec parts[] = {
-		{ .iov_base = wrap, .iov_len = hex_off },
-		{ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN },
-		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
-		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
-		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
-	};
-	_Static_assert(ARRAY_LEN(parts) <= CONN_SEND_PARTS_MAX, "the wrap takes more parts than a frame carries");
-	if (!conn_ws_send_text(s->w, b, parts, ARRAY_LEN(parts), TO_BINARY)) {
+	if (wrapped == WRAP_TWO_PASS && !wrap_two_pass(s, rc, b, data)) {
 		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary outbox refused the frame"));
@@ -523,6 +569,7 @@ static void binary_message(struct relay_shard *s, struct conn_ref c, struct span
 			conn_ws_close(s->w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
 			return;
 		}
+		STAT_ADD(s->stats.copied_apart_bytes, env.frame.len);
 	}
 	if (directive) {
 		prc->directive_code = code;

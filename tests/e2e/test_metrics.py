@@ -653,6 +653,26 @@ def test_zero_copy_off_by_default(mrelay, server_id):
     assert s[ZC_SENDS] == 0 and s[ZC_COPIED] == 0
 
 
+COPY_IN_SCAN, COPY_SEPARATE = ('pyrycode_relay_payload_copy_bytes_total{copy="%s"}' % c for c in ("in_scan", "separate"))
+
+
+def copies_moved(relay, before: dict, in_scan: int, separate: int):
+    """pyrycode_relay_payload_copy_bytes_total moved by exactly these bytes (not in
+    WATCHED: every forwarded frame moves it)."""
+    want = {COPY_IN_SCAN: in_scan, COPY_SEPARATE: separate}
+    got = {}
+
+    def ok():
+        s = scrape(relay)
+        got.update({k: s[k] - before[k] for k in want})
+        return got == want
+    try:
+        wait_until(ok, 5, interval=0.05, what="the copy counters to move")
+    except TimeoutError:
+        pass
+    assert got == want
+
+
 def _cpu_has_avx2() -> bool:
     with open("/proc/cpuinfo") as f:
         return any(line.startswith("flags") and " avx2" in line for line in f)
@@ -678,15 +698,22 @@ def test_payload_isa_each_level_relays_intact(relay_factory, server_id, isa):
         body = "".join(chr(0x61 + (i * 7) % 26) for i in range(n))
         texts.append(json.dumps({"d": body}).encode())
         texts.append(json.dumps({"d": body[: n // 2] + '\\"é€😀' + body[n // 2:]}, ensure_ascii=False).encode())
+    total = sum(len(t) for t in texts)
+    before = scrape(relay)
     for t in texts:
         p.send_text(t)
     for t in texts:
         got_cid, frame = read_wrapped(b)
         assert got_cid == cid and frame == t
+    # every phone frame was copied into the binary's outbox by its JSON check (issue #17)
+    copies_moved(relay, before, in_scan=total, separate=0)
+    before = scrape(relay)
     for t in texts:
         route(b, cid, t)
     for t in texts:
         assert read_text(p, timeout=10) == t
+    # a binary's frames are copied after the envelope scan names their phone
+    copies_moved(relay, before, in_scan=0, separate=total)
     # a control byte 70 bytes into a long string: past the vector steps, still refused
     before = scrape(relay)
     bad = b'{"d":"' + b"x" * 70 + b"\x01" + b"y" * 100 + b'"}'

@@ -525,6 +525,78 @@ static size_t ref_items_written(const struct ref *r)
 	return k;
 }
 
+/* Writing in place: the last segment's free end when it is long enough, else a new
+ * segment linked only on commit; abort leaves the queue and the pool as they were;
+ * too large for any segment, or refused by the pool, is refused with nothing changed. */
+static void test_reserve_commit_abort(void **state)
+{
+	(void)state;
+	struct bufpool pool;
+	bufpool_init(&pool, BIG_BUDGET);
+	struct outq q = { 0 };
+	struct outq_resv r;
+
+	/* empty queue: a fresh segment, invisible until committed */
+	assert_true(outq_reserve(&q, &pool, 100, &r));
+	assert_true(r.fresh);
+	assert_null(q.first);
+	memcpy(r.ptr, "hello", 5);
+	outq_commit(&q, &r, 5);
+	check_queue(&q, &pool, 0);
+	check_content(&q, (const uint8_t *)"hello", 5);
+
+	/* room left in the last segment: written there */
+	assert_true(outq_reserve(&q, &pool, 10, &r));
+	assert_false(r.fresh);
+	assert_ptr_equal(r.ptr, q.last->data + 5);
+	memcpy(r.ptr, " world!!!!", 10);
+	outq_commit(&q, &r, 6);
+	check_queue(&q, &pool, 0);
+	check_content(&q, (const uint8_t *)"hello world", 11);
+	outq_mark_item(&q);
+
+	/* an abort in place changes nothing */
+	uint64_t in_use = pool.bytes_in_use;
+	assert_true(outq_reserve(&q, &pool, 20, &r));
+	memset(r.ptr, 'x', 20);
+	outq_abort(&pool, &r);
+	check_queue(&q, &pool, 0);
+	check_content(&q, (const uint8_t *)"hello world", 11);
+
+	/* longer than the last segment's free end: a new segment; aborted, it goes back */
+	size_t big = q.last->cap - q.last->tail + 1;
+	assert_true(outq_reserve(&q, &pool, big, &r));
+	assert_true(r.fresh);
+	assert_true(pool.bytes_in_use > in_use);
+	outq_abort(&pool, &r);
+	assert_int_equal(pool.bytes_in_use, in_use);
+	check_queue(&q, &pool, 0);
+
+	/* committed, it follows the first segment */
+	assert_true(outq_reserve(&q, &pool, big, &r));
+	memset(r.ptr, 'y', big);
+	outq_commit(&q, &r, big);
+	check_queue(&q, &pool, 0);
+	assert_int_equal(seg_count(&q), 2);
+	assert_int_equal(q.bytes, 11 + big);
+	/* the item marked before is credited with the first segment */
+	assert_int_equal(outq_consume(&q, &pool, 11), 1);
+	check_queue(&q, &pool, 0);
+
+	/* larger than the pool's largest buffer: refused, nothing changed */
+	assert_false(outq_reserve(&q, &pool, BUFPOOL_CLASS_MAX_BYTES, &r));
+	check_queue(&q, &pool, 0);
+	outq_clear(&q, &pool);
+	bufpool_destroy(&pool);
+
+	/* the pool refuses: refused, nothing changed */
+	bufpool_init(&pool, 4096);
+	assert_false(outq_reserve(&q, &pool, 8000, &r));
+	assert_int_equal(pool.bytes_in_use, 0);
+	assert_true(outq_empty(&q));
+	bufpool_destroy(&pool);
+}
+
 static void test_randomized_against_fifo(void **state)
 {
 	(void)state;
@@ -537,6 +609,7 @@ static void test_randomized_against_fifo(void **state)
 	uint8_t *scratch = malloc(FUZZ_BUDGET + 1);
 	assert_non_null(scratch);
 	unsigned refused = 0, boundary_checks = 0, appends = 0, full_checks = 0, multi_seg = 0;
+	unsigned reserves = 0, fresh_reserves = 0, reserve_refused = 0;
 
 	for (unsigned round = 0; round < FUZZ_ROUNDS; round++) {
 		unsigned op = (unsigned)rng_below(100);
@@ -641,7 +714,46 @@ static void test_randomized_against_fifo(void **state)
 				assert_int_equal(r->items_done, written);
 				boundary_checks++;
 			}
-		} else if (op < 88) {
+		} else if (op < 96) {
+			/* write in place: reserve, fill, then commit a prefix or abort */
+			size_t n = 1 + (size_t)(rng_below(4) == 0 ? rng_below(2 * SEG_CAP) : rng_below(5000));
+			uint64_t bytes_before = q.bytes, in_use_before = pool.bytes_in_use;
+			struct outq_seg *last_before = q.last;
+			uint32_t last_tail_before = q.last ? q.last->tail : 0;
+			size_t segs_before = seg_count(&q);
+			struct outq_resv resv;
+			if (outq_reserve(&q, &pool, n, &resv)) {
+				reserves++;
+				/* nothing visible until the commit */
+				assert_int_equal(q.bytes, bytes_before);
+				assert_int_equal(seg_count(&q), segs_before);
+				if (resv.fresh)
+					fresh_reserves++;
+				else
+					assert_ptr_equal(resv.ptr, q.last->data + q.last->tail);
+				size_t m = rng_below(3) == 0 ? 1 + (size_t)rng_below(n) : n;
+				fill_stream(resv.ptr, r->end, n);
+				if (rng_below(4) == 0) {
+					outq_abort(&pool, &resv);
+					assert_int_equal(pool.bytes_in_use, in_use_before);
+					assert_ptr_equal(q.last, last_before);
+					if (q.last)
+						assert_int_equal(q.last->tail, last_tail_before);
+				} else {
+					outq_commit(&q, &resv, m);
+					ref_push(r, resv.ptr, m);
+					if (rng_below(2) == 0) {
+						outq_mark_item(&q);
+						assert_true(r->nitems < ITEMS_MAX);
+						r->items[r->nitems++] = r->end;
+					}
+				}
+			} else {
+				assert_int_equal(q.bytes, bytes_before);
+				assert_int_equal(pool.bytes_in_use, in_use_before);
+				reserve_refused++;
+			}
+		} else if (op < 98) {
 			outq_clear(&q, &pool);
 			ref_pop(r, r->len);
 			/* a cleared queue's items are dropped, not credited */
@@ -699,8 +811,10 @@ static void test_randomized_against_fifo(void **state)
 	assert_true(boundary_checks > 500);
 	assert_true(full_checks > 100);
 	assert_true(multi_seg > 1000);
-	printf("outq fuzz: %u appends, %u refused for the budget, %u consumes checked at a segment boundary, %u rounds with 3+ segments\n",
-	       appends, refused, boundary_checks, multi_seg);
+	assert_true(reserves > 200 && fresh_reserves > 20 && reserves - fresh_reserves > 20);
+	assert_true(reserve_refused > 0);
+	printf("outq fuzz: %u appends, %u refused for the budget, %u consumes checked at a segment boundary, %u rounds with 3+ segments, %u reserves (%u in a new segment, %u refused)\n",
+	       appends, refused, boundary_checks, multi_seg, reserves, fresh_reserves, reserve_refused);
 
 	bufpool_destroy(&pool);
 	assert_int_equal(pool.bytes_held, 0);
@@ -719,6 +833,7 @@ int main(void)
 		cmocka_unit_test(test_segment_growth),
 		cmocka_unit_test(test_items_counted_exactly_once),
 		cmocka_unit_test(test_clear_returns_memory),
+		cmocka_unit_test(test_reserve_commit_abort),
 		cmocka_unit_test(test_randomized_against_fifo),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,7 +4,7 @@
  * The relay is the engine's application: it sees a connection only as a struct
  * conn_ref and acts through engine/engine.h; the engine calls it through relay_hooks.
  * This test is that engine. It defines every engine.h function the relay calls
- * (conn_ws_send_text, conn_ws_close, conn_abort, conn_ws_ping, conn_heartbeat_start,
+ * (conn_ws_send_text, conn_ws_text_reserve/commit/abort, conn_ws_close, conn_abort, conn_ws_ping, conn_heartbeat_start,
  * conn_pause_recv, conn_resume_recv, conn_ws_is_open, conn_queued_bytes,
  * conn_queued_items, conn_remote_ip, worker_schedule, worker_cancel_timer,
  * worker_now_ms, worker_pool, worker_conn_cap) over its own connection table and its
@@ -16,7 +16,10 @@
  * - sends really append the WebSocket frame to the connection's outq through the real
  *   bufpool and mark CONN_SEND_COUNTED items, so the queued bytes and items drive the
  *   phone budget and the binary's high-water mark exactly as in the engine;
- *   write_bytes() consumes like a completed send and reports items_written;
+ *   write_bytes() consumes like a completed send and reports items_written; a frame
+ *   written in place is reserved in the outq for real, and nothing else may be queued
+ *   while a reservation is open; two_pass_only refuses every reservation, so the
+ *   relay's two-pass path runs;
  * - conn_ws_close on an open connection moves it to CLOSING and queues its end; pump()
  *   then calls relay_hooks.end once per connection, from the "loop", never
  *   re-entrantly (also after each timer the wheel fires, as the engine does);
@@ -141,6 +144,9 @@ struct fixture {
 	unsigned timer_fires;       /* relay_hooks.timer calls */
 	uint64_t timers_after_shutdown; /* scheduled right after the shutdown hook */
 	uint64_t last_client_key;       /* what the last admitted request was counted under */
+	bool two_pass_only;             /* conn_ws_text_reserve always refuses */
+	bool resv_open;                 /* between conn_ws_text_reserve and its commit/abort */
+	unsigned reserves, aborts;
 };
 
 static struct fixture *F;
@@ -183,25 +189,9 @@ static void queue_end(struct fconn *c)
 	F->pending[F->npending++] = c;
 }
 
-bool conn_ws_send_text(struct worker *w, struct conn_ref ref, const struct iovec *parts, size_t nparts,
-		       unsigned flags)
+/* A text frame joined c's outbox: its item, and a copy of its payload for the test. */
+static void record_frame(struct fconn *c, const struct iovec *parts, size_t nparts, uint64_t len, unsigned flags)
 {
-	struct fconn *c = at(w, ref);
-	assert_true(nparts <= CONN_SEND_PARTS_MAX);
-	assert_int_equal(flags & ~(unsigned)(CONN_SEND_COUNTED | CONN_SEND_LATENCY), 0);
-	if (c->state != FC_OPEN || c->refuse_sends)
-		return false;
-	struct iovec iov[CONN_SEND_PARTS_MAX + 1];
-	uint8_t hdr[WS_FRAME_HEADER_BYTES_MAX];
-	uint64_t len = 0;
-	for (size_t i = 0; i < nparts; i++) {
-		len += parts[i].iov_len;
-		iov[i + 1] = parts[i];
-	}
-	iov[0].iov_base = hdr;
-	iov[0].iov_len = ws_frame_header_encode(hdr, true, WS_OP_TEXT, len, NULL);
-	if (!outq_append(&c->out, &w->pool, iov, nparts + 1))
-		return false;
 	if (flags & CONN_SEND_COUNTED) {
 		outq_mark_item(&c->out);
 		c->items_pending++;
@@ -222,7 +212,69 @@ bool conn_ws_send_text(struct worker *w, struct conn_ref ref, const struct iovec
 	f->data[f->len] = '\0';
 	f->seq = ++F->seq;
 	f->flags = flags;
+}
+
+bool conn_ws_send_text(struct worker *w, struct conn_ref ref, const struct iovec *parts, size_t nparts,
+		       unsigned flags)
+{
+	struct fconn *c = at(w, ref);
+	assert_false(F->resv_open);
+	assert_true(nparts <= CONN_SEND_PARTS_MAX);
+	assert_int_equal(flags & ~(unsigned)(CONN_SEND_COUNTED | CONN_SEND_LATENCY), 0);
+	if (c->state != FC_OPEN || c->refuse_sends)
+		return false;
+	struct iovec iov[CONN_SEND_PARTS_MAX + 1];
+	uint8_t hdr[WS_FRAME_HEADER_BYTES_MAX];
+	uint64_t len = 0;
+	for (size_t i = 0; i < nparts; i++) {
+		len += parts[i].iov_len;
+		iov[i + 1] = parts[i];
+	}
+	iov[0].iov_base = hdr;
+	iov[0].iov_len = ws_frame_header_encode(hdr, true, WS_OP_TEXT, len, NULL);
+	if (!outq_append(&c->out, &w->pool, iov, nparts + 1))
+		return false;
+	record_frame(c, parts, nparts, len, flags);
 	return true;
+}
+
+uint8_t *conn_ws_text_reserve(struct worker *w, struct conn_ref ref, size_t len, struct conn_text_resv *r)
+{
+	struct fconn *c = at(w, ref);
+	assert_false(F->resv_open);
+	F->reserves++;
+	if (c->state != FC_OPEN || c->refuse_sends || F->two_pass_only)
+		return NULL;
+	uint8_t hdr[WS_FRAME_HEADER_BYTES_MAX];
+	size_t h = ws_frame_header_encode(hdr, true, WS_OP_TEXT, len, NULL);
+	if (!outq_reserve(&c->out, &w->pool, h + len, &r->q))
+		return NULL;
+	memcpy(r->q.ptr, hdr, h);
+	r->bytes = h + len;
+	F->resv_open = true;
+	return r->q.ptr + h;
+}
+
+void conn_ws_text_commit(struct worker *w, struct conn_ref ref, struct conn_text_resv *r, unsigned flags)
+{
+	struct fconn *c = at(w, ref);
+	assert_true(F->resv_open);
+	assert_int_equal(c->state, FC_OPEN);
+	F->resv_open = false;
+	struct ws_frame_header h;
+	int hl = ws_frame_header_parse(r->q.ptr, r->bytes, false, &h);
+	assert_true(hl > 0 && h.fin && h.opcode == WS_OP_TEXT && (size_t)hl + h.payload_len == r->bytes);
+	struct iovec payload = { .iov_base = r->q.ptr + hl, .iov_len = h.payload_len };
+	outq_commit(&c->out, &r->q, r->bytes);
+	record_frame(c, &payload, 1, h.payload_len, flags);
+}
+
+void conn_ws_text_abort(struct worker *w, struct conn_text_resv *r)
+{
+	assert_true(F->resv_open);
+	F->resv_open = false;
+	F->aborts++;
+	outq_abort(&w->pool, &r->q);
 }
 
 void conn_ws_close(struct worker *w, struct conn_ref ref, uint16_t code, const char *reason)
@@ -1152,6 +1204,10 @@ static void test_phone_to_binary_wraps_exactly(void **state)
 	assert_true(last_frame(b)->flags & CONN_SEND_LATENCY); /* pyrycode_relay_p2b_latency */
 	assert_int_equal(b->items_pending, 1);
 	assert_int_equal(stats()->frames_phone_to_binary, 1);
+	/* written in place: validated and copied by one pass */
+	assert_int_equal(F->reserves, 1);
+	assert_int_equal(stats()->copied_in_scan_bytes, strlen(msg));
+	assert_int_equal(stats()->copied_apart_bytes, 0);
 
 	/* the queued bytes are one unmasked FIN text frame carrying exactly that */
 	uint8_t wire[600];
@@ -1185,6 +1241,62 @@ static void test_phone_to_binary_wraps_exactly(void **state)
 	send_msg(b, env);
 	assert_int_equal(p->nframes, 1);
 	assert_frame(last_frame(p), "7");
+}
+
+/* The one-pass path (the payload copied into the binary's outbox by the JSON check)
+ * and the two-pass one (when the outbox cannot give the space in one piece) put the
+ * same bytes on the wire; invalid JSON found by the one-pass check leaves the binary's
+ * outbox and the buffer pool as they were. */
+static void test_phone_to_binary_one_pass_equals_two_pass(void **state)
+{
+	struct fconn *b = open_binary(SID);
+	struct fconn *p = open_phone(SID);
+	struct fconn *q = open_phone(SID);
+	static char msg[2048], exp[2400];
+	int n = snprintf(msg, sizeof msg, "{\"type\":\"frame\",\"payload\":\"");
+	for (int k = 0; k < 1500; k++)
+		msg[n++] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[k % 64];
+	snprintf(msg + n, sizeof msg - (size_t)n, "\\u00e9\xc3\xa9\",\"seq\":[1,2.5e3,true,null]}");
+
+	send_msg(p, msg);
+	assert_int_equal(b->nframes, 1);
+	const char *cid = phone_cid_in(p, last_frame(b), SID);
+	wrapped(exp, sizeof exp, cid, msg);
+	assert_frame(last_frame(b), exp);
+	assert_int_equal(stats()->copied_in_scan_bytes, strlen(msg));
+	assert_int_equal(stats()->copied_apart_bytes, 0);
+
+	F->two_pass_only = true;
+	send_msg(p, msg);
+	assert_int_equal(b->nframes, 2);
+	assert_frame(last_frame(b), exp);
+	assert_int_equal(stats()->copied_in_scan_bytes, strlen(msg));
+	assert_int_equal(stats()->copied_apart_bytes, strlen(msg));
+	assert_int_equal(stats()->frames_phone_to_binary, 2);
+	assert_true(last_frame(b)->flags & CONN_SEND_COUNTED);
+	assert_int_equal(b->items_pending, 2);
+
+	/* a long payload made invalid past the stored runs: refused, nothing left behind */
+	F->two_pass_only = false;
+	uint64_t queued = b->out.bytes, in_use = F->w->pool.bytes_in_use;
+	unsigned aborts = F->aborts;
+	msg[strlen(msg) - 1] = ',';
+	send_msg(q, msg);
+	assert_int_equal(F->aborts, aborts + 1);
+	assert_closed(q, WS_CLOSE_NORMAL, "");
+	assert_int_equal(stats()->frames_phone_to_binary, 2);
+	/* only q's close notice was queued to b after the refusal */
+	assert_int_equal(b->nframes, 3);
+	assert_true(b->out.bytes > queued && b->out.bytes - queued < 200);
+	assert_true(F->w->pool.bytes_in_use >= in_use);
+	assert_int_equal(stats()->dropped[RELAY_DROP_PHONE_INVALID_JSON], 1);
+
+	/* a binary's frame for a phone is copied apart: its destination comes from the scan */
+	char env[256];
+	snprintf(env, sizeof env, "{\"conn_id\":\"%s\",\"frame\":[12345]}", cid);
+	send_msg(b, env);
+	assert_frame(last_frame(p), "[12345]");
+	assert_int_equal(stats()->copied_apart_bytes, strlen(msg) + 7);
 }
 
 static void test_phone_invalid_json_closes_1000(void **state)
@@ -1954,6 +2066,7 @@ int main(void)
 		T(test_grace_expiry_closes_phones),
 		T(test_grace_without_phones_frees_slot),
 		T(test_phone_to_binary_wraps_exactly),
+		T(test_phone_to_binary_one_pass_equals_two_pass),
 		T(test_phone_invalid_json_closes_1000),
 		T(test_binary_outbox_refusal_drops_phone),
 		T(test_binary_to_phone_routed),
