@@ -225,6 +225,31 @@ enum envelope_kind envelope_scan(struct span msg, struct envelope *env)
 	return finish(env, ENVELOPE_MISSING_FRAME, ERR_MISSING_FRAME);
 }
 
+bool envelope_routed_shape(struct span msg, struct json_str *conn_id, struct span *frame)
+{
+	static const char head[] = "{\"conn_id\":\"";
+	static const char mid[] = "\",\"frame\":";
+	const size_t head_len = sizeof head - 1, mid_len = sizeof mid - 1;
+	const uint8_t *p = msg.ptr;
+	size_t n = msg.len;
+
+	if (n < head_len + 1 + mid_len + 2 || memcmp(p, head, head_len) != 0 || p[n - 1] != '}')
+		return false;
+	size_t i = head_len;
+	while (i < n && p[i] >= 0x20 && p[i] <= 0x7e && p[i] != '"' && p[i] != '\\')
+		i++;
+	if (i == head_len || n - i < mid_len + 2 || memcmp(p + i, mid, mid_len) != 0)
+		return false;
+	struct span v = span_make(p + i + mid_len, n - 1 - (i + mid_len));
+	if (v.len == 0 || json_skip_ws(v, 0) != 0 || json_skip_ws(span_make(v.ptr + v.len - 1, 1), 0) != 0 ||
+	    (v.len == 4 && memcmp(v.ptr, "null", 4) == 0))
+		return false;
+	conn_id->raw = span_make(p + head_len, i - head_len);
+	conn_id->has_escapes = false;
+	*frame = v;
+	return true;
+}
+
 const char *envelope_kind_name(enum envelope_kind kind)
 {
 	switch (kind) {

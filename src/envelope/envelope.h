@@ -83,6 +83,20 @@ struct envelope {
  */
 enum envelope_kind envelope_scan(struct span msg, struct envelope *env);
 
+/*
+ * The routed form real binaries send, exactly (§3.4 row 1, as Go marshals it):
+ *     {"conn_id":"<id>","frame":<V>}
+ * with nothing else: no whitespace outside V, an id of one or more printable ASCII
+ * bytes other than '"' and '\', and V not empty, not starting or ending with
+ * whitespace, and not `null`. True when msg has that shape; then *conn_id and *frame
+ * point into msg. If V is then one valid JSON value nested in one object
+ * (json_value_copy(V, 1, dst)), envelope_scan would say ROUTED with exactly that
+ * conn_id and frame, so a caller may validate V while copying it to where it goes
+ * (issue #17). If V is not, nothing follows ({"conn_id":"a","frame":1,"b":2} has
+ * this shape with V = `1,"b":2`): scan the message.
+ */
+bool envelope_routed_shape(struct span msg, struct json_str *conn_id, struct span *frame);
+
 /* Short stable name of a kind for logs and tests ("routed", "malformed", ...). */
 const char *envelope_kind_name(enum envelope_kind kind);
 

@@ -476,6 +476,19 @@ bool json_valid_copy(struct span in, uint8_t *dst)
 	return true;
 }
 
+bool json_value_copy(struct span in, uint32_t depth, uint8_t *dst)
+{
+	struct copy_cursor cc = { .dst = dst, .done = 0 };
+	size_t i = 0;
+
+	ASSERT(depth <= JSON_DEPTH_MAX);
+	if (!skip_value(in, &i, depth, NULL, &cc) || i != in.len)
+		return false;
+	ASSERT(cc.done <= in.len);
+	memcpy(dst + cc.done, in.ptr + cc.done, in.len - cc.done);
+	return true;
+}
+
 enum json_type json_type_of(struct span raw_value)
 {
 	ASSERT(raw_value.len > 0);

@@ -61,6 +61,11 @@ bool json_valid(struct span in);
  */
 bool json_valid_copy(struct span in, uint8_t *dst);
 
+/* The same for exactly one value with nothing around it, not even whitespace, nested
+ * inside `depth` containers (JSON_DEPTH_MAX counts them, as json_skip_value's depth):
+ * what json_skip_value(in, &0, depth, ...) accepts when it ends at in.len. */
+bool json_value_copy(struct span in, uint32_t depth, uint8_t *dst);
+
 /* ---- building blocks for walking one level of a document (envelope.c) ---- */
 
 /* A scanned string: raw bytes between the quotes, escapes not decoded. */

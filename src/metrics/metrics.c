@@ -209,9 +209,9 @@ static void reference_families(struct prom_out *o, const struct totals *t, const
 	static const char *const copies[] = { "in_scan", "separate" };
 	const uint64_t copied[] = { r->copied_in_scan_bytes, r->copied_apart_bytes };
 	labelled(o, "pyrycode_relay_payload_copy_bytes_total",
-		 "Forwarded payload bytes copied into an outbox, by how: in_scan (a phone's frame, copied by the JSON "
-		 "validation as it checked it), separate (a binary's frame for a phone, or a phone's frame the outbox "
-		 "could not take in one piece).",
+		 "Forwarded payload bytes copied into an outbox, by how: in_scan (copied by the JSON validation as it "
+		 "checked them: a phone's frame, and a binary's in the form {\"conn_id\":..,\"frame\":..}), separate "
+		 "(other envelopes, copied once scanned, and frames the outbox could not take in one piece).",
 		 PROM_COUNTER, "copy", copies, copied, ARRAY_LEN(copied));
 
 	scalar(o, "pyrycode_relay_grace_expiries_total",

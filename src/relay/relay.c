@@ -512,10 +512,39 @@ static void push_wake(struct relay_shard *s, struct relay_conn *rc, struct span 
 		 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", err));
 }
 
+/* A routed frame in the form binaries send (envelope_routed_shape): its phone is known
+ * before the frame is scanned, so the frame is validated and copied into the phone's
+ * outbox by one pass (issue #17, ADR 19). False: nothing was queued or counted, and the
+ * caller scans the message (any other form, an unknown or closing phone, a frame over
+ * its budget or not valid JSON there: the scan says which and acts on it). */
+static bool forward_in_place(struct relay_shard *s, struct relay_slot *sl, struct span data)
+{
+	struct json_str id;
+	struct span frame;
+	struct conn_ref p;
+	if (!envelope_routed_shape(data, &id, &frame) || !find_phone(s, sl, &id, &p) || !conn_ws_is_open(s->w, p))
+		return false;
+	if (phone_charge(s, p) + frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES > RELAY_PHONE_OUTBOX_BUDGET_BYTES)
+		return false;
+	struct conn_text_resv resv;
+	uint8_t *out = conn_ws_text_reserve(s->w, p, frame.len, &resv);
+	if (out == NULL)
+		return false;
+	if (!json_value_copy(frame, 1, out)) {
+		conn_ws_text_abort(s->w, &resv);
+		return false;
+	}
+	conn_ws_text_commit(s->w, p, &resv, CONN_SEND_COUNTED);
+	STAT_ADD(s->stats.copied_in_scan_bytes, frame.len);
+	return true;
+}
+
 static void binary_message(struct relay_shard *s, struct conn_ref c, struct span data)
 {
 	struct relay_conn *rc = rc_of(s, c);
 	struct relay_slot *sl = rc->slot;
+	if (forward_in_place(s, sl, data))
+		return;
 	char bid[BINARY_CONN_ID_BYTES_MAX];
 	struct envelope env;
 	switch (envelope_scan(data, &env)) {

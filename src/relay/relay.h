@@ -80,10 +80,10 @@ struct relay_stats {
 	uint64_t frames_phone_to_binary;
 	uint64_t frames_binary_to_phone;
 	/* Forwarded payload bytes copied into an outbox: by the JSON validation as it
-	 * checked them (a phone's frame, written into its binary's outbox in place), or
-	 * by a separate copy (a binary's frame for a phone: its destination is known only
-	 * once the envelope is scanned; a phone's frame the outbox could not take in one
-	 * piece). */
+	 * checked them (a phone's frame, written into its binary's outbox in place; a
+	 * binary's frame in the routed form binaries send, envelope_routed_shape), or by
+	 * a separate copy (any other envelope: its phone is known only once it is
+	 * scanned; a frame the outbox could not take in one piece). */
 	uint64_t copied_in_scan_bytes;
 	uint64_t copied_apart_bytes;
 	uint64_t grace_expiries;

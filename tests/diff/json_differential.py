@@ -391,6 +391,16 @@ def gen_envelope_noisy():
 MUT_BYTES = b'{}[],:"\\ \t\n0123456789-+.eEtrufalsn\x00\x1f\x7f\x80\xc3\xa4\xe2\xed\xff'
 
 
+SHAPE_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_ ~{}:,"
+
+
+def gen_routed_shape():
+    """The exact form binaries send, {"conn_id":"..","frame":..}: the relay's one-pass
+    route (envelope_routed_shape), which the driver holds to envelope_scan."""
+    cid = "".join(R.choice(SHAPE_ID_CHARS) for _ in range(R.randint(1, 24)))
+    return b'{"conn_id":"' + cid.encode() + b'","frame":' + gen_value(1) + b"}"
+
+
 def mutate(b):
     b = bytearray(b)
     for _ in range(R.randint(1, 3)):
@@ -432,9 +442,11 @@ def inputs():
     for _ in range(ROUNDS):
         docs = [gen_document() for _ in range(2500)]
         envs = [gen_envelope() for _ in range(3000)]
-        out += docs + envs
+        shapes = [gen_routed_shape() for _ in range(600)]
+        out += docs + envs + shapes
         out += [mutate(R.choice(docs)) for _ in range(1500)]
         out += [mutate(R.choice(envs)) for _ in range(2500)]
+        out += [mutate(R.choice(shapes)) for _ in range(600)]
     return out
 
 

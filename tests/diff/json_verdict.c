@@ -16,7 +16,9 @@
  * The line is computed at the widest level of instructions the CPU has (core/simd.h),
  * as the relay runs by default; every narrower level must give the same json_valid,
  * kind and frame span, and json_valid_copy the same verdict and a byte-exact copy at
- * every level, or the driver stops with status 2.
+ * every level, and a message in the routed shape (envelope_routed_shape) whose frame
+ * json_value_copy accepts must scan as ROUTED with that conn_id and frame, or the
+ * driver stops with status 2.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,27 @@ static bool copy_agrees(struct span in, bool valid)
 	return same;
 }
 
+/* The relay's one-pass route: the routed shape with a frame that is one value at depth 1
+ * is exactly what envelope_scan calls ROUTED with that conn_id and frame. */
+static bool shape_agrees(struct span in, const struct envelope *env)
+{
+	struct json_str id;
+	struct span v;
+	if (!envelope_routed_shape(in, &id, &v))
+		return true;
+	uint8_t *dst = malloc(v.len);
+	if (dst == NULL) {
+		perror("malloc");
+		exit(2);
+	}
+	bool ok = json_value_copy(v, 1, dst);
+	bool same = !ok || (memcmp(dst, v.ptr, v.len) == 0 && env->kind == ENVELOPE_ROUTED &&
+			    env->conn_id.raw.ptr == id.raw.ptr && env->conn_id.raw.len == id.raw.len &&
+			    env->frame.ptr == v.ptr && env->frame.len == v.len);
+	free(dst);
+	return same;
+}
+
 /* The narrower levels agree with the widest (selected on return), and json_valid_copy
  * with json_valid at every level. */
 static void same_at_every_level(struct span in, bool valid, enum envelope_kind kind, const struct envelope *env)
@@ -102,6 +125,10 @@ static void verdict(struct span in)
 		exit(2);
 	}
 	same_at_every_level(in, valid, kind, &env);
+	if (!shape_agrees(in, &env)) {
+		fprintf(stderr, "json_verdict: the routed shape's one pass disagrees with envelope_scan\n");
+		exit(2);
+	}
 	printf("%d %s ", valid ? 1 : 0, envelope_kind_name(kind));
 	put_reason(env.err);
 	putchar(' ');

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from relayctl import (AT_CAP, CONFLICT, NO_SERVER, OP_CLOSE, OP_PING, OP_PONG, REPO_ROOT, RawConn, abort, barrier,
-                      build_frame, claim, client_headers, close_and_wait, close_payload, directive, expect_close,
+from relayctl import (AT_CAP, CONFLICT, NO_SERVER, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, REPO_ROOT, RawConn, abort,
+                      barrier, build_frame, claim, client_headers, close_and_wait, close_payload, directive, expect_close,
                       free_port, read_text, read_wrapped, register, route, server_headers, wait_until)
 
 PROM_CT = "text/plain; version=0.0.4; charset=utf-8"
@@ -653,7 +653,8 @@ def test_zero_copy_off_by_default(mrelay, server_id):
     assert s[ZC_SENDS] == 0 and s[ZC_COPIED] == 0
 
 
-COPY_IN_SCAN, COPY_SEPARATE = ('pyrycode_relay_payload_copy_bytes_total{copy="%s"}' % c for c in ("in_scan", "separate"))
+COPY_IN_SCAN, COPY_SEPARATE = ('pyrycode_relay_payload_copy_bytes_total{copy="%s"}' % c
+                               for c in ("in_scan", "separate"))
 
 
 def copies_moved(relay, before: dict, in_scan: int, separate: int):
@@ -712,7 +713,14 @@ def test_payload_isa_each_level_relays_intact(relay_factory, server_id, isa):
         route(b, cid, t)
     for t in texts:
         assert read_text(p, timeout=10) == t
-    # a binary's frames are copied after the envelope scan names their phone
+    # in the form binaries send, a binary's frames too: the phone is named before the frame
+    copies_moved(relay, before, in_scan=total, separate=0)
+    before = scrape(relay)
+    for t in texts:
+        b.send_frame(OP_TEXT, b'{"conn_id": ' + json.dumps(cid).encode() + b', "frame": ' + t + b"}")
+    for t in texts:
+        assert read_text(p, timeout=10) == t
+    # in any other form, copied once the envelope scan has named the phone
     copies_moved(relay, before, in_scan=0, separate=total)
     # a control byte 70 bytes into a long string: past the vector steps, still refused
     before = scrape(relay)

@@ -10,6 +10,10 @@
  *   0; DIRECTIVE has close_code != 0; PUSH_WAKE has no conn_id;
  * - an accepted push_wake has platform "fcm" and a non-empty token;
  * - the conn_id decodes to at most its raw length and compares equal to its decoding;
+ * - the routed shape (envelope_routed_shape): when the input has it and its frame is one
+ *   valid value at depth 1 (json_value_copy, which must then copy it byte for byte into
+ *   a block of exactly its size), envelope_scan says ROUTED with that very conn_id and
+ *   frame; a frame json_value_copy refuses is refused by json_skip_value at depth 1 too;
  * - writers round-trip: the wrap prefix + frame + suffix and the close notice, written
  *   for the decoded conn_id (and for raw input bytes as a conn_id), scan back to the
  *   expected kind, code and frame bytes, and envelope_conn_id_eq matches the conn_id
@@ -126,6 +130,30 @@ static void round_trip(struct span id, struct span frame)
 	free(buf);
 }
 
+/* The relay's one-pass route (relay.c forward_in_place) holds to envelope_scan. */
+static void check_routed_shape(struct span in, const struct envelope *env)
+{
+	struct json_str id;
+	struct span v;
+	if (!envelope_routed_shape(in, &id, &v))
+		return;
+	CHECK(inside(in, id.raw) && inside(in, v) && id.raw.len > 0 && !id.has_escapes && v.len > 0);
+	uint8_t *dst = malloc(v.len);
+	if (dst == NULL)
+		return;
+	bool ok = json_value_copy(v, 1, dst);
+	size_t pos = 0;
+	CHECK(ok == (json_skip_value(v, &pos, 1, NULL) && pos == v.len));
+	if (ok) {
+		CHECK(memcmp(dst, v.ptr, v.len) == 0);
+		CHECK(env->kind == ENVELOPE_ROUTED);
+		CHECK(env->conn_id.raw.ptr == id.raw.ptr && env->conn_id.raw.len == id.raw.len);
+		CHECK(!env->conn_id.has_escapes);
+		CHECK(env->frame.ptr == v.ptr && env->frame.len == v.len);
+	}
+	free(dst);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct span in = span_make(data, size);
@@ -166,6 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_value_span(in, env.frame);
 		CHECK(env.frame.len != 4 || memcmp(env.frame.ptr, "null", 4) != 0);
 	}
+	check_routed_shape(in, &env);
 
 	if (kind == ENVELOPE_PUSH_WAKE) {
 		struct push_wake pw;

@@ -21,6 +21,33 @@
  * and check the kind. Spans in *env are rebased onto the literal so callers can
  * compare offsets; the copy is freed before returning.
  */
+/*
+ * The relay's one-pass route: when the message has the routed shape and its frame is
+ * one valid value at depth 1, the scan must say ROUTED with the same conn_id and frame
+ * (and json_value_copy must have copied the frame exactly). Returns whether it applied.
+ */
+static bool shape_agrees(struct span msg, const struct envelope *env)
+{
+	struct json_str id;
+	struct span v;
+	if (!envelope_routed_shape(msg, &id, &v))
+		return false;
+	uint8_t *dst = malloc(v.len);
+	assert_non_null(dst);
+	bool ok = json_value_copy(v, 1, dst);
+	if (ok) {
+		assert_memory_equal(dst, v.ptr, v.len);
+		assert_int_equal(env->kind, ENVELOPE_ROUTED);
+		assert_ptr_equal(env->conn_id.raw.ptr, id.raw.ptr);
+		assert_int_equal(env->conn_id.raw.len, id.raw.len);
+		assert_false(env->conn_id.has_escapes);
+		assert_ptr_equal(env->frame.ptr, v.ptr);
+		assert_int_equal(env->frame.len, v.len);
+	}
+	free(dst);
+	return ok;
+}
+
 static enum envelope_kind scan_as(const char *msg, size_t n, struct envelope *env)
 {
 	uint8_t *b = malloc(n ? n : 1);
@@ -29,6 +56,7 @@ static enum envelope_kind scan_as(const char *msg, size_t n, struct envelope *en
 	memcpy(b, msg, n);
 	enum envelope_kind k = envelope_scan(span_make(b, n), env);
 	assert_int_equal(k, env->kind);
+	shape_agrees(span_make(b, n), env);
 #define REBASE(sp) \
 	do { \
 		if ((sp).ptr) { \
@@ -667,6 +695,68 @@ static void test_kind_names(void **state)
 }
 
 /* A large routed frame made of long strings: the span covers it exactly. */
+/* Which messages take the one-pass route (the shape, and a frame that is one value). */
+static bool one_pass(const char *msg)
+{
+	struct envelope env;
+	size_t n = strlen(msg);
+	envelope_scan(span_make(msg, n), &env);
+	return shape_agrees(span_make(msg, n), &env);
+}
+
+static void test_routed_shape(void **state)
+{
+	(void)state;
+	/* the form binaries send, any frame value */
+	assert_true(one_pass("{\"conn_id\":\"client-s-0a1b2c3d\",\"frame\":{\"t\":\"x\"}}"));
+	assert_true(one_pass("{\"conn_id\":\"a\",\"frame\":1}"));
+	assert_true(one_pass("{\"conn_id\":\"a b~\",\"frame\":\"\\u00e9\xc3\xa9\"}"));
+	assert_true(one_pass("{\"conn_id\":\"a\",\"frame\":[ 1 , {} ]}"));
+	/* anything else is scanned: whitespace outside the frame, other key orders or keys,
+	 * an escaped or empty or non-ASCII conn_id, a null frame */
+	assert_false(one_pass("{\"conn_id\":\"a\",\"frame\": 1}"));
+	assert_false(one_pass("{\"conn_id\":\"a\",\"frame\":1 }"));
+	assert_false(one_pass("{\"conn_id\":\"a\", \"frame\":1}"));
+	assert_false(one_pass(" {\"conn_id\":\"a\",\"frame\":1}"));
+	assert_false(one_pass("{\"conn_id\":\"a\",\"frame\":1} "));
+	assert_false(one_pass("{\"frame\":1,\"conn_id\":\"a\"}"));
+	assert_false(one_pass("{\"conn_id\":\"a\",\"close_code\":4000,\"frame\":1}"));
+	assert_false(one_pass("{\"conn_id\":\"a\\u0062\",\"frame\":1}"));
+	assert_false(one_pass("{\"conn_id\":\"\",\"frame\":1}"));
+	assert_false(one_pass("{\"conn_id\":\"\xc3\xa9\",\"frame\":1}"));
+	assert_false(one_pass("{\"conn_id\":\"a\",\"frame\":null}"));
+	assert_false(one_pass("{\"conn_id\":\"a\",\"frame\":}"));
+	/* the shape, but the frame is not one value: the scan decides (here: routed, and
+	 * malformed) */
+	struct envelope env;
+	struct json_str id;
+	struct span v;
+	static const char two[] = "{\"conn_id\":\"a\",\"frame\":1,\"frame\":2}";
+	assert_true(envelope_routed_shape(span_make(two, sizeof two - 1), &id, &v));
+	assert_false(one_pass(two));
+	SCAN(two, ENVELOPE_ROUTED, &env);
+	assert_span_str(env.frame, "2");
+	assert_false(one_pass("{\"conn_id\":\"a\",\"frame\":[1,]}"));
+	KIND("{\"conn_id\":\"a\",\"frame\":[1,]}", ENVELOPE_MALFORMED);
+	/* nesting counts the envelope: 9999 arrays inside it are the limit */
+	size_t deep = JSON_DEPTH_MAX - 1;
+	char *msg = malloc(2 * deep + 64);
+	assert_non_null(msg);
+	for (size_t extra = 0; extra <= 1; extra++) {
+		size_t n = (size_t)sprintf(msg, "{\"conn_id\":\"a\",\"frame\":");
+		memset(msg + n, '[', deep + extra);
+		n += deep + extra;
+		memset(msg + n, ']', deep + extra);
+		n += deep + extra;
+		msg[n++] = '}';
+		msg[n] = '\0';
+		assert_int_equal(one_pass(msg), extra == 0);
+		enum envelope_kind k = scan_as(msg, n, &env);
+		assert_int_equal(k, extra == 0 ? ENVELOPE_ROUTED : ENVELOPE_MALFORMED);
+	}
+	free(msg);
+}
+
 static void test_large_frame(void **state)
 {
 	size_t body = 256 * 1024, n = 0;
@@ -710,6 +800,7 @@ int main(void)
 		cmocka_unit_test(test_close_notice),
 		cmocka_unit_test(test_writer_round_trip),
 		cmocka_unit_test(test_kind_names),
+		cmocka_unit_test(test_routed_shape),
 		cmocka_unit_test(test_large_frame),
 	};
 	return cmocka_run_group_tests_name("envelope", tests, NULL, NULL);

@@ -462,6 +462,24 @@ static void test_valid_copy_random(void **state)
 	at_every_simd_level("valid+copy random", copy_random);
 }
 
+/* json_value_copy: one value, nothing around it, nested inside `depth` containers. */
+static void test_value_copy(void **state)
+{
+	(void)state;
+	uint8_t dst[64];
+	assert_true(json_value_copy(S("[1,{\"a\":\"\xc3\xa9\"}]"), 1, dst));
+	assert_memory_equal(dst, "[1,{\"a\":\"\xc3\xa9\"}]", 15);
+	assert_true(json_value_copy(S("-0.5e3"), 0, dst));
+	assert_false(json_value_copy(S(" 1"), 0, dst));
+	assert_false(json_value_copy(S("1 "), 0, dst));
+	assert_false(json_value_copy(S("1,2"), 1, dst));
+	assert_false(json_value_copy(S(""), 1, dst));
+	/* the depth counts: a container at JSON_DEPTH_MAX - 1 is the deepest allowed */
+	assert_true(json_value_copy(S("[]"), JSON_DEPTH_MAX - 1, dst));
+	assert_false(json_value_copy(S("[]"), JSON_DEPTH_MAX, dst));
+	assert_true(json_value_copy(S("7"), JSON_DEPTH_MAX, dst));
+}
+
 static void test_numbers_big(void **state)
 {
 	char buf[5000];
@@ -802,6 +820,7 @@ int main(void)
 		cmocka_unit_test(test_string_fast_path_offsets),
 		cmocka_unit_test(test_valid_copy_run_offsets),
 		cmocka_unit_test(test_valid_copy_random),
+		cmocka_unit_test(test_value_copy),
 		cmocka_unit_test(test_numbers_big),
 		cmocka_unit_test(test_depth_limit),
 		cmocka_unit_test(test_skip_value_depth_param),
