@@ -278,6 +278,22 @@ static void test_utf8(void **state)
 	BAD("{\"\xff\":1}");
 }
 
+/* Write "<at plain bytes><ins><len - at plain bytes>" (quotes included) at out; returns
+ * its length (len + ins_len + 2). */
+static size_t string_with(char *out, size_t at, size_t len, const char *ins, size_t ins_len)
+{
+	size_t n = 0;
+	out[n++] = '"';
+	for (size_t k = 0; k < at; k++)
+		out[n++] = 'a' + (char)(k % 26);
+	memcpy(out + n, ins, ins_len);
+	n += ins_len;
+	for (size_t k = at; k < len; k++)
+		out[n++] = 'A' + (char)(k % 26);
+	out[n++] = '"';
+	return n;
+}
+
 /*
  * The string loop skips 32 (AVX2), 16 (SSE2) or eight plain bytes at a time; put every
  * special byte at every offset of strings of several lengths so every fast path and the
@@ -302,15 +318,7 @@ static void string_fast_path_offsets(void)
 	for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
 		for (size_t len = 0; len <= 140; len++) { /* past the 64 bytes the AVX2 path needs, and more */
 			for (size_t at = 0; at <= len; at++) {
-				size_t n = 0;
-				buf[n++] = '"';
-				for (size_t k = 0; k < at; k++)
-					buf[n++] = 'a' + (char)(k % 26);
-				memcpy(buf + n, cases[c].ins, cases[c].len);
-				n += cases[c].len;
-				for (size_t k = at; k < len; k++)
-					buf[n++] = 'A' + (char)(k % 26);
-				buf[n++] = '"';
+				size_t n = string_with(buf, at, len, cases[c].ins, cases[c].len);
 				bool got = valid_lit(buf, n);
 				if (got != cases[c].ok) {
 					print_error("%s: case %zu len %zu at %zu: got %d\n", simd_name(simd_selected()), c,
@@ -349,15 +357,9 @@ static void copy_run_offsets(void)
 			for (size_t at = 0; at <= len; at++) {
 				size_t n = 0;
 				buf[n++] = '[';
-				buf[n++] = '"';
-				for (size_t k = 0; k < at; k++)
-					buf[n++] = 'a' + (char)(k % 26);
-				memcpy(buf + n, cases[c].ins, cases[c].len);
-				n += cases[c].len;
-				for (size_t k = at; k < len; k++)
-					buf[n++] = 'A' + (char)(k % 26);
-				memcpy(buf + n, "\",1]", 4);
-				n += 4;
+				n += string_with(buf + n, at, len, cases[c].ins, cases[c].len);
+				memcpy(buf + n, ",1]", 3);
+				n += 3;
 				uint8_t *b = malloc(n);
 				assert_non_null(b);
 				memcpy(b, buf, n);
