@@ -386,49 +386,58 @@ enum wrap_result {
 	WRAP_TWO_PASS,  /* the binary's outbox could not give the space in one piece */
 };
 
-/* The wrapped frame written straight into the binary's outbox, the payload validated
- * and copied by one pass (json_valid_copy; issue #17, ADR 19). */
-static enum wrap_result wrap_in_place(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b,
-				      struct span data)
-{
-	struct relay_slot *sl = rc->slot;
-	uint32_t hex_off = slot_wrap_hex_off(sl);
-	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
-	struct conn_text_resv resv;
-	uint8_t *out = conn_ws_text_reserve(s->w, b, (size_t)sl->wrap_len + data.len + ENVELOPE_WRAP_SUFFIX_LEN, &resv);
-	if (out == NULL)
-		return WRAP_TWO_PASS;
-	const uint8_t *wrap = slot_wrap(sl);
-	memcpy(out, wrap, hex_off);
-	memcpy(out + hex_off, rc->hex, RELAY_CONN_HEX_LEN);
-	memcpy(out + tail, wrap + tail, sl->wrap_len - tail);
-	out += sl->wrap_len;
-	if (!json_valid_copy(data, out)) {
-		conn_ws_text_abort(s->w, &resv);
-		return WRAP_INVALID;
-	}
-	memcpy(out + data.len, ENVELOPE_WRAP_SUFFIX, ENVELOPE_WRAP_SUFFIX_LEN);
-	conn_ws_text_commit(s->w, b, &resv, TO_BINARY);
-	STAT_ADD(s->stats.copied_in_scan_bytes, data.len);
-	return WRAP_QUEUED;
-}
-
-/* The same in two passes: json_valid (already done), then the wrap copied from parts. */
-static bool wrap_two_pass(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b, struct span data)
+/* The wrapped frame for the binary in parts: the slot's prefix around the phone's
+ * conn_id hex, the payload (WRAP_PAYLOAD), the suffix. */
+#define WRAP_PARTS 5u
+#define WRAP_PAYLOAD 3u
+static void wrap_parts(struct relay_conn *rc, struct span data, struct iovec parts[WRAP_PARTS])
 {
 	struct relay_slot *sl = rc->slot;
 	uint8_t *wrap = slot_wrap(sl);
 	uint32_t hex_off = slot_wrap_hex_off(sl);
 	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
-	struct iovec parts[] = {
-		{ .iov_base = wrap, .iov_len = hex_off },
-		{ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN },
-		{ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail },
-		{ .iov_base = (void *)data.ptr, .iov_len = data.len },
-		{ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN },
-	};
-	_Static_assert(ARRAY_LEN(parts) <= CONN_SEND_PARTS_MAX, "the wrap takes more parts than a frame carries");
-	if (!conn_ws_send_text(s->w, b, parts, ARRAY_LEN(parts), TO_BINARY))
+	parts[0] = (struct iovec){ .iov_base = wrap, .iov_len = hex_off };
+	parts[1] = (struct iovec){ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN };
+	parts[2] = (struct iovec){ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail };
+	parts[WRAP_PAYLOAD] = (struct iovec){ .iov_base = (void *)data.ptr, .iov_len = data.len };
+	parts[4] = (struct iovec){ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN };
+}
+_Static_assert(WRAP_PARTS <= CONN_SEND_PARTS_MAX, "the wrap takes more parts than a frame carries");
+
+/* The wrapped frame written straight into the binary's outbox, the payload validated
+ * and copied by one pass (json_valid_copy; issue #17, ADR 19). */
+static enum wrap_result wrap_in_place(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b,
+				      struct span data)
+{
+	struct iovec parts[WRAP_PARTS];
+	size_t len = 0;
+	wrap_parts(rc, data, parts);
+	for (size_t i = 0; i < WRAP_PARTS; i++)
+		len += parts[i].iov_len;
+	struct conn_text_resv resv;
+	uint8_t *out = conn_ws_text_reserve(s->w, b, len, &resv);
+	if (out == NULL)
+		return WRAP_TWO_PASS;
+	for (size_t i = 0; i < WRAP_PARTS; i++) {
+		if (i != WRAP_PAYLOAD)
+			memcpy(out, parts[i].iov_base, parts[i].iov_len);
+		else if (!json_valid_copy(data, out)) {
+			conn_ws_text_abort(s->w, &resv);
+			return WRAP_INVALID;
+		}
+		out += parts[i].iov_len;
+	}
+	conn_ws_text_commit(s->w, b, &resv, TO_BINARY);
+	STAT_ADD(s->stats.copied_in_scan_bytes, data.len);
+	return WRAP_QUEUED;
+}
+
+/* The same in two passes: json_valid (already done), then the parts copied. */
+static bool wrap_two_pass(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b, struct span data)
+{
+	struct iovec parts[WRAP_PARTS];
+	wrap_parts(rc, data, parts);
+	if (!conn_ws_send_text(s->w, b, parts, WRAP_PARTS, TO_BINARY))
 		return false;
 	STAT_ADD(s->stats.copied_apart_bytes, data.len);
 	return true;
