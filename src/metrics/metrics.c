@@ -206,14 +206,6 @@ static void reference_families(struct prom_out *o, const struct totals *t, const
 		 "Frames forwarded, by direction: wrapped sends to a binary, and frames written to a phone.",
 		 PROM_COUNTER, "direction", directions, frames, ARRAY_LEN(frames));
 
-	static const char *const copies[] = { "in_scan", "separate" };
-	const uint64_t copied[] = { r->copied_in_scan_bytes, r->copied_apart_bytes };
-	labelled(o, "pyrycode_relay_payload_copy_bytes_total",
-		 "Forwarded payload bytes copied into an outbox, by how: in_scan (copied by the JSON validation as it "
-		 "checked them: a phone's frame, and a binary's in the form {\"conn_id\":..,\"frame\":..}), separate "
-		 "(other envelopes, copied once scanned, and frames the outbox could not take in one piece).",
-		 PROM_COUNTER, "copy", copies, copied, ARRAY_LEN(copied));
-
 	scalar(o, "pyrycode_relay_grace_expiries_total",
 	       "Grace periods that expired and released a server-id (stale timers never count).", PROM_COUNTER,
 	       (double)r->grace_expiries);
@@ -308,6 +300,13 @@ static void own_families(struct prom_out *o, const struct totals *t, const struc
 		 "Always 1; isa is the widest instructions the payload passes use, chosen at start-up (avx2, sse2, "
 		 "else word).",
 		 PROM_GAUGE, "isa", isa_names, one, 1);
+	static const char *const copies[] = { "in_scan", "separate" };
+	const uint64_t copied[] = { t->relay.copied_in_scan_bytes, t->relay.copied_apart_bytes };
+	labelled(o, "pyrycode_relay_payload_copy_bytes_total",
+		 "Forwarded payload bytes copied into an outbox, by how: in_scan (copied by the JSON validation as it "
+		 "checked them: a phone's frame, and a binary's in the form {\"conn_id\":..,\"frame\":..}), separate "
+		 "(other envelopes, copied once scanned, and frames the outbox could not take in one piece).",
+		 PROM_COUNTER, "copy", copies, copied, ARRAY_LEN(copied));
 	scalar(o, "pyrycode_relay_phone_pauses_total",
 	       "Times a server-id's phones stopped being read because its binary's outbox crossed the high-water mark.",
 	       PROM_COUNTER, (double)t->relay.phone_pauses);
