@@ -1,9 +1,10 @@
 /*
- * relay.c - registry shard: claims, phones, grace, conflict probes, routing.
+ * relay.c - registry shard: claims, phones, grace, conflict probes, and the hooks
+ * that hand messages to routing.
  *
- * Reading order: admission, claim/register (on_open), routing (on_message), endings
+ * Reading order: admission, claim/register (on_open), messages (on_message), endings
  * (on_end), timers, shutdown, the hook table. Storage (the server-id table, conn_id
- * templates) is in slots.c. Every decision follows the reference section named next
+ * templates) is in slots.c, routing (what a message becomes) in route.c. Every decision follows the reference section named next
  * to it.
  */
 #include "relay/shard.h"
@@ -16,7 +17,6 @@
 #include "core/log.h"
 #include "envelope/envelope.h"
 #include "engine/session_record.h"
-#include "envelope/json.h"
 #include "ws/ws_frame.h"
 
 /* ------------------------------------------------------------------ admission */
@@ -355,279 +355,16 @@ static void on_resume(void *app, struct conn_ref c, const struct upgraded *u)
 		 KV_STR("remote", ip));
 }
 
-/* ------------------------------------------------------------------ routing */
-
-static void pause_phones(struct relay_shard *s, struct relay_slot *sl, bool pause)
-{
-	if (sl->phones_paused == pause)
-		return;
-	sl->phones_paused = pause;
-	if (pause)
-		STAT_INC(s->stats.phone_pauses);
-	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn_ref p = slot_phone(s, sl, i);
-		struct relay_conn *prc = rc_of(s, p);
-		if (pause) {
-			prc->flags |= RELAY_F_PAUSED;
-			conn_pause_recv(s->w, p);
-		} else {
-			prc->flags &= (uint8_t)~RELAY_F_PAUSED;
-			conn_resume_recv(s->w, p);
-		}
-	}
-}
-
-/* Frames for a binary: counted when written, and their queueing latency observed. */
-#define TO_BINARY (CONN_SEND_COUNTED | CONN_SEND_LATENCY)
-
-enum wrap_result {
-	WRAP_QUEUED,    /* valid, and queued for the binary */
-	WRAP_INVALID,   /* not valid JSON: nothing queued */
-	WRAP_TWO_PASS,  /* the binary's outbox could not give the space in one piece */
-};
-
-/* The wrapped frame for the binary in parts: the slot's prefix around the phone's
- * conn_id hex, the payload (WRAP_PAYLOAD), the suffix. */
-#define WRAP_PARTS 5u
-#define WRAP_PAYLOAD 3u
-static void wrap_parts(struct relay_conn *rc, struct span data, struct iovec parts[WRAP_PARTS])
-{
-	struct relay_slot *sl = rc->slot;
-	uint8_t *wrap = slot_wrap(sl);
-	uint32_t hex_off = slot_wrap_hex_off(sl);
-	uint32_t tail = hex_off + RELAY_CONN_HEX_LEN;
-	parts[0] = (struct iovec){ .iov_base = wrap, .iov_len = hex_off };
-	parts[1] = (struct iovec){ .iov_base = rc->hex, .iov_len = RELAY_CONN_HEX_LEN };
-	parts[2] = (struct iovec){ .iov_base = wrap + tail, .iov_len = sl->wrap_len - tail };
-	parts[WRAP_PAYLOAD] = (struct iovec){ .iov_base = (void *)data.ptr, .iov_len = data.len };
-	parts[4] = (struct iovec){ .iov_base = (void *)ENVELOPE_WRAP_SUFFIX, .iov_len = ENVELOPE_WRAP_SUFFIX_LEN };
-}
-_Static_assert(WRAP_PARTS <= CONN_SEND_PARTS_MAX, "the wrap takes more parts than a frame carries");
-
-/* The wrapped frame written straight into the binary's outbox, the payload validated
- * and copied by one pass (json_valid_copy; issue #17, ADR 19). */
-static enum wrap_result wrap_in_place(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b,
-				      struct span data)
-{
-	struct iovec parts[WRAP_PARTS];
-	size_t len = 0;
-	wrap_parts(rc, data, parts);
-	for (size_t i = 0; i < WRAP_PARTS; i++)
-		len += parts[i].iov_len;
-	struct conn_text_resv resv;
-	uint8_t *out = conn_ws_text_reserve(s->w, b, len, &resv);
-	if (out == NULL)
-		return WRAP_TWO_PASS;
-	for (size_t i = 0; i < WRAP_PARTS; i++) {
-		if (i != WRAP_PAYLOAD)
-			memcpy(out, parts[i].iov_base, parts[i].iov_len);
-		else if (!json_valid_copy(data, out)) {
-			conn_ws_text_abort(s->w, &resv);
-			return WRAP_INVALID;
-		}
-		out += parts[i].iov_len;
-	}
-	conn_ws_text_commit(s->w, b, &resv, TO_BINARY);
-	STAT_ADD(s->stats.copied_in_scan_bytes, data.len);
-	return WRAP_QUEUED;
-}
-
-/* The same in two passes: json_valid (already done), then the parts copied. */
-static bool wrap_two_pass(struct relay_shard *s, struct relay_conn *rc, struct conn_ref b, struct span data)
-{
-	struct iovec parts[WRAP_PARTS];
-	wrap_parts(rc, data, parts);
-	if (!conn_ws_send_text(s->w, b, parts, WRAP_PARTS, TO_BINARY))
-		return false;
-	STAT_ADD(s->stats.copied_apart_bytes, data.len);
-	return true;
-}
-
-/* §3.2: validate, wrap, send to the binary. Back-pressure replaces the reference's
- * drop-after-10 s: above the binary's high-water mark the phones stop being read. */
-static void phone_message(struct relay_shard *s, struct conn_ref c, struct span data)
-{
-	struct relay_conn *rc = rc_of(s, c);
-	struct relay_slot *sl = rc->slot;
-	enum wrap_result wrapped = WRAP_TWO_PASS;
-	if (sl->binary != RELAY_NO_CONN)
-		wrapped = wrap_in_place(s, rc, ref_at(s, sl->binary), data);
-	if (wrapped == WRAP_INVALID || (wrapped == WRAP_TWO_PASS && !json_valid(data))) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
-		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "phone frame is not valid JSON"));
-		rc->flags |= RELAY_F_FORWARDER_ENDED;
-		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
-		return;
-	}
-	if (sl->binary == RELAY_NO_CONN) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_NO_BINARY]);
-		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary connection closed"));
-		rc->flags |= RELAY_F_FORWARDER_ENDED;
-		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
-		return;
-	}
-	struct conn_ref b = ref_at(s, sl->binary);
-	if (wrapped == WRAP_TWO_PASS && !wrap_two_pass(s, rc, b, data)) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
-		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary outbox refused the frame"));
-		rc->flags |= RELAY_F_FORWARDER_ENDED;
-		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
-		return;
-	}
-	STAT_INC(s->stats.frames_phone_to_binary);
-	if (conn_queued_bytes(s->w, b) > RELAY_BINARY_OUTBOX_HIGH_WATER_BYTES)
-		pause_phones(s, sl, true);
-}
-
-static bool find_phone(struct relay_shard *s, struct relay_slot *sl, const struct json_str *id,
-		       struct conn_ref *out)
-{
-	/* Linear over <= 16 phones of this server-id only (§3.3 step 4, §4.3). */
-	for (uint8_t i = 0; i < sl->nphones; i++) {
-		struct conn_ref p = slot_phone(s, sl, i);
-		if (envelope_conn_id_eq(id->raw, id->has_escapes, phone_conn_id(rc_of(s, p)))) {
-			*out = p;
-			return true;
-		}
-	}
-	return false;
-}
-
-static uint64_t phone_charge(struct relay_shard *s, struct conn_ref p)
-{
-	return conn_queued_bytes(s->w, p) + (uint64_t)conn_queued_items(s->w, p) * RELAY_OUTBOX_ITEM_OVERHEAD_BYTES;
-}
-
-/* §3.3 step 3, §7.2: a wake for the sender, or a refusal logged here. Never a reply
- * to the binary, never a wait: the sender's admission only queues. */
-static void push_wake(struct relay_shard *s, struct relay_conn *rc, struct span value)
-{
-	const struct relay_push_port *port = relay_shared_push(s->shared);
-	struct push_wake pw;
-	const char *err = "push is off";
-	if (port != NULL) {
-		err = envelope_push_wake_parse(value, &pw);
-		if (err == NULL)
-			err = port->submit(port->ctx, slot_id(rc->slot), pw.token);
-	}
-	if (err == NULL)
-		return;
-	char bid[BINARY_CONN_ID_BYTES_MAX];
-	STAT_INC(s->stats.dropped[RELAY_DROP_PUSH_WAKE]);
-	LOG_WARN("binary_forwarder_push_wake_dropped", KV_SPAN("server_id", slot_id(rc->slot)),
-		 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", err));
-}
-
-/* A routed frame in the form binaries send (envelope_routed_shape): its phone is known
- * before the frame is scanned, so the frame is validated and copied into the phone's
- * outbox by one pass (issue #17, ADR 19). False: nothing was queued or counted, and the
- * caller scans the message (any other form, an unknown or closing phone, a frame over
- * its budget or not valid JSON there: the scan says which and acts on it). */
-static bool forward_in_place(struct relay_shard *s, struct relay_slot *sl, struct span data)
-{
-	struct json_str id;
-	struct span frame;
-	struct conn_ref p;
-	if (!envelope_routed_shape(data, &id, &frame) || !find_phone(s, sl, &id, &p) || !conn_ws_is_open(s->w, p))
-		return false;
-	if (phone_charge(s, p) + frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES > RELAY_PHONE_OUTBOX_BUDGET_BYTES)
-		return false;
-	struct conn_text_resv resv;
-	uint8_t *out = conn_ws_text_reserve(s->w, p, frame.len, &resv);
-	if (out == NULL)
-		return false;
-	if (!json_value_copy(frame, 1, out)) {
-		conn_ws_text_abort(s->w, &resv);
-		return false;
-	}
-	conn_ws_text_commit(s->w, p, &resv, CONN_SEND_COUNTED);
-	STAT_ADD(s->stats.copied_in_scan_bytes, frame.len);
-	return true;
-}
-
-static void binary_message(struct relay_shard *s, struct conn_ref c, struct span data)
-{
-	struct relay_conn *rc = rc_of(s, c);
-	struct relay_slot *sl = rc->slot;
-	if (forward_in_place(s, sl, data))
-		return;
-	char bid[BINARY_CONN_ID_BYTES_MAX];
-	struct envelope env;
-	switch (envelope_scan(data, &env)) {
-	case ENVELOPE_MALFORMED:
-	case ENVELOPE_MISSING_CONN_ID:
-	case ENVELOPE_MISSING_FRAME:
-		STAT_INC(s->stats.dropped[RELAY_DROP_MALFORMED_ENVELOPE]);
-		LOG_WARN("binary_forwarder_unmarshal_err", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("binary_conn_id", binary_conn_id(rc, bid, sizeof bid)), KV_STR("err", env.err));
-		return;
-	case ENVELOPE_PUSH_WAKE:
-		push_wake(s, rc, env.push_wake);
-		return;
-	case ENVELOPE_DIRECTIVE:
-	case ENVELOPE_ROUTED:
-		break;
-	}
-	struct conn_ref p;
-	if (!find_phone(s, sl, &env.conn_id, &p)) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_UNKNOWN_CONN_ID]);
-		LOG_WARN("binary_forwarder_unknown_conn_id", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", env.conn_id.raw));
-		return;
-	}
-	struct relay_conn *prc = rc_of(s, p);
-	bool directive = env.kind == ENVELOPE_DIRECTIVE;
-	if (!conn_ws_is_open(s->w, p)) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_CLOSED]);
-		LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(prc)), KV_STR("err", "phone outbox closed"));
-		return;
-	}
-	uint16_t code = env.close_code;
-	if (directive) {
-		prc->flags |= RELAY_F_CLOSED_BY_BINARY;
-		/* An illegal wire code would make the phone's library fail the close: 1011. */
-		if (!ws_close_code_is_sendable(code))
-			code = WS_CLOSE_INTERNAL_ERROR;
-	}
-	if (env.has_frame) {
-		/* §5.7: budget len + 64 per item, 4 MiB per phone; the item being written
-		 * stays charged until its write completes. */
-		/* The buffer pool refusing the bytes is the same overflow, one level up. */
-		bool over = phone_charge(s, p) + env.frame.len + RELAY_OUTBOX_ITEM_OVERHEAD_BYTES >
-			    RELAY_PHONE_OUTBOX_BUDGET_BYTES;
-		struct iovec part = { .iov_base = (void *)env.frame.ptr, .iov_len = env.frame.len };
-		if (over || !conn_ws_send_text(s->w, p, &part, 1, CONN_SEND_COUNTED)) {
-			STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_BACKLOG]);
-			LOG_INFO("binary_forwarder_phone_enqueue_failed", KV_SPAN("server_id", slot_id(sl)),
-				 KV_SPAN("conn_id", phone_conn_id(prc)), KV_STR("err", "phone delivery backlog full"));
-			conn_ws_close(s->w, p, directive ? code : WS_CLOSE_INTERNAL_ERROR, "phone backlog full");
-			return;
-		}
-		STAT_ADD(s->stats.copied_apart_bytes, env.frame.len);
-	}
-	if (directive) {
-		prc->directive_code = code;
-		if (env.has_frame)
-			prc->flags |= RELAY_F_DIRECTIVE_FRAME;
-		/* Queued after the frame: FIFO makes it take effect after every earlier frame. */
-		conn_ws_close(s->w, p, code, "");
-		LOG_INFO("binary_forwarder_phone_closed", KV_SPAN("server_id", slot_id(sl)),
-			 KV_SPAN("conn_id", phone_conn_id(prc)), KV_UINT("close_code", code));
-	}
-}
+/* ------------------------------------------------------------------ routing (route.c) */
 
 static void on_message(void *app, struct conn_ref c, uint8_t opcode, struct span data)
 {
 	struct relay_shard *s = app;
 	uint8_t role = rc_of(s, c)->role;
 	if (role == RELAY_ROLE_PHONE)
-		phone_message(s, c, data);
+		route_phone_message(s, c, data);
 	else if (role == RELAY_ROLE_BINARY)
-		binary_message(s, c, data);
+		route_binary_message(s, c, data);
 	/* a claimant's frames before its claim resolves are dropped, like the reference
 	 * which does not read them until the probe ends */
 }
@@ -680,7 +417,7 @@ static void on_items_written(void *app, struct conn_ref c, uint32_t n)
 		STAT_ADD(s->stats.frames_binary_to_phone, n);
 	} else if (rc->role == RELAY_ROLE_BINARY && rc->slot && rc->slot->phones_paused &&
 		   conn_queued_bytes(s->w, c) < RELAY_BINARY_OUTBOX_LOW_WATER_BYTES) {
-		pause_phones(s, rc->slot, false);
+		route_pause_phones(s, rc->slot, false);
 	}
 }
 
@@ -700,7 +437,7 @@ static void send_close_notice(struct relay_shard *s, struct relay_conn *rc, uint
 	size_t n = buf ? envelope_write_close_notice(buf, buf == notice ? sizeof notice : cap, phone_conn_id(rc), code) : 0;
 	struct iovec part = { .iov_base = buf, .iov_len = n };
 	if (sl->binary == RELAY_NO_CONN || n == 0 ||
-	    !conn_ws_send_text(s->w, ref_at(s, sl->binary), &part, 1, TO_BINARY)) {
+	    !conn_ws_send_text(s->w, ref_at(s, sl->binary), &part, 1, RELAY_TO_BINARY)) {
 		LOG_INFO("phone_close_notice_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_UINT("close_code", code),
 			 KV_STR("err", "binary connection closed"));
@@ -773,7 +510,7 @@ static void binary_end(struct relay_shard *s, struct conn_ref c, enum conn_end_c
 	}
 	/* §4.4: only the holder arms the grace timer; its phones may read again so a
 	 * phone that sends during grace is dropped rather than stalled. */
-	pause_phones(s, sl, false);
+	route_pause_phones(s, sl, false);
 	sl->gracing = true;
 	worker_schedule(s->w, &sl->grace, worker_now_ms(s->w) + s->cfg->grace_period_ms);
 	LOG_INFO("server_released", KV_SPAN("server_id", slot_id(sl)));

@@ -1,6 +1,7 @@
 /*
- * shard.h - the registry shard's own types, shared by relay.c (decisions) and slots.c
- * (storage: the server-id table and the conn_id templates), and by nothing else.
+ * shard.h - the registry shard's own types, shared by relay.c (decisions), route.c
+ * (routing) and slots.c (storage: the server-id table and the conn_id templates), and
+ * by nothing else.
  */
 #ifndef PYRELAY_RELAY_SHARD_H
 #define PYRELAY_RELAY_SHARD_H
@@ -135,6 +136,18 @@ void relay_shared_sweep(struct relay_shared *sh, uint32_t worker, uint64_t now_m
 void relay_shared_counts(const struct relay_shared *sh, uint64_t *binaries, uint64_t *phones);
 /* The push sender's port, or NULL when push is off. */
 const struct relay_push_port *relay_shared_push(const struct relay_shared *sh);
+
+/* ---- route.c ---- */
+
+/* Frames for a binary: counted when written, and their queueing latency observed. */
+#define RELAY_TO_BINARY (CONN_SEND_COUNTED | CONN_SEND_LATENCY)
+/* §3.2: a phone's message, validated, wrapped and queued for its binary. */
+void route_phone_message(struct relay_shard *s, struct conn_ref c, struct span data);
+/* §3.3, §3.4: a binary's envelope, routed, acted on or dropped. */
+void route_binary_message(struct relay_shard *s, struct conn_ref c, struct span data);
+/* Stop (or resume) reading sl's phones: its binary's outbox crossed the high-water mark
+ * (or fell below the low one). */
+void route_pause_phones(struct relay_shard *s, struct relay_slot *sl, bool pause);
 
 /* ---- slots.c ---- */
 

@@ -8,9 +8,9 @@
  * conn_pause_recv, conn_resume_recv, conn_ws_is_open, conn_queued_bytes,
  * conn_queued_items, conn_remote_ip, worker_schedule, worker_cancel_timer,
  * worker_now_ms, worker_pool, worker_conn_cap) over its own connection table and its
- * own struct worker, so the static linker takes relay.o's references from here and
- * never pulls conn.o, loop.o, ws_phase.o, send.o or http_phase.o (and the ring) out of
- * libpyrelay.a. The fakes keep the engine's bookkeeping the relay reads:
+ * own struct worker, so the static linker takes the references of relay.o and route.o
+ * from here and never pulls conn.o, loop.o, ws_phase.o, send.o or http_phase.o (and the
+ * ring) out of libpyrelay.a. The fakes keep the engine's bookkeeping the relay reads:
  * - a ref is checked like the engine's conn_at (index, generation), and using it after
  *   end() returned for it fails the test (engine.h's contract);
  * - sends really append the WebSocket frame to the connection's outq through the real
