@@ -27,6 +27,8 @@
 #include "core/simd.h"
 #include "envelope/envelope.h"
 
+#include "../oracles/one_pass.h"
+
 static void put_reason(const char *s)
 {
 	if (!s) {
@@ -54,41 +56,6 @@ static long off_of(struct span whole, struct span part)
 	return (long)(part.ptr - whole.ptr);
 }
 
-/* json_valid_copy at the level in force: the verdict given, and a byte-exact copy. */
-static bool copy_agrees(struct span in, bool valid)
-{
-	uint8_t *dst = malloc(in.len ? in.len : 1);
-	if (dst == NULL) {
-		perror("malloc");
-		exit(2);
-	}
-	bool v = json_valid_copy(in, dst);
-	bool same = v == valid && (!v || memcmp(dst, in.ptr, in.len) == 0);
-	free(dst);
-	return same;
-}
-
-/* The relay's one-pass route: the routed shape with a frame that is one value at depth 1
- * is exactly what envelope_scan calls ROUTED with that conn_id and frame. */
-static bool shape_agrees(struct span in, const struct envelope *env)
-{
-	struct json_str id;
-	struct span v;
-	if (!envelope_routed_shape(in, &id, &v))
-		return true;
-	uint8_t *dst = malloc(v.len);
-	if (dst == NULL) {
-		perror("malloc");
-		exit(2);
-	}
-	bool ok = json_value_copy(v, 1, dst);
-	bool same = !ok || (memcmp(dst, v.ptr, v.len) == 0 && env->kind == ENVELOPE_ROUTED &&
-			    env->conn_id.raw.ptr == id.raw.ptr && env->conn_id.raw.len == id.raw.len &&
-			    env->frame.ptr == v.ptr && env->frame.len == v.len);
-	free(dst);
-	return same;
-}
-
 /* The narrower levels agree with the widest (selected on return), and json_valid_copy
  * with json_valid at every level. */
 static void same_at_every_level(struct span in, bool valid, enum envelope_kind kind, const struct envelope *env)
@@ -98,7 +65,7 @@ static void same_at_every_level(struct span in, bool valid, enum envelope_kind k
 		struct envelope e;
 		simd_select(l);
 		bool v = json_valid(in);
-		bool vc = copy_agrees(in, valid);
+		bool vc = one_pass_copy_holds(in, valid);
 		enum envelope_kind k = envelope_scan(in, &e);
 		simd_select(most);
 		if (v != valid || !vc || k != kind || e.has_frame != env->has_frame ||
@@ -120,12 +87,12 @@ static void verdict(struct span in)
 		exit(2);
 	}
 	bool valid = json_valid(in);
-	if (!copy_agrees(in, valid)) {
+	if (!one_pass_copy_holds(in, valid)) {
 		fprintf(stderr, "json_verdict: json_valid_copy disagrees with json_valid at %s\n", simd_name(simd_selected()));
 		exit(2);
 	}
 	same_at_every_level(in, valid, kind, &env);
-	if (!shape_agrees(in, &env)) {
+	if (!one_pass_route_holds(in, &env, NULL)) {
 		fprintf(stderr, "json_verdict: the routed shape's one pass disagrees with envelope_scan\n");
 		exit(2);
 	}

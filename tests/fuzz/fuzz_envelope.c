@@ -24,6 +24,8 @@
 
 #include "envelope/envelope.h"
 
+#include "../oracles/one_pass.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define CHECK(x) \
@@ -130,30 +132,6 @@ static void round_trip(struct span id, struct span frame)
 	free(buf);
 }
 
-/* The relay's one-pass route (relay.c forward_in_place) holds to envelope_scan. */
-static void check_routed_shape(struct span in, const struct envelope *env)
-{
-	struct json_str id;
-	struct span v;
-	if (!envelope_routed_shape(in, &id, &v))
-		return;
-	CHECK(inside(in, id.raw) && inside(in, v) && id.raw.len > 0 && !id.has_escapes && v.len > 0);
-	uint8_t *dst = malloc(v.len);
-	if (dst == NULL)
-		return;
-	bool ok = json_value_copy(v, 1, dst);
-	size_t pos = 0;
-	CHECK(ok == (json_skip_value(v, &pos, 1, NULL) && pos == v.len));
-	if (ok) {
-		CHECK(memcmp(dst, v.ptr, v.len) == 0);
-		CHECK(env->kind == ENVELOPE_ROUTED);
-		CHECK(env->conn_id.raw.ptr == id.raw.ptr && env->conn_id.raw.len == id.raw.len);
-		CHECK(!env->conn_id.has_escapes);
-		CHECK(env->frame.ptr == v.ptr && env->frame.len == v.len);
-	}
-	free(dst);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct span in = span_make(data, size);
@@ -194,7 +172,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_value_span(in, env.frame);
 		CHECK(env.frame.len != 4 || memcmp(env.frame.ptr, "null", 4) != 0);
 	}
-	check_routed_shape(in, &env);
+	CHECK(one_pass_route_holds(in, &env, NULL)); /* the relay's one-pass route holds to the scan */
 
 	if (kind == ENVELOPE_PUSH_WAKE) {
 		struct push_wake pw;
