@@ -256,6 +256,9 @@ static struct {
 	struct worker *workers[CONFIG_WORKERS_MAX];
 	uint32_t nworkers;
 	struct metrics_server *metrics; /* until its thread runs */
+	/* Running responders (metrics, HTTP-01): their listeners are handed over too. */
+	struct metrics_server *responders[2];
+	uint32_t nresponders;
 } boot;
 
 static void boot_release(void)
@@ -287,6 +290,8 @@ static void stop_accepting_all(void *arg)
 	(void)arg;
 	for (uint32_t i = 0; i < boot.nworkers; i++)
 		worker_stop_accepting(boot.workers[i]);
+	for (uint32_t i = 0; i < boot.nresponders; i++)
+		metrics_server_stop_accepting(boot.responders[i]);
 }
 
 /* The successor takes live sessions: each worker gives up its movable ones. */
@@ -547,6 +552,7 @@ int main(int argc, char **argv)
 			return boot_listener_failed(cfg.metrics_listen, "cannot start metrics thread");
 		mt.started = true;
 		boot.metrics = NULL; /* its thread's now: stopped and destroyed at the end */
+		boot.responders[boot.nresponders++] = mt.m;
 	}
 
 	/* --domain: the HTTP-01 listener (its own thread, as the metrics responder), then
@@ -568,6 +574,7 @@ int main(int argc, char **argv)
 			return boot_listener_failed(cfg.http_listen, "cannot start the ACME challenge listener thread");
 		}
 		ct.started = true;
+		boot.responders[boot.nresponders++] = ct.m;
 	}
 
 	for (uint32_t i = 0; i < nworkers; i++) {

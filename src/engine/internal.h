@@ -209,6 +209,10 @@ struct worker {
 	 * handed its listeners over (engine/net.h); -1 once closed. */
 	int listen_fds[WORKER_LISTENERS_MAX];
 	bool accept_armed[WORKER_LISTENERS_MAX];
+	/* After a hand-over, per listener: our accept is being cancelled, then one sweep
+	 * takes what arrived meanwhile, then the descriptor closes (loop.c, stop_accepting). */
+	uint8_t accept_sweep[WORKER_LISTENERS_MAX];
+	uint32_t swept_accepts; /* by those sweeps: logged when the last ends */
 	uint32_t nlisten;
 	bool stop_requested;  /* atomic: worker_stop */
 	bool accept_off_requested; /* atomic: worker_stop_accepting (a successor took the listeners) */

@@ -265,14 +265,63 @@ static void arm_accept(struct worker *w)
 
 /* A successor serves our listeners now: stop taking connections from them, but serve
  * the ones already accepted (a connection the cancelled accept still delivers is
- * served too); the drain follows on worker_stop. */
+ * served too); the drain follows on worker_stop.
+ *
+ * A multishot accept waits on the listener as an exclusive waiter: a new connection
+ * wakes only the first one queued, and ours was queued before the successor's. A
+ * connection that arrives while our accept is being cancelled wakes ours, which then
+ * ends without accepting it: it would wait in the queue, the successor never woken,
+ * until the next connection arrives (a dial stalled for seconds; ADR 0018). So each
+ * listener whose accept was armed keeps its descriptor until that accept has ended,
+ * then gets one sweep: a fresh multishot accept takes what is queued at once and is
+ * cancelled right away. Queued behind the successor's waiter, it is never the one
+ * woken, so its own cancel loses nothing. Then the descriptor closes. */
+enum { SWEEP_NONE, SWEEP_AFTER_CANCEL, SWEEP_RUNNING, SWEEP_DONE };
+
 static void stop_accepting(struct worker *w)
 {
 	if (w->accept_off)
 		return;
 	w->accept_off = true;
+	for (uint32_t i = 0; i < w->nlisten; i++) {
+		if (w->listen_fds[i] < 0)
+			continue;
+		if (w->accept_armed[i]) {
+			w->accept_sweep[i] = SWEEP_AFTER_CANCEL;
+		} else {
+			close(w->listen_fds[i]); /* no waiter of ours: nothing to sweep */
+			w->listen_fds[i] = -1;
+		}
+	}
 	cancel_accept(w);
-	close_listeners(w);
+}
+
+/* Listener li's accept ended after the hand-over (see stop_accepting). */
+static void sweep_listener(struct worker *w, uint32_t li)
+{
+	if (w->stopping || w->listen_fds[li] < 0)
+		return; /* the drain closed it */
+	if (w->accept_sweep[li] == SWEEP_AFTER_CANCEL) {
+		w->accept_sweep[li] = SWEEP_RUNNING;
+		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
+		io_uring_prep_multishot_accept(sqe, w->listen_fds[li], NULL, NULL, SOCK_CLOEXEC);
+		io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, li, 0));
+		w->accept_armed[li] = true;
+		/* Issued after it in the same submission: the accept has tried at once. */
+		sqe = uring_get_sqe(&w->ring);
+		io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, li, 0), 0);
+		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+	} else if (w->accept_sweep[li] == SWEEP_RUNNING) {
+		w->accept_sweep[li] = SWEEP_DONE;
+		close(w->listen_fds[li]);
+		w->listen_fds[li] = -1;
+		for (uint32_t i = 0; i < w->nlisten; i++)
+			if (w->accept_sweep[i] == SWEEP_AFTER_CANCEL || w->accept_sweep[i] == SWEEP_RUNNING)
+				return;
+		if (w->swept_accepts > 0) /* each would have waited for the next dial */
+			LOG_INFO("hand-over sweep took connections the cancelled accepts left queued",
+				 KV_UINT("connections", w->swept_accepts));
+	}
 }
 
 static void arm_wake(struct worker *w)
@@ -291,8 +340,13 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
 {
 	uint32_t li = UD_IDX(io_uring_cqe_get_data64(cqe));
 	ASSERT(li < w->nlisten);
-	if (!(cqe->flags & IORING_CQE_F_MORE))
+	if (cqe->res >= 0 && w->accept_sweep[li] == SWEEP_RUNNING)
+		w->swept_accepts++;
+	if (!(cqe->flags & IORING_CQE_F_MORE)) {
 		w->accept_armed[li] = false;
+		if (w->accept_off)
+			sweep_listener(w, li);
+	}
 	int fd = cqe->res;
 	if (fd < 0) {
 		if (fd == -ECANCELED || fd == -EAGAIN || fd == -ECONNABORTED || fd == -EINTR)
@@ -590,8 +644,15 @@ static int worker_loop(struct worker *w, char why[URING_WHY_BYTES])
 int worker_run(struct worker *w, char why[URING_WHY_BYTES])
 {
 	bool ready = ring_init(w, why);
-	if (ready)
+	if (ready) {
+		/* Our accepts wait on the listeners before the group counts us as running:
+		 * after a hand-over, the predecessor's sweep (stop_accepting) must queue
+		 * behind them. */
+		arm_wake(w);
+		arm_accept(w);
+		io_uring_submit(&w->ring);
 		group_publish(w->group, w->id, w->ring.ring_fd, true);
+	}
 	/* Every worker passes here once, ready or not, so none waits forever; a failed
 	 * one ends its thread, which ends the relay (main). */
 	pthread_barrier_wait(&w->group->start);

@@ -26,6 +26,9 @@
 
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_WAKE, OP_IGNORE };
 
+/* The listener after a hand-over (stop_accepting). */
+enum { SWEEP_NONE, SWEEP_AFTER_CANCEL, SWEEP_RUNNING, SWEEP_DONE };
+
 enum mconn_state { MC_FREE = 0, MC_READING, MC_WRITING, MC_DEAD };
 
 struct mconn {
@@ -52,6 +55,9 @@ struct metrics_server {
 	uint64_t accept_retry_ms; /* after a failed accept: not before this */
 	int wake_fd;
 	uint64_t wake_value;
+	bool stop_requested;       /* atomic: metrics_server_stop */
+	bool accept_off_requested; /* atomic: metrics_server_stop_accepting */
+	uint8_t sweep;             /* after a hand-over: SWEEP_* (stop_accepting) */
 	bool stopping;
 	uint64_t now_ms;
 	const char *version;
@@ -195,6 +201,7 @@ void metrics_server_destroy(struct metrics_server *m)
 
 void metrics_server_stop(struct metrics_server *m)
 {
+	__atomic_store_n(&m->stop_requested, true, __ATOMIC_RELEASE);
 	uint64_t one = 1;
 	ssize_t n = write(m->wake_fd, &one, sizeof one);
 	(void)n; /* a full counter still wakes the reader */
@@ -209,12 +216,64 @@ static struct io_uring_sqe *get_sqe(struct metrics_server *m)
 
 static void arm_accept(struct metrics_server *m)
 {
-	if (m->accept_armed || m->stopping || m->listen_fd < 0 || m->now_ms < m->accept_retry_ms)
+	if (m->accept_armed || m->stopping || m->sweep != SWEEP_NONE || m->listen_fd < 0 ||
+	    m->now_ms < m->accept_retry_ms)
 		return;
 	struct io_uring_sqe *sqe = get_sqe(m);
 	io_uring_prep_accept(sqe, m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, 0, 0));
 	m->accept_armed = true;
+}
+
+/* A successor serves the listener (engine/handover.h): stop accepting, keep serving
+ * the connections we have until the drain. Our accept waits on the listener as an
+ * exclusive waiter; one cancelled while a connection arrives can end without taking
+ * it, and the successor is not woken for it (ADR 0018). So once the cancelled accept
+ * has ended, one more accept takes what is queued and is cancelled at once (queued
+ * behind the successor's, it is not the one woken); then the descriptor closes. */
+static void stop_accepting(struct metrics_server *m)
+{
+	if (m->sweep != SWEEP_NONE || m->listen_fd < 0)
+		return;
+	if (!m->accept_armed) {
+		m->sweep = SWEEP_DONE;
+		close(m->listen_fd);
+		m->listen_fd = -1;
+		return;
+	}
+	m->sweep = SWEEP_AFTER_CANCEL;
+	struct io_uring_sqe *sqe = get_sqe(m);
+	io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
+	io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+}
+
+/* The accept ended while stopping to accept (see stop_accepting). */
+static void sweep_listener(struct metrics_server *m)
+{
+	if (m->listen_fd < 0)
+		return;
+	if (m->sweep == SWEEP_AFTER_CANCEL && !m->stopping) {
+		m->sweep = SWEEP_RUNNING;
+		struct io_uring_sqe *sqe = get_sqe(m);
+		io_uring_prep_accept(sqe, m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, 0, 0));
+		m->accept_armed = true;
+		sqe = get_sqe(m); /* issued after it in the same submission */
+		io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
+		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+		return;
+	}
+	m->sweep = SWEEP_DONE;
+	close(m->listen_fd);
+	m->listen_fd = -1;
+}
+
+void metrics_server_stop_accepting(struct metrics_server *m)
+{
+	__atomic_store_n(&m->accept_off_requested, true, __ATOMIC_RELEASE);
+	uint64_t one = 1;
+	ssize_t n = write(m->wake_fd, &one, sizeof one);
+	(void)n; /* a full counter still wakes the reader */
 }
 
 static void arm_wake(struct metrics_server *m)
@@ -381,6 +440,8 @@ static void serve(struct metrics_server *m, struct mconn *c, uint32_t idx)
 static void on_accept(struct metrics_server *m, int fd)
 {
 	m->accept_armed = false;
+	if (m->sweep == SWEEP_AFTER_CANCEL || m->sweep == SWEEP_RUNNING)
+		sweep_listener(m);
 	if (fd < 0) {
 		/* EMFILE and friends repeat at once: retry on a later tick, never spin. */
 		m->accept_retry_ms = m->now_ms + METRICS_TICK_MS;
@@ -448,7 +509,13 @@ static void handle_cqe(struct metrics_server *m, const struct io_uring_cqe *cqe)
 		return;
 	}
 	if (op == OP_WAKE) {
-		m->stopping = true;
+		if (__atomic_load_n(&m->stop_requested, __ATOMIC_ACQUIRE)) {
+			m->stopping = true;
+			return;
+		}
+		if (__atomic_load_n(&m->accept_off_requested, __ATOMIC_ACQUIRE))
+			stop_accepting(m);
+		arm_wake(m);
 		return;
 	}
 	if (op != OP_RECV && op != OP_SEND)
@@ -530,7 +597,8 @@ bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES])
 						io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
 						io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
 					}
-					close(m->listen_fd);
+					if (m->listen_fd >= 0)
+						close(m->listen_fd);
 					m->listen_fd = -1;
 				} else {
 					shutdown(m->listen_fd, SHUT_RDWR);

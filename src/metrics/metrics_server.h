@@ -63,6 +63,9 @@ struct metrics_server *metrics_server_create_challenge(const char *addr, metrics
 bool metrics_server_run(struct metrics_server *m, char why[URING_WHY_BYTES]);
 /* Thread-safe: close the listener and every connection, then return from run. */
 void metrics_server_stop(struct metrics_server *m);
+/* Any thread: a successor serves the listener now (engine/handover.h). Stop accepting
+ * from it and keep serving the connections already accepted until the stop. */
+void metrics_server_stop_accepting(struct metrics_server *m);
 void metrics_server_destroy(struct metrics_server *m);
 
 /* Gather process figures from /proc (also used by tests). Never fails as a whole:

@@ -27,7 +27,7 @@ import sys
 
 RUNTIME_KEYS = set("""
     server_id conn_id binary_conn_id device_name remote binary_version err path from to
-    close_code token_fp duration fcm_message_id worker owner fix pid stage not_after sessions""".split())
+    close_code token_fp duration fcm_message_id worker owner fix pid stage not_after sessions connections""".split())
 BOOT_KEYS = set("""
     version mode listen domain cert_cache https_proxy_protocol env_var reason fix
     effective_uid value addr unexpected_ports expected_ports bypass_env_var workers""".split())
