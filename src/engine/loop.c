@@ -303,14 +303,8 @@ static void sweep_listener(struct worker *w, uint32_t li)
 		return; /* the drain closed it */
 	if (w->accept_sweep[li] == SWEEP_AFTER_CANCEL) {
 		w->accept_sweep[li] = SWEEP_RUNNING;
-		struct io_uring_sqe *sqe = uring_get_sqe(&w->ring);
-		io_uring_prep_multishot_accept(sqe, w->listen_fds[li], NULL, NULL, SOCK_CLOEXEC);
-		io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, li, 0));
+		uring_prep_accept_sweep(&w->ring, w->listen_fds[li], UD(OP_ACCEPT, li, 0), UD(OP_IGNORE, 0, 0), true);
 		w->accept_armed[li] = true;
-		/* Issued after it in the same submission: the accept has tried at once. */
-		sqe = uring_get_sqe(&w->ring);
-		io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, li, 0), 0);
-		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
 	} else if (w->accept_sweep[li] == SWEEP_RUNNING) {
 		w->accept_sweep[li] = SWEEP_DONE;
 		close(w->listen_fds[li]);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -192,4 +193,19 @@ void uring_free_buf_ring(struct io_uring *ring, struct io_uring_buf_ring *br, un
 {
 	(void)io_uring_unregister_buf_ring(ring, bgid);
 	munmap(br, buf_ring_bytes(entries));
+}
+
+void uring_prep_accept_sweep(struct io_uring *ring, int fd, uint64_t ud, uint64_t ignore_ud, bool multishot)
+{
+	struct io_uring_sqe *sqe = uring_get_sqe(ring);
+	if (multishot)
+		io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+	else
+		io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, ud);
+	/* Issued after the accept (a full queue submits the accept first): by then the
+	 * accept has tried at once and, finding nothing, waits; the cancel ends it. */
+	sqe = uring_get_sqe(ring);
+	io_uring_prep_cancel64(sqe, ud, 0);
+	io_uring_sqe_set_data64(sqe, ignore_ud);
 }

@@ -54,6 +54,12 @@ static inline struct io_uring_sqe *uring_get_sqe(struct io_uring *ring)
 #define UD_GEN(ud) ((uint32_t)(((ud) >> 32) & 0xffffffu))
 #define UD_IDX(ud) ((uint32_t)(ud))
 
+/* After a hand-over (ADR 0018): an accept on the listener fd (multishot, or one) that
+ * takes what is queued at once, and a cancel of it (user_data ud) right behind it in
+ * the same submission, its completion tagged ignore_ud. What the accept takes
+ * completes under ud as any accept; its last completion ends the sweep. */
+void uring_prep_accept_sweep(struct io_uring *ring, int fd, uint64_t ud, uint64_t ignore_ud, bool multishot);
+
 /* Probe what the running kernel offers. Returns false when io_uring cannot serve the
  * relay at all (absent, disabled by sysctl or seccomp, kernel too old), with the cause
  * and the fix in why. */

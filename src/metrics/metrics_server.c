@@ -254,13 +254,8 @@ static void sweep_listener(struct metrics_server *m)
 		return;
 	if (m->sweep == SWEEP_AFTER_CANCEL && !m->stopping) {
 		m->sweep = SWEEP_RUNNING;
-		struct io_uring_sqe *sqe = get_sqe(m);
-		io_uring_prep_accept(sqe, m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-		io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, 0, 0));
+		uring_prep_accept_sweep(&m->ring, m->listen_fd, UD(OP_ACCEPT, 0, 0), UD(OP_IGNORE, 0, 0), false);
 		m->accept_armed = true;
-		sqe = get_sqe(m); /* issued after it in the same submission */
-		io_uring_prep_cancel64(sqe, UD(OP_ACCEPT, 0, 0), 0);
-		io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
 		return;
 	}
 	m->sweep = SWEEP_DONE;
