@@ -98,6 +98,16 @@ static bool wrap_two_pass(struct relay_shard *s, struct relay_conn *rc, struct c
 	return true;
 }
 
+/* The phone's forwarder ends (its log line is the caller's): counted as a drop of
+ * this kind, and the phone is closed 1000 as the reference's forwarder exit does. */
+static void end_phone_forwarder(struct relay_shard *s, struct relay_conn *rc, struct conn_ref c,
+				enum relay_drop why)
+{
+	STAT_INC(s->stats.dropped[why]);
+	rc->flags |= RELAY_F_FORWARDER_ENDED;
+	conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
+}
+
 /* §3.2: validate, wrap, send to the binary. Back-pressure replaces the reference's
  * drop-after-10 s: above the binary's high-water mark the phones stop being read. */
 void route_phone_message(struct relay_shard *s, struct conn_ref c, struct span data)
@@ -108,28 +118,22 @@ void route_phone_message(struct relay_shard *s, struct conn_ref c, struct span d
 	if (sl->binary != RELAY_NO_CONN)
 		wrapped = wrap_in_place(s, rc, ref_at(s, sl->binary), data);
 	if (wrapped == WRAP_INVALID || (wrapped == WRAP_TWO_PASS && !json_valid(data))) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_PHONE_INVALID_JSON]);
 		LOG_WARN("phone_forwarder_marshal_err", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "phone frame is not valid JSON"));
-		rc->flags |= RELAY_F_FORWARDER_ENDED;
-		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
+		end_phone_forwarder(s, rc, c, RELAY_DROP_PHONE_INVALID_JSON);
 		return;
 	}
 	if (sl->binary == RELAY_NO_CONN) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_NO_BINARY]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary connection closed"));
-		rc->flags |= RELAY_F_FORWARDER_ENDED;
-		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
+		end_phone_forwarder(s, rc, c, RELAY_DROP_NO_BINARY);
 		return;
 	}
 	struct conn_ref b = ref_at(s, sl->binary);
 	if (wrapped == WRAP_TWO_PASS && !wrap_two_pass(s, rc, b, data)) {
-		STAT_INC(s->stats.dropped[RELAY_DROP_BINARY_OUTBOX]);
 		LOG_INFO("phone_forwarder_send_failed", KV_SPAN("server_id", slot_id(sl)),
 			 KV_SPAN("conn_id", phone_conn_id(rc)), KV_STR("err", "binary outbox refused the frame"));
-		rc->flags |= RELAY_F_FORWARDER_ENDED;
-		conn_ws_close(s->w, c, WS_CLOSE_NORMAL, "");
+		end_phone_forwarder(s, rc, c, RELAY_DROP_BINARY_OUTBOX);
 		return;
 	}
 	STAT_INC(s->stats.frames_phone_to_binary);
